@@ -1,0 +1,100 @@
+"""Authenticated connections from slaves and the command line to a master."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import List, Optional
+
+import Pyro5.client
+import Pyro5.errors
+
+from . import auth, discovery
+from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
+                     MasterNotFoundError)
+from .server import object_name
+
+log = logging.getLogger(__name__)
+
+_SERVICE_METHODS = {"register", "unregister", "exchange", "return_tasks", "watch", "get_data", "status"}
+
+
+class MasterConnection:
+    """One authenticated connection; use it from the thread that made it."""
+
+    def __init__(self, host: str, port: int, secret: bytes, label: str, timeout: float = 5.0):
+        self.host, self.port, self.secret, self.label = host, port, secret, label
+        where = f"{host}:{port}"
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as error:
+            raise MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            auth.client_handshake(sock, secret, label, where, timeout)
+            sock.settimeout(None)
+            self._proxy = Pyro5.client.Proxy(object_name(label), connected_socket=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._proxy._pyroSerializer = "marshal"
+        self._proxy._pyroMethods = set(_SERVICE_METHODS)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def duplicate(self) -> "MasterConnection":
+        """A second connection to the same master (each thread needs its own)."""
+        return MasterConnection(self.host, self.port, self.secret, self.label)
+
+    def call(self, method: str, *args, timeout: Optional[float] = None):
+        """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
+        self._proxy._pyroTimeout = timeout
+        try:
+            return getattr(self._proxy, method)(*args)
+        except Pyro5.errors.TimeoutError:
+            raise ConnectionLostError(f"the master at {self.address} did not answer within {timeout:g} s") from None
+        except (Pyro5.errors.CommunicationError, OSError) as error:
+            raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+
+    def close(self) -> None:
+        try:
+            self._proxy._pyroRelease()
+        except Exception:
+            pass
+
+
+def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional[str] = None,
+            wait: bool = False, wait_timeout: Optional[float] = None) -> MasterConnection:
+    """Find the master of ``label`` and connect to it.
+
+    With ``wait``, keep looking until the master appears (or ``wait_timeout``
+    seconds pass). A wrong secret fails at once: waiting would not fix it.
+    """
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    delay = 0.1
+    while True:
+        tried: List[str] = []
+        candidates, notes = discovery.candidates(label, master_host, key_file)
+        for candidate in candidates:
+            if candidate.secret is None:
+                raise ConfigurationError(
+                    f"found the master of {label!r} through {candidate.source} but no secret: set "
+                    f"SCIENTIFIC_MS_SECRET or SCIENTIFIC_MS_KEY_FILE (or --key-file) to the master's secret")
+            for host in candidate.hosts:
+                try:
+                    connection = MasterConnection(host, candidate.port, candidate.secret, label)
+                    log.debug("connected to %s via %s", connection.address, candidate.source)
+                    return connection
+                except AuthenticationError:
+                    raise
+                except MasterNotFoundError as error:
+                    tried.append(f"{candidate.source}: {error}")
+        if not wait or (deadline is not None and time.monotonic() >= deadline):
+            looked = "; ".join(tried + notes)
+            hint = "start the master first, pass the master's HOST:PORT, or wait for it (-w / wait=True)"
+            raise MasterNotFoundError(f"no master found for label {label!r} ({looked}); {hint}")
+        time.sleep(delay)  # polling for a master that does not exist yet
+        delay = min(1.0, delay * 2)

@@ -1,0 +1,340 @@
+"""From a label to a master's address and secret.
+
+A master publishes itself in a **label file** (``<registry>/<label>.json``,
+mode 0600 in a 0700 folder) and, when one is reachable, in the Pyro5 name
+server as ``TaskManager.<label>``. A slave looks, in this order, at:
+
+1. an explicit ``master_host`` (``HOST`` or ``HOST:PORT``; 7766 by default);
+2. the slave context set by ``task_manager slave`` or a spawning master;
+3. ``SCIENTIFIC_MS_MASTER``;
+4. the name server (``PYRO_NS_HOST``/``PYRO_NS_PORT``, default localhost:9090);
+5. the label file.
+
+The secret comes from the source that gave the address when it carries one
+(context, label file), else from ``SCIENTIFIC_MS_SECRET`` or a key file,
+else from the label file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import psutil
+
+from . import auth, settings
+from .errors import ConfigurationError, LabelInUseError
+from .machine import non_loopback_addresses
+
+log = logging.getLogger(__name__)
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_label(label: object) -> str:
+    """Return ``label`` if it is usable in file names and Pyro names, else raise."""
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise ConfigurationError(
+            f"bad label {label!r}: use 1-128 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit")
+    return label
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One place a master may be: addresses to try in order, a port, maybe a secret."""
+    hosts: List[str]
+    port: int
+    secret: Optional[bytes]
+    source: str
+
+
+@dataclasses.dataclass
+class SlaveContext:
+    """Set while a slave runs code stored by its master (task_manager slave, spawned slaves)."""
+    label: str
+    host: str
+    port: int
+    secret: bytes
+
+
+_slave_context: Optional[SlaveContext] = None
+
+
+def current_slave_context() -> Optional[SlaveContext]:
+    return _slave_context
+
+
+def set_slave_context(context: Optional[SlaveContext]) -> None:
+    global _slave_context
+    _slave_context = context
+
+
+# ---------------------------------------------------------------- label files
+
+def label_file(label: str) -> Path:
+    return settings.registry_dir() / f"{check_label(label)}.json"
+
+
+def _private_registry() -> Path:
+    folder = settings.registry_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)  # it holds secrets: only its owner may look inside
+    return folder
+
+
+def read_label_file(label: str) -> Optional[Dict]:
+    path = label_file(label)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable label file %s: %s", path, error)
+        return None
+
+
+def list_label_files() -> List[Dict]:
+    folder = settings.registry_dir()
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(path.read_text())
+            record["_path"] = str(path)
+            records.append(record)
+    return records
+
+
+def hosts_of(record: Dict) -> List[str]:
+    """Addresses to try for a label file record, best first."""
+    hosts = []
+    if record.get("hostname") == socket.gethostname() and record.get("loopback", True):
+        hosts.append("127.0.0.1")
+    hosts += [h for h in record.get("addresses", []) if h not in hosts]
+    return hosts
+
+
+def probe(host: str, port: int, label: str, timeout: float = 1.0) -> bool:
+    """True if a scientific_ms master serving ``label`` answers at host:port.
+
+    Reads only the master's greeting; needs no secret.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            greeting = b""
+            wanted = len(auth.MAGIC) + auth.NONCE_SIZE + 2
+            while len(greeting) < wanted:
+                chunk = sock.recv(wanted - len(greeting))
+                if not chunk:
+                    return False
+                greeting += chunk
+            if not greeting.startswith(auth.MAGIC):
+                return False
+            size = int.from_bytes(greeting[-2:], "big")
+            name = sock.recv(size)
+            return name.decode(errors="replace") == label
+    except OSError:
+        return False
+
+
+def record_is_live(record: Dict) -> bool:
+    """Does the master that wrote this label file still run?"""
+    if record.get("hostname") == socket.gethostname():
+        pid = record.get("pid")
+        try:
+            if not psutil.Process(pid).create_time() == record.get("create_time"):
+                return False  # that PID now belongs to another process
+        except (psutil.Error, TypeError, ValueError):
+            return False
+    return any(probe(host, record["port"], record["label"]) for host in hosts_of(record))
+
+
+class Publication:
+    """Where a master announced itself; ``withdraw()`` removes every trace."""
+
+    def __init__(self, label: str, path: Optional[Path], record: Dict, name_server_uri: Optional[str]):
+        self.label = label
+        self.path = path
+        self.record = record
+        self.name_server_uri = name_server_uri
+
+    def withdraw(self) -> None:
+        if self.path is not None:
+            current = read_label_file(self.label)
+            if current is not None and current.get("token") == self.record["token"]:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+            self.path = None
+        if self.name_server_uri is not None:
+            with contextlib.suppress(Exception):
+                ns = locate_name_server()
+                if ns is not None:
+                    with ns:
+                        if str(ns.lookup(_ns_name(self.label))) == self.name_server_uri:
+                            ns.remove(_ns_name(self.label))
+            self.name_server_uri = None
+
+
+def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_server: bool) -> Publication:
+    """Announce a master; raise LabelInUseError if a live master holds the label."""
+    advertised = settings.advertised_hosts()
+    if advertised is None:
+        advertised = non_loopback_addresses() if bound_host in ("0.0.0.0", "") else [bound_host]
+    loopback = bound_host in ("0.0.0.0", "", "localhost") or bound_host.startswith("127.")
+    me = psutil.Process()
+    record = {
+        "label": label, "hostname": socket.gethostname(), "addresses": advertised,
+        "loopback": loopback, "port": port, "pid": os.getpid(), "create_time": me.create_time(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "secret": secret.decode(),
+        "token": auth.new_secret().decode()[:16], "cwd": os.getcwd(),
+    }
+    path = _claim_label_file(label, record)
+    try:
+        uri = _register_in_name_server(label, record) if use_name_server else None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return Publication(label, path, record, uri)
+
+
+def _claim_label_file(label: str, record: Dict) -> Path:
+    folder = _private_registry()
+    path = folder / f"{label}.json"
+    temporary = folder / f".{label}.{os.getpid()}.{record['token']}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as stream:
+        json.dump(record, stream)
+    try:
+        for _ in range(3):
+            try:
+                os.link(temporary, path)  # atomic, and fails if the label is taken
+                return path
+            except FileExistsError:
+                existing = read_label_file(label)
+                if existing is not None and record_is_live(existing):
+                    raise LabelInUseError(
+                        f"label {label!r} is already served by a live master (PID {existing.get('pid')} "
+                        f"on {existing.get('hostname')}, started {existing.get('started')}); "
+                        f"choose another label or stop that master") from None
+                log.info("replacing the label file of a dead master: %s", path)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        raise LabelInUseError(f"could not claim the label file {path}: another master keeps taking it")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+# ---------------------------------------------------------------- name server
+
+def _ns_name(label: str) -> str:
+    return f"TaskManager.{label}"
+
+
+def locate_name_server(timeout: float = 0.5):
+    """A proxy for the Pyro5 name server at PYRO_NS_HOST:PYRO_NS_PORT, or None.
+
+    A direct, quick lookup: no broadcast, so no waiting when there is none.
+    """
+    import Pyro5.api
+    from Pyro5 import config as pyro_config
+    host, port = pyro_config.NS_HOST, pyro_config.NS_PORT
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return None
+    try:
+        ns = Pyro5.api.locate_ns(host=host, port=port)
+        ns._pyroTimeout = 5.0
+        return ns
+    except Exception as error:
+        log.debug("no name server at %s:%s: %s", host, port, error)
+        return None
+
+
+def _register_in_name_server(label: str, record: Dict) -> Optional[str]:
+    ns = locate_name_server()
+    if ns is None:
+        log.debug("no name server reachable; the label file is the only publication")
+        return None
+    host = record["addresses"][0] if record["addresses"] else "127.0.0.1"
+    uri = f"PYRO:{_ns_name(label)}@{host}:{record['port']}"
+    with ns:
+        try:
+            existing = ns.lookup(_ns_name(label))
+        except Exception:
+            existing = None
+        if existing is not None and str(existing) != uri and probe(existing.host, existing.port, label):
+            raise LabelInUseError(
+                f"label {label!r} is registered in the name server by a live master at "
+                f"{existing.host}:{existing.port}; choose another label or stop that master")
+        ns.register(_ns_name(label), uri, metadata={"scientific_ms"})
+    log.info("registered %s in the name server as %s", label, uri)
+    return uri
+
+
+def _name_server_candidate(label: str) -> Optional[Candidate]:
+    if not settings.use_name_server(True):
+        return None
+    ns = locate_name_server()
+    if ns is None:
+        return None
+    with ns:
+        try:
+            uri = ns.lookup(_ns_name(label))
+        except Exception:
+            return None
+    return Candidate([uri.host], uri.port, None, f"the name server entry {_ns_name(label)}")
+
+
+# ---------------------------------------------------------------- resolution
+
+def candidates(label: str, master_host: Optional[str] = None,
+               key_file: Optional[str] = None) -> tuple:
+    """Where to look for the master of ``label``: (candidates, notes on misses)."""
+    check_label(label)
+    found: List[Candidate] = []
+    notes: List[str] = []
+    user_secret = settings.secret_from_environment(key_file)
+    record = read_label_file(label)
+    file_secret = record["secret"].encode() if record and record.get("secret") else None
+
+    if master_host:
+        host, port = settings.parse_host_port(master_host)
+        found.append(Candidate([host], port, None, f"master_host {master_host}"))
+    else:
+        context = current_slave_context()
+        if context is not None and context.label == label:
+            found.append(Candidate([context.host], context.port, context.secret, "the slave context"))
+        env_master = settings.raw("MASTER")
+        if env_master:
+            host, port = settings.parse_host_port(env_master)
+            found.append(Candidate([host], port, None, f"{settings.PREFIX}MASTER={env_master}"))
+        else:
+            notes.append(f"{settings.PREFIX}MASTER is not set")
+        ns_candidate = _name_server_candidate(label)
+        if ns_candidate is not None:
+            found.append(ns_candidate)
+        else:
+            from Pyro5 import config as pyro_config
+            notes.append(f"no name server entry (looked at {pyro_config.NS_HOST}:{pyro_config.NS_PORT})")
+        if record is not None:
+            found.append(Candidate(hosts_of(record), record["port"], file_secret,
+                                   f"the label file {label_file(label)}"))
+        else:
+            notes.append(f"no label file {label_file(label)}")
+    for candidate in found:
+        if candidate.secret is None:
+            candidate.secret = user_secret or file_secret
+    return found, notes

@@ -1,0 +1,222 @@
+"""The master process: owns the TaskManager, serves it, and starts slaves."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import auth, discovery, settings
+from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
+from .logs import apply_debug_flag
+from .machine import process_info, tune_allocator
+from .manager import TaskManager
+from .payload import dumps_parameters, dumps_value, loads_answer, state_label
+from .server import MasterServer
+
+log = logging.getLogger(__name__)
+
+#: How long shutdown() waits for slaves to leave before it closes their connections.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class MasterProcess:
+    """Master process in a master-slave setup.
+
+    Subclass it and override :meth:`run`, which calls :meth:`requestTask` and
+    :meth:`retrieveResult`; then call :meth:`start`. Creating the object
+    starts the task manager and publishes ``label`` (label file, and the
+    Pyro5 name server if ``use_name_server`` and one is reachable).
+
+    Keyword options: ``host`` (interface to listen on, default all, or
+    SCIENTIFIC_MS_HOST), ``port`` (default 7766 when free, else any, or
+    SCIENTIFIC_MS_PORT), ``secret`` (default SCIENTIFIC_MS_SECRET, a key
+    file, or a fresh random one), ``missed_heartbeats`` (4) and
+    ``max_slave_losses`` (3), see :class:`TaskManager`.
+    """
+
+    def __init__(self, label: str, use_name_server: bool = True, *, host: Optional[str] = None,
+                 port: Optional[int] = None, secret: Optional[bytes] = None,
+                 missed_heartbeats: float = 4, max_slave_losses: int = 3):
+        self.label = discovery.check_label(label)
+        apply_debug_flag()
+        tune_allocator()
+        self.task_manager = TaskManager(missed_heartbeats=missed_heartbeats,
+                                        max_slave_losses=max_slave_losses)
+        self.process_id = self.task_manager.register_process("master", process_info())
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self.secret: bytes = secret or settings.secret_from_environment() or auth.new_secret()
+        self.host = host or settings.bind_host()
+        self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port))
+        try:
+            self._publication = discovery.publish(label, self._server.port, self.secret, self.host,
+                                                  settings.use_name_server(use_name_server))
+        except BaseException:
+            self._server.close()
+            raise
+        self.global_states: Dict[int, List[str]] = {}
+        self._state_numbers = itertools.count(1)
+        self._children: List[subprocess.Popen] = []
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+        log.info("master of %r listening on %s:%d", label, self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The TCP port the task manager listens on."""
+        return self._server.port
+
+    # ------------------------------------------------------------------ tasks
+
+    def requestTask(self, tag: str, *parameters: Any) -> str:
+        """Queue a task for a slave's ``do_<tag>(*parameters)``; returns its id.
+
+        Parameters are pickled here, so an unpicklable one raises
+        SerializationError at this call. Task order is not defined.
+        """
+        return self.task_manager.add_task(tag, dumps_parameters(tag, parameters))
+
+    def retrieveResult(self, tag: Optional[str] = None, *,
+                       timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[str], Any]:
+        """Wait for a result (of a task with ``tag``, if given): ``(task_id, tag, result)``.
+
+        Raises TaskRaisedException if the handler raised (or the task kept
+        losing its slaves), NoTasksPendingError if no matching task is
+        outstanding, TimeoutError after ``timeout`` seconds. Returns
+        ``(None, None, None)`` once the task manager is terminated.
+        """
+        try:
+            outcome = self.task_manager.get_answer(tag, timeout)
+        except TaskManagerTermination:
+            return None, None, None
+        try:
+            value = loads_answer(outcome.payload, outcome.task_id)
+        except Exception as error:
+            raise TaskRaisedException(outcome.task_id, outcome.tag, error, str(error)) from error
+        if not outcome.ok:
+            raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
+        return outcome.task_id, outcome.tag, value
+
+    # ------------------------------------------------------------------ shared state
+
+    def setGlobalState(self, **values: Any) -> int:
+        """Store values once; returns a state id for ``GlobalStateValue(state_id, name)``."""
+        if not values:
+            raise ConfigurationError("setGlobalState() needs at least one name=value")
+        state_id = next(self._state_numbers)
+        for name, value in values.items():
+            try:
+                data = dumps_value(value)
+            except Exception as error:
+                raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
+            self.task_manager.store_data(state_label(state_id, name), data)
+        self.global_states[state_id] = list(values)
+        return state_id
+
+    def deleteGlobalState(self, state_id: int) -> None:
+        """Drop the values stored under ``state_id`` (slaves keep copies they fetched)."""
+        try:
+            names = self.global_states.pop(state_id)
+        except KeyError:
+            raise ConfigurationError(f"no global state with id {state_id!r}") from None
+        for name in names:
+            self.task_manager.delete_data(state_label(state_id, name))
+
+    # ------------------------------------------------------------------ slaves
+
+    def store_slave_code(self, source: str, script: Optional[str] = None,
+                         argv: Optional[List[str]] = None) -> None:
+        """Keep the slaves' code so that ``task_manager slave LABEL`` and spawned slaves can run it."""
+        for name, value in (("slave_code", source), ("slave_script", script),
+                            ("cwd", os.getcwd()), ("argv", list(argv or [script or "slave"]))):
+            self.task_manager.store_data(name, dumps_value(value))
+
+    def launchSlaveJobs(self, n: int = 1) -> None:
+        """Start ``n`` slave processes on this machine, running the stored slave code."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
+        try:
+            cwd = pickle.loads(self.task_manager.retrieve_data("cwd"))
+        except KeyError:
+            raise ConfigurationError(
+                "launchSlaveJobs() needs the slaves' code: use runJob(), or "
+                "initializeMasterProcess(label, slave_script=... or slave_module=...)") from None
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
+        env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{host}:{self.port}",
+                   SCIENTIFIC_MS_SECRET=self.secret.decode())
+        for _ in range(n):
+            child = subprocess.Popen([sys.executable, "-m", "scientific_ms", "slave", self.label],
+                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+            self._children.append(child)
+            log.info("launched slave process %d", child.pid)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> None:
+        """The master's work; override it in a subclass."""
+        raise NotImplementedError("subclass MasterProcess and override run()")
+
+    def start(self) -> None:
+        """Run :meth:`run`, then :meth:`shutdown` (also when run() raises or is interrupted)."""
+        with terminate_on_sigterm():
+            try:
+                self.run()
+            finally:
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        """Terminate the task manager: slaves exit, the label is withdrawn. Idempotent."""
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        self.task_manager.terminate()
+        if not self.task_manager.wait_until_no_slaves(SHUTDOWN_GRACE_SECONDS):
+            log.warning("some slaves did not leave within %.0f s; closing their connections",
+                        SHUTDOWN_GRACE_SECONDS)
+        for child in self._children:
+            _reap(child, max(0.1, deadline - time.monotonic()))
+        self._server.close()
+        self._publication.withdraw()
+        log.info("master of %r shut down", self.label)
+
+
+def _reap(child: subprocess.Popen, timeout: float) -> None:
+    try:
+        child.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        log.warning("slave process %d did not exit; terminating it", child.pid)
+    child.terminate()
+    try:
+        child.wait(1.0)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+    """Turn SIGTERM into SystemExit so that a terminated master still cleans up."""
+    installed = False
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def handler(signum, frame):
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGTERM, handler)
+        installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

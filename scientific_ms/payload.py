@@ -1,0 +1,119 @@
+"""How task parameters, results and exceptions are pickled (protocol 5).
+
+Parameters are pickled in the master when the task is requested, so an
+unpicklable one fails at ``requestTask``. A :class:`GlobalStateValue`
+anywhere inside them is pickled as a reference (a persistent id) and the
+slave puts the value in its place, fetched once per slave.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback as traceback_module
+from typing import Any, Callable, Tuple
+
+from .errors import RemoteError, SerializationError
+
+PROTOCOL = 5
+
+
+class GlobalStateValue:
+    """Placeholder for a value stored once with ``MasterProcess.setGlobalState``.
+
+    Pass it as (or inside) a task parameter; the slave's handler receives
+    the value itself.
+    """
+
+    __slots__ = ("state_id", "name", "label")
+
+    def __init__(self, state_id: int, name: str):
+        self.state_id = state_id
+        self.name = name
+        self.label = state_label(state_id, name)
+
+    def __repr__(self) -> str:
+        return f"GlobalStateValue({self.state_id!r}, {self.name!r})"
+
+    def __reduce__(self):
+        return (GlobalStateValue, (self.state_id, self.name))
+
+
+def state_label(state_id: int, name: str) -> str:
+    return f"state_{state_id}_{name}"
+
+
+class _ParameterPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any):
+        if type(obj) is GlobalStateValue:
+            return obj.label
+        return None
+
+
+class _ParameterUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, fetch_state: Callable[[str], Any]):
+        super().__init__(io.BytesIO(data))
+        self._fetch_state = fetch_state
+
+    def persistent_load(self, label: str) -> Any:
+        return self._fetch_state(label)
+
+
+def dumps_parameters(tag: str, parameters: Tuple) -> bytes:
+    """Pickle a task's parameters; the error names the parameter that failed."""
+    buffer = io.BytesIO()
+    try:
+        _ParameterPickler(buffer, PROTOCOL).dump(parameters)
+    except Exception as error:
+        culprit = _first_unpicklable(parameters)
+        raise SerializationError(
+            f"requestTask({tag!r}, ...): parameter {culprit} cannot be pickled "
+            f"({type(error).__name__}: {error}); only picklable values can be sent to a slave") from error
+    return buffer.getvalue()
+
+
+def _first_unpicklable(parameters: Tuple) -> str:
+    for index, value in enumerate(parameters):
+        try:
+            _ParameterPickler(io.BytesIO(), PROTOCOL).dump(value)
+        except Exception:
+            return f"#{index + 1} ({type(value).__name__})"
+    return "?"
+
+
+def loads_parameters(payload: bytes, fetch_state: Callable[[str], Any]) -> Tuple:
+    return _ParameterUnpickler(payload, fetch_state).load()
+
+
+def dumps_value(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=PROTOCOL)
+
+
+def dumps_exception(error: BaseException) -> bytes:
+    """Pickle an exception so that it will unpickle in the master.
+
+    Exceptions whose constructor takes other arguments than ``args`` often
+    pickle fine but fail to unpickle; those, and unpicklable ones, travel
+    as a RemoteError carrying the type name and message.
+    """
+    try:
+        data = pickle.dumps(error, protocol=PROTOCOL)
+        pickle.loads(data)
+        return data
+    except Exception:
+        return pickle.dumps(RemoteError(f"{type(error).__module__}.{type(error).__qualname__}: {error}"),
+                            protocol=PROTOCOL)
+
+
+def format_exception(error: BaseException) -> str:
+    return "".join(traceback_module.format_exception(type(error), error, error.__traceback__))
+
+
+def loads_answer(payload: bytes, task_id: str) -> Any:
+    """Unpickle a result or exception in the master."""
+    try:
+        return pickle.loads(payload)
+    except Exception as error:
+        raise SerializationError(
+            f"the answer to task {task_id} cannot be unpickled in the master "
+            f"({type(error).__name__}: {error}); is its class importable here?") from error

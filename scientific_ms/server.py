@@ -1,0 +1,221 @@
+"""Serve a TaskManager over Pyro5: authentication, disconnects, the reaper.
+
+Slave traffic is a few coarse calls (see ``TaskManagerService``): one
+``exchange`` carries a batch of answers in and a batch of tasks out, and a
+``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
+at once that the master finished. Payloads are pickled bytes carried by
+Pyro5's marshal serializer, which passes bytes through without base64.
+
+Each connection runs in its own thread of Pyro5's thread-pool server, sized
+for thousands of slaves rather than Pyro5's default 80. A connection is
+authenticated (``auth.server_handshake``) before Pyro5 reads anything from
+it. When a connection that a slave used drops, the slave is declared dead at
+once unless it said goodbye first.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Dict, List, Optional, Set, Tuple
+
+from Pyro5 import config as pyro_config
+import Pyro5.core
+import Pyro5.server
+from Pyro5.callcontext import current_context
+
+from . import auth, settings
+from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
+from .manager import TaskManager
+
+log = logging.getLogger(__name__)
+
+#: Statuses returned to slaves (exceptions do not cross marshal cleanly).
+OK, TERMINATED, UNKNOWN = "ok", "terminated", "unknown"
+
+
+def object_name(label: str) -> str:
+    return f"TaskManager.{label}"
+
+
+class TaskManagerService:
+    """The remote face of a TaskManager; every caller is already authenticated."""
+
+    def __init__(self, manager: TaskManager):
+        self._manager = manager
+        self._lock = threading.Lock()
+        self._processes_by_connection: Dict[object, Set[int]] = {}
+
+    # -- bookkeeping of which connection speaks for which process
+
+    def _bind(self, process_id: int) -> None:
+        connection = current_context.client
+        if connection is None:
+            return
+        with self._lock:
+            self._processes_by_connection.setdefault(connection, set()).add(process_id)
+
+    def connection_closed(self, connection) -> None:
+        with self._lock:
+            process_ids = self._processes_by_connection.pop(connection, ())
+        for process_id in process_ids:
+            if self._manager.process_lost(process_id, "its connection dropped"):
+                log.debug("process %s declared dead: connection closed", process_id)
+
+    # -- the exposed calls
+
+    @Pyro5.server.expose
+    def register(self, role: str, info: dict, tags: List[str],
+                 watchdog_period: Optional[float]) -> Tuple[str, int]:
+        try:
+            process_id = self._manager.register_process(role, info, tags, watchdog_period)
+        except TaskManagerTermination:
+            return TERMINATED, 0
+        self._bind(process_id)
+        return OK, process_id
+
+    @Pyro5.server.expose
+    def unregister(self, process_id: int) -> None:
+        with self._lock:
+            for process_ids in self._processes_by_connection.values():
+                process_ids.discard(process_id)
+        self._manager.unregister_process(process_id)
+
+    @Pyro5.server.expose
+    def exchange(self, process_id: int, answers: list, max_tasks: int,
+                 wait: float) -> Tuple[str, list]:
+        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
+        if answers:
+            self._manager.store_answers(process_id, answers)
+        self._bind(process_id)
+        if max_tasks <= 0:
+            return OK, []
+        try:
+            tasks = self._manager.take_tasks(process_id, max_tasks, wait)
+        except TaskManagerTermination:
+            return TERMINATED, []
+        except UnknownProcessError:
+            return UNKNOWN, []
+        return OK, [(t.task_id, t.assignment, t.tag, t.payload) for t in tasks]
+
+    @Pyro5.server.expose
+    def return_tasks(self, process_id: int, assignments: List[int]) -> None:
+        self._manager.return_tasks(process_id, assignments)
+
+    @Pyro5.server.expose
+    def watch(self, process_id: int, stats: dict, timeout: float) -> str:
+        """Heartbeat, then wait up to ``timeout`` s for the end of the job."""
+        if self._manager.terminated:
+            return TERMINATED
+        self._bind(process_id)
+        if not self._manager.heartbeat(process_id, stats):
+            return UNKNOWN
+        if self._manager.wait_terminated(max(0.0, min(timeout, 3600.0))):
+            return TERMINATED
+        return OK
+
+    @Pyro5.server.expose
+    def get_data(self, label: str) -> Tuple[bool, object]:
+        try:
+            return True, self._manager.retrieve_data(label)
+        except KeyError as error:
+            return False, str(error.args[0])
+
+    @Pyro5.server.expose
+    def status(self) -> dict:
+        return self._manager.status()
+
+
+class _AuthenticatingDaemon(Pyro5.server.Daemon):
+    """A Pyro5 daemon that runs our challenge-response instead of Pyro's handshake."""
+
+    def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int):
+        self._service = service
+        self._secret = secret
+        self._label = label
+        self._connections: Set[object] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(host=host, port=port)
+
+    def _handshake(self, conn, denied_reason=None):
+        if denied_reason:
+            log.warning("refused a connection: %s", denied_reason)
+            return False
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not auth.server_handshake(conn.sock, self._secret, self._label):
+            log.info("rejected a connection that failed authentication")
+            return False
+        with self._connections_lock:
+            self._connections.add(conn)
+        return True
+
+    def clientDisconnect(self, conn):
+        with self._connections_lock:
+            self._connections.discard(conn)
+        self._service.connection_closed(conn)
+
+    def close_connections(self) -> None:
+        """Close every client connection, waking the threads that serve them."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _configure_pyro() -> None:
+    # Pyro5 reads these globals when a daemon is created and whenever a
+    # connection arrives; the master process needs a thread per connection.
+    pyro_config.SERVERTYPE = "thread"
+    pyro_config.THREADPOOL_SIZE = max(pyro_config.THREADPOOL_SIZE, settings.max_connections())
+    pyro_config.THREADPOOL_SIZE_MIN = max(pyro_config.THREADPOOL_SIZE_MIN, 8)
+
+
+class MasterServer:
+    """Runs the daemon and the liveness reaper for one TaskManager."""
+
+    def __init__(self, manager: TaskManager, label: str, secret: bytes,
+                 host: str, port: Optional[int], reaper_interval: float = 0.25):
+        _configure_pyro()
+        self.manager = manager
+        self.service = TaskManagerService(manager)
+        self.daemon = self._bind(host, port, label, secret)
+        self.daemon.register(self.service, object_name(label))
+        self.port = self.daemon.sock.getsockname()[1]
+        self.host = host
+        self._stop = threading.Event()
+        self._reaper_interval = reaper_interval
+        self._threads = [
+            threading.Thread(target=self.daemon.requestLoop, name=f"scientific_ms-daemon-{label}", daemon=True),
+            threading.Thread(target=self._reap, name=f"scientific_ms-reaper-{label}", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _bind(self, host: str, port: Optional[int], label: str, secret: bytes) -> _AuthenticatingDaemon:
+        if port is not None:
+            try:
+                return _AuthenticatingDaemon(self.service, secret, label, host, port)
+            except OSError as error:
+                raise ConfigurationError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        try:
+            return _AuthenticatingDaemon(self.service, secret, label, host, settings.DEFAULT_PORT)
+        except OSError:
+            return _AuthenticatingDaemon(self.service, secret, label, host, 0)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(self._reaper_interval):
+            try:
+                self.manager.check_liveness()
+            except Exception:  # never let the reaper die silently
+                log.exception("liveness check failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.daemon.shutdown()
+        self.daemon.close_connections()
+        for thread in self._threads:
+            thread.join(timeout=5)

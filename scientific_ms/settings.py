@@ -1,0 +1,143 @@
+"""Every option read from the environment, in one place.
+
+Each keyword option of the public API falls back to an environment variable
+``SCIENTIFIC_MS_<NAME>``; docs/configuration.md lists them. Values are read
+when they are needed, so a test or a script may set them at any time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .errors import ConfigurationError
+
+PREFIX = "SCIENTIFIC_MS_"
+
+#: Pyro's traditional port: a master takes it when it is free.
+DEFAULT_PORT = 7766
+#: Idle slaves re-ask for work this often (seconds); it bounds how long
+#: ``terminationTest`` goes unchecked, nothing else.
+POLL_SECONDS = 5.0
+#: How long a slave gives a running handler to finish once the master is gone.
+ABANDON_GRACE_SECONDS = 0.5
+
+
+def raw(name: str) -> Optional[str]:
+    """The variable's value, or None when unset or empty."""
+    value = os.environ.get(PREFIX + name, "").strip()
+    return value or None
+
+
+def flag(name: str, default: bool) -> bool:
+    value = raw(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{PREFIX}{name}={value!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def number(name: str, default: float, minimum: float = 0.0) -> float:
+    value = raw(name)
+    if value is None:
+        return default
+    try:
+        result = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{PREFIX}{name}={value!r} is not a number") from None
+    if result < minimum:
+        raise ConfigurationError(f"{PREFIX}{name}={value!r} must be >= {minimum:g}")
+    return result
+
+
+def registry_dir() -> Path:
+    """Folder of label files (``SCIENTIFIC_MS_REGISTRY``, default ``~/.scientific_ms``)."""
+    value = raw("REGISTRY")
+    return Path(value).expanduser() if value else Path.home() / ".scientific_ms"
+
+
+def bind_host() -> str:
+    """Interface the master listens on (``SCIENTIFIC_MS_HOST``, default all)."""
+    return raw("HOST") or "0.0.0.0"
+
+
+def advertised_hosts() -> Optional[list]:
+    """Addresses the master tells slaves to use (``SCIENTIFIC_MS_ADVERTISE``, comma separated)."""
+    value = raw("ADVERTISE")
+    return [h.strip() for h in value.split(",") if h.strip()] if value else None
+
+
+def port(explicit: Optional[int] = None) -> Optional[int]:
+    """The master's port: explicit, ``SCIENTIFIC_MS_PORT``, or None (7766 if free, else any)."""
+    value = explicit if explicit is not None else raw("PORT")
+    if value is None:
+        return None
+    try:
+        result = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"port must be a whole number, got {value!r}") from None
+    if not 0 <= result <= 65535:
+        raise ConfigurationError(f"port must be between 0 and 65535, got {result}")
+    return result
+
+
+def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple:
+    """``"host"``, ``"host:port"`` or ``"[v6]:port"`` -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise ConfigurationError("empty master address: expected HOST or HOST:PORT")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return host, default_port
+    try:
+        value = int(port_text)
+    except ValueError:
+        raise ConfigurationError(f"bad master address {text!r}: port {port_text!r} is not a number") from None
+    if not 0 < value <= 65535:
+        raise ConfigurationError(f"bad master address {text!r}: port must be 1-65535")
+    return host, value
+
+
+def secret_from_environment(key_file: Optional[str] = None) -> Optional[bytes]:
+    """A secret the user set: a key file (argument or ``SCIENTIFIC_MS_KEY_FILE``)
+    or ``SCIENTIFIC_MS_SECRET``; None if neither is set."""
+    path = key_file or raw("KEY_FILE")
+    if path:
+        try:
+            text = Path(path).expanduser().read_text().strip()
+        except OSError as error:
+            raise ConfigurationError(f"cannot read the key file {path}: {error.strerror}") from None
+        if not text:
+            raise ConfigurationError(f"the key file {path} is empty")
+        return text.encode()
+    value = raw("SECRET")
+    return value.encode() if value else None
+
+
+def use_name_server(requested: bool) -> bool:
+    """Name server use: the caller's wish, unless ``SCIENTIFIC_MS_NAME_SERVER=0``."""
+    return requested and flag("NAME_SERVER", True)
+
+
+def debug_requested() -> bool:
+    return flag("DEBUG", False)
+
+
+def malloc_top_pad() -> int:
+    """Bytes glibc keeps at the heap top (``SCIENTIFIC_MS_MALLOC_TOP_PAD``, 0 = leave alone)."""
+    return int(number("MALLOC_TOP_PAD", 64 * 1024 * 1024))
+
+
+def max_connections() -> int:
+    """Connections a master serves at once (``SCIENTIFIC_MS_MAX_CONNECTIONS``)."""
+    return int(number("MAX_CONNECTIONS", 10000, minimum=8))

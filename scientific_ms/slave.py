@@ -1,0 +1,314 @@
+"""Slave processes: take tasks, run their ``do_<tag>`` handlers, send answers.
+
+Two threads, each with its own connection:
+
+* the main thread loops on ``exchange``: it hands in the answers of the last
+  batch and takes the next one. The batch grows while tasks are short (about
+  20 ms of work per batch) and is one task when they are long, so short
+  tasks cost few round trips and long ones are never hoarded;
+* the watch thread long-polls ``watch``, which is the heartbeat, brings the
+  CPU and memory samples, and returns at once when the master finishes. If
+  the main thread is then still inside a handler, the slave gives it a
+  moment and exits anyway, so no slave outlives its master by more than
+  about a second. A broken connection means the master died: the slave
+  tries to reach it again for a while (a cut link may heal) and then exits.
+
+A slave that the master declared dead (stopped, or cut off, for too long)
+and that comes back registers again under a new id; whatever it was running
+has been rescheduled, and its late answer counts only if it is the first.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from . import discovery, settings
+from .client import MasterConnection, connect
+from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
+from .logs import apply_debug_flag
+from .machine import ResourceSampler, process_info, tune_allocator
+from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
+from .server import OK, TERMINATED, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+#: Aim for this much work per batch of short tasks (seconds).
+TARGET_BATCH_SECONDS = 0.02
+MAX_BATCH = 1024
+
+
+def handlers_in(namespace: Dict[str, object]) -> Dict[str, Callable]:
+    """``{tag: handler}`` for every callable ``do_<tag>`` in a namespace."""
+    return {name[3:]: value for name, value in namespace.items()
+            if name.startswith("do_") and len(name) > 3 and callable(value)}
+
+
+class SlaveProcess:
+    """Slave process in a master-slave setup.
+
+    Subclass it and add ``do_<tag>(self, *parameters)`` methods, then call
+    :meth:`start`. ``label`` names the master; ``master_host`` (``HOST`` or
+    ``HOST:PORT``) skips discovery. ``watchdog_period`` is the heartbeat
+    interval in seconds (None: no heartbeats, so a hung slave goes
+    unnoticed). With ``wait=True`` a slave started before its master waits
+    for it (at most ``wait_timeout`` seconds, if given).
+    """
+
+    def __init__(self, label: str, master_host: Optional[str] = None,
+                 watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
+                 wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
+                 hard_exit: bool = True):
+        self.label = discovery.check_label(label)
+        if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
+            raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
+                                     f"got {watchdog_period!r}")
+        self.master_host = master_host
+        self.watchdog_period = watchdog_period
+        self.wait = wait
+        self.wait_timeout = wait_timeout
+        self.key_file = key_file
+        self.hard_exit = hard_exit
+        self.done = False
+        self.process_id: Optional[int] = None
+        self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
+                             if name.startswith("do_") and len(name) > 3}
+        self._state_cache: Dict[str, object] = {}
+        self._connection: Optional[MasterConnection] = None
+        self._registration: tuple = ()
+        self._rejoin_lock = threading.Lock()
+        self._stop_watch = threading.Event()
+        self._main_done = threading.Event()
+        self._current_task: Optional[str] = None
+        self._master_gone: Optional[str] = None
+
+    def terminationTest(self) -> bool:
+        """Override to stop serving early; checked before each batch of tasks."""
+        return False
+
+    # ------------------------------------------------------------------ main loop
+
+    def start(self, namespace: Optional[Dict[str, object]] = None) -> None:
+        """Serve tasks until the master finishes or ``terminationTest()`` is true.
+
+        ``namespace``: a dict holding ``do_<tag>`` functions, used instead of
+        this object's methods. Raises ConnectionLostError if the master dies.
+        """
+        handlers = handlers_in(namespace if namespace is not None else self.task_methods)
+        if not handlers:
+            raise ConfigurationError(
+                "this slave has no task handlers: define do_<tag> methods on the SlaveProcess "
+                "subclass, or do_<tag> functions in the slave script")
+        apply_debug_flag()
+        tune_allocator()
+        self._connection = connect(self.label, self.master_host, key_file=self.key_file,
+                                   wait=self.wait, wait_timeout=self.wait_timeout)
+        self._registration = (process_info(), sorted(handlers), self.watchdog_period)
+        status, self.process_id = self._connection.call("register", "slave", *self._registration)
+        if status != OK:
+            log.info("the master of %r has already finished", self.label)
+            self._connection.close()
+            return
+        log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
+                 self._connection.address, ", ".join(sorted(handlers)))
+        watcher = None
+        if self.watchdog_period is not None:
+            watcher = threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True)
+            watcher.start()
+        clean = False
+        try:
+            self._serve(handlers)
+            clean = True
+        finally:
+            self._main_done.set()
+            self._stop_watch.set()
+            if clean or isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                try:  # say goodbye, so that anything still held is requeued without blame
+                    self._connection.call("unregister", self.process_id, timeout=5.0)
+                except ScientificMSError:
+                    pass
+            self._connection.close()
+            if watcher is not None:
+                watcher.join(timeout=1.0)
+            self.done = True
+
+    def _serve(self, handlers: Dict[str, Callable]) -> None:
+        answers: list = []
+        want = 1
+        seconds_per_task: Optional[float] = None
+        while True:
+            if self.terminationTest():
+                if answers:
+                    self._call("exchange", self.process_id, answers, 0, 0.0)
+                log.info("terminationTest() is true: slave %s stops", self.process_id)
+                return
+            process_id = self.process_id
+            status, tasks = self._call("exchange", process_id, answers, want, settings.POLL_SECONDS)
+            answers = []
+            if status == TERMINATED:
+                log.info("the master of %r finished; slave %s exits", self.label, process_id)
+                return
+            if status == UNKNOWN:
+                self._rejoin(process_id)
+                continue
+            started = time.perf_counter()
+            for task_id, assignment, tag, payload in tasks:
+                handler = handlers.get(tag)
+                if handler is None:  # cannot happen unless handlers changed under us
+                    self._call("return_tasks", self.process_id, [assignment])
+                    continue
+                answers.append(self._run(handler, task_id, assignment, tag, payload))
+            if tasks:
+                mean = (time.perf_counter() - started) / len(tasks)
+                seconds_per_task = mean if seconds_per_task is None else 0.5 * (seconds_per_task + mean)
+                want = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(seconds_per_task, 1e-7))))
+
+    def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes) -> tuple:
+        self._current_task = task_id
+        try:
+            parameters = loads_parameters(payload, self._fetch_state)
+            result = handler(*parameters)
+            try:
+                data = dumps_value(result)
+            except Exception as error:
+                raise SerializationError(
+                    f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
+            return (task_id, assignment, True, data, "")
+        except Exception as error:
+            return (task_id, assignment, False, dumps_exception(error), format_exception(error))
+        finally:
+            self._current_task = None
+
+    def _call(self, method: str, *args):
+        try:
+            return self._connection.call(method, *args)
+        except ConnectionLostError as error:
+            if self._master_gone is not None:
+                raise ConnectionLostError(self._master_gone) from None
+            raise ConnectionLostError(f"slave of {self.label!r}: {error}; exiting") from None
+
+    def _rejoin(self, old_process_id: int) -> None:
+        """Register again after the master declared us dead (first caller wins)."""
+        with self._rejoin_lock:
+            if self.process_id != old_process_id:
+                return
+            log.warning("the master of %r declared slave %s dead (it had not heard from it in time); "
+                        "joining again", self.label, old_process_id)
+            status, new_id = self._connection.call("register", "slave", *self._registration)
+            if status == OK:
+                self.process_id = new_id
+
+    def _fetch_state(self, label: str) -> object:
+        """A global state value, fetched from the master at most once per slave."""
+        try:
+            return self._state_cache[label]
+        except KeyError:
+            pass
+        found, value = self._connection.call("get_data", label)
+        if not found:
+            raise KeyError(f"global state {label!r} is not on the master: {value}")
+        import pickle
+        self._state_cache[label] = result = pickle.loads(value)
+        return result
+
+    # ------------------------------------------------------------------ watch thread
+
+    def _watch(self) -> None:
+        period = self.watchdog_period
+        sampler = ResourceSampler()
+        try:
+            connection = self._connection.duplicate()
+        except ScientificMSError as error:
+            self._master_lost(f"cannot open the heartbeat connection: {error}")
+            return
+        while not self._stop_watch.is_set():
+            process_id = self.process_id
+            try:
+                status = connection.call("watch", process_id, sampler.sample(), period,
+                                         timeout=period + 30.0)
+            except ConnectionLostError as error:
+                if self._stop_watch.is_set():
+                    break
+                connection.close()
+                connection = self._reconnect(str(error))
+                if connection is None:
+                    return
+                continue
+            if status == TERMINATED:
+                self._master_finished()
+                break
+            if status == UNKNOWN:
+                self._rejoin(process_id)
+        connection.close()
+
+    def _reconnect(self, reason: str) -> Optional[MasterConnection]:
+        """Reach the master again within the heartbeat limit, or give up and exit."""
+        limit = max(5.0, 4 * self.watchdog_period)
+        deadline = time.monotonic() + limit
+        log.warning("slave %s: %s; trying to reach the master again for %.0f s", self.process_id, reason, limit)
+        while not self._stop_watch.is_set():
+            try:
+                return self._connection.duplicate()
+            except MasterNotFoundError as error:
+                refused = isinstance(error.__context__, OSError) and \
+                    getattr(error.__context__, "errno", None) == errno.ECONNREFUSED
+                if refused or "refused" in str(error) or time.monotonic() >= deadline:
+                    self._master_lost(f"{reason}; the master is gone ({error})")
+                    return None
+            except ScientificMSError as error:
+                self._master_lost(f"{reason}; {error}")
+                return None
+            self._stop_watch.wait(1.0)
+        return None
+
+    def _master_finished(self) -> None:
+        if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
+            return
+        task = self._current_task
+        self._abandon(0, f"the master of {self.label!r} finished while slave {self.process_id} was "
+                         f"running task {task}; abandoning it and exiting")
+
+    def _master_lost(self, message: str) -> None:
+        self._master_gone = f"slave of {self.label!r} lost its master: {message}"
+        if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
+            return
+        self._abandon(1, self._master_gone)
+
+    def _abandon(self, code: int, message: str) -> None:
+        if code:
+            log.error("%s", message)
+        else:
+            log.info("%s", message)
+        if self.hard_exit:
+            sys.stderr.write(f"scientific_ms: {message}\n")
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = None, *,
+                      wait: bool = False, wait_timeout: Optional[float] = None,
+                      watchdog_period: Optional[float] = 120.0) -> None:
+    """Serve the ``do_<tag>`` functions of the calling script as a slave.
+
+    Call it at the end of a slave script. ``label`` may be omitted when the
+    script runs through ``task_manager slave LABEL``. Errors end the process
+    with a message and exit code 1.
+    """
+    context = discovery.current_slave_context()
+    if label is None:
+        if context is None:
+            raise ConfigurationError("startSlaveProcess() needs the master's label, unless the "
+                                     "script is run by 'task_manager slave LABEL'")
+        label = context.label
+    namespace = vars(sys.modules["__main__"])
+    try:
+        SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout).start(namespace)
+    except ScientificMSError as error:
+        sys.stderr.write(f"scientific_ms: slave for {label!r}: {error}\n")
+        raise SystemExit(1) from None
