@@ -130,6 +130,7 @@ class TaskManager:
         self._started = clock()
         self._completion_rate = RateMeter()
         self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
+        self.data_fetches = collections.Counter()  # label -> times retrieved
 
     # ------------------------------------------------------------------ processes
 
@@ -339,7 +340,9 @@ class TaskManager:
     def retrieve_data(self, label: str) -> bytes:
         with self._lock:
             try:
-                return self._data[label]
+                data = self._data[label]
+                self.data_fetches[label] += 1
+                return data
             except KeyError:
                 raise KeyError(f"no data stored under {label!r} (deleted, or never stored)") from None
 
@@ -580,8 +583,9 @@ class TaskManager:
         if failed:
             self._answer_ready.notify_all()
         self._process_left.notify_all()
-        if reason is None:
-            log.debug("%s left; %d task(s) returned to the queue", proc.describe(), requeued)
+        if reason is None or self._terminated:
+            log.debug("%s left (%s); %d task(s) returned to the queue",
+                      proc.describe(), reason or "goodbye", requeued)
         else:
             self.counters["processes_lost"] += 1
             log.warning("%s lost: %s; %d task(s) rescheduled, %d failed after too many losses",

@@ -126,13 +126,13 @@ class SlaveProcess:
             self._serve(handlers)
             clean = True
         finally:
-            self._main_done.set()
-            self._stop_watch.set()
             if clean or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                try:  # say goodbye, so that anything still held is requeued without blame
+                try:  # say goodbye first, so that no closing connection reads as a death
                     self._connection.call("unregister", self.process_id, timeout=5.0)
                 except ScientificMSError:
                     pass
+            self._main_done.set()
+            self._stop_watch.set()
             self._connection.close()
             if watcher is not None:
                 watcher.join(timeout=1.0)

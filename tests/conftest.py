@@ -1,0 +1,108 @@
+"""Shared fixtures: an isolated registry per test, reaped subprocesses, deadlines."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(0.01)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path, monkeypatch):
+    """Each test gets its own label registry and no name server unless it asks."""
+    for name in list(os.environ):
+        if name.startswith("SCIENTIFIC_MS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SCIENTIFIC_MS_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "0")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    yield
+
+
+class Processes:
+    """Starts subprocesses in their own sessions and kills whatever is left at the end."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.started = []
+
+    def start(self, args, *, env=None, cwd=None, name=None):
+        name = name or f"proc{len(self.started)}"
+        out = open(self.directory / f"{name}.out", "w+")
+        merged = dict(os.environ, **(env or {}))
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=merged, cwd=cwd, start_new_session=True)
+        process.output_file = out
+        self.started.append(process)
+        return process
+
+    def python(self, *args, **kwargs):
+        return self.start([sys.executable, *map(str, args)], **kwargs)
+
+    def task_manager(self, *args, **kwargs):
+        return self.start([sys.executable, "-m", "scientific_ms", *map(str, args)], **kwargs)
+
+    @staticmethod
+    def output(process):
+        process.output_file.flush()
+        process.output_file.seek(0)
+        return process.output_file.read()
+
+    def finish(self, process, timeout=30.0):
+        """Wait for a process to exit; returns (exit code, output)."""
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process {process.args} still running after {timeout} s:\n"
+                                 f"{self.output(process)}") from None
+        return code, self.output(process)
+
+    def cleanup(self):
+        for process in self.started:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            process.wait()
+            process.output_file.close()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    manager = Processes(tmp_path)
+    yield manager
+    manager.cleanup()
+
+
+def descendants_gone(pids, timeout):
+    """Wait until none of ``pids`` is running; returns the ones still alive."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]

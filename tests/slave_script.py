@@ -1,0 +1,28 @@
+"""A slave used by the tests: python slave_script.py LABEL [WATCHDOG_PERIOD]."""
+
+import os
+import sys
+import time
+
+from scientific_ms import startSlaveProcess
+
+
+def do_work(seconds, value):
+    time.sleep(seconds)
+    return value, os.getpid()
+
+
+def do_pid():
+    return os.getpid()
+
+
+def do_fail(message):
+    raise ValueError(message)
+
+
+def do_die(code):
+    os._exit(code)
+
+
+period = float(sys.argv[2]) if len(sys.argv) > 2 else 120.0
+startSlaveProcess(sys.argv[1], watchdog_period=period, wait=True)

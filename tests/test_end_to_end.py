@@ -1,0 +1,211 @@
+"""Whole jobs with real processes over real sockets: the examples, both styles, discovery."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from scientific_ms import MasterProcess, discovery
+from conftest import EXAMPLES, descendants_gone, wait_for
+
+HERE = os.path.dirname(__file__)
+SLAVE_SCRIPT = os.path.join(HERE, "slave_script.py")
+
+
+def test_demo_runs_master_and_spawned_slaves(processes):
+    code, out = processes.finish(processes.python(EXAMPLES / "master_slave_demo.py", cwd=EXAMPLES), 60)
+    assert code == 0, out
+    for x in ("(0.0, 0.0)", "(1.0, 1.0)", "(2.0, 1.4142135623730951)", "(3.0, 1.7320508075688772)"):
+        assert x in out
+    # The handler's exception arrives with the original object and the remote traceback.
+    assert "raised ValueError('math domain error')" in out
+    assert "in do_sqrt" in out and "math.sqrt(x)" in out
+
+
+def test_global_state_example(processes):
+    code, out = processes.finish(processes.python(EXAMPLES / "global_state.py", cwd=EXAMPLES), 60)
+    assert code == 0, out
+    total, expected = out.split()[1].rstrip(","), out.split()[3]
+    assert total == expected
+
+
+def test_two_scripts_with_slave_script_and_task_manager_slave(processes):
+    """master.py waits for slaves started by hand: one `python slave.py`, one `task_manager slave`."""
+    master = processes.python(EXAMPLES / "master.py", cwd=EXAMPLES, name="master")
+    wait_for(lambda: discovery.read_label_file("demo"), what="the label file")
+    slave_a = processes.python(EXAMPLES / "slave.py", cwd=EXAMPLES, name="slave_a")
+    slave_b = processes.task_manager("slave", "demo", cwd="/", name="slave_b")
+    code, out = processes.finish(master, 60)
+    assert code == 0, out
+    assert "(3.0, 1.7320508075688772)" in out and "raised ValueError" in out
+    for slave in (slave_a, slave_b):
+        code, out = processes.finish(slave, 10)
+        assert code == 0, out
+    assert discovery.read_label_file("demo") is None
+
+
+def test_slaves_started_before_the_master_wait_for_it(processes):
+    early_script = processes.python(EXAMPLES / "slave.py", cwd=EXAMPLES, name="early_script")
+    early_command = processes.task_manager("slave", "-w", "demo", name="early_command")
+    master = processes.python(EXAMPLES / "master.py", cwd=EXAMPLES, name="master")
+    code, out = processes.finish(master, 60)
+    assert code == 0, out
+    assert out.count("sqrt_") == 5
+    for slave in (early_script, early_command):
+        code, out = processes.finish(slave, 10)
+        assert code == 0, out
+
+
+def test_explicit_master_host(processes, tmp_path, monkeypatch):
+    master = MasterProcess("explicit", use_name_server=False, port=0, secret=b"s3cret")
+    try:
+        other_registry = tmp_path / "elsewhere"      # the slave shares no label file
+        env = {"SCIENTIFIC_MS_REGISTRY": str(other_registry), "SCIENTIFIC_MS_SECRET": "s3cret"}
+        script = tmp_path / "explicit_slave.py"
+        script.write_text(textwrap.dedent(f"""
+            from scientific_ms import startSlaveProcess
+            def do_double(x):
+                return 2 * x
+            startSlaveProcess("explicit", master_host="127.0.0.1:{master.port}")
+        """))
+        slave = processes.python(script, env=env)
+        ids = {master.requestTask("double", i): i for i in range(10)}
+        results = {}
+        for _ in range(10):
+            task_id, tag, value = master.retrieveResult("double")
+            results[task_id] = value
+        assert results == {task_id: 2 * i for task_id, i in ids.items()}
+    finally:
+        master.shutdown()
+    assert processes.finish(slave, 10)[0] == 0
+
+
+@pytest.fixture
+def name_server(processes, monkeypatch):
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = processes.start([sys.executable, "-m", "Pyro5.nameserver", "-n", "127.0.0.1", "-p", str(port)],
+                             name="nameserver")
+    monkeypatch.setenv("PYRO_NS_HOST", "127.0.0.1")
+    monkeypatch.setenv("PYRO_NS_PORT", str(port))
+    monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "1")
+    from Pyro5 import config
+    monkeypatch.setattr(config, "NS_HOST", "127.0.0.1")
+    monkeypatch.setattr(config, "NS_PORT", port)
+    wait_for(lambda: discovery.locate_name_server() is not None, 20, "the name server")
+    yield port
+    server.kill()
+
+
+def test_name_server_registration_and_lookup(processes, tmp_path, name_server):
+    master = MasterProcess("via_ns", port=0, secret=b"shared-secret")
+    try:
+        ns = discovery.locate_name_server()
+        with ns:
+            uri = ns.lookup("TaskManager.via_ns")
+        assert uri.port == master.port
+        script = tmp_path / "ns_slave.py"
+        script.write_text("from scientific_ms import startSlaveProcess\n"
+                          "def do_neg(x):\n    return -x\n"
+                          "startSlaveProcess('via_ns')\n")
+        env = {"SCIENTIFIC_MS_REGISTRY": str(tmp_path / "no-shared-home"),
+               "SCIENTIFIC_MS_SECRET": "shared-secret"}
+        slave = processes.python(script, env=env)
+        master.requestTask("neg", 5)
+        assert master.retrieveResult()[2] == -5
+    finally:
+        master.shutdown()
+    assert processes.finish(slave, 10)[0] == 0
+    with discovery.locate_name_server() as ns:
+        assert "TaskManager.via_ns" not in ns.list()
+
+
+MASTER_ENDINGS = textwrap.dedent("""
+    import os, sys, time
+    from scientific_ms import MasterProcess, SlaveProcess, runJob
+
+    class Master(MasterProcess):
+        def run(self):
+            ids = [self.requestTask("work", 0.01, i) for i in range(6)]
+            for _ in ids:
+                self.retrieveResult("work")
+            self.requestTask("work", 60.0, "long")       # keeps one slave busy
+            while not self.task_manager.counts()["running"]:
+                time.sleep(0.01)
+            print("READY", flush=True)
+            ending = sys.argv[1]
+            if ending == "raise":
+                raise RuntimeError("run() failed")
+            if ending == "interrupt":
+                time.sleep(60)                           # the test sends SIGINT
+
+    class Worker(SlaveProcess):
+        def do_work(self, seconds, value):
+            time.sleep(seconds)
+            return value
+
+    runJob("endings", Master, Worker, launch_slaves=2, watchdog_period=5.0)
+""")
+
+
+@pytest.mark.parametrize("ending", ["return", "raise", "interrupt"])
+def test_every_slave_exits_when_the_master_ends(processes, tmp_path, ending):
+    script = tmp_path / "endings.py"
+    script.write_text(MASTER_ENDINGS)
+    master = processes.python(script, ending, cwd=tmp_path, name="master")
+    wait_for(lambda: discovery.read_label_file("endings"), 30, "the label file")
+    extra = processes.task_manager("slave", "endings", name="hand_started")
+    wait_for(lambda: "READY" in processes.output(master), 30, "the master to be ready")
+    slaves = [p.pid for p in psutil_children(master.pid)] + [extra.pid]
+    assert len(slaves) == 3
+    if ending == "interrupt":
+        master.send_signal(signal.SIGINT)
+    code, out = processes.finish(master, 30)
+    assert (code == 0) == (ending == "return"), out
+    if ending == "raise":
+        assert "RuntimeError: run() failed" in out
+    assert descendants_gone(slaves, timeout=5.0) == []
+    assert discovery.read_label_file("endings") is None
+    code, out = processes.finish(extra, 5)
+    assert "finished" in out or code == 0, out
+
+
+def psutil_children(pid):
+    import psutil
+    return wait_for(lambda: len(psutil.Process(pid).children()) == 2 and psutil.Process(pid).children(),
+                    30, "two spawned slaves")
+
+
+def test_slave_exits_with_a_message_when_the_master_is_killed(processes, tmp_path):
+    script = tmp_path / "doomed_master.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        from scientific_ms import initializeMasterProcess
+        master = initializeMasterProcess("doomed")
+        master.requestTask("work", 60.0, "x")
+        print("READY", flush=True)
+        time.sleep(600)
+    """))
+    master = processes.python(script, name="master")
+    wait_for(lambda: "READY" in processes.output(master), 30, "the master")
+    busy = processes.python(SLAVE_SCRIPT, "doomed", "1.0", name="busy")
+    idle = processes.python(SLAVE_SCRIPT, "doomed", "1.0", name="idle")
+    import psutil
+    wait_for(lambda: all(len(net_connections(p.pid)) >= 2 for p in (busy, idle)), 30,
+             "both slaves connected")
+    master.kill()
+    for slave in (busy, idle):
+        code, out = processes.finish(slave, 15)
+        assert code == 1, out
+        assert "lost" in out and "master" in out, out
+
+
+def net_connections(pid):
+    import psutil
+    process = psutil.Process(pid)
+    return (getattr(process, "net_connections", None) or process.connections)()

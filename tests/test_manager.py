@@ -1,0 +1,326 @@
+"""The TaskManager's logic, driven directly with a fake clock (no network)."""
+
+import pickle
+import threading
+
+import pytest
+
+from scientific_ms.errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
+                                  TaskManagerTermination, UnknownProcessError)
+from scientific_ms.manager import TaskManager
+from scientific_ms.tasks import TaskState
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def manager(clock):
+    return TaskManager(clock=clock)
+
+
+def answer(task, value, ok=True):
+    return (task.task_id, task.assignment, ok, pickle.dumps(value), "" if ok else "Traceback...")
+
+
+def test_task_ids_are_unique_strings(manager):
+    ids = {manager.add_task("f", b"p") for _ in range(100)}
+    assert len(ids) == 100 and all(isinstance(i, str) for i in ids)
+
+
+def test_a_task_goes_through_its_states(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    task_id = manager.add_task("f", b"params")
+    assert manager.counts()["waiting"] == {"f": 1}
+    [task] = manager.take_tasks(slave)
+    assert (task.task_id, task.state, task.payload) == (task_id, TaskState.RUNNING, b"params")
+    assert manager.counts()["running"] == {"f": 1}
+    assert manager.store_answers(slave, [answer(task, 42)]) == 1
+    assert manager.counts()["finished"] == {"f": 1}
+    outcome = manager.get_answer()
+    assert (outcome.task_id, outcome.tag, outcome.ok, pickle.loads(outcome.payload)) == (task_id, "f", True, 42)
+    assert manager.counts() == {"waiting": {}, "running": {}, "finished": {}, "failed": {}}
+
+
+def test_each_assignment_has_its_own_number(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    manager.add_task("f", b"")
+    first, second = manager.take_tasks(slave, 2)
+    assert first.assignment != second.assignment
+
+
+def test_first_answer_wins_and_late_answers_are_dropped(manager, clock):
+    a = manager.register_process("slave", tags=["f"], watchdog_period=1.0)
+    b = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    [task_a] = manager.take_tasks(a)
+    late = answer(task_a, "from a")
+    clock.advance(5)
+    assert manager.check_liveness() == [a]
+    [task_b] = manager.take_tasks(b)
+    assert task_b.task_id == task_a.task_id and task_b.assignment != late[1]
+    assert manager.store_answers(b, [answer(task_b, "from b")]) == 1
+    assert manager.store_answers(a, [late]) == 0
+    assert pickle.loads(manager.get_answer().payload) == "from b"
+    assert manager.counters["duplicates_dropped"] == 1
+    with pytest.raises(NoTasksPendingError):
+        manager.get_answer(timeout=0)
+
+
+def test_a_late_answer_that_comes_first_is_taken_once(manager, clock):
+    a = manager.register_process("slave", tags=["f"], watchdog_period=1.0)
+    b = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    [task_a] = manager.take_tasks(a)
+    late = answer(task_a, "from a")
+    clock.advance(5)
+    manager.check_liveness()
+    [task_b] = manager.take_tasks(b)
+    assert manager.store_answers(None, [late]) == 1          # a comes back first: it wins
+    assert manager.store_answers(b, [answer(task_b, "from b")]) == 0
+    assert pickle.loads(manager.get_answer().payload) == "from a"
+    assert manager.status()["processes"][-1]["running"] == []
+
+
+def test_late_answer_for_a_requeued_task_removes_it_from_the_queue(manager, clock):
+    a = manager.register_process("slave", tags=["f"], watchdog_period=1.0)
+    manager.add_task("f", b"")
+    [task] = manager.take_tasks(a)
+    late = answer(task, 1)
+    clock.advance(5)
+    manager.check_liveness()
+    assert manager.counts()["waiting"] == {"f": 1}
+    assert manager.store_answers(None, [late]) == 1
+    assert manager.counts()["waiting"] == {}
+    b = manager.register_process("slave", tags=["f"])
+    assert manager.take_tasks(b) == []
+
+
+def test_lost_slave_tasks_go_to_the_front_of_the_queue(manager):
+    a = manager.register_process("slave", tags=["f"])
+    ids = [manager.add_task("f", b"") for _ in range(3)]
+    [first] = manager.take_tasks(a)
+    assert first.task_id == ids[0]
+    manager.process_lost(a, "test")
+    b = manager.register_process("slave", tags=["f"])
+    assert [t.task_id for t in manager.take_tasks(b, 3)] == ids
+    assert manager.counters["rescheduled"] == 1
+
+
+def test_clean_unregister_requeues_without_counting_a_loss(manager):
+    a = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    manager.take_tasks(a)
+    manager.unregister_process(a)
+    b = manager.register_process("slave", tags=["f"])
+    [task] = manager.take_tasks(b)
+    assert task.lost_slaves == [] and manager.counters["processes_lost"] == 0
+
+
+def test_poison_task_fails_after_max_slave_losses(clock):
+    manager = TaskManager(clock=clock, max_slave_losses=3)
+    manager.add_task("f", b"poison")
+    names = []
+    for i in range(3):
+        slave = manager.register_process("slave", info={"host": f"h{i}", "pid": 100 + i}, tags=["f"])
+        manager.take_tasks(slave)
+        manager.process_lost(slave, "connection dropped")
+        names.append(f"PID {100 + i} on h{i}")
+    outcome = manager.get_answer()
+    assert not outcome.ok
+    error = pickle.loads(outcome.payload)
+    assert isinstance(error, SlaveLostError)
+    assert "lost its slave 3 times" in str(error)
+    assert all(name in str(error) for name in names)
+
+
+def test_missed_heartbeats_declare_a_slave_dead(manager, clock):
+    quiet = manager.register_process("slave", tags=["f"], watchdog_period=10.0)
+    talkative = manager.register_process("slave", tags=["f"], watchdog_period=10.0)
+    unwatched = manager.register_process("slave", tags=["f"], watchdog_period=None)
+    clock.advance(30)
+    assert manager.heartbeat(talkative)
+    clock.advance(11)   # quiet: 41 s > 4 x 10 s; talkative: 11 s
+    assert manager.check_liveness() == [quiet]
+    assert not manager.heartbeat(quiet)
+    clock.advance(1000)
+    assert unwatched not in manager.check_liveness()
+
+
+def test_declared_dead_slave_must_register_again(manager, clock):
+    slave = manager.register_process("slave", tags=["f"], watchdog_period=1.0)
+    clock.advance(10)
+    manager.check_liveness()
+    with pytest.raises(UnknownProcessError):
+        manager.take_tasks(slave)
+
+
+def test_tasks_go_only_to_slaves_that_handle_their_tag(manager):
+    manager.add_task("g", b"")
+    f_slave = manager.register_process("slave", tags=["f"])
+    assert manager.take_tasks(f_slave, 10) == []
+    assert manager.status()["unserved_tags"] == ["g"]
+    g_slave = manager.register_process("slave", tags=["f", "g"])
+    assert [t.tag for t in manager.take_tasks(g_slave)] == ["g"]
+    assert manager.status()["unserved_tags"] == []
+
+
+def test_oldest_task_first_across_tags(manager):
+    slave = manager.register_process("slave", tags=["f", "g"])
+    order = [manager.add_task(tag, b"") for tag in "fgfg"]
+    assert [t.task_id for t in manager.take_tasks(slave, 4)] == order
+
+
+def test_batches_are_capped_by_the_fair_share(manager):
+    slaves = [manager.register_process("slave", tags=["f"]) for _ in range(2)]
+    for _ in range(10):
+        manager.add_task("f", b"")
+    assert len(manager.take_tasks(slaves[0], 100)) == 5
+    assert len(manager.take_tasks(slaves[1], 100)) == 2
+    assert len(manager.take_tasks(slaves[1], 1)) == 1
+
+
+def test_retrieve_by_tag(manager):
+    slave = manager.register_process("slave", tags=["f", "g"])
+    manager.add_task("f", b"")
+    g_id = manager.add_task("g", b"")
+    manager.store_answers(slave, [answer(t, t.tag) for t in manager.take_tasks(slave, 2)])
+    assert manager.get_answer("g").task_id == g_id
+    assert manager.get_answer().tag == "f"
+    with pytest.raises(NoTasksPendingError, match="no task with tag 'g'"):
+        manager.get_answer("g")
+
+
+def test_retrieving_with_nothing_outstanding_fails_instead_of_hanging(manager):
+    with pytest.raises(NoTasksPendingError, match="wait forever"):
+        manager.get_answer()
+
+
+def test_get_answer_times_out(manager):
+    manager.add_task("f", b"")
+    with pytest.raises(TimeoutError):
+        manager.get_answer(timeout=0.01)
+
+
+def test_exception_answers_are_kept(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    [task] = manager.take_tasks(slave)
+    manager.store_answers(slave, [answer(task, ValueError("bad"), ok=False)])
+    outcome = manager.get_answer()
+    assert not outcome.ok and outcome.traceback == "Traceback..."
+
+
+def test_take_tasks_blocks_until_a_task_arrives(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    got = []
+    waiting = threading.Thread(target=lambda: got.extend(manager.take_tasks(slave, 1, timeout=30)))
+    waiting.start()
+    manager.add_task("f", b"x")
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and [t.payload for t in got] == [b"x"]
+
+
+def test_terminate_wakes_every_waiter(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    manager.add_task("g", b"")   # keeps get_answer waiting
+    errors = []
+
+    def wait(call):
+        try:
+            call()
+        except TaskManagerTermination as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=wait, args=(lambda: manager.take_tasks(slave, 1, timeout=60),)),
+               threading.Thread(target=wait, args=(manager.get_answer,))]
+    for thread in threads:
+        thread.start()
+    manager.terminate()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(errors) == 2 and manager.wait_terminated(0)
+    with pytest.raises(TaskManagerTermination):
+        manager.add_task("f", b"")
+
+
+def test_a_lost_slave_waiting_for_work_is_woken(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    errors = []
+
+    def wait():
+        try:
+            manager.take_tasks(slave, 1, timeout=60)
+        except UnknownProcessError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    while not manager._waiters:   # the waiter is registered under the lock
+        thread.join(0.001)
+    manager.process_lost(slave, "test")
+    thread.join(timeout=10)
+    assert errors
+
+
+def test_wait_until_no_slaves(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    assert not manager.wait_until_no_slaves(0.01)
+    manager.unregister_process(slave)
+    assert manager.wait_until_no_slaves(0.01)
+
+
+def test_shared_data(manager):
+    manager.store_data("x", b"1")
+    assert manager.retrieve_data("x") == b"1"
+    manager.delete_data("x")
+    with pytest.raises(KeyError, match="no data stored under 'x'"):
+        manager.retrieve_data("x")
+
+
+@pytest.mark.parametrize("tag", ["", "1abc", "has space", None, 3])
+def test_bad_tags_are_refused(manager, tag):
+    with pytest.raises(ConfigurationError, match="tag must be a Python identifier"):
+        manager.add_task(tag, b"")
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ConfigurationError):
+        TaskManager(missed_heartbeats=0)
+    with pytest.raises(ConfigurationError):
+        TaskManager(max_slave_losses=0)
+
+
+def test_memory_per_waiting_task_is_small(manager):
+    import tracemalloc
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(10000):
+        manager.add_task("f", b"")
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown / 10000 < 500, f"{grown / 10000:.0f} bytes per waiting task"
+
+
+def test_delivered_records_do_not_pile_up(manager):
+    slave = manager.register_process("slave", tags=["f", "g"])
+    for _ in range(5000):
+        manager.add_task("f", b"")
+        manager.store_answers(slave, [answer(t, 0) for t in manager.take_tasks(slave)])
+        manager.get_answer("f")
+    assert len(manager._answers) < 3000
