@@ -1,0 +1,110 @@
+"""Dead and hung slaves: tasks are rescheduled, every result arrives exactly once."""
+
+import collections
+import os
+import signal
+import time
+
+import pytest
+
+from scientific_ms import MasterProcess, SlaveLostError, TaskRaisedException
+from conftest import wait_for
+
+SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
+
+
+@pytest.fixture
+def master():
+    master = MasterProcess("faults", use_name_server=False, port=0)
+    yield master
+    master.shutdown()
+
+
+def slave_of(master, pid):
+    """The status record of the slave with this OS pid, or None."""
+    for proc in master.task_manager.status()["processes"]:
+        if proc["role"] == "slave" and proc["pid"] == pid:
+            return proc
+    return None
+
+
+def collect(master, count):
+    results = collections.Counter()
+    for _ in range(count):
+        task_id, tag, value = master.retrieveResult(timeout=60)
+        results[task_id] += 1
+    return results
+
+
+def test_kill_9_mid_task_reschedules_at_once(master, processes):
+    victim = processes.python(SLAVE_SCRIPT, "faults", name="victim")
+    wait_for(lambda: slave_of(master, victim.pid), 30, "the first slave")
+    ids = [master.requestTask("work", 0.3, i) for i in range(12)]
+    wait_for(lambda: slave_of(master, victim.pid)["running"], 30, "the victim to run a task")
+    survivor = processes.python(SLAVE_SCRIPT, "faults", name="survivor")
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    wait_for(lambda: master.task_manager.counters["processes_lost"] == 1, 10, "the death to be noticed")
+    noticed = time.monotonic() - killed_at
+    results = collect(master, len(ids))
+    assert set(results) == set(ids) and set(results.values()) == {1}
+    assert master.task_manager.counters["rescheduled"] >= 1
+    print(f"kill -9 noticed after {noticed * 1000:.0f} ms")
+    del survivor
+
+
+def test_sigstop_past_the_watchdog_limit_reschedules_and_drops_the_late_result(master, processes):
+    period = 0.25          # declared dead after 4 x 0.25 s of silence
+    stopped = processes.python(SLAVE_SCRIPT, "faults", period, name="stopped")
+    wait_for(lambda: slave_of(master, stopped.pid), 30, "the slave to register")
+    task_id = master.requestTask("work", 1.5, "slow")
+    wait_for(lambda: slave_of(master, stopped.pid)["running"], 30, "the slave to start the task")
+    stopped.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: master.task_manager.counters["processes_lost"] == 1, 30, "missed heartbeats")
+        helper = processes.python(SLAVE_SCRIPT, "faults", period, name="helper")
+        got_id, tag, (value, pid) = master.retrieveResult(timeout=60)
+        assert (got_id, value, pid) == (task_id, "slow", helper.pid)
+    finally:
+        stopped.send_signal(signal.SIGCONT)
+    # The stopped slave wakes up, finishes, and its answer is dropped; then it rejoins.
+    wait_for(lambda: master.task_manager.counters["duplicates_dropped"] == 1, 30, "the late answer")
+    wait_for(lambda: slave_of(master, stopped.pid), 30, "the slave to rejoin")
+    assert master.task_manager.counters["delivered"] == 1
+    # Nothing more will come: the late answer was not delivered a second time.
+    master.requestTask("pid")
+    assert master.retrieveResult(timeout=60)[1] == "pid"
+
+
+def test_a_task_that_kills_its_slaves_ends_as_slave_lost_error(processes):
+    master = MasterProcess("poison", use_name_server=False, port=0, max_slave_losses=2)
+    try:
+        slaves = [processes.python(SLAVE_SCRIPT, "poison", name=f"slave{i}") for i in range(3)]
+        poison = master.requestTask("die", 3)
+        good = [master.requestTask("pid") for _ in range(5)]
+        outcomes = {}
+        for _ in range(6):
+            try:
+                task_id, tag, value = master.retrieveResult(timeout=60)
+                outcomes[task_id] = value
+            except TaskRaisedException as error:
+                outcomes[error.task_id] = error
+        assert set(outcomes) == {poison, *good}
+        error = outcomes[poison]
+        assert isinstance(error, TaskRaisedException) and isinstance(error.exception, SlaveLostError)
+        assert "lost its slave 2 times" in str(error.exception)
+        dead = [s.pid for s in slaves if s.poll() is not None]
+        assert len(dead) == 2 and all(f"PID {pid} " in str(error.exception) for pid in dead)
+    finally:
+        master.shutdown()
+
+
+def test_handler_exception_carries_object_and_traceback(master, processes):
+    processes.python(SLAVE_SCRIPT, "faults")
+    task_id = master.requestTask("fail", "bad input")
+    with pytest.raises(TaskRaisedException) as caught:
+        master.retrieveResult(timeout=60)
+    error = caught.value
+    assert error.task_id == task_id and error.tag == "fail"
+    assert isinstance(error.exception, ValueError) and str(error.exception) == "bad input"
+    assert "in do_fail" in error.traceback and error.__cause__ is error.exception

@@ -1,0 +1,117 @@
+"""Nobody without the secret gets in; the secret never crosses the wire."""
+
+import os
+import pickle
+import socket
+import stat
+import threading
+
+import pytest
+
+from scientific_ms import AuthenticationError, MasterProcess
+from scientific_ms import auth, discovery
+from scientific_ms.client import MasterConnection
+from conftest import wait_for
+
+
+@pytest.fixture
+def master():
+    master = MasterProcess("secure", use_name_server=False, port=0, secret=b"correct horse")
+    yield master
+    master.shutdown()
+
+
+def test_wrong_secret_is_refused_with_a_clear_error(master):
+    with pytest.raises(AuthenticationError, match="rejected our secret"):
+        MasterConnection("127.0.0.1", master.port, b"wrong", "secure")
+
+
+def test_right_secret_gets_in(master):
+    connection = MasterConnection("127.0.0.1", master.port, b"correct horse", "secure")
+    assert connection.call("status")["processes"][0]["role"] == "master"
+    connection.close()
+
+
+class Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/scientific_ms_pwned", "w"))
+
+
+@pytest.mark.parametrize("garbage", [
+    b"", b"\x00" * 100, b"GET / HTTP/1.0\r\n\r\n", os.urandom(5000),
+    b"PYRO" + os.urandom(36),                       # looks like a Pyro5 frame header
+    pickle.dumps(Evil()),                           # would create a file if unpickled
+    b"x" * (auth.NONCE_SIZE + auth.MAC_SIZE),       # a well-sized but wrong proof
+])
+def test_garbage_drops_only_that_connection(master, garbage):
+    with socket.create_connection(("127.0.0.1", master.port), timeout=5) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(4096):             # the master closes the connection
+            received += chunk
+    assert received.startswith(auth.MAGIC)           # it said hello and nothing else
+    assert len(received) == len(auth.MAGIC) + auth.NONCE_SIZE + 2 + len("secure")
+    assert not os.path.exists("/tmp/scientific_ms_pwned")
+    test_right_secret_gets_in(master)
+
+
+def test_a_plain_pyro5_client_can_call_nothing(master):
+    import Pyro5.api
+    import Pyro5.errors
+    proxy = Pyro5.api.Proxy(f"PYRO:TaskManager.secure@127.0.0.1:{master.port}")
+    proxy._pyroTimeout = 5
+    with pytest.raises(Pyro5.errors.PyroError):
+        proxy.status()
+
+
+def test_a_replayed_authentication_is_refused(master):
+    secret = b"correct horse"
+    # Record a genuine exchange ...
+    with socket.create_connection(("127.0.0.1", master.port)) as sock:
+        greeting = sock.recv(4096)
+        server_nonce = greeting[len(auth.MAGIC):len(auth.MAGIC) + auth.NONCE_SIZE]
+        client_nonce = os.urandom(auth.NONCE_SIZE)
+        recorded = client_nonce + auth._mac(secret, b"client", server_nonce, client_nonce)
+        sock.sendall(recorded)
+        assert len(sock.recv(4096)) == auth.MAC_SIZE
+    # ... and replay it on a new connection: the master's nonce differs, so it fails.
+    with socket.create_connection(("127.0.0.1", master.port), timeout=5) as sock:
+        sock.recv(4096)
+        sock.sendall(recorded)
+        assert sock.recv(4096) == b""
+
+
+def test_the_secret_never_crosses_the_wire(master):
+    """Relay a real connection through a socket pair we read, and look for the secret."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    captured = bytearray()
+
+    def pump(source, target):
+        while data := source.recv(65536):
+            captured.extend(data)
+            target.sendall(data)
+        target.shutdown(socket.SHUT_WR)
+
+    def relay():
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", master.port))
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    threading.Thread(target=relay, daemon=True).start()
+    connection = MasterConnection("127.0.0.1", listener.getsockname()[1], b"correct horse", "secure")
+    master.requestTask("f", 1)
+    assert connection.call("register", "slave", {}, ["f"], None)[0] == "ok"
+    connection.close()
+    wait_for(lambda: len(captured) > 200, 10, "traffic")
+    assert b"correct horse" not in captured
+    assert b"correct horse".hex().encode() not in captured
+
+
+def test_label_file_is_private(master):
+    path = discovery.label_file("secure")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
