@@ -49,6 +49,10 @@ class MasterConnection:
         """A second connection to the same master (each thread needs its own)."""
         return MasterConnection(self.host, self.port, self.secret, self.label)
 
+    def claim(self) -> None:
+        """Let the calling thread use this connection from now on."""
+        self._proxy._pyroClaimOwnership()
+
     def call(self, method: str, *args, timeout: Optional[float] = None):
         """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
         self._proxy._pyroTimeout = timeout

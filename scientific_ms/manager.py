@@ -89,6 +89,11 @@ class RateMeter:
             self._buckets.popleft()
 
 
+#: Counters that ``status()`` always reports (0 until they first move).
+STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
+                   "duplicates_dropped", "processes_lost")
+
+
 class TaskManager:
     """Stores task requests, results, shared data and the registered processes.
 
@@ -399,6 +404,7 @@ class TaskManager:
                     "tasks_done": proc.tasks_done, "running": running,
                     "watchdog_period": proc.watchdog_period,
                     "seconds_since_heartbeat": round(now - proc.last_seen, 3),
+                    "connected_seconds": round(now - proc.registered, 3),
                     "cpu_percent": proc.stats.get("cpu_percent"),
                     "rss_bytes": proc.stats.get("rss_bytes"),
                 })
@@ -406,11 +412,12 @@ class TaskManager:
             return {
                 "terminated": self._terminated,
                 "elapsed_seconds": round(elapsed, 3),
+                "started_at": round(time.time() - elapsed, 3),  # Unix time; the clock may be a fake
                 "processes": processes,
                 "tasks": {state.value: {tag: n for tag, n in self._counts[state].items() if n}
                           for state in TaskState if state is not TaskState.DELIVERED},
                 "unserved_tags": sorted(tag for tag in waiting if tag not in served),
-                "counters": dict(self.counters),
+                "counters": dict(dict.fromkeys(STATUS_COUNTERS, 0), **self.counters),
                 "throughput_per_second": round(self._completion_rate.rate(now, elapsed), 3),
             }
 

@@ -1,11 +1,10 @@
 """Slave processes: take tasks, run their ``do_<tag>`` handlers, send answers.
 
-Two threads, each with its own connection:
+Three threads, each with its own connection:
 
-* the main thread loops on ``exchange``: it hands in the answers of the last
-  batch and takes the next one. The batch grows while tasks are short (about
-  20 ms of work per batch) and is one task when they are long, so short
-  tasks cost few round trips and long ones are never hoarded;
+* the main thread runs handlers, one task after another;
+* the feed thread (``feed.py``) hands in answers and fetches tasks, ahead of
+  time while tasks are short, so the handler rarely waits for the network;
 * the watch thread long-polls ``watch``, which is the heartbeat, brings the
   CPU and memory samples, and returns at once when the master finishes. If
   the main thread is then still inside a handler, the slave gives it a
@@ -32,16 +31,13 @@ from typing import Callable, Dict, Optional
 from . import discovery, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
+from .feed import END, TaskFeed
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
 from .server import OK, TERMINATED, UNKNOWN
 
 log = logging.getLogger(__name__)
-
-#: Aim for this much work per batch of short tasks (seconds).
-TARGET_BATCH_SECONDS = 0.02
-MAX_BATCH = 1024
 
 
 def handlers_in(namespace: Dict[str, object]) -> Dict[str, Callable]:
@@ -81,6 +77,7 @@ class SlaveProcess:
                              if name.startswith("do_") and len(name) > 3}
         self._state_cache: Dict[str, object] = {}
         self._connection: Optional[MasterConnection] = None
+        self._data_connection: Optional[MasterConnection] = None
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
         self._stop_watch = threading.Event()
@@ -134,40 +131,37 @@ class SlaveProcess:
             self._main_done.set()
             self._stop_watch.set()
             self._connection.close()
+            if self._data_connection is not None:
+                self._data_connection.close()
             if watcher is not None:
                 watcher.join(timeout=1.0)
             self.done = True
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
-        answers: list = []
-        want = 1
-        seconds_per_task: Optional[float] = None
-        while True:
-            if self.terminationTest():
-                if answers:
-                    self._call("exchange", self.process_id, answers, 0, 0.0)
-                log.info("terminationTest() is true: slave %s stops", self.process_id)
-                return
-            process_id = self.process_id
-            status, tasks = self._call("exchange", process_id, answers, want, settings.POLL_SECONDS)
-            answers = []
-            if status == TERMINATED:
-                log.info("the master of %r finished; slave %s exits", self.label, process_id)
-                return
-            if status == UNKNOWN:
-                self._rejoin(process_id)
-                continue
-            started = time.perf_counter()
-            for task_id, assignment, tag, payload in tasks:
-                handler = handlers.get(tag)
-                if handler is None:  # cannot happen unless handlers changed under us
-                    self._call("return_tasks", self.process_id, [assignment])
+        feed = TaskFeed(self._connection, self.process_id, self._rejoin)
+        feed.start()
+        try:
+            while True:
+                if self.terminationTest():
+                    log.info("terminationTest() is true: slave %s stops", self.process_id)
+                    return
+                task = feed.next_task(settings.POLL_SECONDS)
+                if task is None:
                     continue
-                answers.append(self._run(handler, task_id, assignment, tag, payload))
-            if tasks:
-                mean = (time.perf_counter() - started) / len(tasks)
-                seconds_per_task = mean if seconds_per_task is None else 0.5 * (seconds_per_task + mean)
-                want = max(1, min(MAX_BATCH, int(TARGET_BATCH_SECONDS / max(seconds_per_task, 1e-7))))
+                if task is END:
+                    log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
+                    return
+                task_id, assignment, tag, payload = task
+                started = time.perf_counter()
+                answer = self._run(handlers[tag], task_id, assignment, tag, payload)
+                feed.put_answer(answer, time.perf_counter() - started)
+        except ConnectionLostError as error:
+            if self._master_gone is not None:
+                raise ConnectionLostError(self._master_gone) from None
+            raise ConnectionLostError(f"slave of {self.label!r}: {error}; exiting") from None
+        finally:
+            feed.stop()
+            self._connection.claim()
 
     def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes) -> tuple:
         self._current_task = task_id
@@ -185,24 +179,19 @@ class SlaveProcess:
         finally:
             self._current_task = None
 
-    def _call(self, method: str, *args):
-        try:
-            return self._connection.call(method, *args)
-        except ConnectionLostError as error:
-            if self._master_gone is not None:
-                raise ConnectionLostError(self._master_gone) from None
-            raise ConnectionLostError(f"slave of {self.label!r}: {error}; exiting") from None
+    def _rejoin(self, old_process_id: int, connection: MasterConnection) -> int:
+        """Register again after the master declared us dead; returns the current id.
 
-    def _rejoin(self, old_process_id: int) -> None:
-        """Register again after the master declared us dead (first caller wins)."""
+        Both threads may find out at once; the first one registers.
+        """
         with self._rejoin_lock:
-            if self.process_id != old_process_id:
-                return
-            log.warning("the master of %r declared slave %s dead (it had not heard from it in time); "
-                        "joining again", self.label, old_process_id)
-            status, new_id = self._connection.call("register", "slave", *self._registration)
-            if status == OK:
-                self.process_id = new_id
+            if self.process_id == old_process_id:
+                log.warning("the master of %r declared slave %s dead (it had not heard from it in "
+                            "time); joining again", self.label, old_process_id)
+                status, new_id = connection.call("register", "slave", *self._registration)
+                if status == OK:
+                    self.process_id = new_id
+            return self.process_id
 
     def _fetch_state(self, label: str) -> object:
         """A global state value, fetched from the master at most once per slave."""
@@ -210,7 +199,9 @@ class SlaveProcess:
             return self._state_cache[label]
         except KeyError:
             pass
-        found, value = self._connection.call("get_data", label)
+        if self._data_connection is None:   # the main connection belongs to the feed thread
+            self._data_connection = self._connection.duplicate()
+        found, value = self._data_connection.call("get_data", label)
         if not found:
             raise KeyError(f"global state {label!r} is not on the master: {value}")
         import pickle
@@ -244,7 +235,7 @@ class SlaveProcess:
                 self._master_finished()
                 break
             if status == UNKNOWN:
-                self._rejoin(process_id)
+                self._rejoin(process_id, connection)
         connection.close()
 
     def _reconnect(self, reason: str) -> Optional[MasterConnection]:

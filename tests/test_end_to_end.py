@@ -32,31 +32,44 @@ def test_global_state_example(processes):
     assert total == expected
 
 
-def test_two_scripts_with_slave_script_and_task_manager_slave(processes):
-    """master.py waits for slaves started by hand: one `python slave.py`, one `task_manager slave`."""
-    master = processes.python(EXAMPLES / "master.py", cwd=EXAMPLES, name="master")
-    wait_for(lambda: discovery.read_label_file("demo"), what="the label file")
-    slave_a = processes.python(EXAMPLES / "slave.py", cwd=EXAMPLES, name="slave_a")
-    slave_b = processes.task_manager("slave", "demo", cwd="/", name="slave_b")
-    code, out = processes.finish(master, 60)
+WAITING_MASTER = """
+import time
+from scientific_ms import initializeMasterProcess
+tasks = initializeMasterProcess("demo", slave_script={slave!r})
+while len(tasks.task_manager.status()["processes"]) < 3:   # both slaves have joined
+    time.sleep(0.01)
+ids = [tasks.requestTask("sqrt", float(i)) for i in range(20)]
+for _ in ids:
+    tasks.retrieveResult("sqrt")
+print("DONE", sum(p["tasks_done"] for p in tasks.task_manager.status()["processes"]))
+"""
+
+
+def test_example_master_with_spawned_slaves(processes):
+    code, out = processes.finish(processes.python(EXAMPLES / "master.py", 2, cwd=EXAMPLES), 60)
     assert code == 0, out
     assert "(3.0, 1.7320508075688772)" in out and "raised ValueError" in out
+
+
+@pytest.mark.parametrize("slaves_first", [False, True], ids=["master_first", "slaves_first"])
+def test_two_scripts_with_hand_started_slaves(processes, tmp_path, slaves_first):
+    """`python slave.py` and `task_manager slave demo`, started after the master or before it (waiting)."""
+    script = tmp_path / "master.py"
+    script.write_text(WAITING_MASTER.format(slave=str(EXAMPLES / "slave.py")))
+    if not slaves_first:
+        master = processes.python(script, cwd=tmp_path, name="master")
+        wait_for(lambda: discovery.read_label_file("demo"), 30, "the label file")
+    slave_a = processes.python(EXAMPLES / "slave.py", cwd=EXAMPLES, name="slave_a")
+    slave_b = processes.task_manager("slave", *(["-w"] if slaves_first else []), "demo", cwd="/", name="slave_b")
+    if slaves_first:
+        master = processes.python(script, cwd=tmp_path, name="master")
+    code, out = processes.finish(master, 60)
+    assert code == 0, out
+    assert "DONE 20" in out
     for slave in (slave_a, slave_b):
         code, out = processes.finish(slave, 10)
         assert code == 0, out
     assert discovery.read_label_file("demo") is None
-
-
-def test_slaves_started_before_the_master_wait_for_it(processes):
-    early_script = processes.python(EXAMPLES / "slave.py", cwd=EXAMPLES, name="early_script")
-    early_command = processes.task_manager("slave", "-w", "demo", name="early_command")
-    master = processes.python(EXAMPLES / "master.py", cwd=EXAMPLES, name="master")
-    code, out = processes.finish(master, 60)
-    assert code == 0, out
-    assert out.count("sqrt_") == 5
-    for slave in (early_script, early_command):
-        code, out = processes.finish(slave, 10)
-        assert code == 0, out
 
 
 def test_explicit_master_host(processes, tmp_path, monkeypatch):

@@ -1,0 +1,164 @@
+"""A slave's supply of tasks: network calls on their own thread, off the handler's path.
+
+::
+
+    main thread                      feed thread (owns the connection)
+    -----------                      --------------------------------
+    next_task()  <-- inbox <-------  exchange(answers, want) --> master
+    run handler
+    put_answer() --> outbox ------>  (sent with the next exchange)
+
+While tasks are short (under ``PREFETCH_BELOW`` seconds on average) the
+feed keeps about ``TARGET_QUEUE_SECONDS`` of work queued, so the handler
+never waits for a round trip and one call carries many answers. Long tasks
+are fetched one at a time, only when the slave is idle: a slave never sits
+on a long task that another, idle slave could run.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+from typing import Callable, Deque, List, Optional, Tuple
+
+from . import settings
+from .client import MasterConnection
+from .errors import ConnectionLostError
+from .server import OK, TERMINATED, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+#: Tasks shorter than this on average are prefetched.
+PREFETCH_BELOW = 0.05
+#: How much work (seconds) to keep queued while prefetching.
+TARGET_QUEUE_SECONDS = 0.02
+MAX_BATCH = 1024
+
+#: A task as the master sends it: (task_id, assignment, tag, pickled parameters)
+TaskTuple = Tuple[str, int, str, bytes]
+END = object()
+
+
+class TaskFeed:
+    """Fetches tasks and returns answers for one slave; see the module docstring."""
+
+    def __init__(self, connection: MasterConnection, process_id: int,
+                 rejoin: Callable[[int, MasterConnection], int]):
+        self._connection = connection
+        self.process_id = process_id
+        self._rejoin = rejoin
+        self._cond = threading.Condition()
+        self._inbox: Deque[TaskTuple] = collections.deque()
+        self._outbox: List[tuple] = []
+        self._main_idle = False       # the main thread waits in next_task
+        self._server_drained = False  # the last non-blocking fetch found nothing
+        self._stopping = False
+        self._ended: Optional[str] = None
+        self._error: Optional[BaseException] = None
+        self._seconds_per_task: Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name="scientific_ms-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ------------------------------------------------------------------ main thread
+
+    def next_task(self, timeout: float):
+        """The next task, END when the master finished, None after ``timeout`` s."""
+        with self._cond:
+            self._main_idle = True
+            self._cond.notify_all()
+            try:
+                if not self._inbox and self._ended is None:
+                    self._cond.wait(timeout)
+            finally:
+                self._main_idle = False
+            if self._inbox:
+                self._cond.notify_all()   # the queue shrank: maybe time to fetch
+                return self._inbox.popleft()
+            if self._error is not None:
+                raise self._error
+            return END if self._ended is not None else None
+
+    def put_answer(self, answer: tuple, seconds: float) -> None:
+        with self._cond:
+            self._outbox.append(answer)
+            average = self._seconds_per_task
+            self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
+            if self._prefetching() and len(self._outbox) >= self._want():
+                self._cond.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Send the answers still held, then end the feed thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def ended(self) -> Optional[str]:
+        return self._ended
+
+    # ------------------------------------------------------------------ feed thread
+
+    def _want(self) -> int:
+        average = self._seconds_per_task
+        if average is None or average >= PREFETCH_BELOW:
+            return 1
+        return max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
+
+    def _prefetching(self) -> bool:
+        average = self._seconds_per_task
+        return average is not None and average < PREFETCH_BELOW
+
+    def _should_call(self) -> bool:
+        if self._stopping:
+            return True
+        idle = self._main_idle and not self._inbox
+        if idle:
+            return True          # hand in answers, fetch (blocking) the next work
+        if not self._prefetching():
+            return False         # long tasks: answer and fetch together, once idle
+        if not self._server_drained and len(self._inbox) < self._want():
+            return True          # top up the queue while the handler runs
+        return len(self._outbox) >= self._want()
+
+    def _run(self) -> None:
+        try:
+            self._connection.claim()     # this thread makes every call from now on
+            while True:
+                with self._cond:
+                    while not self._should_call():
+                        self._cond.wait()
+                    answers, self._outbox = self._outbox, []
+                    stopping = self._stopping
+                    idle = self._main_idle and not self._inbox
+                    want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)
+                    wait = settings.POLL_SECONDS if (idle and want) else 0.0
+                process_id = self.process_id
+                status, tasks = self._connection.call("exchange", process_id, answers, want, wait)
+                with self._cond:
+                    if status == TERMINATED:
+                        self._ended = "terminated"
+                    elif status == UNKNOWN:
+                        self.process_id = self._rejoin(process_id, self._connection)
+                    self._inbox.extend(tasks)
+                    self._server_drained = want > 0 and not tasks
+                    if stopping and not self._outbox:
+                        self._ended = self._ended or "stopped"
+                    self._cond.notify_all()
+                    if self._ended is not None:
+                        return
+        except ConnectionLostError as error:
+            with self._cond:
+                self._error = error
+                self._ended = "lost"
+                self._cond.notify_all()
+        except BaseException as error:  # a bug here must not leave the main thread waiting
+            log.exception("the task feed failed")
+            with self._cond:
+                self._error = error
+                self._ended = "failed"
+                self._cond.notify_all()
