@@ -6,7 +6,8 @@ A Python 3 re-creation of ScientificPython's
 
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError, LabelInUseError,
                      MasterNotFoundError, NoTasksPendingError, RemoteError, ScientificMSError,
-                     SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException)
+                     SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
+                     TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
 from .machine import getMachineInfo
 from .manager import TaskManager
@@ -23,7 +24,7 @@ __all__ = [
     "MasterProcess", "SlaveProcess", "runJob", "initializeMasterProcess", "startSlaveProcess",
     "GlobalStateValue", "getMachineInfo", "TaskManager",
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
-    "SerializationError", "SlaveLostError", "NoTasksPendingError", "RemoteError",
+    "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
     "debug",
 ]

@@ -45,6 +45,10 @@ class SlaveLostError(ScientificMSError):
     """A task kept losing the slaves that ran it (a poison task)."""
 
 
+class TaskTimeLimitError(ScientificMSError):
+    """A task's handler ran longer than its time limit."""
+
+
 class NoTasksPendingError(ScientificMSError, LookupError):
     """``retrieveResult`` was called with no matching task outstanding.
 

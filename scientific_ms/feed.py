@@ -36,8 +36,8 @@ PREFETCH_BELOW = 0.05
 TARGET_QUEUE_SECONDS = 0.02
 MAX_BATCH = 1024
 
-#: A task as the master sends it: (task_id, assignment, tag, pickled parameters)
-TaskTuple = Tuple[str, int, str, bytes]
+#: A task as the master sends it: (task_id, assignment, tag, pickled parameters, time limit)
+TaskTuple = Tuple[str, int, str, bytes, Optional[float]]
 END = object()
 
 

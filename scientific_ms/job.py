@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
-           watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0) -> None:
+           watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
+           progress: Optional[bool] = None) -> None:
     """Run a job whose master and slave are defined in the calling script.
 
     The process becomes the master, unless it runs as a slave: started by
@@ -28,6 +29,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     slaves on this machine), or an MPI rank other than 0. The master keeps
     the script's source so that ``task_manager slave LABEL`` can run more
     slaves, on any machine, in the master's working directory.
+    ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -41,7 +43,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     if mpi.runs_under_mpi():
         mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves)
         return
-    master = master_class(label)
+    # progress is passed only when given, so subclasses whose __init__ takes just the label still work
+    master = master_class(label) if progress is None else master_class(label, progress=progress)
     script = _main_script()
     if script is not None:
         master.store_slave_code(script.read_text(), str(script), sys.argv)
@@ -65,7 +68,8 @@ def _main_script() -> Optional[Path]:
 
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                             slave_module: Optional[str] = None,
-                            use_name_server: bool = True) -> MasterProcess:
+                            use_name_server: bool = True, *,
+                            progress: Optional[bool] = None) -> MasterProcess:
     """Start a master without subclassing; it shuts down when the interpreter exits.
 
     ``slave_script`` (a file) or ``slave_module`` (an importable module
@@ -91,7 +95,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"startSlaveProcess()\n")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
-    master = MasterProcess(label, use_name_server)
+    master = MasterProcess(label, use_name_server, progress=progress)
     atexit.register(master.shutdown)
     if source is not None:
         master.store_slave_code(source, script, [script or slave_module])

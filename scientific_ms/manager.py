@@ -22,7 +22,7 @@ import time
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from .errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
-                     TaskManagerTermination, UnknownProcessError)
+                     TaskManagerTermination, TaskTimeLimitError, UnknownProcessError)
 from .tasks import ProcessRecord, Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class Outcome(NamedTuple):
     ok: bool          # False: ``payload`` is a pickled exception
     payload: bytes
     traceback: str
+
+#: The slave interrupts a handler at its time limit; the master reports the
+#: task itself only this much later, if the slave has not answered by then.
+TIME_LIMIT_GRACE = 5.0
 
 #: A batch is cut once its parameters reach this size, so that a slave asking
 #: for many small tasks does not also hoard a queue of large ones.
@@ -199,6 +203,29 @@ class TaskManager:
                         reason=f"no heartbeat for {silence:.1f} s (watchdog period {period:g} s)")
             return lost
 
+    def check_time_limits(self) -> List[str]:
+        """Report every task that ran ``TIME_LIMIT_GRACE`` s past its limit; returns their ids.
+
+        Normally the slave interrupts the handler at the limit and answers
+        first; this catches slaves that cannot (a handler stuck in C code, a
+        hung slave). The slave stays registered; a later answer is dropped.
+        """
+        with self._lock:
+            now = self._clock()
+            expired = []
+            for proc in self._processes.values():
+                for task in list(proc.running.values()):
+                    limit = task.time_limit
+                    if limit is not None and task.state is TaskState.RUNNING and \
+                            now - task.started > limit + TIME_LIMIT_GRACE:
+                        expired.append(task.task_id)
+                        self._fail(task, TaskTimeLimitError(
+                            f"task {task.task_id} ran longer than its time limit of {limit:g} s "
+                            f"on {proc.describe()}, which did not stop it"))
+            if expired:
+                self._answer_ready.notify_all()
+            return expired
+
     def wait_until_no_slaves(self, timeout: float) -> bool:
         """Block until every slave has left; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -212,16 +239,22 @@ class TaskManager:
 
     # ---------------------------------------------------------------- tasks: master
 
-    def add_task(self, tag: str, payload: bytes) -> str:
-        """Queue a task whose parameters are already pickled; returns its id."""
+    def add_task(self, tag: str, payload: bytes, time_limit: Optional[float] = None) -> str:
+        """Queue a task whose parameters are already pickled; returns its id.
+
+        ``time_limit``: seconds its handler may run (None: no limit).
+        """
         if not isinstance(tag, str) or not tag.isidentifier():
             raise ConfigurationError(
                 f"task tag must be a Python identifier (the slave calls do_<tag>), got {tag!r}")
+        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+            raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
+                                     f"got {time_limit!r}")
         with self._lock:
             if self._terminated:
                 raise TaskManagerTermination("the task manager has been terminated")
             number = next(self._task_numbers)
-            task = Task(f"{tag}_{number}", tag, payload, number)
+            task = Task(f"{tag}_{number}", tag, payload, number, time_limit)
             self._tasks[task.task_id] = task
             self._counts[TaskState.WAITING][tag] += 1
             self._enqueue(task, front=False)

@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,7 +19,9 @@ from .logs import apply_debug_flag
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
 from .payload import dumps_parameters, dumps_value, loads_answer, state_label
+from .progress import master_progress
 from .server import MasterServer
+from .supervisor import SlaveSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,22 @@ class MasterProcess:
     SCIENTIFIC_MS_HOST), ``port`` (default 7766 when free, else any, or
     SCIENTIFIC_MS_PORT), ``secret`` (default SCIENTIFIC_MS_SECRET, a key
     file, or a fresh random one), ``missed_heartbeats`` (4) and
-    ``max_slave_losses`` (3), see :class:`TaskManager`.
+    ``max_slave_losses`` (3), see :class:`TaskManager`; ``slave_restarts``
+    (how often each slave started by :meth:`launchSlaveJobs` is replaced when
+    it dies; default 5, or SCIENTIFIC_MS_SLAVE_RESTARTS) and
+    ``task_time_limit`` (seconds a handler may run; default None: no limit;
+    see :meth:`request_task`). ``progress=True``
+    (or SCIENTIFIC_MS_PROGRESS=1) draws a bar of results retrieved against
+    tasks requested on stderr, when stderr is a terminal.
     """
 
     def __init__(self, label: str, use_name_server: bool = True, *, host: Optional[str] = None,
                  port: Optional[int] = None, secret: Optional[bytes] = None,
-                 missed_heartbeats: float = 4, max_slave_losses: int = 3):
+                 missed_heartbeats: float = 4, max_slave_losses: int = 3,
+                 progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
+                 task_time_limit: Optional[float] = None):
         self.label = discovery.check_label(label)
+        self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()
         self.task_manager = TaskManager(missed_heartbeats=missed_heartbeats,
@@ -65,7 +75,9 @@ class MasterProcess:
             raise
         self.global_states: Dict[int, List[str]] = {}
         self._state_numbers = itertools.count(1)
-        self._children: List[subprocess.Popen] = []
+        self.slave_restarts = settings.slave_restarts(slave_restarts)
+        self.task_time_limit = task_time_limit
+        self._supervisor: Optional[SlaveSupervisor] = None
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
@@ -83,7 +95,24 @@ class MasterProcess:
         Parameters are pickled here, so an unpicklable one raises
         SerializationError at this call. Task order is not defined.
         """
-        return self.task_manager.add_task(tag, dumps_parameters(tag, parameters))
+        return self.request_task(tag, *parameters)
+
+    def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None) -> str:
+        """``requestTask`` with options.
+
+        ``time_limit``: seconds the handler may run (default: the master's
+        ``task_time_limit``). A handler that runs longer is interrupted on the
+        slave, which goes on with other tasks; the task is *reported*, not
+        rescheduled: ``retrieveResult`` raises TaskRaisedException whose
+        exception is a TaskTimeLimitError. If the slave cannot interrupt the
+        handler (it is stuck inside C code, or the slave hangs), the master
+        reports the task anyway a few seconds later.
+        """
+        limit = self.task_time_limit if time_limit is None else time_limit
+        task_id = self.task_manager.add_task(tag, dumps_parameters(tag, parameters), time_limit=limit)
+        if self._progress is not None:
+            self._progress.update_counters(self.task_manager.counters)
+        return task_id
 
     def retrieveResult(self, tag: Optional[str] = None, *,
                        timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[str], Any]:
@@ -98,6 +127,8 @@ class MasterProcess:
             outcome = self.task_manager.get_answer(tag, timeout)
         except TaskManagerTermination:
             return None, None, None
+        if self._progress is not None:
+            self._progress.update_counters(self.task_manager.counters)
         try:
             value = loads_answer(outcome.payload, outcome.task_id)
         except Exception as error:
@@ -141,7 +172,11 @@ class MasterProcess:
             self.task_manager.store_data(name, dumps_value(value))
 
     def launchSlaveJobs(self, n: int = 1) -> None:
-        """Start ``n`` slave processes on this machine, running the stored slave code."""
+        """Start ``n`` slave processes on this machine, running the stored slave code.
+
+        They are supervised: one that dies while the job runs is replaced (up
+        to ``slave_restarts`` times each), and all are reaped at shutdown.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
         try:
@@ -150,14 +185,13 @@ class MasterProcess:
             raise ConfigurationError(
                 "launchSlaveJobs() needs the slaves' code: use runJob(), or "
                 "initializeMasterProcess(label, slave_script=... or slave_module=...)") from None
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
-        env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{host}:{self.port}",
-                   SCIENTIFIC_MS_SECRET=self.secret.decode())
-        for _ in range(n):
-            child = subprocess.Popen([sys.executable, "-m", "scientific_ms", "slave", self.label],
-                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL)
-            self._children.append(child)
-            log.info("launched slave process %d", child.pid)
+        if self._supervisor is None:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
+            env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{host}:{self.port}",
+                       SCIENTIFIC_MS_SECRET=self.secret.decode())
+            self._supervisor = SlaveSupervisor([sys.executable, "-m", "scientific_ms", "slave", self.label],
+                                               env, cwd, self.slave_restarts)
+        self._supervisor.launch(n)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -181,28 +215,16 @@ class MasterProcess:
             self._shut_down = True
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         self.task_manager.terminate()
+        if self._progress is not None:
+            self._progress.close()
         if not self.task_manager.wait_until_no_slaves(SHUTDOWN_GRACE_SECONDS):
             log.warning("some slaves did not leave within %.0f s; closing their connections",
                         SHUTDOWN_GRACE_SECONDS)
-        for child in self._children:
-            _reap(child, max(0.1, deadline - time.monotonic()))
+        if self._supervisor is not None:
+            self._supervisor.stop(max(0.1, deadline - time.monotonic()))
         self._server.close()
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)
-
-
-def _reap(child: subprocess.Popen, timeout: float) -> None:
-    try:
-        child.wait(timeout)
-        return
-    except subprocess.TimeoutExpired:
-        log.warning("slave process %d did not exit; terminating it", child.pid)
-    child.terminate()
-    try:
-        child.wait(1.0)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
 
 
 @contextlib.contextmanager

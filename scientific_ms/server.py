@@ -97,7 +97,7 @@ class TaskManagerService:
             return TERMINATED, []
         except UnknownProcessError:
             return UNKNOWN, []
-        return OK, [(t.task_id, t.assignment, t.tag, t.payload) for t in tasks]
+        return OK, [(t.task_id, t.assignment, t.tag, t.payload, t.time_limit) for t in tasks]
 
     @Pyro5.server.expose
     def return_tasks(self, process_id: int, assignments: List[int]) -> None:
@@ -210,6 +210,7 @@ class MasterServer:
         while not self._stop.wait(self._reaper_interval):
             try:
                 self.manager.check_liveness()
+                self.manager.check_time_limits()
             except Exception:  # never let the reaper die silently
                 log.exception("liveness check failed")
 

@@ -141,3 +141,12 @@ def malloc_top_pad() -> int:
 def max_connections() -> int:
     """Connections a master serves at once (``SCIENTIFIC_MS_MAX_CONNECTIONS``)."""
     return int(number("MAX_CONNECTIONS", 10000, minimum=8))
+
+
+def slave_restarts(explicit=None) -> int:
+    """How often each spawned slave is replaced when it dies (``SCIENTIFIC_MS_SLAVE_RESTARTS``, 5)."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int) or explicit < 0:
+            raise ConfigurationError(f"slave_restarts must be a whole number >= 0, got {explicit!r}")
+        return explicit
+    return int(number("SLAVE_RESTARTS", 5))

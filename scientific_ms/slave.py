@@ -36,6 +36,7 @@ from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
 from .server import OK, TERMINATED, UNKNOWN
+from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +152,9 @@ class SlaveProcess:
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
-                task_id, assignment, tag, payload = task
+                task_id, assignment, tag, payload, limit = task
                 started = time.perf_counter()
-                answer = self._run(handlers[tag], task_id, assignment, tag, payload)
+                answer = self._run(handlers[tag], task_id, assignment, tag, payload, limit)
                 feed.put_answer(answer, time.perf_counter() - started)
         except ConnectionLostError as error:
             if self._master_gone is not None:
@@ -163,11 +164,13 @@ class SlaveProcess:
             feed.stop()
             self._connection.claim()
 
-    def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes) -> tuple:
+    def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes,
+             limit: Optional[float]) -> tuple:
         self._current_task = task_id
         try:
             parameters = loads_parameters(payload, self._fetch_state)
-            result = handler(*parameters)
+            with time_limit(limit, f"task {task_id} (do_{tag})"):
+                result = handler(*parameters)
             try:
                 data = dumps_value(result)
             except Exception as error:

@@ -31,9 +31,10 @@ class Task:
 
     __slots__ = ("task_id", "tag", "payload", "state", "seq", "rescheduled",
                  "assignment", "process_id", "started", "lost_slaves",
-                 "answer", "traceback")
+                 "answer", "traceback", "time_limit")
 
-    def __init__(self, task_id: str, tag: str, payload: bytes, seq: int):
+    def __init__(self, task_id: str, tag: str, payload: bytes, seq: int,
+                 time_limit: Optional[float] = None):
         self.task_id = task_id
         self.tag = tag
         self.payload: Optional[bytes] = payload  # pickled parameters
@@ -46,6 +47,7 @@ class Task:
         self.lost_slaves: List[str] = []
         self.answer: Optional[bytes] = None  # pickled result or exception
         self.traceback = ""
+        self.time_limit = time_limit      # seconds, or None
 
     @property
     def queue_key(self):

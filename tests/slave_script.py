@@ -12,6 +12,14 @@ def do_work(seconds, value):
     return value, os.getpid()
 
 
+def do_logged_work(seconds, value, log_path):
+    """Work, then record that this execution completed (one append per execution)."""
+    time.sleep(seconds)
+    with open(log_path, "a") as log:
+        log.write(f"{value}\n")
+    return value
+
+
 def do_pid():
     return os.getpid()
 

@@ -27,8 +27,7 @@ def test_hundreds_of_connected_slaves_all_get_work():
                 status, tasks = connection.call("exchange", process_id, [], 1, 60.0)
                 got[index] = tasks
                 barrier.wait()
-                answers = [(task_id, assignment, True, b"\x80\x05K\x01.", "")
-                           for task_id, assignment, tag, payload in tasks]
+                answers = [(task[0], task[1], True, b"\x80\x05K\x01.", "") for task in tasks]
                 connection.call("exchange", process_id, answers, 0, 0.0)
                 connection.call("unregister", process_id)
                 connection.close()

@@ -1,0 +1,95 @@
+"""Slave processes that the master starts on its own machine, replaced when they die.
+
+Each child has a thread blocked in ``wait()`` (no polling). A child that
+dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
+replaced, at most ``max_restarts`` times per slot, so a job keeps its
+workers without looping forever on a slave that cannot start. A child that
+exits with status 0 left on purpose (``terminationTest``) and is not
+replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from typing import Dict, List, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class SlaveSupervisor:
+    """Starts ``command`` as slave processes and keeps them running until ``stop()``."""
+
+    def __init__(self, command: Sequence[str], env: Dict[str, str], cwd: str, max_restarts: int):
+        self._command = list(command)
+        self._env = env
+        self._cwd = cwd
+        self.max_restarts = max_restarts
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._children: List[subprocess.Popen] = []
+        self._threads: List[threading.Thread] = []
+        self.restarts = 0
+
+    def launch(self, count: int) -> None:
+        for _ in range(count):
+            self._start(restarts_left=self.max_restarts)
+
+    @property
+    def pids(self) -> List[int]:
+        with self._lock:
+            return [child.pid for child in self._children if child.returncode is None]
+
+    def _start(self, restarts_left: int) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            child = subprocess.Popen(self._command, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL)
+            self._children.append(child)
+            thread = threading.Thread(target=self._supervise, args=(child, restarts_left),
+                                      name=f"scientific_ms-supervise-{child.pid}", daemon=True)
+            self._threads.append(thread)
+        log.info("started slave process %d", child.pid)
+        thread.start()
+
+    def _supervise(self, child: subprocess.Popen, restarts_left: int) -> None:
+        code = child.wait()
+        with self._lock:
+            if self._stopping:
+                return
+        if code == 0:
+            log.info("slave process %d left (exit status 0); not replacing it", child.pid)
+            return
+        cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if restarts_left <= 0:
+            log.error("slave process %d died (%s); restart limit of %d reached, not replacing it",
+                      child.pid, cause, self.max_restarts)
+            return
+        log.warning("slave process %d died (%s); starting a replacement", child.pid, cause)
+        with self._lock:
+            self.restarts += 1
+        self._start(restarts_left - 1)
+
+    def stop(self, timeout: float) -> None:
+        """Stop replacing; wait up to ``timeout`` s for the children, then terminate them."""
+        with self._lock:
+            self._stopping = True
+            children = list(self._children)
+        remaining = timeout
+        for child in children:
+            try:
+                started = time.monotonic()
+                child.wait(max(0.05, remaining))
+                remaining -= time.monotonic() - started
+            except subprocess.TimeoutExpired:
+                log.warning("slave process %d did not exit; terminating it", child.pid)
+                child.terminate()
+                try:
+                    child.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        for thread in self._threads:
+            thread.join(timeout=1.0)
