@@ -18,12 +18,17 @@ import hmac
 import os
 import secrets
 import socket
+import time
+from typing import Optional
 
 from .errors import AuthenticationError, MasterNotFoundError
 
 MAGIC = b"SCIENTIFIC_MS/1\n"
 NONCE_SIZE = 32
 MAC_SIZE = 32
+#: Seconds a new connection has, in all, to prove it knows the secret; it
+#: holds one of the master's threads meanwhile.
+HANDSHAKE_SECONDS = 10.0
 
 
 def new_secret() -> bytes:
@@ -35,9 +40,15 @@ def _mac(secret: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes) -
     return hmac.new(secret, role + server_nonce + client_nonce, hashlib.sha256).digest()
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _recv_exact(sock: socket.socket, size: int, deadline: Optional[float] = None) -> bytes:
+    """``size`` bytes; with a ``deadline`` (time.monotonic()), all of them by then."""
     data = bytearray()
     while len(data) < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("authentication took too long")
+            sock.settimeout(remaining)
         chunk = sock.recv(size - len(data))
         if not chunk:
             raise ConnectionError("connection closed during authentication")
@@ -45,15 +56,22 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def server_handshake(sock: socket.socket, secret: bytes, label: str, timeout: float = 10.0) -> bool:
-    """Authenticate a client that just connected; False means: close it."""
+def server_handshake(sock: socket.socket, secret: bytes, label: str,
+                     timeout: Optional[float] = None) -> bool:
+    """Authenticate a client that just connected; False means: close it.
+
+    ``timeout`` (default ``HANDSHAKE_SECONDS``) bounds the whole handshake,
+    not each read: a peer trickling a byte at a time cannot stretch it.
+    """
+    timeout = HANDSHAKE_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
         server_nonce = os.urandom(NONCE_SIZE)
         name = label.encode()
         sock.sendall(MAGIC + server_nonce + len(name).to_bytes(2, "big") + name)
-        reply = _recv_exact(sock, NONCE_SIZE + MAC_SIZE)
+        reply = _recv_exact(sock, NONCE_SIZE + MAC_SIZE, deadline)
         client_nonce, proof = reply[:NONCE_SIZE], reply[NONCE_SIZE:]
         if not hmac.compare_digest(proof, _mac(secret, b"client", server_nonce, client_nonce)):
             return False
@@ -96,6 +114,7 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
         if not hmac.compare_digest(proof, _mac(secret, b"server", server_nonce, client_nonce)):
             raise AuthenticationError(f"the master at {where} failed to prove it knows the secret")
     except socket.timeout:
-        raise MasterNotFoundError(f"{where} did not answer the authentication within {timeout:g} s") from None
+        raise MasterNotFoundError(f"{where} did not answer the authentication within {timeout:g} s "
+                                  f"(if the master uses TLS, set SCIENTIFIC_MS_TLS_CA)") from None
     except ConnectionError as error:
         raise MasterNotFoundError(f"{where} closed the connection during authentication: {error}") from None

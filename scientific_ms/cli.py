@@ -1,88 +1,507 @@
-"""The ``task_manager`` command: inspect a running job, list jobs, run slaves."""
+"""The ``task_manager`` command: inspect a running job, watch it, list jobs, run slaves.
+
+    task_manager show LABEL [-v] [--json]      (alias: status)
+    task_manager watch LABEL [-v] [--interval SECONDS]
+    task_manager list [-v] [--json]
+    task_manager slave LABEL [-n N]
+
+Options common to the commands that take a label, accepted before or after
+the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
+``-v/--verbose``, ``-k/--key-file FILE``. Exit codes: 0 success, 1 the
+master cannot be found, reached or authenticated (a message on stderr says
+where it looked), 2 usage errors, 130 interrupted. docs/task_manager.md
+describes the output and the JSON keys.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import json
 import logging
 import os
 import pickle
+import signal
+import socket
+import subprocess
 import sys
+import time
 import types
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import discovery, logs
+import psutil
+
+from . import discovery, logs, settings
 from .client import MasterConnection, connect
-from .errors import ScientificMSError
+from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
+from .progress import LiveView, format_bar, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
+
+#: Version of the JSON documents printed by ``show --json`` and ``list --json``.
+#: Keys are only ever added under one version; renaming or removing one bumps it.
+JSON_SCHEMA = 1
+
+#: How long one status call may take before the command gives up.
+STATUS_TIMEOUT = 30.0
+
+#: After the master stops answering, ``watch`` waits this long for it to withdraw its label file or die.
+WATCH_ENDING_SECONDS = 5.0
+
+#: ``list`` gives each master this long to answer, so one stuck master cannot hold it up for long.
+LIST_TIMEOUT = 5.0
+
+#: ``watch`` asks for the status at least this often (seconds), whatever its interval.
+WATCH_POLL_SECONDS = 0.5
 
 
 def _connect(args) -> MasterConnection:
     return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
 
 
+def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT) -> Dict:
+    return connection.call("status", timeout=timeout)
+
+
+# ------------------------------------------------------------------ the report
+
+def _iso(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _iso_text(text: Optional[str]) -> Optional[str]:
+    """A label file's ``started`` (``2024-06-01T12:00:03+0200``) in the form of ``_iso``."""
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").isoformat(timespec="seconds")
+    except (TypeError, ValueError):
+        return text
+
+
+def _merge(*counts: Dict[str, int]) -> Dict[str, int]:
+    merged: Dict[str, int] = {}
+    for per_tag in counts:
+        for tag, n in per_tag.items():
+            merged[tag] = merged.get(tag, 0) + n
+    return dict(sorted(merged.items()))
+
+
+def build_report(label: str, address: str, status: Dict) -> Dict:
+    """The facts ``show`` prints, as the stable JSON document (see docs/task_manager.md)."""
+    counters = status.get("counters", {})
+    tasks = status["tasks"]
+    by_tag = {
+        "waiting": dict(sorted(tasks.get("waiting", {}).items())),
+        "running": dict(sorted(tasks.get("running", {}).items())),
+        "results_waiting": _merge(tasks.get("finished", {}), tasks.get("failed", {})),
+    }
+    requested = counters.get("requested", 0)
+    retrieved = counters.get("delivered", 0)
+    processes = []
+    for proc in status["processes"]:
+        is_master = proc.get("role") == "master"
+        processes.append({
+            "id": proc.get("id"),
+            "role": proc.get("role"),
+            "host": proc.get("host"),
+            "pid": proc.get("pid"),
+            "tags": proc.get("tags"),
+            "tasks_done": proc.get("tasks_done", 0),
+            "running": [dict(task) for task in proc.get("running", [])],
+            "connected_seconds": proc.get("connected_seconds"),
+            # The master sends no heartbeats to itself.
+            "seconds_since_heartbeat": None if is_master else proc.get("seconds_since_heartbeat"),
+            "watchdog_period": proc.get("watchdog_period"),
+            "cpu_percent": proc.get("cpu_percent"),
+            "rss_bytes": proc.get("rss_bytes"),
+        })
+    return {
+        "schema": JSON_SCHEMA,
+        "label": label,
+        "address": address,
+        "terminated": bool(status.get("terminated")),
+        "started_at": _iso(status.get("started_at")),
+        "elapsed_seconds": status.get("elapsed_seconds"),
+        "active_processes": len(processes),
+        "slaves": sum(1 for proc in processes if proc["role"] != "master"),
+        "tasks": {
+            "requested": requested,
+            "waiting": sum(by_tag["waiting"].values()),
+            "running": sum(by_tag["running"].values()),
+            "results_waiting": sum(by_tag["results_waiting"].values()),
+            "finished": counters.get("finished", 0),
+            "failed": counters.get("failed", 0),
+            "retrieved": retrieved,
+            "rescheduled": counters.get("rescheduled", 0),
+            "duplicates_dropped": counters.get("duplicates_dropped", 0),
+        },
+        "tasks_by_tag": by_tag,
+        "processes_lost": counters.get("processes_lost", 0),
+        "throughput_per_second": status.get("throughput_per_second", 0.0),
+        "progress": round(retrieved / requested, 4) if requested else None,
+        "unserved_tags": list(status.get("unserved_tags", [])),
+        "processes": processes,
+    }
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 60 else format_duration(value)
+
+
+def _plural(n: int, singular: str, plural: Optional[str] = None) -> str:
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def format_table(header: List[str], rows: List[List[str]], right: Tuple[int, ...] = ()) -> List[str]:
+    """Columns padded to their widest cell; columns in ``right`` are right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = []
+    for row in [header] + rows:
+        cells = [str(cell).rjust(width) if i in right else str(cell).ljust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_processes(report: Dict) -> List[str]:
+    """One line per process: id, role, host, PID, tasks done, current task, heartbeat, CPU, memory."""
+    rows = []
+    for proc in report["processes"]:
+        running = proc["running"]
+        if running:
+            current = running[0]["task_id"] + (f" (+{len(running) - 1})" if len(running) > 1 else "")
+            task_time = _seconds(running[0].get("seconds"))
+        else:
+            current, task_time = "-", "-"
+        cpu = proc["cpu_percent"]
+        rows.append([str(proc["id"]), proc["role"] or "?", proc["host"] or "?", str(proc["pid"] or "?"),
+                     str(proc["tasks_done"]) if proc["role"] != "master" else "-",
+                     current, task_time, _seconds(proc["seconds_since_heartbeat"]),
+                     "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"])])
+    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CPU%", "RSS"]
+    return format_table(header, rows, right=(0, 3, 4, 6, 7, 8, 9))
+
+
+def format_status(report: Dict, verbose: bool = False) -> str:
+    """The human form of a report: the original's four lines, then the job's history."""
+    tasks, by_tag = report["tasks"], report["tasks_by_tag"]
+    state = "finished after" if report["terminated"] else "running for"
+    started = (report["started_at"] or "?").replace("T", " ")[:19]
+    lines = [f"task manager {report['label']!r} at {report['address']}: {state} "
+             f"{format_duration(report['elapsed_seconds'])} (started {started})"]
+
+    def section(text: str, per_tag: Dict[str, int]) -> None:
+        lines.append(text)
+        if verbose:
+            lines.extend(f"  {tag}: {n}" for tag, n in per_tag.items())
+
+    lines.append(f"{report['active_processes']} active processe(s)")
+    section(f"{tasks['waiting']} waiting tasks", by_tag["waiting"])
+    section(f"{tasks['running']} running tasks", by_tag["running"])
+    section(f"{tasks['results_waiting']} results waiting to be retrieved", by_tag["results_waiting"])
+    lines.append(f"{tasks['requested']} tasks requested, {tasks['finished']} finished, "
+                 f"{tasks['failed']} failed, {tasks['retrieved']} results retrieved")
+    lines.append(f"{_plural(tasks['rescheduled'], 'task')} rescheduled, "
+                 f"{_plural(report['processes_lost'], 'slave')} lost")
+    lines.append(f"throughput: {report['throughput_per_second']:.2f} tasks/s over the last minute")
+    for tag in report["unserved_tags"]:
+        lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")
+    if verbose:
+        lines.append("processes:")
+        lines.extend("  " + line for line in format_processes(report))
+    return "\n".join(lines)
+
+
+def progress_line(report: Dict, width: int = 30) -> str:
+    """``progress [#####-----] 12/40  30%  2.50 tasks/s  ETA 0:11``: results retrieved of requested."""
+    tasks = report["tasks"]
+    line = f"progress {format_bar(tasks['retrieved'], tasks['requested'], width)}"
+    rate = report["throughput_per_second"]
+    outstanding = tasks["waiting"] + tasks["running"]
+    if rate > 0:
+        line += f"  {rate:.2f} tasks/s"
+        if outstanding and not report["terminated"]:
+            line += f"  ETA {format_duration(outstanding / rate)}"
+    return line
+
+
 # ------------------------------------------------------------------ show
 
 def show(args) -> int:
-    """Print the state of one task manager."""
+    """Print the state of one task manager (add -v for tags and processes, --json for scripts)."""
     connection = _connect(args)
     try:
-        status = connection.call("status", timeout=30.0)
+        status = _fetch_status(connection)
     finally:
         connection.close()
-    print(format_status(status, args.verbose))
+    report = build_report(args.label, connection.address, status)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report, args.verbose))
     return 0
 
 
-def format_status(status: Dict, verbose: bool) -> str:
-    tasks = status["tasks"]
-    lines = []
-    processes = status["processes"]
+# ------------------------------------------------------------------ watch
 
-    def section(count: int, what: str, per_tag: Dict[str, int]) -> None:
-        lines.append(f"{count} {what}")
-        if verbose:
-            lines.extend(f"  {tag}: {n}" for tag, n in sorted(per_tag.items()))
+def watch(args) -> int:
+    """Show the state of one task manager, refreshed in place until the job ends."""
+    connection = _connect(args)
+    view = LiveView(sys.stdout)
+    # Poll more often than the view is redrawn, so that the last view and the
+    # final line are at most this old when the master goes away.
+    poll = min(args.interval, WATCH_POLL_SECONDS)
+    report: Optional[Dict] = None
+    drawn: Optional[Dict] = None
+    next_draw = 0.0
+    ended = None
 
-    lines.append(f"{len(processes)} active process(es)")
-    if verbose:
-        for proc in processes:
-            lines.append(f"  {proc['id']}: {proc['role']} PID {proc['pid']} on {proc['host']}, "
-                         f"{proc['tasks_done']} tasks done")
-    section(sum(tasks["waiting"].values()), "waiting tasks", tasks["waiting"])
-    section(sum(tasks["running"].values()), "running tasks", tasks["running"])
-    finished = dict(tasks["finished"])
-    for tag, n in tasks["failed"].items():
-        finished[tag] = finished.get(tag, 0) + n
-    section(sum(finished.values()), "results waiting to be retrieved", finished)
-    for tag in status["unserved_tags"]:
-        lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")
-    return "\n".join(lines)
+    def draw(report: Dict) -> None:
+        header, *rest = format_status(report, args.verbose).splitlines()
+        lines = [header, progress_line(report)] + rest
+        if view.terminal:
+            lines.append(f"(refreshed every {args.interval:g} s at {time.strftime('%H:%M:%S')}; Ctrl-C to stop)")
+        view.show(lines)
+
+    try:
+        while True:
+            try:
+                status = _fetch_status(connection)
+            except ConnectionLostError as error:
+                log.info("%s", error)
+                break
+            report = build_report(args.label, connection.address, status)
+            if time.monotonic() >= next_draw or report["terminated"]:
+                draw(report)
+                drawn, next_draw = report, time.monotonic() + args.interval
+            if report["terminated"]:
+                break
+            time.sleep(poll)  # the refresh period, not synchronisation
+        if report is not None and report is not drawn:
+            draw(report)
+        code, ended = _watch_ending(args, connection, report)
+    finally:
+        connection.close()
+        view.close(ended)
+    return code
+
+
+def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) -> Tuple[int, str]:
+    """Exit code and final line once the master stopped answering (or said it terminated)."""
+    where = f"task manager {args.label!r} at {connection.address}"
+    if report is not None:
+        tasks = report["tasks"]
+        summary = (f"{tasks['retrieved']} of {tasks['requested']} results retrieved, "
+                   f"{tasks['failed']} failed, {format_duration(report['elapsed_seconds'])} elapsed")
+    else:
+        summary = "no status was received"
+    if report is not None and report["terminated"]:
+        return 0, f"{where} has finished; last status: {summary}"
+    # A master that finishes closes its port, then removes its label file; one
+    # that dies leaves the file behind. Give it a moment to do either.
+    deadline = time.monotonic() + WATCH_ENDING_SECONDS
+    while True:
+        record = discovery.read_label_file(args.label)
+        if record is None or record.get("port") != connection.port:
+            return 0, f"{where} has finished; last status: {summary}"
+        state, reason = _label_file_state(record)
+        if state == "dead":
+            return 1, f"{where} died ({reason}; it left its label file); last status: {summary}"
+        if time.monotonic() >= deadline:
+            return 1, (f"{where} stopped answering (PID {record.get('pid')} on {record.get('hostname')} "
+                       f"still holds its label file); last status: {summary}")
+        time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
 
 
 # ------------------------------------------------------------------ list
 
-def list_managers(args) -> int:
-    """Print every live task manager this user can see; prune dead label files."""
-    for record in discovery.list_label_files():
-        if not discovery.record_is_live(record):
-            try:
-                os.unlink(record["_path"])
-            except OSError:
-                pass
+class _Entry(NamedTuple):
+    label: str
+    host: Optional[str]
+    pid: Optional[int]
+    address: str
+    started_at: Optional[str]
+    source: str
+    report: Optional[Dict]
+    error: Optional[str]
+
+
+def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str) -> Tuple[Optional[Dict], Optional[str], str]:
+    """(report, error, address) of the master at the first of ``hosts`` that answers."""
+    address = f"{hosts[0] if hosts else '?'}:{port}"
+    if secret is None:
+        return None, "no secret (set SCIENTIFIC_MS_SECRET or use --key-file)", address
+    error = "no address to try"
+    for host in hosts:
+        address = f"{host}:{port}"
+        try:
+            connection = MasterConnection(host, port, secret, label, timeout=LIST_TIMEOUT)
+        except AuthenticationError:
+            return None, "wrong secret", address
+        except ScientificMSError as failure:
+            error = str(failure)
             continue
-        print(f"{record['label']}  PID {record['pid']} on {record['hostname']}  port {record['port']}  "
-              f"started {record.get('started', '?')}")
+        try:
+            return build_report(label, address, _fetch_status(connection, LIST_TIMEOUT)), None, address
+        except ScientificMSError as failure:
+            return None, str(failure), address
+        finally:
+            connection.close()
+    return None, error, address
+
+
+def _endpoint_state(host: str, port: int, label: str) -> str:
+    """'live' (a master for ``label`` greets us), 'dead' (connection refused) or 'unknown'.
+
+    Only a refusal counts as dead: a master that is stopped, or slow, or
+    behind a broken route is left alone.
+    """
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return "dead"
+    except OSError:
+        return "unknown"
+    return "live" if discovery.probe(host, port, label) else "unknown"
+
+
+def _label_file_state(record: Dict) -> Tuple[str, str]:
+    """('live' | 'dead' | 'unknown', reason) for the master that wrote a label file.
+
+    Stricter than "does it answer": a master that is stopped or busy keeps
+    its entry; only a process that is gone (same host) or a port that
+    refuses connections (other hosts) marks it dead.
+    """
+    where = f"PID {record.get('pid')} on {record.get('hostname')}"
+    if record.get("hostname") == socket.gethostname():
+        try:
+            process = psutil.Process(record.get("pid"))
+            alive = process.create_time() == record.get("create_time") and \
+                process.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, TypeError, ValueError):
+            alive = False
+        return ("live", "") if alive else ("dead", f"{where} is gone")
+    states = [_endpoint_state(host, record.get("port"), record.get("label", ""))
+              for host in discovery.hosts_of(record)]
+    if "live" in states:
+        return "live", ""
+    if states and all(state == "dead" for state in states):
+        return "dead", f"nothing answers for {where} at port {record.get('port')}"
+    return "unknown", ""
+
+
+def _collect_managers(key_file: Optional[str]) -> Tuple[List[_Entry], List[str]]:
+    entries: List[_Entry] = []
+    pruned: List[str] = []
+    seen = set()
+    for record in discovery.list_label_files():
+        label = record.get("label", "?")
+        state, reason = _label_file_state(record)
+        if state == "dead":
+            with contextlib.suppress(OSError):
+                os.unlink(record["_path"])
+            pruned.append(f"label file {record['_path']} ({reason})")
+            continue
+        seen.add(label)
+        secret = record["secret"].encode() if record.get("secret") else settings.secret_from_environment(key_file)
+        report, error, address = _status_at(discovery.hosts_of(record), record["port"], secret, label)
+        entries.append(_Entry(label, record.get("hostname"), record.get("pid"), address,
+                              _iso_text(record.get("started")), "label file", report, error))
+    entries += _name_server_managers(seen, key_file, pruned)
+    return entries, pruned
+
+
+def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str]) -> List[_Entry]:
+    if not settings.use_name_server(True):
+        return []
+    ns = discovery.locate_name_server()
+    if ns is None:
+        return []
+    import Pyro5.core
+    entries = []
+    with ns:
+        try:
+            names = ns.list(prefix="TaskManager.")
+        except Exception as error:  # a name server that misbehaves must not break list
+            log.warning("could not list the name server: %s", error)
+            return []
+        for name, uri_text in sorted(names.items()):
+            label = name[len("TaskManager."):]
+            if label in seen:
+                continue
+            uri = Pyro5.core.URI(uri_text)
+            state = _endpoint_state(uri.host, uri.port, label)
+            if state == "dead":
+                with contextlib.suppress(Exception):
+                    ns.remove(name)
+                pruned.append(f"name server entry {name} ({uri.host}:{uri.port} does not answer)")
+                continue
+            report, error = None, "unreachable from here"
+            if state == "live":
+                report, error, _ = _status_at([uri.host], uri.port, settings.secret_from_environment(key_file), label)
+            master = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
+            entries.append(_Entry(label, master.get("host"), master.get("pid"), f"{uri.host}:{uri.port}",
+                                  (report or {}).get("started_at"), "name server", report, error))
+    return entries
+
+
+def list_managers(args) -> int:
+    """List every live task manager this user can see; prune entries of dead masters."""
+    entries, pruned = _collect_managers(args.key_file)
+    if args.json:
+        print(json.dumps({"schema": JSON_SCHEMA, "task_managers": [_list_json(e) for e in entries],
+                          "pruned": pruned}, indent=2))
+        return 0
+    for note in pruned:
+        print(f"task_manager: removed the stale {note}", file=sys.stderr)
+    if not entries:
+        print("no live task managers")
+        return 0
+    rows = []
+    for entry in entries:
+        started = (entry.started_at or "?").replace("T", " ")[:19]
+        if entry.report is not None:
+            tasks = entry.report["tasks"]
+            slaves = str(entry.report["slaves"])
+            progress = f"{tasks['retrieved']}/{tasks['requested']}"
+            if tasks["requested"]:
+                progress += f" ({100 * tasks['retrieved'] / tasks['requested']:.0f}%)"
+            if entry.report["terminated"]:
+                progress += " ending"
+        else:
+            slaves, progress = "?", f"? ({entry.error})"
+        rows.append([entry.label, entry.host or "?", str(entry.pid or "?"), entry.address, started,
+                     slaves, progress] + ([entry.source] if args.verbose else []))
+    header = ["LABEL", "HOST", "PID", "ADDRESS", "STARTED", "SLAVES", "PROGRESS"] + (["SOURCE"] if args.verbose else [])
+    print("\n".join(format_table(header, rows, right=(2, 5))))
     return 0
+
+
+def _list_json(entry: _Entry) -> Dict:
+    report = entry.report
+    return {
+        "label": entry.label, "host": entry.host, "pid": entry.pid, "address": entry.address,
+        "started_at": entry.started_at, "source": entry.source,
+        "slaves": report["slaves"] if report else None,
+        "requested": report["tasks"]["requested"] if report else None,
+        "retrieved": report["tasks"]["retrieved"] if report else None,
+        "progress": report["progress"] if report else None,
+        "terminated": report["terminated"] if report else None,
+        "error": entry.error,
+    }
 
 
 # ------------------------------------------------------------------ slave
 
 def slave(args) -> int:
-    """Run the slave code stored by the master, in the master's working directory."""
+    """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
     connection = _connect(args)
     try:
-        found, source = connection.call("get_data", "slave_code", timeout=30.0)
+        found, source = connection.call("get_data", "slave_code", timeout=STATUS_TIMEOUT)
         if not found:
             print(f"task_manager: the master of {args.label!r} stored no slave code "
                   f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
@@ -90,14 +509,92 @@ def slave(args) -> int:
             return 1
         values = {}
         for name in ("slave_script", "cwd", "argv"):
-            ok, data = connection.call("get_data", name, timeout=30.0)
+            ok, data = connection.call("get_data", name, timeout=STATUS_TIMEOUT)
             values[name] = pickle.loads(data) if ok else None
     finally:
         connection.close()
+    if args.n > 1:
+        return run_slave_processes(args, connection, args.n)
     discovery.set_slave_context(discovery.SlaveContext(
         args.label, connection.host, connection.port, connection.secret))
     run_stored_code(pickle.loads(source), values["slave_script"], values["cwd"], values["argv"])
     return 0
+
+
+def run_slave_processes(args, connection: MasterConnection, n: int) -> int:
+    """Start ``n`` slave processes for the master at ``connection``; wait for all, reap all.
+
+    Ctrl-C (or SIGTERM) stops every child: each is interrupted and given
+    ``STOP_GRACE_SECONDS`` to say goodbye to the master, then terminated,
+    then killed. The exit code is 130 when interrupted, 0 when every child
+    exited with 0, else the first failing child's code.
+    """
+    env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{connection.host}:{connection.port}",
+               SCIENTIFIC_MS_SECRET=connection.secret.decode())
+    command = [sys.executable, "-m", "scientific_ms", "slave", args.label] + (["-v"] if args.verbose else [])
+    children: List[subprocess.Popen] = []
+    interrupted = False
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for _ in range(n):
+            # SIGINT back to its default in the child, so that Python turns it into
+            # KeyboardInterrupt there even when this process was started with it ignored.
+            children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                             preexec_fn=_default_sigint))
+        log.info("started %d slave processes: %s", n, " ".join(str(c.pid) for c in children))
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        try:
+            _stop_children(children)
+        except KeyboardInterrupt:  # interrupted again while stopping: no more patience
+            interrupted = True
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        return 130
+    failed = [code for code in codes if code != 0]
+    if failed:
+        print(f"task_manager: {len(failed)} of {n} slave processes failed "
+              f"(exit codes {', '.join(map(str, codes))})", file=sys.stderr)
+        code = failed[0]
+        return 128 - code if code < 0 else code
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: How long interrupted slaves get to say goodbye: a slave may be inside an
+#: exchange call that returns only after its poll period.
+STOP_GRACE_SECONDS = settings.POLL_SECONDS + 3.0
+
+
+def _stop_children(children: List[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Interrupt the children still running; terminate, then kill, the stragglers; reap all."""
+    for sig, timeout in ((signal.SIGINT, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None)):
+        alive = [child for child in children if child.poll() is None]
+        if not alive:
+            return
+        if sig != signal.SIGINT:
+            log.warning("%d slave process(es) still running; sending %s", len(alive), sig.name)
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for child in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
 
 
 def run_stored_code(source: str, script: Optional[str], cwd: Optional[str], argv: Optional[List[str]]) -> None:
@@ -118,38 +615,121 @@ def run_stored_code(source: str, script: Optional[str], cwd: Optional[str], argv
 
 # ------------------------------------------------------------------ main
 
-COMMANDS: Dict[str, Callable] = {"show": show, "status": show, "list": list_managers, "slave": slave}
+def _label(text: str) -> str:
+    try:
+        return discovery.check_label(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _master_address(text: str) -> str:
+    try:
+        settings.parse_host_port(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _positive(kind: type) -> Callable[[str], object]:
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object (keys: docs/task_manager.md)")
+
+
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--interval", type=_positive(float), default=2.0, metavar="SECONDS",
+                        help="seconds between refreshes (default 2)")
+
+
+def _slave_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
+                        help="start N slave processes and wait for all of them (default 1)")
+
+
+class Command(NamedTuple):
+    run: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    takes_label: bool = True
+    aliases: Tuple[str, ...] = ()
+
+
+#: The commands, written once: the parser and the dispatch are built from this.
+COMMANDS: Dict[str, Command] = {
+    "show": Command(show, _json_option, aliases=("status",)),
+    "watch": Command(watch, _watch_options),
+    "list": Command(list_managers, _json_option, takes_label=False),
+    "slave": Command(slave, _slave_options),
+}
+
+
+def _add_common_options(parser: argparse.ArgumentParser, suppress: bool, takes_label: bool = True) -> None:
+    # Accepted before and after the command name; after it, an option that is
+    # not given must not overwrite one given before it (hence SUPPRESS).
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+    if takes_label:
+        parser.add_argument("-m", "--master", metavar="HOST[:PORT]", type=_master_address, default=default(None),
+                            help="address of the master (default: environment, name server or label file)")
+        parser.add_argument("-w", "--wait", action="store_true", default=default(False),
+                            help="wait for the master to start")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="more detail")
+    parser.add_argument("-k", "--key-file", metavar="FILE", default=default(None),
+                        help="file holding the master's secret (default: SCIENTIFIC_MS_KEY_FILE, "
+                             "SCIENTIFIC_MS_SECRET or the label file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="task_manager",
-        description="Inspect scientific_ms task managers and run slaves for them.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-m", "--master", metavar="HOST[:PORT]",
-                        help="address of the master (default: name server or label file)")
-    common.add_argument("-v", "--verbose", action="store_true", help="more detail")
-    common.add_argument("-w", "--wait", action="store_true", help="wait for the master to start")
-    common.add_argument("-k", "--key-file", metavar="FILE", help="file holding the master's secret")
+        description="Inspect scientific_ms task managers and run slaves for them.",
+        epilog="Exit codes: 0 success, 1 master not found, unreachable or wrong secret, "
+               "2 usage error, 130 interrupted. See docs/task_manager.md.")
+    _add_common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, function in COMMANDS.items():
-        sub = commands.add_parser(name, parents=[common], help=function.__doc__.splitlines()[0])
-        if name != "list":
-            sub.add_argument("label", help="the task manager's label")
+    for name, command in COMMANDS.items():
+        summary = command.run.__doc__.splitlines()[0]
+        sub = commands.add_parser(name, aliases=list(command.aliases), help=summary, description=summary)
+        _add_common_options(sub, suppress=True, takes_label=command.takes_label)
+        if command.takes_label:
+            sub.add_argument("label", type=_label, help="the task manager's label")
+        command.options(sub)
+        sub.set_defaults(run=command.run, takes_label=command.takes_label)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.takes_label and (args.master or args.wait):
+        parser.error(f"{args.command} takes no -m/--master or -w/--wait")
     logs.configure(logging.INFO if args.verbose else logging.WARNING)
-    logs.apply_debug_flag()
     try:
-        return COMMANDS[args.command](args)
+        logs.apply_debug_flag()
+        return args.run(args)
+    except AuthenticationError as error:
+        print(f"task_manager: wrong secret: {error}", file=sys.stderr)
+        return 1
     except ScientificMSError as error:
         print(f"task_manager: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``task_manager show x | head -1``).
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

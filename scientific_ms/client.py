@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from typing import List, Optional
 
 import Pyro5.client
 import Pyro5.errors
 
-from . import auth, discovery
+from . import auth, discovery, tls
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
                      MasterNotFoundError)
 from .server import object_name
@@ -23,8 +24,10 @@ _SERVICE_METHODS = {"register", "unregister", "exchange", "return_tasks", "watch
 class MasterConnection:
     """One authenticated connection; use it from the thread that made it."""
 
-    def __init__(self, host: str, port: int, secret: bytes, label: str, timeout: float = 5.0):
+    def __init__(self, host: str, port: int, secret: bytes, label: str, timeout: float = 5.0,
+                 tls_context: Optional[ssl.SSLContext] = None):
         self.host, self.port, self.secret, self.label = host, port, secret, label
+        self.tls_context = tls_context
         where = f"{host}:{port}"
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -32,6 +35,15 @@ class MasterConnection:
             raise MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls_context is not None:
+                try:
+                    sock = tls_context.wrap_socket(sock)
+                except ssl.SSLCertVerificationError as error:
+                    raise AuthenticationError(f"the master at {where} presented a TLS certificate that "
+                                              f"SCIENTIFIC_MS_TLS_CA does not vouch for: {error.verify_message}") from None
+                except (OSError, ssl.SSLError) as error:
+                    raise MasterNotFoundError(f"TLS handshake with {where} failed ({error}); "
+                                              f"does the master use TLS?") from None
             auth.client_handshake(sock, secret, label, where, timeout)
             sock.settimeout(None)
             self._proxy = Pyro5.client.Proxy(object_name(label), connected_socket=sock)
@@ -47,7 +59,7 @@ class MasterConnection:
 
     def duplicate(self) -> "MasterConnection":
         """A second connection to the same master (each thread needs its own)."""
-        return MasterConnection(self.host, self.port, self.secret, self.label)
+        return MasterConnection(self.host, self.port, self.secret, self.label, tls_context=self.tls_context)
 
     def claim(self) -> None:
         """Let the calling thread use this connection from now on."""
@@ -60,6 +72,9 @@ class MasterConnection:
             return getattr(self._proxy, method)(*args)
         except Pyro5.errors.TimeoutError:
             raise ConnectionLostError(f"the master at {self.address} did not answer within {timeout:g} s") from None
+        except Pyro5.errors.ConnectionClosedError:
+            raise ConnectionLostError(f"the master at {self.address} closed the connection "
+                                      f"(it ended, or died)") from None
         except (Pyro5.errors.CommunicationError, OSError) as error:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
 
@@ -79,6 +94,7 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
     """
     deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
     delay = 0.1
+    tls_context = tls.client_context()
     while True:
         tried: List[str] = []
         candidates, notes = discovery.candidates(label, master_host, key_file)
@@ -87,9 +103,14 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
                 raise ConfigurationError(
                     f"found the master of {label!r} through {candidate.source} but no secret: set "
                     f"SCIENTIFIC_MS_SECRET or SCIENTIFIC_MS_KEY_FILE (or --key-file) to the master's secret")
+            if candidate.tls and tls_context is None:
+                raise ConfigurationError(
+                    f"the master of {label!r} ({candidate.source}) uses TLS: set SCIENTIFIC_MS_TLS_CA to "
+                    f"its certificate (or the CA that signed it)")
             for host in candidate.hosts:
                 try:
-                    connection = MasterConnection(host, candidate.port, candidate.secret, label)
+                    connection = MasterConnection(host, candidate.port, candidate.secret, label,
+                                                  tls_context=tls_context)
                     log.debug("connected to %s via %s", connection.address, candidate.source)
                     return connection
                 except AuthenticationError:

@@ -55,6 +55,7 @@ class Candidate:
     port: int
     secret: Optional[bytes]
     source: str
+    tls: bool = False
 
 
 @dataclasses.dataclass
@@ -185,7 +186,8 @@ class Publication:
             self.name_server_uri = None
 
 
-def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_server: bool) -> Publication:
+def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_server: bool,
+            tls: bool = False) -> Publication:
     """Announce a master; raise LabelInUseError if a live master holds the label."""
     advertised = settings.advertised_hosts()
     if advertised is None:
@@ -196,7 +198,7 @@ def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_serv
         "label": label, "hostname": socket.gethostname(), "addresses": advertised,
         "loopback": loopback, "port": port, "pid": os.getpid(), "create_time": me.create_time(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "secret": secret.decode(),
-        "token": auth.new_secret().decode()[:16], "cwd": os.getcwd(),
+        "token": auth.new_secret().decode()[:16], "cwd": os.getcwd(), "tls": tls,
     }
     path = _claim_label_file(label, record)
     try:
@@ -331,7 +333,7 @@ def candidates(label: str, master_host: Optional[str] = None,
             notes.append(f"no name server entry (looked at {pyro_config.NS_HOST}:{pyro_config.NS_PORT})")
         if record is not None:
             found.append(Candidate(hosts_of(record), record["port"], file_secret,
-                                   f"the label file {label_file(label)}"))
+                                   f"the label file {label_file(label)}", bool(record.get("tls"))))
         else:
             notes.append(f"no label file {label_file(label)}")
     for candidate in found:

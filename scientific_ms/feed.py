@@ -55,6 +55,7 @@ class TaskFeed:
         self._main_idle = False       # the main thread waits in next_task
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
+        self._waiting_for_work = False   # in a blocking exchange, every answer handed in
         self._ended: Optional[str] = None
         self._error: Optional[BaseException] = None
         self._seconds_per_task: Optional[float] = None
@@ -90,12 +91,19 @@ class TaskFeed:
             if self._prefetching() and len(self._outbox) >= self._want():
                 self._cond.notify_all()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Send the answers still held, then end the feed thread."""
+    def stop(self, timeout: float) -> bool:
+        """Send the answers still held and end the feed thread; True if it ended in time.
+
+        A feed thread still blocked after ``timeout`` is waiting for work,
+        which it only does once every answer has been handed in.
+        """
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            if self._waiting_for_work and self._ended is None:
+                return False
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def ended(self) -> Optional[str]:
@@ -137,11 +145,15 @@ class TaskFeed:
                     idle = self._main_idle and not self._inbox
                     want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)
                     wait = settings.POLL_SECONDS if (idle and want) else 0.0
+                    self._waiting_for_work = wait > 0
                 process_id = self.process_id
                 status, tasks = self._connection.call("exchange", process_id, answers, want, wait)
                 with self._cond:
+                    self._waiting_for_work = False
                     if status == TERMINATED:
                         self._ended = "terminated"
+                    elif status == UNKNOWN and self._stopping:
+                        self._ended = "stopped"         # we said goodbye: do not come back
                     elif status == UNKNOWN:
                         self.process_id = self._rejoin(process_id, self._connection)
                     self._inbox.extend(tasks)
@@ -153,12 +165,14 @@ class TaskFeed:
                         return
         except ConnectionLostError as error:
             with self._cond:
+                self._waiting_for_work = False
                 self._error = error
                 self._ended = "lost"
                 self._cond.notify_all()
         except BaseException as error:  # a bug here must not leave the main thread waiting
             log.exception("the task feed failed")
             with self._cond:
+                self._waiting_for_work = False
                 self._error = error
                 self._ended = "failed"
                 self._cond.notify_all()

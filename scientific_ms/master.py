@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import auth, discovery, settings
+from . import auth, discovery, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from .logs import apply_debug_flag
 from .machine import process_info, tune_allocator
@@ -45,7 +45,9 @@ class MasterProcess:
     (how often each slave started by :meth:`launchSlaveJobs` is replaced when
     it dies; default 5, or SCIENTIFIC_MS_SLAVE_RESTARTS) and
     ``task_time_limit`` (seconds a handler may run; default None: no limit;
-    see :meth:`request_task`). ``progress=True``
+    see :meth:`request_task`); ``tls_cert`` and ``tls_key`` (files; or
+    SCIENTIFIC_MS_TLS_CERT/KEY) put every connection under TLS.
+    ``progress=True``
     (or SCIENTIFIC_MS_PROGRESS=1) draws a bar of results retrieved against
     tasks requested on stderr, when stderr is a terminal.
     """
@@ -54,7 +56,8 @@ class MasterProcess:
                  port: Optional[int] = None, secret: Optional[bytes] = None,
                  missed_heartbeats: float = 4, max_slave_losses: int = 3,
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
-                 task_time_limit: Optional[float] = None):
+                 task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None):
         self.label = discovery.check_label(label)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
@@ -66,10 +69,14 @@ class MasterProcess:
             secret = secret.encode()
         self.secret: bytes = secret or settings.secret_from_environment() or auth.new_secret()
         self.host = host or settings.bind_host()
-        self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port))
+        self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
+        tls_context = tls.server_context(self.tls_cert, tls_key)
+        self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
+                                    tls_context=tls_context)
         try:
             self._publication = discovery.publish(label, self._server.port, self.secret, self.host,
-                                                  settings.use_name_server(use_name_server))
+                                                  settings.use_name_server(use_name_server),
+                                                  tls=tls_context is not None)
         except BaseException:
             self._server.close()
             raise
@@ -189,6 +196,8 @@ class MasterProcess:
             host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
             env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{host}:{self.port}",
                        SCIENTIFIC_MS_SECRET=self.secret.decode())
+            if self.tls_cert and not settings.raw("TLS_CA"):
+                env["SCIENTIFIC_MS_TLS_CA"] = self.tls_cert   # right for a self-signed certificate
             self._supervisor = SlaveSupervisor([sys.executable, "-m", "scientific_ms", "slave", self.label],
                                                env, cwd, self.slave_restarts)
         self._supervisor.launch(n)

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import IO, List, Optional
 
+from . import settings
+
 #: Erase from the cursor to the end of the line / of the screen.
 ERASE_LINE = "\x1b[K"
 ERASE_BELOW = "\x1b[J"
@@ -193,7 +195,6 @@ def master_progress(label: str, requested: Optional[bool] = None) -> Optional[Pr
     ``SCIENTIFIC_MS_PROGRESS``. Drawn on stderr, and only when stderr is a
     terminal, so logs and pipes never fill with carriage returns.
     """
-    from . import settings
     wanted = settings.flag("PROGRESS", False) if requested is None else bool(requested)
     if not wanted or not is_terminal(sys.stderr):
         return None

@@ -25,7 +25,7 @@ import Pyro5.core
 import Pyro5.server
 from Pyro5.callcontext import current_context
 
-from . import auth, settings
+from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
 
@@ -130,8 +130,10 @@ class TaskManagerService:
 class _AuthenticatingDaemon(Pyro5.server.Daemon):
     """A Pyro5 daemon that runs our challenge-response instead of Pyro's handshake."""
 
-    def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int):
+    def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int,
+                 tls_context=None):
         self._service = service
+        self._tls_context = tls_context
         self._secret = secret
         self._label = label
         self._connections: Set[object] = set()
@@ -143,6 +145,14 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
             log.warning("refused a connection: %s", denied_reason)
             return False
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls_context is not None:
+            try:
+                conn.sock.settimeout(tls.HANDSHAKE_TIMEOUT)
+                conn.sock = self._tls_context.wrap_socket(conn.sock, server_side=True)
+                conn.sock.settimeout(None)
+            except (OSError, ValueError) as error:
+                log.info("rejected a connection whose TLS handshake failed: %s", error)
+                return False
         if not auth.server_handshake(conn.sock, self._secret, self._label):
             log.info("rejected a connection that failed authentication")
             return False
@@ -178,10 +188,11 @@ class MasterServer:
     """Runs the daemon and the liveness reaper for one TaskManager."""
 
     def __init__(self, manager: TaskManager, label: str, secret: bytes,
-                 host: str, port: Optional[int], reaper_interval: float = 0.25):
+                 host: str, port: Optional[int], reaper_interval: float = 0.25, tls_context=None):
         _configure_pyro()
         self.manager = manager
         self.service = TaskManagerService(manager)
+        self._tls_context = tls_context
         self.daemon = self._bind(host, port, label, secret)
         self.daemon.register(self.service, object_name(label))
         self.port = self.daemon.sock.getsockname()[1]
@@ -198,13 +209,14 @@ class MasterServer:
     def _bind(self, host: str, port: Optional[int], label: str, secret: bytes) -> _AuthenticatingDaemon:
         if port is not None:
             try:
-                return _AuthenticatingDaemon(self.service, secret, label, host, port)
+                return _AuthenticatingDaemon(self.service, secret, label, host, port, self._tls_context)
             except OSError as error:
                 raise ConfigurationError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         try:
-            return _AuthenticatingDaemon(self.service, secret, label, host, settings.DEFAULT_PORT)
+            return _AuthenticatingDaemon(self.service, secret, label, host, settings.DEFAULT_PORT,
+                                         self._tls_context)
         except OSError:
-            return _AuthenticatingDaemon(self.service, secret, label, host, 0)
+            return _AuthenticatingDaemon(self.service, secret, label, host, 0, self._tls_context)
 
     def _reap(self) -> None:
         while not self._stop.wait(self._reaper_interval):

@@ -79,6 +79,7 @@ class SlaveProcess:
         self._state_cache: Dict[str, object] = {}
         self._connection: Optional[MasterConnection] = None
         self._data_connection: Optional[MasterConnection] = None
+        self._busy_connection: Optional[MasterConnection] = None
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
         self._stop_watch = threading.Event()
@@ -115,10 +116,8 @@ class SlaveProcess:
             return
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
-        watcher = None
         if self.watchdog_period is not None:
-            watcher = threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True)
-            watcher.start()
+            threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True).start()
         clean = False
         try:
             self._serve(handlers)
@@ -132,11 +131,11 @@ class SlaveProcess:
             self._main_done.set()
             self._stop_watch.set()
             self._connection.close()
+            if self._busy_connection is not None:
+                self._busy_connection.close()
             if self._data_connection is not None:
                 self._data_connection.close()
-            if watcher is not None:
-                watcher.join(timeout=1.0)
-            self.done = True
+            self.done = True   # the watch thread ends when its long-poll returns
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         feed = TaskFeed(self._connection, self.process_id, self._rejoin)
@@ -159,10 +158,16 @@ class SlaveProcess:
         except ConnectionLostError as error:
             if self._master_gone is not None:
                 raise ConnectionLostError(self._master_gone) from None
-            raise ConnectionLostError(f"slave of {self.label!r}: {error}; exiting") from None
+            raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
         finally:
-            feed.stop()
-            self._connection.claim()
+            if feed.stop(timeout=0.5):
+                self._connection.claim()
+            elif feed.ended is None:   # it waits for work on the main connection: say goodbye on another
+                self._busy_connection = self._connection
+                try:
+                    self._connection = self._connection.duplicate()
+                except ScientificMSError:
+                    self._connection = self._busy_connection
 
     def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes,
              limit: Optional[float]) -> tuple:
@@ -304,5 +309,8 @@ def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = 
     try:
         SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout).start(namespace)
     except ScientificMSError as error:
-        sys.stderr.write(f"scientific_ms: slave for {label!r}: {error}\n")
+        sys.stderr.write(f"scientific_ms: {error}\n")
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        sys.stderr.write(f"scientific_ms: slave of {label!r} interrupted; its tasks went back to the master\n")
+        raise SystemExit(130) from None

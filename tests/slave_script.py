@@ -20,6 +20,13 @@ def do_logged_work(seconds, value, log_path):
     return value
 
 
+def do_marked_work(seconds, value, marker_dir):
+    """Leave a marker naming this process and the task, then work."""
+    open(os.path.join(marker_dir, f"started-{os.getpid()}-{value}"), "w").close()
+    time.sleep(seconds)
+    return value
+
+
 def do_pid():
     return os.getpid()
 

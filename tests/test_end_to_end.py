@@ -194,28 +194,39 @@ def psutil_children(pid):
                     30, "two spawned slaves")
 
 
-def test_slave_exits_with_a_message_when_the_master_is_killed(processes, tmp_path):
+def test_every_slave_exits_with_a_message_when_the_master_is_killed(processes, tmp_path):
+    """kill -9 of the master: spawned slaves (now orphans) and hand-started ones all exit."""
+    slave_code = tmp_path / "doomed_slave.py"
+    slave_code.write_text("import time\nfrom scientific_ms import startSlaveProcess\n"
+                          "def do_work(seconds, value):\n    time.sleep(seconds)\n    return value\n"
+                          "startSlaveProcess('doomed', watchdog_period=1.0)\n")
     script = tmp_path / "doomed_master.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import time
         from scientific_ms import initializeMasterProcess
-        master = initializeMasterProcess("doomed")
-        master.requestTask("work", 60.0, "x")
+        master = initializeMasterProcess("doomed", slave_script={str(slave_code)!r})
+        master.launchSlaveJobs(2)
+        for i in range(3):
+            master.requestTask("work", 60.0, i)
+        while len(master.task_manager.status()["processes"]) < 5:
+            time.sleep(0.01)
         print("READY", flush=True)
         time.sleep(600)
     """))
     master = processes.python(script, name="master")
-    wait_for(lambda: "READY" in processes.output(master), 30, "the master")
+    wait_for(lambda: discovery.read_label_file("doomed"), 30, "the master")
     busy = processes.python(SLAVE_SCRIPT, "doomed", "1.0", name="busy")
     idle = processes.python(SLAVE_SCRIPT, "doomed", "1.0", name="idle")
+    wait_for(lambda: "READY" in processes.output(master), 60, "four slaves, three of them busy")
     import psutil
-    wait_for(lambda: all(len(net_connections(p.pid)) >= 2 for p in (busy, idle)), 30,
-             "both slaves connected")
+    spawned = [child.pid for child in psutil.Process(master.pid).children()]
+    assert len(spawned) == 2
     master.kill()
     for slave in (busy, idle):
         code, out = processes.finish(slave, 15)
         assert code == 1, out
-        assert "lost" in out and "master" in out, out
+        assert "lost its master" in out, out
+    assert descendants_gone(spawned, timeout=15) == []
 
 
 def net_connections(pid):
