@@ -20,13 +20,14 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import random
 import threading
 from typing import Callable, Deque, List, Optional, Tuple
 
 from . import settings
 from .client import MasterConnection
 from .errors import ConnectionLostError
-from .server import OK, TERMINATED, UNKNOWN
+from .server import TERMINATED, UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ class TaskFeed:
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
                     want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)
-                    wait = settings.POLL_SECONDS if (idle and want) else 0.0
+                    # jittered, so that a thousand idle slaves do not all call back at once
+                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
                 status, tasks = self._connection.call("exchange", process_id, answers, want, wait)

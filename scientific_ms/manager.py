@@ -137,6 +137,7 @@ class TaskManager:
         self._waiters: Dict[_Waiter, None] = {}            # insertion-ordered set
         self._data: Dict[str, bytes] = {}
         self._started = clock()
+        self._last_liveness_check: Optional[float] = None
         self._completion_rate = RateMeter()
         self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
         self.data_fetches = collections.Counter()  # label -> times retrieved
@@ -186,10 +187,23 @@ class TaskManager:
                 proc.stats = dict(stats)
             return True
 
-    def check_liveness(self) -> List[int]:
-        """Declare dead every process that missed too many heartbeats; returns their ids."""
+    def check_liveness(self, expected_interval: Optional[float] = None) -> List[int]:
+        """Declare dead every process that missed too many heartbeats; returns their ids.
+
+        ``expected_interval``: how often the caller runs this. If it ran late,
+        the master itself was stalled (its threads starved, the machine
+        swapping): the heartbeats then wait unread in its sockets, so the
+        delay is credited to every process instead of counted as silence.
+        """
         with self._lock:
             now = self._clock()
+            previous, self._last_liveness_check = self._last_liveness_check, now
+            if expected_interval is not None and previous is not None:
+                late = now - previous - expected_interval
+                if late > expected_interval:
+                    log.info("the master stalled for %.1f s; not counted against its slaves", late)
+                    for proc in self._processes.values():
+                        proc.last_seen = min(now, proc.last_seen + late)
             lost = []
             for proc in list(self._processes.values()):
                 period = proc.watchdog_period

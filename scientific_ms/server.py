@@ -15,6 +15,7 @@ once unless it said goodbye first.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import threading
@@ -128,7 +129,13 @@ class TaskManagerService:
 
 
 class _AuthenticatingDaemon(Pyro5.server.Daemon):
-    """A Pyro5 daemon that runs our challenge-response instead of Pyro's handshake."""
+    """A Pyro5 daemon that runs our challenge-response instead of Pyro's handshake.
+
+    Every connection holds a pool thread while it authenticates, so at most a
+    quarter of the pool may be mid-handshake: beyond that the oldest pending
+    connection is dropped. A genuine handshake takes milliseconds and is
+    never the oldest; silent strangers cannot fill the pool and lock slaves out.
+    """
 
     def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int,
                  tls_context=None):
@@ -138,12 +145,30 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         self._label = label
         self._connections: Set[object] = set()
         self._connections_lock = threading.Lock()
+        self._pending: "collections.OrderedDict[object, None]" = collections.OrderedDict()
+        self._pending_limit = max(8, pyro_config.THREADPOOL_SIZE // 4)
         super().__init__(host=host, port=port)
 
     def _handshake(self, conn, denied_reason=None):
         if denied_reason:
             log.warning("refused a connection: %s", denied_reason)
             return False
+        self._admit(conn)
+        try:
+            return self._authenticate(conn)
+        finally:
+            with self._connections_lock:
+                self._pending.pop(conn, None)
+
+    def _admit(self, conn) -> None:
+        with self._connections_lock:
+            self._pending[conn] = None
+            while len(self._pending) > self._pending_limit:
+                oldest, _ = self._pending.popitem(last=False)
+                log.warning("too many connections still authenticating; dropping the oldest")
+                _shutdown(oldest)
+
+    def _authenticate(self, conn) -> bool:
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls_context is not None:
             try:
@@ -170,18 +195,42 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         with self._connections_lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(conn)
+
+
+def _shutdown(conn) -> None:
+    """Wake the thread serving a connection by shutting its socket down."""
+    try:
+        conn.sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
 
 
 def _configure_pyro() -> None:
     # Pyro5 reads these globals when a daemon is created and whenever a
     # connection arrives; the master process needs a thread per connection.
+    _raise_file_limit(settings.max_connections() + 256)
     pyro_config.SERVERTYPE = "thread"
     pyro_config.THREADPOOL_SIZE = max(pyro_config.THREADPOOL_SIZE, settings.max_connections())
     pyro_config.THREADPOOL_SIZE_MIN = max(pyro_config.THREADPOOL_SIZE_MIN, 8)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Lift the soft limit on open files toward ``wanted`` (a slave holds 2-3 connections).
+
+    The common default of 1,024 would refuse a few hundred slaves.
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, error)
 
 
 class MasterServer:
@@ -221,7 +270,7 @@ class MasterServer:
     def _reap(self) -> None:
         while not self._stop.wait(self._reaper_interval):
             try:
-                self.manager.check_liveness()
+                self.manager.check_liveness(expected_interval=self._reaper_interval)
                 self.manager.check_time_limits()
             except Exception:  # never let the reaper die silently
                 log.exception("liveness check failed")

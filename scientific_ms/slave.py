@@ -23,6 +23,7 @@ import errno
 import inspect
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -229,8 +230,9 @@ class SlaveProcess:
         while not self._stop_watch.is_set():
             process_id = self.process_id
             try:
-                status = connection.call("watch", process_id, sampler.sample(), period,
-                                         timeout=period + 30.0)
+                # A little early and jittered: a heartbeat at least every period, not all at once.
+                status = connection.call("watch", process_id, sampler.sample(),
+                                         period * random.uniform(0.75, 1.0), timeout=period + 30.0)
             except ConnectionLostError as error:
                 if self._stop_watch.is_set():
                     break

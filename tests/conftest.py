@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from netns import hosts  # noqa: F401  (the multi-host fixture, for every test module)
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 

@@ -289,7 +289,6 @@ def answer_all(master, slave_id, count):
 
 
 def test_watch_without_a_terminal_prints_plain_tables_until_the_master_ends(master, processes):
-    manager = master.task_manager
     worker = fake_slave(master)
     for i in range(4):
         master.requestTask("work", i)
@@ -369,7 +368,6 @@ def in_pty():
 
 
 def test_watch_in_a_terminal_redraws_in_place(master, in_pty):
-    manager = master.task_manager
     worker = fake_slave(master)
     for i in range(10):
         master.requestTask("work", i)

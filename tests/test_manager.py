@@ -324,3 +324,17 @@ def test_delivered_records_do_not_pile_up(manager):
         manager.store_answers(slave, [answer(t, 0) for t in manager.take_tasks(slave)])
         manager.get_answer("f")
     assert len(manager._answers) < 3000
+
+
+def test_a_stalled_master_does_not_blame_its_slaves(manager, clock):
+    slave = manager.register_process("slave", tags=["f"], watchdog_period=1.0)
+    manager.check_liveness(expected_interval=0.25)
+    clock.advance(10)     # the reaper itself ran 10 s late: the master was stalled
+    assert manager.check_liveness(expected_interval=0.25) == []
+    lost_after = None
+    for tick in range(1, 40):   # on time from now on, and the slave stays silent
+        clock.advance(0.25)
+        if manager.check_liveness(expected_interval=0.25):
+            lost_after = tick * 0.25
+            break
+    assert lost_after is not None and 4.0 <= lost_after <= 4.5

@@ -5,7 +5,6 @@ import re
 import textwrap
 
 from conftest import wait_for
-from netns import hosts  # noqa: F401  (fixture)
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 SECRET = "partition-test-secret"

@@ -1,0 +1,410 @@
+"""Load: 1,000 slaves connected to one master at once (issue 5, scenario 9).
+
+    python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light]
+                              [--watchdog 1.0] [--hold 6] [--short-tasks 20000]
+
+The master runs in this process (so psutil measures it: CPU seconds, RSS,
+threads). The slaves are threads spread over ``--processes`` subprocesses,
+each thread a complete slave:
+
+* ``real``: a genuine ``SlaveProcess(..., hard_exit=False).start(...)``,
+  with its feed and heartbeat threads and two connections (main, watch):
+  3 threads and 2 master connections per slave;
+* ``light``: one thread and one connection per slave, speaking the
+  protocol directly (register, exchange, and ``watch`` as the heartbeat).
+
+Phases: every slave connects and registers; then one task per slave is
+requested, a task that *holds* its slave until every slave holds one (so
+each of the 1,000 slaves provably gets work, all at once); the holds last
+``--hold`` seconds, several watchdog limits, while heartbeats must keep up
+(``processes_lost`` must stay 0); then they are released and every result
+is retrieved exactly once. Optionally a burst of short tasks follows.
+Finally the master shuts down and every slave process must exit cleanly.
+
+The same file is the slave side:
+
+    python benchmarks/load.py slaves HOST:PORT COUNT --kind real --watchdog 1.0
+
+reads SCIENTIFIC_MS_SECRET and the label from its environment / arguments,
+and waits for the word ``release`` on stdin before held tasks return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LABEL = "load"
+
+# ---------------------------------------------------------------------------- slave side
+
+
+def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: str,
+                  stack_kib: int, start_window: int) -> int:
+    """Run ``count`` slaves as threads of this process; returns an exit code."""
+    if stack_kib:
+        threading.stack_size(stack_kib * 1024)   # every thread started from now on
+    release = threading.Event()
+    errors: list = []
+    finished = [0]
+    lock = threading.Lock()
+    # At most ``start_window`` slaves may be connecting at once: a burst of a
+    # thousand SYNs would overflow Pyro5's listen backlog of 100.
+    window = threading.BoundedSemaphore(start_window)
+
+    def do_hold(index, hold_limit):
+        """Block until the driver says every slave holds a task."""
+        if not release.wait(hold_limit):
+            raise RuntimeError(f"task {index} was never released")
+        return os.getpid(), threading.get_ident()
+
+    def do_x(value):
+        return value, os.getpid(), threading.get_ident()
+
+    handlers = {"do_hold": do_hold, "do_x": do_x}
+
+    def real_slave():
+        from scientific_ms import SlaveProcess
+
+        released = []
+
+        class PacedSlave(SlaveProcess):
+            def _serve(self, handler_table):     # registered: let the next slave connect
+                released.append(window.release())
+                return super()._serve(handler_table)
+
+        try:
+            PacedSlave(label, address, watchdog, hard_exit=False, wait=True, wait_timeout=60).start(handlers)
+        finally:
+            if not released:
+                window.release()
+
+    def light_slave():
+        from scientific_ms.client import MasterConnection
+        from scientific_ms.payload import dumps_value, loads_parameters
+        from scientific_ms.server import OK, TERMINATED
+        host, port = address.rsplit(":", 1)
+        try:
+            connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
+                                          timeout=30)
+            status, process_id = connection.call("register", "slave", {"pid": os.getpid()},
+                                                 sorted(name[3:] for name in handlers), watchdog)
+        finally:
+            window.release()
+        if status != OK:
+            return
+        answers = []
+        while True:
+            # One exchange per heartbeat period at most; a watch(timeout=0) call
+            # is the heartbeat while a task holds this thread.
+            status, tasks = connection.call("exchange", process_id, answers, 1, watchdog / 2)
+            answers = []
+            if status == TERMINATED:
+                break
+            for task_id, assignment, tag, payload, _limit in tasks:
+                parameters = loads_parameters(payload, None)
+                if tag == "hold":
+                    while not release.wait(watchdog / 2):
+                        if connection.call("watch", process_id, {}, 0.0) == TERMINATED:
+                            return
+                    result = (os.getpid(), threading.get_ident())
+                else:
+                    result = handlers["do_" + tag](*parameters)
+                answers.append((task_id, assignment, True, dumps_value(result), ""))
+            if connection.call("watch", process_id, {}, 0.0) == TERMINATED:
+                break
+        connection.close()
+
+    body = real_slave if kind == "real" else light_slave
+
+    def run():
+        try:
+            body()
+            with lock:
+                finished[0] += 1
+        except BaseException as error:   # counted and reported below
+            with lock:
+                errors.append(repr(error))
+
+    def read_commands():
+        for line in sys.stdin:
+            if line.strip() == "release":
+                release.set()
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    threads = []
+    for _ in range(count):
+        window.acquire()
+        thread = threading.Thread(target=run)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    print(f"slaves finished cleanly: {finished[0]} of {count}; errors: {len(errors)}", flush=True)
+    for error in errors[:5]:
+        print("  ", error, flush=True)
+    return 0 if finished[0] == count else 1
+
+
+# ---------------------------------------------------------------------------- master side
+
+
+def slave_command(port: int, count: int, kind: str, watchdog: float, label: str = LABEL,
+                  stack_kib: int = 256, start_window: int = 16) -> list:
+    return [sys.executable, str(Path(__file__).resolve()), "slaves", f"127.0.0.1:{port}", str(count),
+            "--kind", kind, "--watchdog", str(watchdog), "--label", label,
+            "--stack-kib", str(stack_kib), "--start-window", str(start_window)]
+
+
+def _cpu_seconds(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _wait(predicate, timeout: float, what: str, pause: float = 0.05):
+    deadline = time.monotonic() + timeout
+    ticker = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        ticker.wait(pause)
+
+
+def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str = "real",
+             watchdog: float = 1.0, hold: float = 6.0, short_tasks: int = 0,
+             stack_kib: int = 256, start_window: int = 16, deadline: float = 100.0,
+             strict: bool = True, log=print) -> dict:
+    """Drive one load run against ``master`` (a MasterProcess in this process).
+
+    ``spawn(args, env)`` starts a subprocess with stdin=PIPE and returns the
+    Popen. Returns the figures; with ``strict``, raises AssertionError when
+    a guarantee fails (otherwise the figures say so).
+    """
+    import psutil
+
+    me = psutil.Process()
+    started = time.monotonic()
+    end_by = started + deadline
+    figures = {"slaves": slaves, "processes": processes, "kind": kind, "watchdog_period": watchdog,
+               "rss_before": me.memory_info().rss, "threads_before": me.num_threads(),
+               "cpu_before": _cpu_seconds(me)}
+    manager = master.task_manager
+    per_process = [slaves // processes + (1 if i < slaves % processes else 0) for i in range(processes)]
+    env = {"SCIENTIFIC_MS_SECRET": master.secret.decode()}
+    children = [spawn(slave_command(master.port, n, kind, watchdog, master.label, stack_kib, start_window), env)
+                for n in per_process]
+
+    def slave_records():
+        return [p for p in manager.status()["processes"] if p["role"] == "slave"]
+
+    # Watch the heartbeats through every phase: the worst silence of any
+    # slave, and when (if ever) one was declared dead.
+    phase_name = ["connect"]
+    worst = {}
+    losses = []
+    stop_monitor = threading.Event()
+
+    def monitor():
+        while not stop_monitor.wait(0.5):
+            status = manager.status()
+            silences = [p["seconds_since_heartbeat"] for p in status["processes"] if p["role"] == "slave"]
+            name = phase_name[0]
+            worst[name] = max([worst.get(name, 0.0), *silences])
+            lost = status["counters"]["processes_lost"]
+            if lost and (not losses or losses[-1][2] != lost):
+                losses.append((round(time.monotonic() - started, 2), name, lost))
+
+    monitor_thread = threading.Thread(target=monitor, name="load-monitor", daemon=True)
+    monitor_thread.start()
+
+    def remaining():
+        return max(1.0, end_by - time.monotonic())
+
+    _wait(lambda: len(slave_records()) == slaves or any(c.poll() is not None for c in children),
+          remaining(), f"{slaves} slaves to register")
+    if len(slave_records()) != slaves:
+        raise AssertionError(f"a slave process ended early (codes {[c.poll() for c in children]})")
+    figures["connect_seconds"] = time.monotonic() - started
+    log(f"{slaves} slaves registered in {figures['connect_seconds']:.1f} s")
+
+    # Phase 1: one task per slave, held until every slave holds one.
+    phase = time.monotonic()
+    cpu_phase = _cpu_seconds(me)
+    hold_limit = hold + deadline
+    task_ids = {master.requestTask("hold", i, hold_limit) for i in range(slaves)}
+    _wait(lambda: all(len(p["running"]) == 1 for p in slave_records()), remaining(),
+          "every slave to hold a task")
+    figures["all_holding_seconds"] = time.monotonic() - phase
+    log(f"all {slaves} slaves hold a task after {figures['all_holding_seconds']:.1f} s")
+    # Keep them busy for several watchdog limits: only heartbeats flow now.
+    phase_name[0] = "hold"
+    hold_started = time.monotonic()
+    cpu_hold = _cpu_seconds(me)
+    _wait(lambda: losses or time.monotonic() - hold_started >= hold, hold + 5, "the hold", pause=0.1)
+    hold_seconds = time.monotonic() - hold_started
+    figures["hold_seconds"] = hold_seconds
+    figures["hold_cpu_percent"] = 100 * (_cpu_seconds(me) - cpu_hold) / hold_seconds
+    figures["rss_holding"] = me.memory_info().rss
+    figures["threads_holding"] = me.num_threads()
+    figures["connections_holding"] = len(me.net_connections("tcp"))
+    phase_name[0] = "release"
+    for child in children:
+        child.stdin.write(b"release\n")
+        child.stdin.flush()
+    seen_tasks, seen_slaves = [], set()
+    for _ in range(slaves):
+        task_id, tag, (pid, thread) = master.retrieveResult("hold", timeout=remaining())
+        seen_tasks.append(task_id)
+        seen_slaves.add((pid, thread))
+    figures["phase1_seconds"] = time.monotonic() - phase
+    figures["phase1_cpu_seconds"] = _cpu_seconds(me) - cpu_phase
+    figures["distinct_slaves_holding"] = len(seen_slaves)
+    assert sorted(seen_tasks) == sorted(task_ids), "a held task's result was lost or duplicated"
+    assert len(seen_slaves) == slaves or not strict, (
+        f"only {len(seen_slaves)} distinct slaves ran the held tasks; slaves declared dead "
+        f"(seconds, phase, count so far): {losses}")
+
+    if short_tasks:
+        phase_name[0] = "short"
+        phase = time.monotonic()
+        cpu_phase = _cpu_seconds(me)
+        for i in range(short_tasks):
+            master.requestTask("x", i)
+        values = sorted(master.retrieveResult("x", timeout=remaining())[2][0] for _ in range(short_tasks))
+        assert values == list(range(short_tasks)), "a short task's result was lost or duplicated"
+        figures["short_seconds"] = time.monotonic() - phase
+        figures["short_cpu_seconds"] = _cpu_seconds(me) - cpu_phase
+        log(f"{short_tasks} short tasks in {figures['short_seconds']:.2f} s")
+
+    stop_monitor.set()
+    monitor_thread.join()
+    figures["worst_heartbeat_silence"] = worst
+    figures["losses"] = losses
+    status = manager.status()
+    figures["processes_lost"] = status["counters"]["processes_lost"]
+    figures["duplicates_dropped"] = status["counters"]["duplicates_dropped"]
+    figures["idle_slaves"] = sum(1 for p in status["processes"]
+                                 if p["role"] == "slave" and p["tasks_done"] < 1)
+    figures["rss_peak"] = max(figures["rss_holding"], me.memory_info().rss)
+    figures["cpu_total"] = _cpu_seconds(me) - figures["cpu_before"]
+    figures["wall_total"] = time.monotonic() - started
+
+    shutdown = time.monotonic()
+    master.shutdown()
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.wait(timeout=remaining()))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    figures["shutdown_seconds"] = time.monotonic() - shutdown
+    figures["slave_exit_codes"] = codes
+    _wait(lambda: me.num_threads() <= figures["threads_before"] + 2, 15, "the master's threads to end",
+          pause=0.1)
+    figures["threads_after"] = me.num_threads()
+    figures["rss_after"] = me.memory_info().rss
+    return figures
+
+
+def report(figures: dict) -> str:
+    mib = 1024 * 1024
+    f = figures
+    lines = [
+        f"{f['slaves']} {f['kind']} slaves in {f['processes']} processes, watchdog period "
+        f"{f['watchdog_period']:g} s, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        f"  connected and registered     {f['connect_seconds']:7.1f} s",
+        f"  every slave holding a task   {f['all_holding_seconds']:7.1f} s later",
+        f"  master during the hold       {f['hold_cpu_percent']:7.1f} % of one core "
+        f"(heartbeats only, {f['hold_seconds']:.1f} s)",
+        "  worst heartbeat silence      "
+        + ", ".join(f"{name} {value:.2f} s" for name, value in f["worst_heartbeat_silence"].items())
+        + f" (limit {4 * f['watchdog_period']:g} s)",
+        f"  master threads               {f['threads_before']} before, {f['threads_holding']} holding, "
+        f"{f['threads_after']} after",
+        f"  master TCP connections       {f['connections_holding']} holding",
+        f"  master RSS                   {f['rss_before'] / mib:.0f} MiB before, "
+        f"{f['rss_holding'] / mib:.0f} MiB holding, {f['rss_peak'] / mib:.0f} MiB peak, "
+        f"{f['rss_after'] / mib:.0f} MiB after",
+        f"  master CPU                   {f['phase1_cpu_seconds']:.1f} s in the held-task phase "
+        f"({f['phase1_seconds']:.1f} s wall), {f['cpu_total']:.1f} s in all ({f['wall_total']:.1f} s wall)",
+    ]
+    if "short_seconds" in f:
+        lines.append(f"  short tasks                  {f['short_seconds']:.2f} s wall, "
+                     f"{f['short_cpu_seconds']:.1f} s master CPU")
+    lines += [
+        f"  slaves wrongly declared dead {f['processes_lost']}; slaves without work {f['idle_slaves']}; "
+        f"distinct slaves that ran the held tasks {f['distinct_slaves_holding']}; "
+        f"duplicates dropped {f['duplicates_dropped']}"
+        + (f"; losses (seconds, phase, count): {f['losses']}" if f["losses"] else ""),
+        f"  shutdown: every slave process exited in {f['shutdown_seconds']:.1f} s, codes "
+        f"{f['slave_exit_codes']}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    side = sub.add_parser("slaves", help="the slave side (started by the master side)")
+    side.add_argument("address")
+    side.add_argument("count", type=int)
+    for p in (parser, side):
+        p.add_argument("--kind", choices=("real", "light"), default="real")
+        p.add_argument("--watchdog", type=float, default=1.0)
+        p.add_argument("--stack-kib", type=int, default=256)
+        p.add_argument("--start-window", type=int, default=16)
+    side.add_argument("--label", default=LABEL)
+    parser.add_argument("--slaves", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--hold", type=float, default=6.0)
+    parser.add_argument("--short-tasks", type=int, default=20000)
+    parser.add_argument("--deadline", type=float, default=300.0)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval() in the master (CPython's default: 0.005 s)")
+    args = parser.parse_args()
+    if args.command == "slaves":
+        return _serve_slaves(args.address, args.count, args.kind, args.watchdog, args.label,
+                             args.stack_kib, args.start_window)
+
+    import tempfile
+    from scientific_ms import MasterProcess
+
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    print(f"master: sys.getswitchinterval() = {sys.getswitchinterval():g} s", flush=True)
+
+    os.environ.setdefault("SCIENTIFIC_MS_REGISTRY", tempfile.mkdtemp(prefix="scientific_ms-load-"))
+    master = MasterProcess(LABEL, use_name_server=False, port=0, host="127.0.0.1")
+    children = []
+
+    def spawn(command, env):
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, env=dict(os.environ, **env))
+        children.append(child)
+        return child
+
+    try:
+        figures = run_load(master, spawn, slaves=args.slaves, processes=args.processes, kind=args.kind,
+                           watchdog=args.watchdog, hold=args.hold, short_tasks=args.short_tasks,
+                           stack_kib=args.stack_kib, start_window=args.start_window,
+                           deadline=args.deadline, strict=False, log=lambda text: print(text, flush=True))
+    finally:
+        master.shutdown()
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+    print(report(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
