@@ -207,8 +207,8 @@ class TaskManager:
             lost = []
             for proc in list(self._processes.values()):
                 period = proc.watchdog_period
-                if period is None:
-                    continue
+                if period is None or proc.waiting:
+                    continue   # a slave waiting for work is alive, and holds nothing to reschedule
                 silence = now - proc.last_seen
                 if silence > self.missed_heartbeats * period:
                     lost.append(proc.process_id)
@@ -336,10 +336,13 @@ class TaskManager:
                     return []
                 waiter = _Waiter(process_id, proc.tags, self._lock)
                 self._waiters[waiter] = None
+                proc.waiting += 1
                 try:
                     waiter.condition.wait(deadline - now)
                 finally:
                     self._waiters.pop(waiter, None)
+                    proc.waiting -= 1
+                    proc.last_seen = self._clock()
 
     def store_answers(self, process_id: Optional[int], answers: Iterable[Answer]) -> int:
         """Store results and exceptions; the first answer for a task wins.

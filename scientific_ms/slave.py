@@ -83,7 +83,7 @@ class SlaveProcess:
         self._busy_connection: Optional[MasterConnection] = None
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
-        self._stop_watch = threading.Event()
+        self._leaving = threading.Event()
         self._main_done = threading.Event()
         self._current_task: Optional[str] = None
         self._master_gone: Optional[str] = None
@@ -124,13 +124,13 @@ class SlaveProcess:
             self._serve(handlers)
             clean = True
         finally:
+            self._leaving.set()   # no more heartbeats or rejoining: we are leaving
             if clean or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                try:  # say goodbye first, so that no closing connection reads as a death
+                try:  # say goodbye before closing, so that no closing connection reads as a death
                     self._connection.call("unregister", self.process_id, timeout=5.0)
                 except ScientificMSError:
                     pass
             self._main_done.set()
-            self._stop_watch.set()
             self._connection.close()
             if self._busy_connection is not None:
                 self._busy_connection.close()
@@ -194,7 +194,7 @@ class SlaveProcess:
         Both threads may find out at once; the first one registers.
         """
         with self._rejoin_lock:
-            if self.process_id == old_process_id:
+            if self.process_id == old_process_id and not self._leaving.is_set():
                 log.warning("the master of %r declared slave %s dead (it had not heard from it in "
                             "time); joining again", self.label, old_process_id)
                 status, new_id = connection.call("register", "slave", *self._registration)
@@ -227,14 +227,14 @@ class SlaveProcess:
         except ScientificMSError as error:
             self._master_lost(f"cannot open the heartbeat connection: {error}")
             return
-        while not self._stop_watch.is_set():
+        while not self._leaving.is_set():
             process_id = self.process_id
             try:
                 # A little early and jittered: a heartbeat at least every period, not all at once.
                 status = connection.call("watch", process_id, sampler.sample(),
                                          period * random.uniform(0.75, 1.0), timeout=period + 30.0)
             except ConnectionLostError as error:
-                if self._stop_watch.is_set():
+                if self._leaving.is_set():
                     break
                 connection.close()
                 connection = self._reconnect(str(error))
@@ -253,7 +253,7 @@ class SlaveProcess:
         limit = max(5.0, 4 * self.watchdog_period)
         deadline = time.monotonic() + limit
         log.warning("slave %s: %s; trying to reach the master again for %.0f s", self.process_id, reason, limit)
-        while not self._stop_watch.is_set():
+        while not self._leaving.is_set():
             try:
                 return self._connection.duplicate()
             except MasterNotFoundError as error:
@@ -265,7 +265,7 @@ class SlaveProcess:
             except ScientificMSError as error:
                 self._master_lost(f"{reason}; {error}")
                 return None
-            self._stop_watch.wait(1.0)
+            self._leaving.wait(1.0)
         return None
 
     def _master_finished(self) -> None:

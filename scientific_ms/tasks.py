@@ -60,7 +60,7 @@ class ProcessRecord:
 
     __slots__ = ("process_id", "role", "info", "tags", "watchdog_period",
                  "registered", "last_seen", "running", "tasks_done",
-                 "stats", "lost")
+                 "stats", "lost", "waiting")
 
     def __init__(self, process_id: int, role: str, info: Dict,
                  tags: Optional[FrozenSet[str]], watchdog_period: Optional[float],
@@ -76,6 +76,7 @@ class ProcessRecord:
         self.tasks_done = 0
         self.stats: Dict = {}             # sampled on the slave (cpu, rss)
         self.lost = False
+        self.waiting = 0                  # its threads blocked in take_tasks right now
 
     def describe(self) -> str:
         host = self.info.get("host", "?")

@@ -108,3 +108,34 @@ def test_handler_exception_carries_object_and_traceback(master, processes):
     assert error.task_id == task_id and error.tag == "fail"
     assert isinstance(error.exception, ValueError) and str(error.exception) == "bad input"
     assert "in do_fail" in error.traceback and error.__cause__ is error.exception
+
+
+def test_a_slave_that_leaves_does_not_come_back_as_a_ghost(master, monkeypatch):
+    """Heartbeats every 20 ms race the goodbye; none may re-register the slave after it."""
+    import threading
+    from scientific_ms import SlaveProcess
+    monkeypatch.setenv("SCIENTIFIC_MS_SECRET", master.secret.decode())
+
+    class OneTask(SlaveProcess):
+        def terminationTest(self):
+            return self.done_one
+
+    for _ in range(5):
+        slave = OneTask("faults", master_host=f"127.0.0.1:{master.port}", watchdog_period=0.02,
+                        hard_exit=False)
+        slave.done_one = False
+
+        def do_once(x):
+            slave.done_one = True
+            return x
+
+        thread = threading.Thread(target=slave.start, args=({"do_once": do_once},))
+        thread.start()
+        master.requestTask("once", 1)
+        assert master.retrieveResult(timeout=30)[2] == 1
+        thread.join(30)
+        still = threading.Event()
+        for _ in range(25):                         # 25 heartbeat periods after the goodbye
+            assert len(master.task_manager.status()["processes"]) == 1, "a ghost slave registered"
+            still.wait(0.02)
+    assert master.task_manager.counters["processes_lost"] == 0

@@ -338,3 +338,17 @@ def test_a_stalled_master_does_not_blame_its_slaves(manager, clock):
             lost_after = tick * 0.25
             break
     assert lost_after is not None and 4.0 <= lost_after <= 4.5
+
+
+def test_a_slave_waiting_for_work_is_not_declared_dead(manager, clock):
+    slave = manager.register_process("slave", tags=["f"], watchdog_period=0.01)
+    waiting = threading.Thread(target=lambda: manager.take_tasks(slave, 1, timeout=30))
+    waiting.start()
+    while not manager._waiters:
+        waiting.join(0.001)
+    clock.advance(100)
+    assert manager.check_liveness() == []
+    manager.add_task("f", b"")
+    waiting.join(10)
+    clock.advance(100)    # now it holds a task and is silent: dead
+    assert manager.check_liveness() == [slave]
