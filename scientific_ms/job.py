@@ -41,7 +41,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         slave_class(label, watchdog_period=watchdog_period).start()
         return
     if mpi.runs_under_mpi():
-        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves)
+        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress)
         return
     # progress is passed only when given, so subclasses whose __init__ takes just the label still work
     master = master_class(label) if progress is None else master_class(label, progress=progress)

@@ -1,15 +1,80 @@
 """MPI launch: rank 0 is the master, other ranks are slaves. The only module importing mpi4py.
 
-MPI is used once, to broadcast the master's address and secret; every task
-after that goes over Pyro5, so a dead rank cannot wedge a collective call.
+MPI is used once: rank 0 broadcasts the master's address and secret, and
+every rank calls ``MPI_Finalize`` straight after. Every task goes over
+Pyro5, so no rank ever waits inside an MPI call (MPICH's progress engine
+spins there) and a dead rank cannot wedge a collective.
+
+How a slave rank lives and ends, and why::
+
+    hydra_pmi_proxy (or orted, slurmstepd)
+     `-- python job.py   rank k: MPI_Init, bcast, MPI_Finalize, fork; then
+          |              waits for its child (os.waitpid: no CPU) and exits
+          |              through libc exit(), which sends PMI "finalize"
+          `-- python job.py   the slave: serves tasks over Pyro5, then leaves
+                              with os._exit (no PMI traffic at all)
+
+Measured with MPICH 5.0.2's Hydra (see docs/mpi.md):
+
+* The proxy SIGKILLs every rank as soon as it reaps a direct child that a
+  signal killed, whatever ``-disable-auto-cleanup`` says; so the process
+  that does the work (and may be SIGKILLed or segfault) must not be the
+  proxy's child. Its parent reports the death as an ordinary exit status.
+* MPICH sends PMI "finalize" from a C ``atexit`` handler, not from
+  ``MPI_Finalize``. A rank whose PMI socket closes without it is a failure
+  (default: every rank is killed). Exactly one process per rank must send
+  it: the waiter, through libc ``exit()``; the forked slave never runs C
+  exit handlers.
+* With ``-disable-auto-cleanup`` Hydra sends SIGUSR1 to every rank each
+  time a rank ends; its default action kills, so ranks ignore it (set
+  before ``MPI_Init``, so that no rank can end before all ignore it).
+
+``SCIENTIFIC_MS_MPI_SUPERVISE=0`` turns the fork off: the rank process is
+then the slave (a SIGKILLed slave rank then takes the MPI job down).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import pickle
+import signal
+import socket
+import sys
+import traceback
+from typing import Callable, Dict, List, NoReturn, Optional
+
+from . import discovery, settings
+from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
+from .machine import non_loopback_addresses
+
+log = logging.getLogger(__name__)
 
 #: Variables that MPI launchers set in every rank they start.
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
+#: Those among them that hold the rank in MPI_COMM_WORLD (MPI_LOCALRANKID is per node).
+_WORLD_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+#: Version of the broadcast record.
+_PROTOCOL = 1
+#: Seconds to wait for each of the master's addresses when a slave rank picks one.
+_PROBE_SECONDS = 2.0
+#: Seconds a slave rank gives the master to hand over its stored slave code.
+_FETCH_SECONDS = 30.0
+
+
+class _World:
+    """This process's place in the MPI job, once MPI is initialised."""
+
+    def __init__(self, rank: int, size: int):
+        self.rank = rank
+        self.size = size
+        self.finalized = False
+        self.announced = False
+
+
+_world: Optional[_World] = None
 
 
 def runs_under_mpi() -> bool:
@@ -18,19 +83,290 @@ def runs_under_mpi() -> bool:
 
 
 def rank() -> int:
-    for name in _RANK_VARIABLES:
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
+    """This process's rank in MPI_COMM_WORLD; 0 when not started by an MPI launcher.
+
+    Under an MPI launcher this initialises MPI (once): rank 0 must be
+    initialised before it does anything that may fail, or the other ranks
+    would wait in MPI_Init for ever.
+    """
+    if not runs_under_mpi():
+        return 0
+    return _start().rank
 
 
-def run_job(label, master_class, slave_class, watchdog_period, launch_slaves):
-    raise NotImplementedError("mpiexec launch is not available yet")
+def size() -> int:
+    """Number of ranks in MPI_COMM_WORLD (1 when not started by an MPI launcher)."""
+    return _start().size if runs_under_mpi() else 1
 
 
-def serve_as_slave_rank(label):
-    raise NotImplementedError("mpiexec launch is not available yet")
+# ---------------------------------------------------------------- start-up
+
+def _import_mpi():
+    try:
+        import mpi4py
+    except ImportError:
+        found = ", ".join(f"{name}={os.environ[name]}" for name in _RANK_VARIABLES if name in os.environ)
+        raise ConfigurationError(
+            f"this process was started by an MPI launcher ({found}) but mpi4py is not installed: "
+            f"install it ('pip install mpi4py', built against the MPI that runs mpiexec; see "
+            f"docs/mpi.md), or run the script without mpiexec") from None
+    # MPI_Finalize is called by this module right after the broadcast; the
+    # PMI goodbye is sent by MPICH's own C exit handler.
+    mpi4py.rc.finalize = False
+    from mpi4py import MPI
+    return MPI
 
 
-def announce_master(master):
-    raise NotImplementedError("mpiexec launch is not available yet")
+def _start() -> _World:
+    """Initialise MPI once; rank 0 promises the other ranks an announcement."""
+    global _world
+    if _world is not None:
+        return _world
+    # Before MPI_Init: no rank gets past MPI_Init before every rank is there,
+    # so none can end (and make Hydra send SIGUSR1) before all ignore it.
+    if signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    MPI = _import_mpi()
+    comm = MPI.COMM_WORLD
+    _world = _World(comm.Get_rank(), comm.Get_size())
+    expected = next((os.environ[name] for name in _WORLD_RANK_VARIABLES if name in os.environ), None)
+    if expected is not None and int(expected) != _world.rank:
+        log.warning("the launcher says rank %s, MPI says rank %d; using MPI's", expected, _world.rank)
+    if _world.size == 1:
+        log.warning("MPI_COMM_WORLD has a single rank: this process is the master and no rank "
+                    "serves as a slave (was the launcher given -n, or does srun need --mpi=pmix?)")
+    if _world.rank == 0:
+        atexit.register(_announce_failure_at_exit)
+    return _world
+
+
+def _broadcast(record: Optional[Dict]) -> Dict:
+    """The one collective: rank 0 sends ``record``, every rank returns it; then MPI ends."""
+    world = _start()
+    MPI = _import_mpi()
+    try:
+        record = MPI.COMM_WORLD.bcast(record, root=0)
+    finally:
+        world.announced = True
+        if not world.finalized:
+            world.finalized = True
+            MPI.Finalize()
+    return record
+
+
+# ---------------------------------------------------------------- rank 0
+
+def announce_master(master) -> None:
+    """Rank 0: broadcast the master's address and secret to the other ranks."""
+    world = _start()
+    if world.rank != 0:
+        raise ConfigurationError(f"announce_master() runs on rank 0, not on rank {world.rank}")
+    if world.announced:
+        return
+    bound = master.host
+    advertised = settings.advertised_hosts()
+    if advertised is None:
+        advertised = non_loopback_addresses() if bound in ("0.0.0.0", "") else [bound]
+    record = {
+        "protocol": _PROTOCOL, "label": master.label, "port": master.port,
+        "secret": master.secret.decode(), "hostname": socket.gethostname(),
+        "addresses": advertised,
+        "loopback": bound in ("0.0.0.0", "", "localhost") or bound.startswith("127."),
+    }
+    _broadcast(record)
+    log.info("rank 0 announced the master of %r (port %d) to %d slave ranks",
+             master.label, master.port, world.size - 1)
+
+
+def announce_failure(reason: str) -> None:
+    """Rank 0: tell the other ranks that no master will come, so that they exit."""
+    world = _start()
+    if world.rank == 0 and not world.announced:
+        _broadcast({"protocol": _PROTOCOL, "error": reason})
+
+
+def _announce_failure_at_exit() -> None:
+    world = _world
+    if world is not None and not world.announced:
+        announce_failure("rank 0 ended before its master started (see rank 0's error above)")
+
+
+def run_job(label: str, master_class, slave_class, watchdog_period: Optional[float],
+            launch_slaves: int, progress: Optional[bool] = None) -> None:
+    """runJob under an MPI launcher: rank 0 runs the master, the other ranks serve."""
+    world = _start()
+    if world.rank != 0:
+        _serve_rank(label, lambda: slave_class(label, watchdog_period=watchdog_period).start())
+    from .job import _main_script
+    try:
+        master = master_class(label) if progress is None else master_class(label, progress=progress)
+    except BaseException as error:
+        announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
+        raise
+    try:
+        script = _main_script()
+        if script is not None:
+            master.store_slave_code(script.read_text(), str(script), sys.argv)
+        announce_master(master)
+    except BaseException as error:
+        announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
+        master.shutdown()
+        raise
+    if launch_slaves:
+        master.launchSlaveJobs(launch_slaves)
+    master.start()
+
+
+# ---------------------------------------------------------------- ranks >= 1
+
+def serve_as_slave_rank(label: str) -> NoReturn:
+    """Ranks >= 1 of a two-script job: run the slave code the master stored, then exit."""
+    _serve_rank(label, lambda: _run_stored_slave_code(label))
+
+
+def _serve_rank(label: str, serve: Callable[[], None]) -> NoReturn:
+    world = _start()
+    if world.rank == 0:
+        raise ConfigurationError("rank 0 runs the master, not a slave")
+    where = f"slave rank {world.rank} of {label!r}"
+    record = _broadcast(None)
+    if "error" in record:
+        _leave(1, f"scientific_ms: {where}: {record['error']}; exiting")
+    if record.get("label") != label:
+        _leave(1, f"scientific_ms: {where}: rank 0 announced the master of {record.get('label')!r}, "
+                  f"not {label!r}; exiting")
+    try:
+        host = _reachable_host(record)
+    except ScientificMSError as error:
+        _leave(1, f"scientific_ms: {where}: {error}")
+    discovery.set_slave_context(discovery.SlaveContext(label, host, record["port"],
+                                                       record["secret"].encode()))
+    log.info("%s: master at %s:%d", where, host, record["port"])
+    if not settings.flag("MPI_SUPERVISE", True):
+        _leave(_run(serve, where))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        code = _run(serve, where)
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            _flush()
+            os._exit(code)  # never the C exit handlers: the waiter owns the PMI connection
+    _wait_and_leave(child, where)
+
+
+def _run(serve: Callable[[], None], where: str) -> int:
+    """Run the slave; its exit code."""
+    try:
+        serve()
+        return 0
+    except SystemExit as end:
+        if end.code is None or isinstance(end.code, int):
+            return end.code or 0
+        _say(str(end.code))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except MasterNotFoundError as error:
+        # It answered rank 0's announcement a moment ago: it has ended since.
+        _say(f"scientific_ms: {where}: the master ended before this rank could join "
+             f"(finished, or failed: see rank 0's output); exiting")
+        log.debug("%s: %s", where, error)
+        return 0
+    except ScientificMSError as error:
+        _say(f"scientific_ms: {where}: {error}")
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def _wait_and_leave(child: int, where: str) -> NoReturn:
+    """The rank's own process: wait for the slave without CPU, then exit with its status."""
+    # Ctrl-C reaches the whole process group: the slave decides, the waiter reports.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    atexit._clear()  # the script's exit handlers belong to the slave, which ran them
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        # Exit 0: the farm absorbs a dead slave, and launchers that abort the whole job
+        # when a rank exits non-zero (Open MPI's mpirun, srun --kill-on-bad-exit) must
+        # not take the master down for it. The master's exit status is the job's.
+        _leave(0, f"scientific_ms: {where}: the slave process {child} was killed by {name}; "
+                  f"its tasks run again on other slaves", run_exit_handlers=False)
+    _leave(code, run_exit_handlers=False)
+
+
+def _leave(code: int, message: Optional[str] = None, *, run_exit_handlers: bool = True) -> NoReturn:
+    """End this rank's process through libc exit(): MPICH's exit handler says goodbye to PMI.
+
+    Not sys.exit: SystemExit would unwind through the user's script (its
+    ``finally`` blocks, the code after runJob) in a rank that only serves.
+    """
+    if message:
+        _say(message)
+    if run_exit_handlers:
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass
+    _flush()
+    try:
+        import ctypes
+        ctypes.CDLL(None).exit(code)
+    finally:
+        os._exit(code)
+
+
+def _say(message: str) -> None:
+    """One line on stderr in one write: the launcher merges every rank's output."""
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _reachable_host(record: Dict) -> str:
+    """The first of the master's addresses that answers as its label: loopback on its host."""
+    hosts: List[str] = discovery.hosts_of(record)
+    for host in hosts:
+        if discovery.probe(host, record["port"], record["label"], timeout=_PROBE_SECONDS):
+            return host
+    raise ConfigurationError(
+        f"cannot reach the master (rank 0 on {record.get('hostname')}) at port {record['port']} on any of "
+        f"{', '.join(hosts) or 'no addresses'}; set SCIENTIFIC_MS_ADVERTISE to an address of rank 0's "
+        f"host that the other nodes can reach")
+
+
+def _run_stored_slave_code(label: str) -> None:
+    """Fetch the slave code that rank 0's master stored and run it as __main__."""
+    from .cli import run_stored_code
+    from .client import connect
+    connection = connect(label)
+    try:
+        values = {}
+        for name in ("slave_code", "slave_script", "cwd", "argv"):
+            found, data = connection.call("get_data", name, timeout=_FETCH_SECONDS)
+            values[name] = pickle.loads(data) if found else None
+    finally:
+        connection.close()
+    if values["slave_code"] is None:
+        raise ConfigurationError(
+            "the master stored no slave code, so this rank has nothing to run: give "
+            "initializeMasterProcess(label, slave_script=... or slave_module=...)")
+    run_stored_code(values["slave_code"], values["slave_script"], values["cwd"], values["argv"])

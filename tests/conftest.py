@@ -51,7 +51,7 @@ class Processes:
 
     def start(self, args, *, env=None, cwd=None, name=None):
         name = name or f"proc{len(self.started)}"
-        out = open(self.directory / f"{name}.out", "w+")
+        out = open(self.directory / f"{name}.out", "a+")   # O_APPEND: our reads never move the child's writes
         merged = dict(os.environ, **(env or {}))
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=merged, cwd=cwd, start_new_session=True)
