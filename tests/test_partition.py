@@ -93,3 +93,23 @@ def test_slaves_on_another_host_exit_when_the_master_is_killed(hosts, processes,
         code, out = processes.finish(slave, 30)
         assert code == 1 and "lost its master" in out, out
 
+
+
+def test_a_slave_on_another_host_finds_its_master_by_the_label_file(hosts, processes, tmp_path):
+    """Hosts sharing a home directory: no address, no secret, no name server: only the label."""
+    master_host, host_a = hosts.host("m"), hosts.host("a")
+    hosts.link(master_host, host_a, "10.213.4")
+    (tmp_path / "master.py").write_text(textwrap.dedent("""
+        from scientific_ms import initializeMasterProcess
+        master = initializeMasterProcess("shared_home", use_name_server=False)
+        ids = [master.requestTask("pid") for _ in range(5)]
+        print("PIDS", sorted({master.retrieveResult()[2] for _ in ids}), flush=True)
+    """))
+    master = processes.start(hosts.command(master_host, os.sys.executable, tmp_path / "master.py"),
+                             name="master")
+    slave = processes.start(hosts.command(host_a, os.sys.executable, SLAVE_SCRIPT, "shared_home"),
+                            name="slave")
+    code, out = processes.finish(master, 60)
+    assert code == 0, out
+    assert f"PIDS [{slave.pid}]" in out
+    assert processes.finish(slave, 30)[0] == 0
