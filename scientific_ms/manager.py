@@ -521,6 +521,8 @@ class TaskManager:
     def _assign(self, proc: ProcessRecord, max_tasks: int) -> List[Task]:
         if proc.tags is None or not self._waiting_count:
             return []
+        if any(task.suspect for task in proc.running.values()):
+            return []   # a suspect runs alone, so that a death can be blamed on it
         if max_tasks > 1:
             # Fair share: never take more than this slave's part of what is left,
             # so the end of a run is spread over every slave.
@@ -532,6 +534,8 @@ class TaskManager:
             queue = self._best_queue(proc.tags)
             if queue is None:
                 break
+            if queue[0].suspect and (tasks or proc.running):
+                break   # only an idle slave takes a suspect, and nothing with it
             task = queue.popleft()
             if not queue:
                 del self._waiting[task.tag]
@@ -543,6 +547,8 @@ class TaskManager:
             proc.running[task.assignment] = task
             tasks.append(task)
             size += len(task.payload or b"")
+            if task.suspect:
+                break
         return tasks
 
     def _unqueue(self, task: Task) -> None:
@@ -617,10 +623,17 @@ class TaskManager:
         if proc.tags is not None:
             self._slave_count -= 1
         requeued = failed = 0
-        for assignment, task in list(proc.running.items()):
-            if task.state is not TaskState.RUNNING or task.assignment != assignment:
-                continue
+        held = [task for assignment, task in proc.running.items()
+                if task.state is TaskState.RUNNING and task.assignment == assignment]
+        for task in reversed(held):   # each goes to the front: keep their order
             if reason is None:
+                self._requeue(task)
+                requeued += 1
+                continue
+            task.suspect = True
+            if len(held) > 1:
+                # It died holding a batch: which one was running is unknown, so none
+                # is blamed; each will run alone from now on.
                 self._requeue(task)
                 requeued += 1
                 continue

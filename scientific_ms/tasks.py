@@ -30,7 +30,7 @@ class Task:
     """One task request. Kept small: a queue may hold millions of these."""
 
     __slots__ = ("task_id", "tag", "payload", "state", "seq", "rescheduled",
-                 "assignment", "process_id", "started", "lost_slaves",
+                 "assignment", "process_id", "started", "lost_slaves", "suspect",
                  "answer", "traceback", "time_limit")
 
     def __init__(self, task_id: str, tag: str, payload: bytes, seq: int,
@@ -44,7 +44,8 @@ class Task:
         self.assignment: Optional[int] = None
         self.process_id: Optional[int] = None
         self.started = 0.0
-        self.lost_slaves: List[str] = []
+        self.lost_slaves: List[str] = []   # slaves that died while running it alone
+        self.suspect = False               # held by a slave that died: from now on it runs alone
         self.answer: Optional[bytes] = None  # pickled result or exception
         self.traceback = ""
         self.time_limit = time_limit      # seconds, or None

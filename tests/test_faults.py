@@ -60,8 +60,10 @@ def test_sigstop_past_the_watchdog_limit_reschedules_and_drops_the_late_result(m
     task_id = master.requestTask("work", 1.5, "slow")
     wait_for(lambda: slave_of(master, stopped.pid)["running"], 30, "the slave to start the task")
     stopped.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
     try:
         wait_for(lambda: master.task_manager.counters["processes_lost"] == 1, 30, "missed heartbeats")
+        print(f"\nSIGSTOP noticed after {time.monotonic() - stopped_at:.2f} s (limit 4 x {period} s)")
         helper = processes.python(SLAVE_SCRIPT, "faults", period, name="helper")
         got_id, tag, (value, pid) = master.retrieveResult(timeout=60)
         assert (got_id, value, pid) == (task_id, "slow", helper.pid)

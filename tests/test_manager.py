@@ -117,7 +117,10 @@ def test_lost_slave_tasks_go_to_the_front_of_the_queue(manager):
     assert first.task_id == ids[0]
     manager.process_lost(a, "test")
     b = manager.register_process("slave", tags=["f"])
-    assert [t.task_id for t in manager.take_tasks(b, 3)] == ids
+    [suspect] = manager.take_tasks(b, 3)            # first, and alone: it was with a dead slave
+    assert suspect.task_id == ids[0]
+    manager.store_answers(b, [answer(suspect, 0)])
+    assert [t.task_id for t in manager.take_tasks(b, 3)] == ids[1:]
     assert manager.counters["rescheduled"] == 1
 
 
@@ -352,3 +355,42 @@ def test_a_slave_waiting_for_work_is_not_declared_dead(manager, clock):
     waiting.join(10)
     clock.advance(100)    # now it holds a task and is silent: dead
     assert manager.check_liveness() == [slave]
+
+
+def test_a_slave_dying_with_a_batch_blames_nobody_and_suspects_run_alone(clock):
+    manager = TaskManager(clock=clock, max_slave_losses=2)
+    ids = [manager.add_task("f", b"") for _ in range(4)]
+    a = manager.register_process("slave", tags=["f"])
+    assert len(manager.take_tasks(a, 4)) == 4
+    manager.process_lost(a, "killed")
+    b = manager.register_process("slave", tags=["f"])
+    [alone] = manager.take_tasks(b, 4)          # suspects come one at a time ...
+    assert alone.task_id == ids[0] and alone.lost_slaves == []
+    assert manager.take_tasks(b, 4) == []       # ... and nothing joins a running suspect
+    manager.process_lost(b, "killed")           # died running it alone: now it is blamed
+    c = manager.register_process("slave", tags=["f"])
+    [again] = manager.take_tasks(c, 4)
+    assert again.task_id == ids[0] and len(again.lost_slaves) == 1
+    manager.store_answers(c, [answer(again, 0)])
+    assert [t.task_id for t in manager.take_tasks(c, 4)] == [ids[1]]
+
+
+def test_innocent_batch_mates_of_a_poison_task_survive(clock):
+    manager = TaskManager(clock=clock, max_slave_losses=2)
+    poison = manager.add_task("f", b"poison")
+    others = [manager.add_task("f", b"fine") for _ in range(3)]
+    done = set()
+    for round_ in range(20):
+        slave = manager.register_process("slave", tags=["f"])
+        tasks = manager.take_tasks(slave, 4)
+        if not tasks:
+            break
+        if any(t.payload == b"poison" for t in tasks):
+            manager.process_lost(slave, "the poison killed it")
+        else:
+            manager.store_answers(slave, [answer(t, 0) for t in tasks])
+            done.update(t.task_id for t in tasks)
+    assert done == set(others)
+    outcome = manager.get_answer()
+    outcome = outcome if outcome.task_id == poison else manager.get_answer()
+    assert outcome.task_id == poison and not outcome.ok
