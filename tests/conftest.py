@@ -108,3 +108,24 @@ def descendants_gone(pids, timeout):
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     return [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture
+def name_server(processes, monkeypatch):
+    """A real Pyro5 name server on a free loopback port, used by this test only."""
+    import socket
+    from scientific_ms import discovery
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = processes.start([sys.executable, "-m", "Pyro5.nameserver", "-n", "127.0.0.1", "-p", str(port)],
+                             name="nameserver")
+    monkeypatch.setenv("PYRO_NS_HOST", "127.0.0.1")
+    monkeypatch.setenv("PYRO_NS_PORT", str(port))
+    monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "1")
+    from Pyro5 import config
+    monkeypatch.setattr(config, "NS_HOST", "127.0.0.1")
+    monkeypatch.setattr(config, "NS_PORT", port)
+    wait_for(lambda: discovery.locate_name_server() is not None, 20, "the name server")
+    yield port
+    server.kill()

@@ -441,22 +441,6 @@ def test_list_shows_live_masters_and_prunes_stale_label_files(master):
     assert run_cli("list").stdout == "no live task managers\n"
 
 
-@pytest.fixture
-def name_server(processes, monkeypatch):
-    port = closed_port()
-    server = processes.start([sys.executable, "-m", "Pyro5.nameserver", "-n", "127.0.0.1", "-p", str(port)],
-                             name="nameserver")
-    monkeypatch.setenv("PYRO_NS_HOST", "127.0.0.1")
-    monkeypatch.setenv("PYRO_NS_PORT", str(port))
-    monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "1")
-    from Pyro5 import config
-    monkeypatch.setattr(config, "NS_HOST", "127.0.0.1")
-    monkeypatch.setattr(config, "NS_PORT", port)
-    wait_for(lambda: discovery.locate_name_server() is not None, 20, "the name server")
-    yield port
-    server.kill()
-
-
 def test_list_merges_the_name_server_and_prunes_its_dead_entries(name_server, tmp_path):
     on_ns = MasterProcess("on_ns", port=0, secret=b"ns-secret")
     try:

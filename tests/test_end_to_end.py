@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sys
 import textwrap
 import time
 
@@ -94,25 +93,6 @@ def test_explicit_master_host(processes, tmp_path, monkeypatch):
     finally:
         master.shutdown()
     assert processes.finish(slave, 10)[0] == 0
-
-
-@pytest.fixture
-def name_server(processes, monkeypatch):
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = processes.start([sys.executable, "-m", "Pyro5.nameserver", "-n", "127.0.0.1", "-p", str(port)],
-                             name="nameserver")
-    monkeypatch.setenv("PYRO_NS_HOST", "127.0.0.1")
-    monkeypatch.setenv("PYRO_NS_PORT", str(port))
-    monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "1")
-    from Pyro5 import config
-    monkeypatch.setattr(config, "NS_HOST", "127.0.0.1")
-    monkeypatch.setattr(config, "NS_PORT", port)
-    wait_for(lambda: discovery.locate_name_server() is not None, 20, "the name server")
-    yield port
-    server.kill()
 
 
 def test_name_server_registration_and_lookup(processes, tmp_path, name_server):
