@@ -32,7 +32,9 @@ class MasterConnection:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as error:
-            raise MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}") from None
+            failure = MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}")
+            failure.refused = isinstance(error, ConnectionRefusedError)   # nobody listens there now
+            raise failure from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls_context is not None:

@@ -19,7 +19,6 @@ has been rescheduled, and its late answer counts only if it is the first.
 
 from __future__ import annotations
 
-import errno
 import inspect
 import logging
 import os
@@ -253,19 +252,19 @@ class SlaveProcess:
         limit = max(5.0, 4 * self.watchdog_period)
         deadline = time.monotonic() + limit
         log.warning("slave %s: %s; trying to reach the master again for %.0f s", self.process_id, reason, limit)
+        pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
         while not self._leaving.is_set():
             try:
                 return self._connection.duplicate()
             except MasterNotFoundError as error:
-                refused = isinstance(error.__context__, OSError) and \
-                    getattr(error.__context__, "errno", None) == errno.ECONNREFUSED
-                if refused or "refused" in str(error) or time.monotonic() >= deadline:
+                if getattr(error, "refused", False) or time.monotonic() >= deadline:
                     self._master_lost(f"{reason}; the master is gone ({error})")
                     return None
             except ScientificMSError as error:
                 self._master_lost(f"{reason}; {error}")
                 return None
-            self._leaving.wait(1.0)
+            self._leaving.wait(pause)
+            pause = min(1.0, 2 * pause)
         return None
 
     def _master_finished(self) -> None:
