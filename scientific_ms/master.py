@@ -18,7 +18,7 @@ from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedExcept
 from .logs import apply_debug_flag
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
-from .payload import dumps_parameters, dumps_value, loads_answer, state_label
+from .payload import GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label
 from .progress import master_progress
 from .server import MasterServer
 from .supervisor import SlaveSupervisor
@@ -116,7 +116,8 @@ class MasterProcess:
         reports the task anyway a few seconds later.
         """
         limit = self.task_time_limit if time_limit is None else time_limit
-        task_id = self.task_manager.add_task(tag, dumps_parameters(tag, parameters), time_limit=limit)
+        payload = dumps_parameters(tag, parameters, self._state_is_stored)
+        task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
@@ -160,8 +161,15 @@ class MasterProcess:
         self.global_states[state_id] = list(values)
         return state_id
 
+    def _state_is_stored(self, value: GlobalStateValue) -> bool:
+        return value.name in self.global_states.get(value.state_id, ())
+
     def deleteGlobalState(self, state_id: int) -> None:
-        """Drop the values stored under ``state_id`` (slaves keep copies they fetched)."""
+        """Drop the values stored under ``state_id``.
+
+        Tasks requested afterwards may not refer to them (``requestTask``
+        raises ConfigurationError); slaves drop nothing they already fetched.
+        """
         try:
             names = self.global_states.pop(state_id)
         except KeyError:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import pickle
 import traceback as traceback_module
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-from .errors import RemoteError, SerializationError
+from .errors import ConfigurationError, RemoteError, SerializationError
 
 PROTOCOL = 5
 
@@ -44,8 +44,15 @@ def state_label(state_id: int, name: str) -> str:
 
 
 class _ParameterPickler(pickle.Pickler):
+    def __init__(self, file, known_state: Optional[Callable[[GlobalStateValue], bool]] = None):
+        super().__init__(file, PROTOCOL)
+        self._known_state = known_state
+
     def persistent_id(self, obj: Any):
         if type(obj) is GlobalStateValue:
+            if self._known_state is not None and not self._known_state(obj):
+                raise ConfigurationError(f"{obj!r} names a global state value that was deleted or never "
+                                         f"set (setGlobalState returns the state ids)")
             return obj.label
         return None
 
@@ -59,11 +66,17 @@ class _ParameterUnpickler(pickle.Unpickler):
         return self._fetch_state(label)
 
 
-def dumps_parameters(tag: str, parameters: Tuple) -> bytes:
-    """Pickle a task's parameters; the error names the parameter that failed."""
+def dumps_parameters(tag: str, parameters: Tuple,
+                     known_state: Optional[Callable[[GlobalStateValue], bool]] = None) -> bytes:
+    """Pickle a task's parameters; the error names the parameter that failed.
+
+    ``known_state`` tells whether a GlobalStateValue names a stored value.
+    """
     buffer = io.BytesIO()
     try:
-        _ParameterPickler(buffer, PROTOCOL).dump(parameters)
+        _ParameterPickler(buffer, known_state).dump(parameters)
+    except ConfigurationError:
+        raise
     except Exception as error:
         culprit = _first_unpicklable(parameters)
         raise SerializationError(
@@ -75,7 +88,7 @@ def dumps_parameters(tag: str, parameters: Tuple) -> bytes:
 def _first_unpicklable(parameters: Tuple) -> str:
     for index, value in enumerate(parameters):
         try:
-            _ParameterPickler(io.BytesIO(), PROTOCOL).dump(value)
+            _ParameterPickler(io.BytesIO()).dump(value)
         except Exception:
             return f"#{index + 1} ({type(value).__name__})"
     return "?"

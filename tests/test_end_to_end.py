@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from scientific_ms import MasterProcess, discovery
+from scientific_ms import ConfigurationError, MasterProcess, discovery
 from conftest import EXAMPLES, descendants_gone, wait_for
 
 HERE = os.path.dirname(__file__)
@@ -218,3 +218,58 @@ def net_connections(pid):
     import psutil
     process = psutil.Process(pid)
     return (getattr(process, "net_connections", None) or process.connections)()
+
+
+def test_global_state_is_fetched_at_most_once_per_slave(processes, tmp_path):
+    master = MasterProcess("state", use_name_server=False, port=0)
+    try:
+        script = tmp_path / "state_slave.py"
+        script.write_text(textwrap.dedent("""
+            import os
+            from scientific_ms import startSlaveProcess
+            def do_size(table, scale, nested):
+                return len(table) * scale + nested["inner"][0], os.getpid()
+            startSlaveProcess("state")
+        """))
+        slaves = [processes.python(script, name=f"slave{i}") for i in range(2)]
+        from scientific_ms import GlobalStateValue
+        state = master.setGlobalState(table=bytes(500_000), scale=2)
+        for _ in range(60):   # the placeholder may sit anywhere inside the parameters
+            master.requestTask("size", GlobalStateValue(state, "table"), GlobalStateValue(state, "scale"),
+                               {"inner": [GlobalStateValue(state, "scale")]})
+        results = [master.retrieveResult(timeout=60)[2] for _ in range(60)]
+        assert {value for value, pid in results} == {1_000_002}
+        fetches = master.task_manager.data_fetches
+        served_by = {pid for value, pid in results}
+        assert fetches["state_1_table"] <= len(served_by) and fetches["state_1_scale"] <= len(served_by)
+        master.deleteGlobalState(state)
+        with pytest.raises(ConfigurationError, match=r"GlobalStateValue\(1, 'table'\) names a global state value "
+                                                     "that was deleted or never set"):
+            master.requestTask("size", 1, 1, {"inner": [GlobalStateValue(state, "table")]})
+        with pytest.raises(ConfigurationError, match="never set"):
+            master.requestTask("size", GlobalStateValue(99, "x"), 1, {})
+        assert master.task_manager.counts()["waiting"] == {}
+    finally:
+        master.shutdown()
+    for slave in slaves:
+        assert processes.finish(slave, 15)[0] == 0
+
+
+def test_secret_from_a_key_file(processes, tmp_path):
+    key_file = tmp_path / "job.key"
+    key_file.write_text("a secret shared through a file\n")
+    key_file.chmod(0o600)
+    master = MasterProcess("keyed", use_name_server=False, port=0,
+                           secret=b"a secret shared through a file")
+    try:
+        env = {"SCIENTIFIC_MS_REGISTRY": str(tmp_path / "not-shared"),      # no label file to read
+               "SCIENTIFIC_MS_KEY_FILE": str(key_file)}
+        slave = processes.python(SLAVE_SCRIPT, "keyed", env=dict(env, SCIENTIFIC_MS_MASTER=f"127.0.0.1:{master.port}"))
+        master.requestTask("pid")
+        assert master.retrieveResult(timeout=60)[2] == slave.pid
+        shown = processes.task_manager("show", "keyed", "-m", f"127.0.0.1:{master.port}", "-k", key_file,
+                                       env={"SCIENTIFIC_MS_REGISTRY": str(tmp_path / "not-shared")})
+        code, out = processes.finish(shown, 30)
+        assert code == 0 and "active process" in out, out
+    finally:
+        master.shutdown()
