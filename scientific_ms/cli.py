@@ -406,9 +406,9 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-#: How long interrupted slaves get to say goodbye: a slave may be inside an
-#: exchange call that returns only after its poll period.
-STOP_GRACE_SECONDS = settings.POLL_SECONDS + 3.0
+#: How long interrupted slaves get to say goodbye (it takes milliseconds; a
+#: slave inside a handler that ignores KeyboardInterrupt needs the rest).
+STOP_GRACE_SECONDS = 5.0
 
 
 def _stop_children(children: List[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
