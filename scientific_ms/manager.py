@@ -120,7 +120,7 @@ class TaskManager:
         self._clock = clock
         self._lock = threading.Lock()
         self._answer_ready = threading.Condition(self._lock)
-        self._process_left = threading.Condition(self._lock)
+        self._slaves_changed = threading.Condition(self._lock)
         self._terminated = False
         self._terminated_event = threading.Event()
         self._task_numbers = itertools.count(1)
@@ -159,6 +159,7 @@ class TaskManager:
                 process_id, role, dict(info or {}), tagset, watchdog_period, self._clock())
             if tagset is not None:
                 self._slave_count += 1
+                self._slaves_changed.notify_all()
             log.debug("registered %s %s, tags %s", role, process_id, sorted(tagset or ()))
             return process_id
 
@@ -240,6 +241,22 @@ class TaskManager:
                 self._answer_ready.notify_all()
             return expired
 
+    def wait_for_slaves(self, count: int, timeout: Optional[float] = None) -> bool:
+        """Block until at least ``count`` slaves are registered; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._slave_count < count:
+                if self._terminated:
+                    raise TaskManagerTermination("the task manager has been terminated")
+                if deadline is None:
+                    self._slaves_changed.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._slaves_changed.wait(remaining)
+            return True
+
     def wait_until_no_slaves(self, timeout: float) -> bool:
         """Block until every slave has left; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -248,7 +265,7 @@ class TaskManager:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._process_left.wait(remaining)
+                self._slaves_changed.wait(remaining)
             return True
 
     # ---------------------------------------------------------------- tasks: master
@@ -417,7 +434,7 @@ class TaskManager:
             for waiter in list(self._waiters):
                 waiter.condition.notify()
             self._answer_ready.notify_all()
-            self._process_left.notify_all()
+            self._slaves_changed.notify_all()
 
     @property
     def terminated(self) -> bool:
@@ -652,7 +669,7 @@ class TaskManager:
                 waiter.condition.notify()
         if failed:
             self._answer_ready.notify_all()
-        self._process_left.notify_all()
+        self._slaves_changed.notify_all()
         if reason is None or self._terminated:
             log.debug("%s left (%s); %d task(s) returned to the queue",
                       proc.describe(), reason or "goodbye", requeued)

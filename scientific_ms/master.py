@@ -210,6 +210,17 @@ class MasterProcess:
                                                env, cwd, self.slave_restarts)
         self._supervisor.launch(n)
 
+    def wait_for_slaves(self, count: int = 1, timeout: Optional[float] = None) -> None:
+        """Block until at least ``count`` slaves are connected.
+
+        Raises TimeoutError after ``timeout`` seconds, TaskManagerTermination
+        once the master is shut down.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigurationError(f"wait_for_slaves(count): a whole number >= 0, got {count!r}")
+        if not self.task_manager.wait_for_slaves(count, timeout):
+            raise TimeoutError(f"fewer than {count} slaves connected within {timeout} s")
+
     # ------------------------------------------------------------------ life cycle
 
     def run(self) -> None:

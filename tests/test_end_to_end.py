@@ -32,11 +32,9 @@ def test_global_state_example(processes):
 
 
 WAITING_MASTER = """
-import time
 from scientific_ms import initializeMasterProcess
 tasks = initializeMasterProcess("demo", slave_script={slave!r})
-while len(tasks.task_manager.status()["processes"]) < 3:   # both slaves have joined
-    time.sleep(0.01)
+tasks.wait_for_slaves(2, timeout=60)
 ids = [tasks.requestTask("sqrt", float(i)) for i in range(20)]
 for _ in ids:
     tasks.retrieveResult("sqrt")
@@ -128,7 +126,9 @@ MASTER_ENDINGS = textwrap.dedent("""
             for _ in ids:
                 self.retrieveResult("work")
             self.requestTask("work", 60.0, "long")       # keeps one slave busy
-            while not self.task_manager.counts()["running"]:
+            deadline = time.monotonic() + 60
+            while not self.task_manager.counts()["running"]:   # the long task has started
+                assert time.monotonic() < deadline, "the long task never started"
                 time.sleep(0.01)
             print("READY", flush=True)
             ending = sys.argv[1]
@@ -191,8 +191,7 @@ def test_every_slave_exits_with_a_message_when_the_master_is_killed(processes, t
         master.launchSlaveJobs(2)
         for i in range(3):
             master.requestTask("work", 60.0, i)
-        while len(master.task_manager.status()["processes"]) < 5:
-            time.sleep(0.01)
+        master.wait_for_slaves(4, timeout=60)
         print("READY", flush=True)
         time.sleep(600)
     """))

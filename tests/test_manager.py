@@ -394,3 +394,14 @@ def test_innocent_batch_mates_of_a_poison_task_survive(clock):
     outcome = manager.get_answer()
     outcome = outcome if outcome.task_id == poison else manager.get_answer()
     assert outcome.task_id == poison and not outcome.ok
+
+
+def test_wait_for_slaves(manager):
+    assert not manager.wait_for_slaves(1, timeout=0.01)
+    joined = threading.Thread(target=lambda: manager.register_process("slave", tags=["f"]))
+    joined.start()
+    assert manager.wait_for_slaves(1, timeout=30)
+    joined.join(10)
+    manager.terminate()
+    with pytest.raises(TaskManagerTermination):
+        manager.wait_for_slaves(2, timeout=30)

@@ -13,8 +13,7 @@ MASTER = textwrap.dedent("""
     import sys, time
     from scientific_ms import initializeMasterProcess
     master = initializeMasterProcess("partition", use_name_server=False)
-    while len(master.task_manager.status()["processes"]) < 3:
-        time.sleep(0.01)
+    master.wait_for_slaves(2, timeout=60)
     ids = [master.requestTask("marked_work", 0.3, i, sys.argv[1]) for i in range(int(sys.argv[2]))]
     print("REQUESTED", flush=True)
     for _ in ids:
@@ -74,7 +73,10 @@ def test_slaves_on_another_host_exit_when_the_master_is_killed(hosts, processes,
         from scientific_ms import initializeMasterProcess
         master = initializeMasterProcess("remote", use_name_server=False)
         master.requestTask("work", 60.0, "busy")
-        while len(master.task_manager.status()["processes"]) < 3 or not master.task_manager.counts()["running"]:
+        master.wait_for_slaves(2, timeout=60)
+        deadline = time.monotonic() + 60
+        while not master.task_manager.counts()["running"]:   # one slave has taken the task
+            assert time.monotonic() < deadline, "the task never started"
             time.sleep(0.01)
         print("READY", flush=True)
         time.sleep(600)
