@@ -23,10 +23,13 @@ from .errors import ConfigurationError
 HANDSHAKE_TIMEOUT = 10.0
 
 
-def server_context(cert: Optional[str] = None, key: Optional[str] = None) -> Optional[ssl.SSLContext]:
-    """The master's TLS context from its certificate and key (or their variables), or None."""
-    cert = cert or settings.raw("TLS_CERT")
-    key = key or settings.raw("TLS_KEY")
+def server_files(cert: Optional[str], key: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """The master's certificate and key: the arguments, else SCIENTIFIC_MS_TLS_CERT/KEY."""
+    return cert or settings.raw("TLS_CERT"), key or settings.raw("TLS_KEY")
+
+
+def server_context(cert: Optional[str], key: Optional[str]) -> Optional[ssl.SSLContext]:
+    """The master's TLS context from its certificate and key files, or None when neither is given."""
     if not cert and not key:
         return None
     if not cert or not key:
@@ -55,7 +58,3 @@ def client_context(ca: Optional[str] = None) -> Optional[ssl.SSLContext]:
     except (OSError, ssl.SSLError) as error:
         raise ConfigurationError(f"cannot load the TLS CA file {ca}: {error}") from None
     return context
-
-
-def server_files(cert: Optional[str], key: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    return cert or settings.raw("TLS_CERT"), key or settings.raw("TLS_KEY")
