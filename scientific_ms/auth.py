@@ -19,7 +19,7 @@ import os
 import secrets
 import socket
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from .errors import AuthenticationError, MasterNotFoundError
 
@@ -86,6 +86,15 @@ def server_handshake(sock: socket.socket, secret: bytes, label: str,
             pass
 
 
+def read_greeting(sock: socket.socket) -> Optional[Tuple[bytes, str]]:
+    """The master's greeting: (its nonce, the label it serves), or None if it is not one."""
+    header = _recv_exact(sock, len(MAGIC) + NONCE_SIZE + 2)
+    if not header.startswith(MAGIC):
+        return None
+    served = _recv_exact(sock, int.from_bytes(header[-2:], "big")).decode(errors="replace")
+    return header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served
+
+
 def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
                      timeout: float = 10.0) -> None:
     """Prove the secret to the master at ``where`` and check its proof.
@@ -95,11 +104,10 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
     """
     sock.settimeout(timeout)
     try:
-        header = _recv_exact(sock, len(MAGIC) + NONCE_SIZE + 2)
-        if not header.startswith(MAGIC):
+        greeting = read_greeting(sock)
+        if greeting is None:
             raise MasterNotFoundError(f"{where} is not a scientific_ms master (wrong greeting)")
-        server_nonce = header[len(MAGIC):len(MAGIC) + NONCE_SIZE]
-        served = _recv_exact(sock, int.from_bytes(header[-2:], "big")).decode(errors="replace")
+        server_nonce, served = greeting
         if served != label:
             raise MasterNotFoundError(
                 f"the master at {where} serves label {served!r}, not {label!r}")

@@ -132,19 +132,9 @@ def probe(host: str, port: int, label: str, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            greeting = b""
-            wanted = len(auth.MAGIC) + auth.NONCE_SIZE + 2
-            while len(greeting) < wanted:
-                chunk = sock.recv(wanted - len(greeting))
-                if not chunk:
-                    return False
-                greeting += chunk
-            if not greeting.startswith(auth.MAGIC):
-                return False
-            size = int.from_bytes(greeting[-2:], "big")
-            name = sock.recv(size)
-            return name.decode(errors="replace") == label
-    except OSError:
+            greeting = auth.read_greeting(sock)
+            return greeting is not None and greeting[1] == label
+    except (OSError, ConnectionError):
         return False
 
 
