@@ -35,6 +35,7 @@ from . import discovery, logs, settings
 from .client import MasterConnection, connect
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from .progress import LiveView, format_duration
+from .supervisor import stop_processes
 from .report import JSON_SCHEMA, build_report, format_status, format_table, iso_text, progress_line
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ def run_slave_processes(args, connection: MasterConnection, n: int) -> int:
         interrupted = True
     finally:
         try:
-            _stop_children(children)
+            stop_processes(children, STOP_GRACE_SECONDS, interrupt=True)
         except KeyboardInterrupt:  # interrupted again while stopping: no more patience
             interrupted = True
             for child in children:
@@ -409,23 +410,6 @@ def _default_sigint() -> None:
 #: How long interrupted slaves get to say goodbye (it takes milliseconds; a
 #: slave inside a handler that ignores KeyboardInterrupt needs the rest).
 STOP_GRACE_SECONDS = 5.0
-
-
-def _stop_children(children: List[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
-    """Interrupt the children still running; terminate, then kill, the stragglers; reap all."""
-    for sig, timeout in ((signal.SIGINT, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None)):
-        alive = [child for child in children if child.poll() is None]
-        if not alive:
-            return
-        if sig != signal.SIGINT:
-            log.warning("%d slave process(es) still running; sending %s", len(alive), sig.name)
-        for child in alive:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(sig)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for child in alive:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
 
 
 def run_stored_code(source: str, script: Optional[str], cwd: Optional[str], argv: Optional[List[str]]) -> None:

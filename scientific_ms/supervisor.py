@@ -10,7 +10,9 @@ replaced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import subprocess
 import threading
 import time
@@ -73,23 +75,29 @@ class SlaveSupervisor:
         self._start(restarts_left - 1)
 
     def stop(self, timeout: float) -> None:
-        """Stop replacing; wait up to ``timeout`` s for the children, then terminate them."""
+        """Stop replacing; give the children ``timeout`` s to exit, then terminate them."""
         with self._lock:
             self._stopping = True
             children = list(self._children)
-        remaining = timeout
-        for child in children:
-            try:
-                started = time.monotonic()
-                child.wait(max(0.05, remaining))
-                remaining -= time.monotonic() - started
-            except subprocess.TimeoutExpired:
-                log.warning("slave process %d did not exit; terminating it", child.pid)
-                child.terminate()
-                try:
-                    child.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+        stop_processes(children, timeout, interrupt=False)
         for thread in self._threads:
             thread.join(timeout=1.0)
+
+
+def stop_processes(children: List[subprocess.Popen], grace: float, interrupt: bool) -> None:
+    """Let ``children`` exit within ``grace`` s (sent SIGINT first if ``interrupt``),
+    then SIGTERM the stragglers, then SIGKILL them; every child is reaped."""
+    steps = ((signal.SIGINT if interrupt else None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None))
+    for sig, timeout in steps:
+        alive = [child for child in children if child.poll() is None]
+        if not alive:
+            return
+        if sig in (signal.SIGTERM, signal.SIGKILL):
+            log.warning("%d slave process(es) still running; sending %s", len(alive), sig.name)
+        for child in alive if sig is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for child in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(None if deadline is None else max(0.05, deadline - time.monotonic()))
