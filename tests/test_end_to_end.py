@@ -231,6 +231,7 @@ def test_global_state_is_fetched_at_most_once_per_slave(processes, tmp_path):
             startSlaveProcess("state")
         """))
         slaves = [processes.python(script, name=f"slave{i}") for i in range(2)]
+        master.wait_for_slaves(2, timeout=60)      # both serve, so both must exit cleanly
         from scientific_ms import GlobalStateValue
         state = master.setGlobalState(table=bytes(500_000), scale=2)
         for _ in range(60):   # the placeholder may sit anywhere inside the parameters
