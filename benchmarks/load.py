@@ -88,7 +88,7 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
     def light_slave():
         from scientific_ms.client import MasterConnection
         from scientific_ms.payload import dumps_value, loads_parameters
-        from scientific_ms.server import OK, TERMINATED
+        from scientific_ms.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
         try:
             connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,

@@ -47,11 +47,7 @@ def start_master(workers):
     os.chdir(HERE)
     master.store_slave_code(source, str(HERE / "bench_slave.py"))
     master.launchSlaveJobs(workers)
-    deadline = time.monotonic() + 60
-    while len(master.task_manager.status()["processes"]) < workers + 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError("slaves did not start")
-        time.sleep(0.05)
+    master.wait_for_slaves(workers, timeout=60)
     return master
 
 

@@ -20,22 +20,17 @@ import contextlib
 import json
 import logging
 import os
-import pickle
-import signal
-import socket
-import subprocess
 import sys
 import time
-import types
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
-
-import psutil
 
 from . import discovery, logs, settings
 from .client import MasterConnection, connect
+from .launch import (endpoint_state, fetch_stored_code, master_state, run_slave_processes,
+                     run_stored_code)
+from .protocol import OBJECT_PREFIX
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from .progress import LiveView, format_duration
-from .supervisor import stop_processes
 from .report import JSON_SCHEMA, build_report, format_status, format_table, iso_text, progress_line
 
 log = logging.getLogger(__name__)
@@ -140,7 +135,7 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
         record = discovery.read_label_file(args.label)
         if record is None or record.get("port") != connection.port:
             return 0, f"{where} has finished; last status: {summary}"
-        state, reason = _label_file_state(record)
+        state, reason = master_state(record)
         if state == "dead":
             return 1, f"{where} died ({reason}; it left its label file); last status: {summary}"
         if time.monotonic() >= deadline:
@@ -186,53 +181,13 @@ def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str)
     return None, error, address
 
 
-def _endpoint_state(host: str, port: int, label: str) -> str:
-    """'live' (a master for ``label`` greets us), 'dead' (connection refused) or 'unknown'.
-
-    Only a refusal counts as dead: a master that is stopped, or slow, or
-    behind a broken route is left alone.
-    """
-    try:
-        socket.create_connection((host, port), timeout=1.0).close()
-    except ConnectionRefusedError:
-        return "dead"
-    except OSError:
-        return "unknown"
-    return "live" if discovery.probe(host, port, label) else "unknown"
-
-
-def _label_file_state(record: Dict) -> Tuple[str, str]:
-    """('live' | 'dead' | 'unknown', reason) for the master that wrote a label file.
-
-    Stricter than "does it answer": a master that is stopped or busy keeps
-    its entry; only a process that is gone (same host) or a port that
-    refuses connections (other hosts) marks it dead.
-    """
-    where = f"PID {record.get('pid')} on {record.get('hostname')}"
-    if record.get("hostname") == socket.gethostname():
-        try:
-            process = psutil.Process(record.get("pid"))
-            alive = process.create_time() == record.get("create_time") and \
-                process.status() != psutil.STATUS_ZOMBIE
-        except (psutil.Error, TypeError, ValueError):
-            alive = False
-        return ("live", "") if alive else ("dead", f"{where} is gone")
-    states = [_endpoint_state(host, record.get("port"), record.get("label", ""))
-              for host in discovery.hosts_of(record)]
-    if "live" in states:
-        return "live", ""
-    if states and all(state == "dead" for state in states):
-        return "dead", f"nothing answers for {where} at port {record.get('port')}"
-    return "unknown", ""
-
-
 def _collect_managers(key_file: Optional[str]) -> Tuple[List[_Entry], List[str]]:
     entries: List[_Entry] = []
     pruned: List[str] = []
     seen = set()
     for record in discovery.list_label_files():
         label = record.get("label", "?")
-        state, reason = _label_file_state(record)
+        state, reason = master_state(record)
         if state == "dead":
             with contextlib.suppress(OSError):
                 os.unlink(record["_path"])
@@ -257,16 +212,16 @@ def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str])
     entries = []
     with ns:
         try:
-            names = ns.list(prefix="TaskManager.")
+            names = ns.list(prefix=OBJECT_PREFIX)
         except Exception as error:  # a name server that misbehaves must not break list
             log.warning("could not list the name server: %s", error)
             return []
         for name, uri_text in sorted(names.items()):
-            label = name[len("TaskManager."):]
+            label = name[len(OBJECT_PREFIX):]
             if label in seen:
                 continue
             uri = Pyro5.core.URI(uri_text)
-            state = _endpoint_state(uri.host, uri.port, label)
+            state = endpoint_state(uri.host, uri.port, label)
             if state == "dead":
                 with contextlib.suppress(Exception):
                     ns.remove(name)
@@ -333,99 +288,20 @@ def slave(args) -> int:
     """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
     connection = _connect(args)
     try:
-        found, source = connection.call("get_data", "slave_code", timeout=STATUS_TIMEOUT)
-        if not found:
+        code = fetch_stored_code(connection, STATUS_TIMEOUT)
+        if code is None:
             print(f"task_manager: the master of {args.label!r} stored no slave code "
                   f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
                   f"run your slave script directly instead", file=sys.stderr)
             return 1
-        values = {}
-        for name in ("slave_script", "cwd", "argv"):
-            ok, data = connection.call("get_data", name, timeout=STATUS_TIMEOUT)
-            values[name] = pickle.loads(data) if ok else None
     finally:
         connection.close()
     if args.n > 1:
-        return run_slave_processes(args, connection, args.n)
+        return run_slave_processes(args.label, connection, args.n, args.verbose)
     discovery.set_slave_context(discovery.SlaveContext(
         args.label, connection.host, connection.port, connection.secret))
-    run_stored_code(pickle.loads(source), values["slave_script"], values["cwd"], values["argv"])
+    run_stored_code(code)
     return 0
-
-
-def run_slave_processes(args, connection: MasterConnection, n: int) -> int:
-    """Start ``n`` slave processes for the master at ``connection``; wait for all, reap all.
-
-    Ctrl-C (or SIGTERM) stops every child: each is interrupted and given
-    ``STOP_GRACE_SECONDS`` to say goodbye to the master, then terminated,
-    then killed. The exit code is 130 when interrupted, 0 when every child
-    exited with 0, else the first failing child's code.
-    """
-    env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{connection.host}:{connection.port}",
-               SCIENTIFIC_MS_SECRET=connection.secret.decode())
-    command = [sys.executable, "-m", "scientific_ms", "slave", args.label] + (["-v"] if args.verbose else [])
-    children: List[subprocess.Popen] = []
-    interrupted = False
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        for _ in range(n):
-            # SIGINT back to its default in the child, so that Python turns it into
-            # KeyboardInterrupt there even when this process was started with it ignored.
-            children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                             preexec_fn=_default_sigint))
-        log.info("started %d slave processes: %s", n, " ".join(str(c.pid) for c in children))
-        codes = [child.wait() for child in children]
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        try:
-            stop_processes(children, STOP_GRACE_SECONDS, interrupt=True)
-        except KeyboardInterrupt:  # interrupted again while stopping: no more patience
-            interrupted = True
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-        signal.signal(signal.SIGTERM, previous)
-    if interrupted:
-        return 130
-    failed = [code for code in codes if code != 0]
-    if failed:
-        print(f"task_manager: {len(failed)} of {n} slave processes failed "
-              f"(exit codes {', '.join(map(str, codes))})", file=sys.stderr)
-        code = failed[0]
-        return 128 - code if code < 0 else code
-    return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-#: How long interrupted slaves get to say goodbye (it takes milliseconds; a
-#: slave inside a handler that ignores KeyboardInterrupt needs the rest).
-STOP_GRACE_SECONDS = 5.0
-
-
-def run_stored_code(source: str, script: Optional[str], cwd: Optional[str], argv: Optional[List[str]]) -> None:
-    """Execute the master's slave code as this process's ``__main__``."""
-    if cwd and os.path.isdir(cwd):
-        os.chdir(cwd)
-    elif cwd:
-        log.warning("the master's working directory %s does not exist here; staying in %s", cwd, os.getcwd())
-    module = types.ModuleType("__main__")
-    module.__file__ = script or "<slave code>"
-    module.__builtins__ = __builtins__
-    sys.modules["__main__"] = module
-    sys.argv = list(argv or [module.__file__])
-    if script:
-        sys.path.insert(0, os.path.dirname(script))
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
 
 
 # ------------------------------------------------------------------ main

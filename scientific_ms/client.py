@@ -14,12 +14,9 @@ import Pyro5.errors
 from . import auth, discovery, tls
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
                      MasterNotFoundError)
-from .server import object_name
+from .protocol import CALLS, object_name
 
 log = logging.getLogger(__name__)
-
-_SERVICE_METHODS = {"register", "unregister", "exchange", "return_tasks", "watch", "get_data", "status"}
-
 
 class MasterConnection:
     """One authenticated connection; use it from the thread that made it."""
@@ -53,7 +50,7 @@ class MasterConnection:
             sock.close()
             raise
         self._proxy._pyroSerializer = "marshal"
-        self._proxy._pyroMethods = set(_SERVICE_METHODS)
+        self._proxy._pyroMethods = set(CALLS)
 
     @property
     def address(self) -> str:

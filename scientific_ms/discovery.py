@@ -24,15 +24,13 @@ import logging
 import os
 import re
 import socket
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import psutil
 
 from . import auth, settings
-from .errors import ConfigurationError, LabelInUseError
-from .machine import non_loopback_addresses
+from .errors import ConfigurationError
+from .protocol import object_name
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +83,8 @@ def label_file(label: str) -> Path:
     return settings.registry_dir() / f"{check_label(label)}.json"
 
 
-def _private_registry() -> Path:
+def private_registry() -> Path:
+    """The registry folder, created private to the user (label files hold secrets)."""
     folder = settings.registry_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_mode & 0o077:
@@ -138,100 +137,10 @@ def probe(host: str, port: int, label: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def record_is_live(record: Dict) -> bool:
-    """Does the master that wrote this label file still run?"""
-    if record.get("hostname") == socket.gethostname():
-        pid = record.get("pid")
-        try:
-            if not psutil.Process(pid).create_time() == record.get("create_time"):
-                return False  # that PID now belongs to another process
-        except (psutil.Error, TypeError, ValueError):
-            return False
-    return any(probe(host, record["port"], record["label"]) for host in hosts_of(record))
-
-
-class Publication:
-    """Where a master announced itself; ``withdraw()`` removes every trace."""
-
-    def __init__(self, label: str, path: Optional[Path], record: Dict, name_server_uri: Optional[str]):
-        self.label = label
-        self.path = path
-        self.record = record
-        self.name_server_uri = name_server_uri
-
-    def withdraw(self) -> None:
-        if self.path is not None:
-            current = read_label_file(self.label)
-            if current is not None and current.get("token") == self.record["token"]:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-            self.path = None
-        if self.name_server_uri is not None:
-            with contextlib.suppress(Exception):
-                ns = locate_name_server()
-                if ns is not None:
-                    with ns:
-                        if str(ns.lookup(_ns_name(self.label))) == self.name_server_uri:
-                            ns.remove(_ns_name(self.label))
-            self.name_server_uri = None
-
-
-def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_server: bool,
-            tls: bool = False) -> Publication:
-    """Announce a master; raise LabelInUseError if a live master holds the label."""
-    advertised = settings.advertised_hosts()
-    if advertised is None:
-        advertised = non_loopback_addresses() if bound_host in ("0.0.0.0", "") else [bound_host]
-    loopback = bound_host in ("0.0.0.0", "", "localhost") or bound_host.startswith("127.")
-    me = psutil.Process()
-    record = {
-        "label": label, "hostname": socket.gethostname(), "addresses": advertised,
-        "loopback": loopback, "port": port, "pid": os.getpid(), "create_time": me.create_time(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "secret": secret.decode(),
-        "token": auth.new_secret().decode()[:16], "cwd": os.getcwd(), "tls": tls,
-    }
-    path = _claim_label_file(label, record)
-    try:
-        uri = _register_in_name_server(label, record) if use_name_server else None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
-    return Publication(label, path, record, uri)
-
-
-def _claim_label_file(label: str, record: Dict) -> Path:
-    folder = _private_registry()
-    path = folder / f"{label}.json"
-    temporary = folder / f".{label}.{os.getpid()}.{record['token']}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        json.dump(record, stream)
-    try:
-        for _ in range(3):
-            try:
-                os.link(temporary, path)  # atomic, and fails if the label is taken
-                return path
-            except FileExistsError:
-                existing = read_label_file(label)
-                if existing is not None and record_is_live(existing):
-                    raise LabelInUseError(
-                        f"label {label!r} is already served by a live master (PID {existing.get('pid')} "
-                        f"on {existing.get('hostname')}, started {existing.get('started')}); "
-                        f"choose another label or stop that master") from None
-                log.info("replacing the label file of a dead master: %s", path)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        raise LabelInUseError(f"could not claim the label file {path}: another master keeps taking it")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
 # ---------------------------------------------------------------- name server
 
-def _ns_name(label: str) -> str:
-    return f"TaskManager.{label}"
+def ns_name(label: str) -> str:
+    return object_name(label)
 
 
 def locate_name_server(timeout: float = 0.5):
@@ -255,27 +164,6 @@ def locate_name_server(timeout: float = 0.5):
         return None
 
 
-def _register_in_name_server(label: str, record: Dict) -> Optional[str]:
-    ns = locate_name_server()
-    if ns is None:
-        log.debug("no name server reachable; the label file is the only publication")
-        return None
-    host = record["addresses"][0] if record["addresses"] else "127.0.0.1"
-    uri = f"PYRO:{_ns_name(label)}@{host}:{record['port']}"
-    with ns:
-        try:
-            existing = ns.lookup(_ns_name(label))
-        except Exception:
-            existing = None
-        if existing is not None and str(existing) != uri and probe(existing.host, existing.port, label):
-            raise LabelInUseError(
-                f"label {label!r} is registered in the name server by a live master at "
-                f"{existing.host}:{existing.port}; choose another label or stop that master")
-        ns.register(_ns_name(label), uri, metadata={"scientific_ms"})
-    log.info("registered %s in the name server as %s", label, uri)
-    return uri
-
-
 def _name_server_candidate(label: str) -> Optional[Candidate]:
     if not settings.use_name_server(True):
         return None
@@ -284,10 +172,10 @@ def _name_server_candidate(label: str) -> Optional[Candidate]:
         return None
     with ns:
         try:
-            uri = ns.lookup(_ns_name(label))
+            uri = ns.lookup(ns_name(label))
         except Exception:
             return None
-    return Candidate([uri.host], uri.port, None, f"the name server entry {_ns_name(label)}")
+    return Candidate([uri.host], uri.port, None, f"the name server entry {ns_name(label)}")
 
 
 # ---------------------------------------------------------------- resolution

@@ -22,12 +22,12 @@ import logging
 import math
 import random
 import threading
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, Deque, List, Optional
 
 from . import settings
 from .client import MasterConnection
 from .errors import ConnectionLostError
-from .server import TERMINATED, UNKNOWN
+from .protocol import TERMINATED, UNKNOWN, Answer, TaskMessage, answers_to_wire
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ PREFETCH_BELOW = 0.05
 TARGET_QUEUE_SECONDS = 0.02
 MAX_BATCH = 1024
 
-#: A task as the master sends it: (task_id, assignment, tag, pickled parameters, time limit)
-TaskTuple = Tuple[str, int, str, bytes, Optional[float]]
 END = object()
 
 
@@ -51,8 +49,8 @@ class TaskFeed:
         self.process_id = process_id
         self._rejoin = rejoin
         self._cond = threading.Condition()
-        self._inbox: Deque[TaskTuple] = collections.deque()
-        self._outbox: List[tuple] = []
+        self._inbox: Deque[TaskMessage] = collections.deque()
+        self._outbox: List[Answer] = []
         self._main_idle = False       # the main thread waits in next_task
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
@@ -84,7 +82,7 @@ class TaskFeed:
                 raise self._error
             return END if self._ended is not None else None
 
-    def put_answer(self, answer: tuple, seconds: float) -> None:
+    def put_answer(self, answer: Answer, seconds: float) -> None:
         with self._cond:
             self._outbox.append(answer)
             average = self._seconds_per_task
@@ -149,7 +147,7 @@ class TaskFeed:
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
-                status, tasks = self._connection.call("exchange", process_id, answers, want, wait)
+                status, tasks = self._connection.call("exchange", process_id, answers_to_wire(answers), want, wait)
                 with self._cond:
                     self._waiting_for_work = False
                     if status == TERMINATED:
@@ -158,7 +156,7 @@ class TaskFeed:
                         self._ended = "stopped"         # we said goodbye: do not come back
                     elif status == UNKNOWN:
                         self.process_id = self._rejoin(process_id, self._connection)
-                    self._inbox.extend(tasks)
+                    self._inbox.extend(map(TaskMessage.from_wire, tasks))
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:
                         self._ended = self._ended or "stopped"

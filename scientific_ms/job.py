@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
-import inspect
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Optional, Type
 
 from . import discovery, mpi
 from .errors import ConfigurationError
+from .launch import main_script, start_script_master
 from .master import MasterProcess
 from .slave import SlaveProcess
 
@@ -43,27 +41,14 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     if mpi.runs_under_mpi():
         mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress)
         return
-    # progress is passed only when given, so subclasses whose __init__ takes just the label still work
-    master = master_class(label) if progress is None else master_class(label, progress=progress)
-    script = _main_script()
-    if script is not None:
-        master.store_slave_code(script.read_text(), str(script), sys.argv)
-    elif launch_slaves:
+    master = start_script_master(label, master_class, progress)
+    if launch_slaves and main_script() is None:
         master.shutdown()
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "
                                  "but this program has no script file (interactive session?)")
     if launch_slaves:
         master.launchSlaveJobs(launch_slaves)
     master.start()
-
-
-def _main_script() -> Optional[Path]:
-    main = sys.modules.get("__main__")
-    try:
-        path = inspect.getsourcefile(main) if main is not None else None
-    except TypeError:
-        path = None
-    return Path(path).resolve() if path and os.path.isfile(path) else None
 
 
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,

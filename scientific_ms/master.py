@@ -5,19 +5,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
-import pickle
 import signal
-import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import auth, discovery, settings, tls
+from . import auth, discovery, launch, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from .logs import apply_debug_flag
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
+from .protocol import slave_environment
 from .payload import GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label
 from .progress import master_progress
 from .server import MasterServer
@@ -74,7 +72,7 @@ class MasterProcess:
         self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
                                     tls_context=tls_context)
         try:
-            self._publication = discovery.publish(label, self._server.port, self.secret, self.host,
+            self._publication = launch.publish(label, self._server.port, self.secret, self.host,
                                                   settings.use_name_server(use_name_server),
                                                   tls=tls_context is not None)
         except BaseException:
@@ -182,9 +180,7 @@ class MasterProcess:
     def store_slave_code(self, source: str, script: Optional[str] = None,
                          argv: Optional[List[str]] = None) -> None:
         """Keep the slaves' code so that ``task_manager slave LABEL`` and spawned slaves can run it."""
-        for name, value in (("slave_code", source), ("slave_script", script),
-                            ("cwd", os.getcwd()), ("argv", list(argv or [script or "slave"]))):
-            self.task_manager.store_data(name, dumps_value(value))
+        launch.store_slave_code(self.task_manager, source, script, argv)
 
     def launchSlaveJobs(self, n: int = 1) -> None:
         """Start ``n`` slave processes on this machine, running the stored slave code.
@@ -194,21 +190,28 @@ class MasterProcess:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
-        try:
-            cwd = pickle.loads(self.task_manager.retrieve_data("cwd"))
-        except KeyError:
+        cwd = launch.stored_cwd(self.task_manager)
+        if cwd is None:
             raise ConfigurationError(
                 "launchSlaveJobs() needs the slaves' code: use runJob(), or "
-                "initializeMasterProcess(label, slave_script=... or slave_module=...)") from None
+                "initializeMasterProcess(label, slave_script=... or slave_module=...)")
         if self._supervisor is None:
             host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
-            env = dict(os.environ, SCIENTIFIC_MS_MASTER=f"{host}:{self.port}",
-                       SCIENTIFIC_MS_SECRET=self.secret.decode())
-            if self.tls_cert and not settings.raw("TLS_CA"):
-                env["SCIENTIFIC_MS_TLS_CA"] = self.tls_cert   # right for a self-signed certificate
-            self._supervisor = SlaveSupervisor([sys.executable, "-m", "scientific_ms", "slave", self.label],
-                                               env, cwd, self.slave_restarts)
+            # the master's certificate is the right CA for a self-signed one
+            env = slave_environment(host, self.port, self.secret, tls_ca=self.tls_cert)
+            self._supervisor = SlaveSupervisor(launch.slave_command(self.label), env, cwd,
+                                               self.slave_restarts)
         self._supervisor.launch(n)
+
+    @property
+    def spawned_slaves(self) -> List[int]:
+        """PIDs of the slave processes started by :meth:`launchSlaveJobs` that run now."""
+        return self._supervisor.pids if self._supervisor is not None else []
+
+    @property
+    def slave_replacements(self) -> int:
+        """How many spawned slaves that died were replaced so far."""
+        return self._supervisor.restarts if self._supervisor is not None else 0
 
     def wait_for_slaves(self, count: int = 1, timeout: Optional[float] = None) -> None:
         """Block until at least ``count`` slaves are connected.

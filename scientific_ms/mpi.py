@@ -38,16 +38,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import pickle
 import signal
-import socket
 import sys
 import traceback
 from typing import Callable, Dict, List, NoReturn, Optional
 
 from . import discovery, settings
+from .launch import address_record, run_stored_slave_code, start_script_master
 from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
-from .machine import non_loopback_addresses
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +90,6 @@ def rank() -> int:
     if not runs_under_mpi():
         return 0
     return _start().rank
-
-
-def size() -> int:
-    """Number of ranks in MPI_COMM_WORLD (1 when not started by an MPI launcher)."""
-    return _start().size if runs_under_mpi() else 1
 
 
 # ---------------------------------------------------------------- start-up
@@ -163,16 +156,8 @@ def announce_master(master) -> None:
         raise ConfigurationError(f"announce_master() runs on rank 0, not on rank {world.rank}")
     if world.announced:
         return
-    bound = master.host
-    advertised = settings.advertised_hosts()
-    if advertised is None:
-        advertised = non_loopback_addresses() if bound in ("0.0.0.0", "") else [bound]
-    record = {
-        "protocol": _PROTOCOL, "label": master.label, "port": master.port,
-        "secret": master.secret.decode(), "hostname": socket.gethostname(),
-        "addresses": advertised,
-        "loopback": bound in ("0.0.0.0", "", "localhost") or bound.startswith("127."),
-    }
+    record = dict(address_record(master.label, master.port, master.secret, master.host),
+                  protocol=_PROTOCOL)
     _broadcast(record)
     log.info("rank 0 announced the master of %r (port %d) to %d slave ranks",
              master.label, master.port, world.size - 1)
@@ -197,16 +182,12 @@ def run_job(label: str, master_class, slave_class, watchdog_period: Optional[flo
     world = _start()
     if world.rank != 0:
         _serve_rank(label, lambda: slave_class(label, watchdog_period=watchdog_period).start())
-    from .job import _main_script
     try:
-        master = master_class(label) if progress is None else master_class(label, progress=progress)
+        master = start_script_master(label, master_class, progress)
     except BaseException as error:
         announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
         raise
     try:
-        script = _main_script()
-        if script is not None:
-            master.store_slave_code(script.read_text(), str(script), sys.argv)
         announce_master(master)
     except BaseException as error:
         announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
@@ -221,7 +202,7 @@ def run_job(label: str, master_class, slave_class, watchdog_period: Optional[flo
 
 def serve_as_slave_rank(label: str) -> NoReturn:
     """Ranks >= 1 of a two-script job: run the slave code the master stored, then exit."""
-    _serve_rank(label, lambda: _run_stored_slave_code(label))
+    _serve_rank(label, lambda: run_stored_slave_code(label, _FETCH_SECONDS))
 
 
 def _serve_rank(label: str, serve: Callable[[], None]) -> NoReturn:
@@ -351,22 +332,3 @@ def _reachable_host(record: Dict) -> str:
         f"cannot reach the master (rank 0 on {record.get('hostname')}) at port {record['port']} on any of "
         f"{', '.join(hosts) or 'no addresses'}; set SCIENTIFIC_MS_ADVERTISE to an address of rank 0's "
         f"host that the other nodes can reach")
-
-
-def _run_stored_slave_code(label: str) -> None:
-    """Fetch the slave code that rank 0's master stored and run it as __main__."""
-    from .cli import run_stored_code
-    from .client import connect
-    connection = connect(label)
-    try:
-        values = {}
-        for name in ("slave_code", "slave_script", "cwd", "argv"):
-            found, data = connection.call("get_data", name, timeout=_FETCH_SECONDS)
-            values[name] = pickle.loads(data) if found else None
-    finally:
-        connection.close()
-    if values["slave_code"] is None:
-        raise ConfigurationError(
-            "the master stored no slave code, so this rank has nothing to run: give "
-            "initializeMasterProcess(label, slave_script=... or slave_module=...)")
-    run_stored_code(values["slave_code"], values["slave_script"], values["cwd"], values["argv"])

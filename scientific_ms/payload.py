@@ -102,6 +102,11 @@ def dumps_value(value: Any) -> bytes:
     return pickle.dumps(value, protocol=PROTOCOL)
 
 
+def loads_value(data: bytes) -> Any:
+    """Unpickle a value that this package pickled (shared data, stored code)."""
+    return pickle.loads(data)
+
+
 def dumps_exception(error: BaseException) -> bytes:
     """Pickle an exception so that it will unpickle in the master.
 

@@ -1,6 +1,6 @@
 """Serve a TaskManager over Pyro5: authentication, disconnects, the reaper.
 
-Slave traffic is a few coarse calls (see ``TaskManagerService``): one
+Slave traffic is a few coarse calls (``protocol.CALLS``): one
 ``exchange`` carries a batch of answers in and a batch of tasks out, and a
 ``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
 at once that the master finished. Payloads are pickled bytes carried by
@@ -29,16 +29,9 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
+from .protocol import OK, TERMINATED, UNKNOWN, Answer, object_name, tasks_to_wire
 
 log = logging.getLogger(__name__)
-
-#: Statuses returned to slaves (exceptions do not cross marshal cleanly).
-OK, TERMINATED, UNKNOWN = "ok", "terminated", "unknown"
-
-
-def object_name(label: str) -> str:
-    return f"TaskManager.{label}"
-
 
 class TaskManagerService:
     """The remote face of a TaskManager; every caller is already authenticated."""
@@ -88,7 +81,7 @@ class TaskManagerService:
                  wait: float) -> Tuple[str, list]:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
         if answers:
-            self._manager.store_answers(process_id, answers)
+            self._manager.store_answers(process_id, (Answer(*answer) for answer in answers))
         self._bind(process_id)
         if max_tasks <= 0:
             return OK, []
@@ -98,11 +91,7 @@ class TaskManagerService:
             return TERMINATED, []
         except UnknownProcessError:
             return UNKNOWN, []
-        return OK, [(t.task_id, t.assignment, t.tag, t.payload, t.time_limit) for t in tasks]
-
-    @Pyro5.server.expose
-    def return_tasks(self, process_id: int, assignments: List[int]) -> None:
-        self._manager.return_tasks(process_id, assignments)
+        return OK, tasks_to_wire(tasks)
 
     @Pyro5.server.expose
     def watch(self, process_id: int, stats: dict, timeout: float) -> str:

@@ -34,8 +34,8 @@ from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError
 from .feed import END, TaskFeed
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
-from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
-from .server import OK, TERMINATED, UNKNOWN
+from .payload import dumps_exception, dumps_value, format_exception, loads_parameters, loads_value
+from .protocol import OK, TERMINATED, UNKNOWN, Answer, TaskMessage
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,8 @@ class SlaveProcess:
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
-                task_id, assignment, tag, payload, limit = task
                 started = time.perf_counter()
-                answer = self._run(handlers[tag], task_id, assignment, tag, payload, limit)
+                answer = self._run(handlers[task.tag], task)
                 feed.put_answer(answer, time.perf_counter() - started)
         except ConnectionLostError as error:
             if self._master_gone is not None:
@@ -169,21 +168,21 @@ class SlaveProcess:
                 except ScientificMSError:
                     self._connection = self._busy_connection
 
-    def _run(self, handler: Callable, task_id: str, assignment: int, tag: str, payload: bytes,
-             limit: Optional[float]) -> tuple:
+    def _run(self, handler: Callable, task: TaskMessage) -> Answer:
+        task_id, tag = task.task_id, task.tag
         self._current_task = task_id
         try:
-            parameters = loads_parameters(payload, self._fetch_state)
-            with time_limit(limit, f"task {task_id} (do_{tag})"):
+            parameters = loads_parameters(task.payload, self._fetch_state)
+            with time_limit(task.time_limit, f"task {task_id} (do_{tag})"):
                 result = handler(*parameters)
             try:
                 data = dumps_value(result)
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
-            return (task_id, assignment, True, data, "")
+            return Answer(task_id, task.assignment, True, data, "")
         except Exception as error:
-            return (task_id, assignment, False, dumps_exception(error), format_exception(error))
+            return Answer(task_id, task.assignment, False, dumps_exception(error), format_exception(error))
         finally:
             self._current_task = None
 
@@ -212,8 +211,7 @@ class SlaveProcess:
         found, value = self._data_connection.call("get_data", label)
         if not found:
             raise KeyError(f"global state {label!r} is not on the master: {value}")
-        import pickle
-        self._state_cache[label] = result = pickle.loads(value)
+        self._state_cache[label] = result = loads_value(value)
         return result
 
     # ------------------------------------------------------------------ watch thread

@@ -1,11 +1,18 @@
-"""Task and process records, and the states a task moves through.
+"""A task's record and the states it moves through: every legal move is here.
 
-A task's life::
+::
 
-    WAITING --assign--> RUNNING --result--> FINISHED --retrieve--> DELIVERED
-       ^                  |  \\--exception-> FAILED ----retrieve--/
-       +---slave lost-----+
-           (front of queue; FAILED after too many losses)
+   requestTask
+        |
+        v         assign            answer (result)
+     WAITING --------------> RUNNING --------------> FINISHED ---+
+        ^                     |   |                              | retrieveResult
+        +---------------------+   | answer (exception),          v
+          slave left or lost      | time limit, poison       DELIVERED
+          (front of the queue)    +-------------> FAILED --------^  (record dropped)
+
+     WAITING --> FINISHED / FAILED: a late answer from a slave presumed
+     dead arrives after its task was requeued (the first answer wins).
 
 Every assignment of a task to a slave gets its own number, so an answer
 from an earlier assignment (a slave presumed dead that comes back) is
@@ -14,7 +21,9 @@ recognised. The first answer wins; later ones are dropped.
 
 from __future__ import annotations
 
+import collections
 import enum
+import itertools
 from typing import Dict, FrozenSet, List, Optional
 
 
@@ -24,6 +33,28 @@ class TaskState(str, enum.Enum):
     FINISHED = "finished"     # result stored, not yet retrieved
     FAILED = "failed"         # exception stored, not yet retrieved
     DELIVERED = "delivered"   # handed to the master; the record is gone
+
+
+#: The legal moves of a task; :func:`check_move` enforces them.
+TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
+    TaskState.WAITING: frozenset({TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED}),
+    TaskState.RUNNING: frozenset({TaskState.WAITING, TaskState.FINISHED, TaskState.FAILED}),
+    TaskState.FINISHED: frozenset({TaskState.DELIVERED}),
+    TaskState.FAILED: frozenset({TaskState.DELIVERED}),
+    TaskState.DELIVERED: frozenset(),
+}
+
+#: States of a task that has not been answered yet.
+UNANSWERED = (TaskState.WAITING, TaskState.RUNNING)
+#: States of a task the master still has to hear about.
+OUTSTANDING = (TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED)
+
+
+def check_move(task: "Task", new: TaskState) -> None:
+    """Raise AssertionError unless ``task`` may move to ``new`` (a bug, never user error)."""
+    if new not in TRANSITIONS[task.state]:
+        raise AssertionError(f"illegal transition of task {task.task_id}: "
+                             f"{task.state.value} -> {new.value}")
 
 
 class Task:
@@ -50,36 +81,45 @@ class Task:
         self.traceback = ""
         self.time_limit = time_limit      # seconds, or None
 
-    @property
-    def queue_key(self):
-        """Order in the waiting queue: rescheduled tasks first, then FIFO."""
-        return (not self.rescheduled, self.seq)
 
+class TaskTable:
+    """Every task not yet delivered, by id, with a count per state and tag.
 
-class ProcessRecord:
-    """A registered process (the master itself, or a slave)."""
+    :meth:`move` is the one place a task changes state.
+    """
 
-    __slots__ = ("process_id", "role", "info", "tags", "watchdog_period",
-                 "registered", "last_seen", "running", "tasks_done",
-                 "stats", "lost", "waiting")
+    def __init__(self):
+        self._tasks: Dict[str, Task] = {}
+        self._counts: Dict[TaskState, collections.Counter] = {
+            state: collections.Counter() for state in TaskState}
+        self._numbers = itertools.count(1)
 
-    def __init__(self, process_id: int, role: str, info: Dict,
-                 tags: Optional[FrozenSet[str]], watchdog_period: Optional[float],
-                 now: float):
-        self.process_id = process_id
-        self.role = role
-        self.info = info
-        self.tags = tags                  # None: the master (runs no tasks)
-        self.watchdog_period = watchdog_period
-        self.registered = now
-        self.last_seen = now
-        self.running: Dict[int, Task] = {}  # assignment -> task
-        self.tasks_done = 0
-        self.stats: Dict = {}             # sampled on the slave (cpu, rss)
-        self.lost = False
-        self.waiting = 0                  # its threads blocked in take_tasks right now
+    def new(self, tag: str, payload: bytes, time_limit: Optional[float]) -> Task:
+        """A new WAITING task with a fresh id, ``<tag>_<n>``."""
+        number = next(self._numbers)
+        task = Task(f"{tag}_{number}", tag, payload, number, time_limit)
+        self._tasks[task.task_id] = task
+        self._counts[TaskState.WAITING][tag] += 1
+        return task
 
-    def describe(self) -> str:
-        host = self.info.get("host", "?")
-        pid = self.info.get("pid", "?")
-        return f"process {self.process_id} (PID {pid} on {host})"
+    def get(self, task_id: str) -> Optional[Task]:
+        return self._tasks.get(task_id)
+
+    def move(self, task: Task, new: TaskState) -> None:
+        check_move(task, new)
+        self._counts[task.state][task.tag] -= 1
+        self._counts[new][task.tag] += 1
+        task.state = new
+        if new is TaskState.DELIVERED:
+            del self._tasks[task.task_id]
+
+    def outstanding(self, tag: Optional[str] = None) -> int:
+        """Tasks (with ``tag``) the master has not received yet."""
+        if tag is None:
+            return len(self._tasks)
+        return sum(self._counts[state][tag] for state in OUTSTANDING)
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """{"waiting": {tag: n}, "running": ..., "finished": ..., "failed": ...}."""
+        return {state.value: {tag: n for tag, n in self._counts[state].items() if n}
+                for state in TaskState if state is not TaskState.DELIVERED}

@@ -30,6 +30,24 @@ def wait_for(predicate, timeout=10.0, what="condition"):
         pause.wait(0.01)
 
 
+class FakeClock:
+    """A clock for the pure-logic tests: time moves only when the test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path, monkeypatch):
     """Each test gets its own label registry and no name server unless it asks."""

@@ -86,18 +86,18 @@ def test_spawned_slaves_are_replaced_when_they_die(processes):
                                 .replace("sys.argv[1]", "'healing'"),
                                 str(ROOT / "tests" / "slave_script.py"))
         master.launchSlaveJobs(2)
-        wait_for(lambda: len(master._supervisor.pids) == 2
+        wait_for(lambda: len(master.spawned_slaves) == 2
                  and len(master.task_manager.status()["processes"]) == 3, 60, "two spawned slaves")
         started = time.monotonic()
         ids = [master.requestTask("work", 0.01, i) for i in range(400)]
         wait_for(lambda: master.task_manager.counters["finished"] > 40, 60, "progress")
-        victim = master._supervisor.pids[0]
+        victim = master.spawned_slaves[0]
         os.kill(victim, signal.SIGKILL)
         results = {master.retrieveResult(timeout=60)[0] for _ in ids}
         makespan = time.monotonic() - started
         assert results == set(ids)
-        wait_for(lambda: master._supervisor.restarts == 1, 30, "the replacement")
-        assert victim not in master._supervisor.pids and len(master._supervisor.pids) == 2
+        wait_for(lambda: master.slave_replacements == 1, 30, "the replacement")
+        assert victim not in master.spawned_slaves and len(master.spawned_slaves) == 2
         print(f"\nW3 (400 x 10 ms, 2 spawned slaves, one SIGKILLed): {makespan:.2f} s, replaced")
     finally:
         master.shutdown()
@@ -108,7 +108,7 @@ def test_restart_limit_stops_replacing(processes):
     try:
         master.store_slave_code("import os\nos._exit(7)\n", "crash.py")
         master.launchSlaveJobs(1)
-        wait_for(lambda: master._supervisor.restarts == 1 and not master._supervisor.pids, 60,
+        wait_for(lambda: master.slave_replacements == 1 and not master.spawned_slaves, 60,
                  "one restart, then none")
     finally:
         master.shutdown()

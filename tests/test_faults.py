@@ -95,7 +95,9 @@ def test_a_task_that_kills_its_slaves_ends_as_slave_lost_error(processes):
         error = outcomes[poison]
         assert isinstance(error, TaskRaisedException) and isinstance(error.exception, SlaveLostError)
         assert "lost its slave 2 times" in str(error.exception)
-        dead = [s.pid for s in slaves if s.poll() is not None]
+        # the master sees the connection drop while the process is still exiting
+        dead = wait_for(lambda: [s.pid for s in slaves if s.poll() is not None] if
+                        sum(s.poll() is not None for s in slaves) == 2 else None, 30, "two slaves to exit")
         assert len(dead) == 2 and all(f"PID {pid} " in str(error.exception) for pid in dead)
     finally:
         master.shutdown()

@@ -264,7 +264,6 @@ EXPOSED = {
     "register": ("slave", {"pid": 666}, ["work"], None),
     "unregister": (1,),
     "exchange": (2, [], 1, 0.0),
-    "return_tasks": (2, [1]),
     "watch": (2, {}, 0.0),
     "get_data": ("slave_code",),
     "status": (),

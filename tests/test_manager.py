@@ -10,21 +10,7 @@ from scientific_ms.errors import (ConfigurationError, NoTasksPendingError, Slave
 from scientific_ms.manager import TaskManager
 from scientific_ms.tasks import TaskState
 
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
+from conftest import wait_for
 
 
 @pytest.fixture
@@ -273,8 +259,7 @@ def test_a_lost_slave_waiting_for_work_is_woken(manager):
 
     thread = threading.Thread(target=wait)
     thread.start()
-    while not manager._waiters:   # the waiter is registered under the lock
-        thread.join(0.001)
+    wait_for(lambda: manager.slaves_waiting_for_work() == 1, what="the slave to wait for work")
     manager.process_lost(slave, "test")
     thread.join(timeout=10)
     assert errors
@@ -320,13 +305,60 @@ def test_memory_per_waiting_task_is_small(manager):
     assert grown / 10000 < 500, f"{grown / 10000:.0f} bytes per waiting task"
 
 
-def test_delivered_records_do_not_pile_up(manager):
+@pytest.mark.parametrize("by_tag", [True, False], ids=["retrieve_by_tag", "retrieve_any"])
+def test_delivered_records_do_not_pile_up(manager, by_tag):
+    import tracemalloc
     slave = manager.register_process("slave", tags=["f", "g"])
-    for _ in range(5000):
-        manager.add_task("f", b"")
-        manager.store_answers(slave, [answer(t, 0) for t in manager.take_tasks(slave)])
-        manager.get_answer("f")
-    assert len(manager._answers) < 3000
+
+    def wave(count):
+        for _ in range(count):
+            manager.add_task("f", b"")
+        while True:
+            tasks = manager.take_tasks(slave, 1000)
+            if not tasks:
+                break
+            manager.store_answers(slave, [answer(t, 0) for t in tasks])
+        for _ in range(count):
+            manager.get_answer("f" if by_tag else None)
+
+    wave(10000)   # warm up: tables grown to this size stay grown; that is not a leak
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(5):
+        wave(10000)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    # A record kept per task (about 290 bytes) would add up to 14 MB here;
+    # a table resized once is a few hundred KiB.
+    assert grown / 50000 < 30, f"{grown / 50000:.0f} bytes kept per delivered task"
+
+
+def test_a_requeued_task_wakes_a_live_slave_when_a_waiting_one_just_left(manager):
+    leaving = manager.register_process("slave", tags=["f"])
+    idle = manager.register_process("slave", tags=["f"])
+    busy = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    [task] = manager.take_tasks(busy)
+    taken = []
+
+    def wait_for_work(process_id):
+        try:
+            taken.append((process_id, manager.take_tasks(process_id, 1, timeout=60)))
+        except UnknownProcessError:
+            taken.append((process_id, "left"))
+
+    threads = [threading.Thread(target=wait_for_work, args=(p,)) for p in (leaving, idle)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: manager.slaves_waiting_for_work() == 2, what="both slaves to wait for work")
+    manager.unregister_process(leaving)        # its thread has not run yet ...
+    manager.process_lost(busy, "killed")       # ... when the task comes back
+    threads[1].join(timeout=10)                # far less than the 60 s poll
+    assert not threads[1].is_alive(), "the idle slave was not woken for the requeued task"
+    threads[0].join(timeout=10)
+    assert sorted((p, tasks if tasks == "left" else [t.task_id for t in tasks]) for p, tasks in taken) == \
+        [(leaving, "left"), (idle, [task.task_id])]
 
 
 def test_a_stalled_master_does_not_blame_its_slaves(manager, clock):
@@ -347,8 +379,7 @@ def test_a_slave_waiting_for_work_is_not_declared_dead(manager, clock):
     slave = manager.register_process("slave", tags=["f"], watchdog_period=0.01)
     waiting = threading.Thread(target=lambda: manager.take_tasks(slave, 1, timeout=30))
     waiting.start()
-    while not manager._waiters:
-        waiting.join(0.001)
+    wait_for(lambda: manager.slaves_waiting_for_work() == 1, what="the slave to wait for work")
     clock.advance(100)
     assert manager.check_liveness() == []
     manager.add_task("f", b"")

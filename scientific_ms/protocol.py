@@ -1,0 +1,129 @@
+"""What crosses the wire between a master and its slaves: names, statuses, records.
+
+The whole path of one task, master to slave and back::
+
+  master process                                        slave process
+  ==============                                        =============
+  MasterProcess.requestTask(tag, *params)
+    payload.dumps_parameters()   pickle, here, so a
+    |                            bad parameter fails here
+    TaskManager.add_task()  -->  scheduling.Scheduler.enqueue()
+                                 (WAITING; wakes a waiting slave thread)
+                                                        feed.TaskFeed._run()   feed thread
+                                   <--- exchange(answers, want, wait) ---  client.MasterConnection.call()
+    server.TaskManagerService.exchange()
+      TaskManager.store_answers()   (answers of earlier tasks)
+      TaskManager.take_tasks()  --> Scheduler.select()  (RUNNING)
+                                   --- [TaskMessage, ...] -------------->  TaskFeed inbox
+                                                        SlaveProcess._serve()   main thread
+                                                          payload.loads_parameters()
+                                                          (GlobalStateValue -> get_data, once)
+                                                          do_<tag>(*params)
+                                                          Answer(ok, pickled result or exception)
+                                                        TaskFeed.put_answer() -> outbox
+                                   <--- exchange([Answer, ...], ...) ----  (with the next call)
+      TaskManager.store_answers()  first answer wins
+        results.ResultStore.add()  (FINISHED or FAILED)
+  MasterProcess.retrieveResult()
+    TaskManager.get_answer() --> ResultStore.pop()  (DELIVERED)
+    payload.loads_answer()  -> (task_id, tag, result), or TaskRaisedException
+
+  Beside it: the slave's watch thread calls ``watch`` (the heartbeat, which
+  also returns at once when the master ends); the server's reaper calls
+  TaskManager.check_liveness(); a dropped connection calls
+  TaskManager.process_lost(); either requeues the tasks of a dead slave.
+
+Every call is authenticated before Pyro5 reads a byte (``auth.py``).
+Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
+marshal serializer, which passes bytes through without base64; marshal
+carries plain tuples, so the records below travel as tuples
+(:func:`tasks_to_wire`, :meth:`TaskMessage.from_wire`, :func:`answers_to_wire`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional
+
+#: The Pyro5 object name of a master's task manager is this prefix plus its label.
+OBJECT_PREFIX = "TaskManager."
+
+
+def object_name(label: str) -> str:
+    return OBJECT_PREFIX + label
+
+
+# Statuses returned to slaves (exceptions do not cross marshal cleanly).
+OK = "ok"
+TERMINATED = "terminated"   # the master has finished: the slave exits
+UNKNOWN = "unknown"         # the master declared this process dead: register again
+
+#: The calls a master serves (``server.TaskManagerService``):
+#:
+#: ``register(role, info, tags, watchdog_period) -> (status, process_id)``
+#: ``unregister(process_id)``                    a goodbye: held tasks go back unblamed
+#: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage])``
+#: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end
+#: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
+#: ``status() -> dict``                          what ``task_manager show`` prints
+CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status"})
+
+
+class TaskMessage(NamedTuple):
+    """A task as the master sends it to a slave."""
+    task_id: str
+    assignment: int              # this hand-out's number; its answer names it
+    tag: str
+    payload: bytes               # pickled parameters
+    time_limit: Optional[float]  # seconds, or None
+
+    @classmethod
+    def from_wire(cls, fields) -> "TaskMessage":
+        return cls(*fields)
+
+
+class Answer(NamedTuple):
+    """A slave's answer to one task."""
+    task_id: str
+    assignment: int
+    ok: bool          # False: payload is a pickled exception
+    payload: bytes    # pickled result or exception
+    traceback: str    # the remote traceback as text ("" for a result)
+
+
+def tasks_to_wire(tasks: Iterable) -> List[tuple]:
+    """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal."""
+    return [(t.task_id, t.assignment, t.tag, t.payload, t.time_limit) for t in tasks]
+
+
+def answers_to_wire(answers: Iterable[Answer]) -> List[tuple]:
+    """:class:`Answer` records as plain tuples for marshal (``Answer(*fields)`` reads them)."""
+    return [tuple(answer) for answer in answers]
+
+
+# ---------------------------------------------------------------- stored slave code
+
+#: Shared-data keys under which a master keeps the slaves' code, so that
+#: spawned slaves and ``task_manager slave LABEL`` can run it.
+SLAVE_CODE = "slave_code"       # the source text
+SLAVE_SCRIPT = "slave_script"   # its file name (for tracebacks), or None
+SLAVE_CWD = "cwd"               # the master's working directory
+SLAVE_ARGV = "argv"             # sys.argv for the slave
+STORED_CODE_KEYS = (SLAVE_CODE, SLAVE_SCRIPT, SLAVE_CWD, SLAVE_ARGV)
+
+
+# ---------------------------------------------------------------- spawned slaves
+
+#: Environment variables that tell a spawned slave where its master is.
+MASTER_VARIABLE = "SCIENTIFIC_MS_MASTER"
+SECRET_VARIABLE = "SCIENTIFIC_MS_SECRET"
+TLS_CA_VARIABLE = "SCIENTIFIC_MS_TLS_CA"
+
+
+def slave_environment(host: str, port: int, secret: bytes,
+                      tls_ca: Optional[str] = None) -> Dict[str, str]:
+    """The environment of a slave process spawned for the master at host:port."""
+    env = dict(os.environ, **{MASTER_VARIABLE: f"{host}:{port}", SECRET_VARIABLE: secret.decode()})
+    if tls_ca and not env.get(TLS_CA_VARIABLE):
+        env[TLS_CA_VARIABLE] = tls_ca
+    return env

@@ -1,0 +1,129 @@
+"""Answers waiting for the master: the first answer wins, each is delivered once.
+
+Pure logic; the :class:`~scientific_ms.manager.TaskManager` holds the lock.
+An answered task sits in two ordered indexes, all tags and its own tag, so
+that ``retrieveResult()`` and ``retrieveResult(tag)`` both take the oldest
+in O(1); delivering it removes it from both, so nothing delivered lingers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Counter, Deque, Dict, List, NamedTuple, Optional
+
+from .tasks import UNANSWERED, Task, TaskState, TaskTable
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(NamedTuple):
+    """A finished task as handed to the master."""
+    task_id: str
+    tag: str
+    ok: bool          # False: ``payload`` is a pickled exception
+    payload: bytes
+    traceback: str
+
+
+class ResultStore:
+    """Answered tasks not yet delivered to the master.
+
+    ``counters`` (shared with the manager) counts finished, failed,
+    delivered and duplicates_dropped; ``completion_rate`` the answers.
+    """
+
+    def __init__(self, tasks: TaskTable, counters: Counter):
+        self._tasks = tasks
+        self._counters = counters
+        self.completion_rate = RateMeter()
+        self._all: "collections.OrderedDict[str, Task]" = collections.OrderedDict()
+        self._by_tag: Dict[str, "collections.OrderedDict[str, Task]"] = {}
+
+    def unanswered(self, task_id: str, assignment: int, process_id: Optional[int]) -> Optional[Task]:
+        """The task an answer is for, if it is the first answer; else None (dropped, logged)."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state not in UNANSWERED:
+            self._counters["duplicates_dropped"] += 1
+            log.info("dropped a second answer for task %s (assignment %s from process %s)",
+                     task_id, assignment, process_id)
+            return None
+        if task.assignment != assignment:
+            log.info("task %s: late answer from an earlier assignment accepted (first wins)", task_id)
+        return task
+
+    def settle(self, task: Task, ok: bool, payload: bytes, traceback: str, now: float) -> None:
+        """Keep a task's answer for the master (the task already left its queue or slave)."""
+        self._tasks.move(task, TaskState.FINISHED if ok else TaskState.FAILED)
+        task.payload = None
+        task.assignment = None
+        task.answer = payload
+        task.traceback = traceback
+        self._counters["finished" if ok else "failed"] += 1
+        self.completion_rate.add(now)
+        self._add(task)
+
+    def deliver(self, tag: Optional[str] = None) -> Optional[Outcome]:
+        """The oldest answer (to a task with ``tag``), now DELIVERED; None if there is none."""
+        task = self.pop(tag)
+        if task is None:
+            return None
+        outcome = Outcome(task.task_id, task.tag, task.state is TaskState.FINISHED,
+                          task.answer, task.traceback)
+        self._tasks.move(task, TaskState.DELIVERED)
+        task.answer = None
+        self._counters["delivered"] += 1
+        return outcome
+
+    def _add(self, task: Task) -> None:
+        self._all[task.task_id] = task
+        queue = self._by_tag.get(task.tag)
+        if queue is None:
+            queue = self._by_tag[task.tag] = collections.OrderedDict()
+        queue[task.task_id] = task
+
+    def pop(self, tag: Optional[str] = None) -> Optional[Task]:
+        """Remove and return the oldest answered task (with ``tag``), or None."""
+        if tag is None:
+            if not self._all:
+                return None
+            task_id, task = self._all.popitem(last=False)
+            queue = self._by_tag[task.tag]
+            del queue[task_id]
+        else:
+            queue = self._by_tag.get(tag)
+            if not queue:
+                return None
+            task_id, task = queue.popitem(last=False)
+            del self._all[task_id]
+        if not queue:
+            del self._by_tag[task.tag]
+        return task
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+
+class RateMeter:
+    """Events per second over a sliding window, in one-second buckets."""
+
+    def __init__(self, window: float = 60.0):
+        self.window = int(window)
+        self._buckets: Deque[List[int]] = collections.deque()
+
+    def add(self, now: float, count: int = 1) -> None:
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+            self._trim(second)
+
+    def rate(self, now: float, elapsed: float) -> float:
+        self._trim(int(now))
+        span = min(float(self.window), max(elapsed, 1e-9))
+        return sum(count for _, count in self._buckets) / span
+
+    def _trim(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window:
+            self._buckets.popleft()

@@ -1,0 +1,49 @@
+"""The manager's status snapshot: plain data for ``task_manager show`` and ``--json``.
+
+Built under the manager's lock from its parts; ``report.py`` turns it into text.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict
+
+from .registry import Registry
+
+#: Counters that the status always reports (0 until they first move).
+STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
+                   "duplicates_dropped", "processes_lost")
+
+
+def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
+             tasks: Dict[str, Dict[str, int]], counters: Dict[str, int],
+             throughput: float) -> dict:
+    """Everything ``show`` reports; ``tasks`` is the count per state and tag."""
+    processes = []
+    served: set = set()
+    for proc in registry:
+        if proc.is_slave:
+            served |= proc.tags
+        running = [{"task_id": t.task_id, "tag": t.tag, "seconds": round(now - t.started, 3)}
+                   for t in proc.running.values()]
+        processes.append({
+            "id": proc.process_id, "role": proc.role,
+            "host": proc.info.get("host"), "pid": proc.info.get("pid"),
+            "tags": sorted(proc.tags) if proc.is_slave else None,
+            "tasks_done": proc.tasks_done, "running": running,
+            "watchdog_period": proc.watchdog_period,
+            "seconds_since_heartbeat": round(now - proc.last_seen, 3),
+            "connected_seconds": round(now - proc.registered, 3),
+            "cpu_percent": proc.stats.get("cpu_percent"),
+            "rss_bytes": proc.stats.get("rss_bytes"),
+        })
+    return {
+        "terminated": terminated,
+        "elapsed_seconds": round(elapsed, 3),
+        "started_at": round(time.time() - elapsed, 3),  # Unix time; the clock may be a fake
+        "processes": processes,
+        "tasks": tasks,
+        "unserved_tags": sorted(tag for tag in tasks.get("waiting", {}) if tag not in served),
+        "counters": dict(dict.fromkeys(STATUS_COUNTERS, 0), **counters),
+        "throughput_per_second": round(throughput, 3),
+    }

@@ -1,0 +1,153 @@
+"""The pure parts of the task manager, each on its own: states, scheduling, registry, results."""
+
+import pytest
+
+from scientific_ms.registry import Registry
+from scientific_ms.results import ResultStore
+from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, Scheduler
+from scientific_ms.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
+
+
+def make_tasks(count, tag="f", payload=b"", start=1):
+    return [Task(f"{tag}_{n}", tag, payload, n) for n in range(start, start + count)]
+
+
+def slave(registry, tags=("f",), now=0.0, period=None):
+    return registry.add("slave", {"pid": 1, "host": "h"}, frozenset(tags), period, now)
+
+
+# ------------------------------------------------------------------ states
+
+def test_every_state_has_its_moves_and_delivered_is_final():
+    assert set(TRANSITIONS) == set(TaskState)
+    assert TRANSITIONS[TaskState.DELIVERED] == frozenset()
+    task = make_tasks(1)[0]
+    check_move(task, TaskState.RUNNING)
+    check_move(task, TaskState.FINISHED)        # a late answer for a requeued task
+    with pytest.raises(AssertionError, match="waiting -> delivered"):
+        check_move(task, TaskState.DELIVERED)
+
+
+# ------------------------------------------------------------------ scheduling
+
+def test_requeued_tasks_come_first_across_tags():
+    scheduler, registry = Scheduler(3), Registry()
+    proc = slave(registry, tags=("f", "g"))
+    old_f, new_g = make_tasks(1, "f", start=1)[0], make_tasks(1, "g", start=2)[0]
+    requeued = make_tasks(1, "g", start=3)[0]
+    requeued.rescheduled = True
+    for task in (old_f, new_g):
+        scheduler.enqueue(task)
+    scheduler.enqueue(requeued, front=True)
+    assert [t.task_id for t in scheduler.select(proc, 3, 1)] == ["g_3", "f_1", "g_2"]
+
+
+def test_a_slave_gets_only_tags_it_handles():
+    scheduler, registry = Scheduler(3), Registry()
+    for task in make_tasks(2, "other"):
+        scheduler.enqueue(task)
+    assert scheduler.select(slave(registry, tags=("f",)), 5, 1) == []
+    assert scheduler.waiting_count == 2
+
+
+def test_a_batch_is_at_most_a_fair_share_of_what_waits():
+    scheduler, registry = Scheduler(3), Registry()
+    for task in make_tasks(100):
+        scheduler.enqueue(task)
+    proc = slave(registry)
+    assert len(scheduler.select(proc, 1000, slave_count=4)) == 25
+    assert len(scheduler.select(proc, 1000, slave_count=4)) == 75 // 4
+
+
+def test_a_batch_stops_at_the_payload_limit():
+    scheduler, registry = Scheduler(3), Registry()
+    big = BATCH_PAYLOAD_LIMIT // 2 + 1
+    for task in make_tasks(5, payload=b"x" * big):
+        scheduler.enqueue(task)
+    assert len(scheduler.select(slave(registry), 5, 1)) == 2
+
+
+def test_a_suspect_runs_alone_on_an_idle_slave():
+    scheduler, registry = Scheduler(3), Registry()
+    suspect, other = make_tasks(2)
+    suspect.suspect = True
+    scheduler.enqueue(other)
+    scheduler.enqueue(suspect, front=True)
+    busy = slave(registry)
+    busy.running[1] = make_tasks(1, start=9)[0]
+    assert scheduler.select(busy, 5, 2) == []          # busy: no suspect for it
+    idle = slave(registry)
+    assert scheduler.select(idle, 5, 2) == [suspect]   # alone, nothing with it
+    idle.running[2] = suspect
+    assert scheduler.select(idle, 5, 2) == []          # nothing joins a running suspect
+
+
+def test_losses_blame_only_a_task_that_ran_alone():
+    scheduler, registry = Scheduler(max_slave_losses=2), Registry()
+    proc = slave(registry)
+    batch = make_tasks(3)
+    decision = scheduler.on_loss(proc, batch, died=True)
+    assert decision.requeue == batch and decision.fail == []
+    assert all(t.suspect and not t.lost_slaves for t in batch)
+    alone = batch[0]
+    assert scheduler.on_loss(proc, [alone], died=True).requeue == [alone]
+    assert scheduler.on_loss(proc, [alone], died=True).fail == [alone]   # the second loss: give up
+    assert len(alone.lost_slaves) == 2
+
+
+def test_a_goodbye_blames_nobody():
+    scheduler, registry = Scheduler(1), Registry()
+    tasks = make_tasks(1)
+    decision = scheduler.on_loss(slave(registry), tasks, died=False)
+    assert decision.requeue == tasks and not tasks[0].suspect and not tasks[0].lost_slaves
+
+
+# ------------------------------------------------------------------ registry
+
+def test_silence_beyond_the_missed_heartbeats_is_reported(clock):
+    registry = Registry()
+    quiet = slave(registry, now=clock(), period=1.0)
+    slave(registry, now=clock(), period=None)              # no watchdog: never silent
+    waiting = slave(registry, now=clock(), period=1.0)
+    waiting.waiting = 1                                    # waiting for work: alive
+    clock.advance(3.9)
+    assert registry.silent(clock(), 4) == []
+    clock.advance(0.2)
+    [(proc, reason)] = registry.silent(clock(), 4)
+    assert proc is quiet and "no heartbeat for 4.1 s" in reason
+
+
+def test_a_late_check_credits_the_stall_to_every_process(clock):
+    registry = Registry()
+    slave(registry, now=clock(), period=1.0)
+    registry.silent(clock(), 4, expected_interval=0.25)
+    clock.advance(10)                                      # the checker itself ran 10 s late
+    assert registry.silent(clock(), 4, expected_interval=0.25) == []
+
+
+def test_slaves_are_counted_and_the_master_is_not():
+    registry = Registry()
+    master = registry.add("master", {}, None, None, 0.0)
+    worker = slave(registry)
+    assert registry.slave_count == 1 and len(registry) == 2
+    assert registry.remove(worker.process_id) is worker and registry.slave_count == 0
+    assert registry.remove(worker.process_id) is None
+    assert registry.get(master.process_id) is master
+
+
+# ------------------------------------------------------------------ results
+
+def test_results_are_delivered_once_in_completion_order_by_any_index():
+    import collections
+    table, counters = TaskTable(), collections.Counter()
+    store = ResultStore(table, counters)
+    f1, g1, f2 = table.new("f", b"", None), table.new("g", b"", None), table.new("f", b"", None)
+    for task in (f1, g1, f2):
+        task_found = store.unanswered(task.task_id, None, None)
+        store.settle(task_found, True, b"result", "", now=0.0)
+    assert store.unanswered(f1.task_id, None, None) is None          # the first answer won
+    assert [store.deliver("g").task_id, store.deliver().task_id, store.deliver("f").task_id] == \
+        ["g_2", "f_1", "f_3"]                                         # g_2 no longer counted as oldest
+    assert store.deliver() is None and store.deliver("f") is None and len(store) == 0
+    assert table.outstanding() == 0
+    assert counters == {"finished": 3, "delivered": 3, "duplicates_dropped": 1}
