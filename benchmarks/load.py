@@ -103,7 +103,7 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
         while True:
             # One exchange per heartbeat period at most; a watch(timeout=0) call
             # is the heartbeat while a task holds this thread.
-            status, tasks = connection.call("exchange", process_id, answers, 1, watchdog / 2)
+            status, tasks, _revoked = connection.call("exchange", process_id, answers, 1, watchdog / 2)
             answers = []
             if status == TERMINATED:
                 break

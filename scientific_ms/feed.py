@@ -54,6 +54,7 @@ class TaskFeed:
         self._main_idle = False       # the main thread waits in next_task
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
+        self._poked = False           # the master has news (revoked tasks): call it now
         self._waiting_for_work = False   # in a blocking exchange, every answer handed in
         self._ended: Optional[str] = None
         self._error: Optional[BaseException] = None
@@ -82,13 +83,20 @@ class TaskFeed:
                 raise self._error
             return END if self._ended is not None else None
 
-    def put_answer(self, answer: Answer, seconds: float) -> None:
+    def put_answer(self, answer: Answer) -> None:
+        seconds = answer.seconds or 0.0
         with self._cond:
             self._outbox.append(answer)
             average = self._seconds_per_task
             self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
             if self._prefetching() and len(self._outbox) >= self._want():
                 self._cond.notify_all()
+
+    def poke(self) -> None:
+        """Call the master soon even with nothing to say: it revoked some of our tasks."""
+        with self._cond:
+            self._poked = True
+            self._cond.notify_all()
 
     def stop(self, timeout: float) -> bool:
         """Send the answers still held and end the feed thread; True if it ended in time.
@@ -121,7 +129,7 @@ class TaskFeed:
         return average is not None and average < PREFETCH_BELOW
 
     def _should_call(self) -> bool:
-        if self._stopping:
+        if self._stopping or self._poked:
             return True
         idle = self._main_idle and not self._inbox
         if idle:
@@ -140,6 +148,7 @@ class TaskFeed:
                     while not self._should_call():
                         self._cond.wait()
                     answers, self._outbox = self._outbox, []
+                    self._poked = False
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
                     want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)
@@ -147,7 +156,8 @@ class TaskFeed:
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
-                status, tasks = self._connection.call("exchange", process_id, answers_to_wire(answers), want, wait)
+                status, tasks, revoked = self._connection.call(
+                    "exchange", process_id, answers_to_wire(answers), want, wait)
                 with self._cond:
                     self._waiting_for_work = False
                     if status == TERMINATED:
@@ -156,6 +166,9 @@ class TaskFeed:
                         self._ended = "stopped"         # we said goodbye: do not come back
                     elif status == UNKNOWN:
                         self.process_id = self._rejoin(process_id, self._connection)
+                    if revoked:   # another slave runs them now: drop those not started
+                        dropped = set(revoked)
+                        self._inbox = collections.deque(t for t in self._inbox if t.assignment not in dropped)
                     self._inbox.extend(map(TaskMessage.from_wire, tasks))
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:

@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
                      TaskManagerTermination, TaskTimeLimitError, UnknownProcessError)
@@ -56,10 +56,16 @@ class TaskManager:
             this many of its watchdog periods is declared dead (default 4).
         max_slave_losses: a task that lost this many slaves is answered with
             :class:`SlaveLostError` instead of being run again (default 3).
+        memory_budget: bytes of parameters of waiting tasks beyond which
+            :meth:`add_task` waits for slaves to take some, and of answers
+            not yet retrieved beyond which slaves get no new tasks (None:
+            no bound). Neither waits while the other side is over budget,
+            so the two cannot wait for each other.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
-                 missed_heartbeats: float = 4, max_slave_losses: int = 3):
+                 missed_heartbeats: float = 4, max_slave_losses: int = 3,
+                 memory_budget: Optional[int] = None):
         if missed_heartbeats <= 0:
             raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats!r}")
         if int(max_slave_losses) < 1:
@@ -79,6 +85,11 @@ class TaskManager:
         self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
         self._results = ResultStore(self._tasks, self.counters)
         self._waiters = WaitingSlaves()
+        self.memory_budget = memory_budget
+        self._waiting_bytes = 0       # parameters of WAITING tasks
+        self._result_bytes = 0        # answers not yet delivered
+        self._room = threading.Condition(self._lock)
+        self._said = set()            # budget messages logged once
         self._data = SharedData()
         self._started = clock()
         self.data_fetches = self._data.fetches     # label -> times retrieved
@@ -176,6 +187,30 @@ class TaskManager:
                 self._slaves_changed.wait(remaining)
             return True
 
+    def wait_for_news(self, process_id: int, timeout: float) -> Tuple[bool, bool]:
+        """Block until the manager terminates, tasks of this process are revoked, or
+        ``timeout`` seconds pass; returns (terminated, revoked)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            proc = self._registry.get(process_id)
+            if proc is not None and proc.news is None:
+                proc.news = threading.Condition(self._lock)
+            while not self._terminated and proc is not None and not proc.revoked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._registry.get(process_id) is not proc:
+                    break
+                proc.news.wait(remaining)
+            return self._terminated, bool(proc is not None and proc.revoked)
+
+    def take_revoked(self, process_id: int) -> List[int]:
+        """Assignments of this process that another slave took over: the slave must not start them."""
+        with self._lock:
+            proc = self._registry.get(process_id)
+            if proc is None or not proc.revoked:
+                return []
+            revoked, proc.revoked = proc.revoked, []
+            return revoked
+
     def slaves_waiting_for_work(self) -> int:
         """How many slave threads are blocked in :meth:`take_tasks` right now."""
         with self._lock:
@@ -196,6 +231,13 @@ class TaskManager:
                                      f"got {time_limit!r}")
         with self._lock:
             self._check_running()
+            while self._over_budget(len(payload)):
+                self._say_once("requests", "requestTask waits: the parameters of waiting tasks exceed the "
+                               "memory budget of %d bytes; it goes on as slaves take tasks (more slaves, "
+                               "setGlobalState for values shared by many tasks, or a larger memory_budget "
+                               "/ SCIENTIFIC_MS_MEMORY_BUDGET)" % self.memory_budget)
+                self._room.wait()
+                self._check_running()
             task = self._tasks.new(tag, payload, time_limit)
             self._enqueue(task, front=False)
             self.counters["requested"] += 1
@@ -211,8 +253,14 @@ class TaskManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
+                held_back = self._results_over_budget()
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
+                    self._result_bytes -= len(outcome.payload)
+                    if self.memory_budget:
+                        self._room.notify_all()
+                    if held_back and not self._results_over_budget():
+                        self._pass_wake_up_on(None)   # slaves held back may take tasks again
                     return outcome
                 self._check_running()
                 if not self._tasks.outstanding(tag):
@@ -225,6 +273,17 @@ class TaskManager:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no result within {timeout} s")
                 self._answer_ready.wait(remaining)
+
+    def expect_duration(self, tag: str, seconds: float) -> None:
+        """Tell the scheduler how long tasks of ``tag`` take until it has measured them.
+
+        Without a hint a new tag counts as long: its tasks go one at a time
+        to idle slaves until the first answers say how long they take.
+        """
+        if not (isinstance(seconds, (int, float)) and seconds >= 0):
+            raise ConfigurationError(f"expect_duration: seconds must be a number >= 0, got {seconds!r}")
+        with self._lock:
+            self._scheduler.durations.expect(tag, float(seconds))
 
     # ----------------------------------------------------------------- tasks: slaves
 
@@ -283,12 +342,14 @@ class TaskManager:
             proc = self._registry.get(process_id)
             if proc is not None:
                 proc.last_seen = self._clock()
-            for task_id, assignment, ok, payload, traceback in answers:
+            for task_id, assignment, ok, payload, traceback, *measured in answers:
                 if proc is not None:
                     proc.running.pop(assignment, None)
                 task = self._results.unanswered(task_id, assignment, process_id)
                 if task is None:
                     continue
+                if measured and measured[0] is not None:
+                    self._scheduler.durations.record(task.tag, measured[0])
                 self._settle(task, ok, payload, traceback)
                 if proc is not None:
                     proc.tasks_done += 1
@@ -319,6 +380,10 @@ class TaskManager:
             self._terminated = True
             self._terminated_event.set()
             self._waiters.wake_all()
+            self._room.notify_all()
+            for proc in self._registry:
+                if proc.news is not None:
+                    proc.news.notify_all()
             self._answer_ready.notify_all()
             self._slaves_changed.notify_all()
 
@@ -361,18 +426,54 @@ class TaskManager:
 
     def _enqueue(self, task: Task, front: bool) -> None:
         self._scheduler.enqueue(task, front)
+        self._waiting_bytes += len(task.payload or b"")
         self._waiters.wake_one(task.tag)
 
-    def _pass_wake_up_on(self, process_id: int) -> None:
+    def _over_budget(self, size: int) -> bool:
+        """Should a new request of ``size`` bytes wait? Never while answers are over budget:
+        the master must be free to retrieve them."""
+        budget = self.memory_budget
+        return bool(budget and self._waiting_bytes and self._waiting_bytes + size > budget
+                    and not self._results_over_budget() and not self._terminated)
+
+    def _results_over_budget(self) -> bool:
+        return bool(self.memory_budget and self._result_bytes > self.memory_budget)
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning("%s", message)
+
+    def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
         """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
         for tag in list(self._scheduler.waiting_tags()):
             self._waiters.wake_one(tag, skip=process_id)
 
     def _assign(self, proc: ProcessRecord, max_tasks: int) -> List[Task]:
-        tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count)
-        now = self._clock()
+        if self._results_over_budget():
+            self._say_once("results", "slaves get no new tasks: answers not yet retrieved exceed the "
+                           "memory budget of %d bytes; call retrieveResult (and write results to disk "
+                           "as they arrive)" % self.memory_budget)
+            return []
+        tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
+                                       lambda tag: self._waiters.idle_for(tag, proc.process_id))
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
+            self._waiting_bytes -= len(task.payload or b"")
+        if tasks and self.memory_budget:
+            self._room.notify_all()
+        if not tasks:
+            stolen = self._scheduler.steal(proc, self._registry)
+            if stolen is not None:
+                victim, task = stolen
+                del victim.running[task.assignment]
+                victim.revoked.append(task.assignment)
+                if victim.news is not None:
+                    victim.news.notify_all()
+                self.counters["stolen"] += 1
+                tasks = [task]
+        now = self._clock()
+        for task in tasks:
             task.assignment = next(self._assignment_numbers)
             task.process_id = proc.process_id
             task.started = now
@@ -383,11 +484,16 @@ class TaskManager:
         """Store a task's answer (any state before FINISHED/FAILED)."""
         if task.state is TaskState.WAITING:
             self._scheduler.remove(task)
+            self._waiting_bytes -= len(task.payload or b"")
+            self._room.notify_all()
         elif task.state is TaskState.RUNNING:
             holder = self._registry.get(task.process_id)
             if holder is not None:
                 holder.running.pop(task.assignment, None)
         self._results.settle(task, ok, payload, traceback, self._clock())
+        self._result_bytes += len(payload)
+        if self._results_over_budget():
+            self._room.notify_all()   # a request waiting for room must not wait for this
 
     def _fail(self, task: Task, error: Exception) -> None:
         self._settle(task, False, dumps_value(error), f"{type(error).__name__}: {error}\n")
@@ -407,6 +513,8 @@ class TaskManager:
         held = [task for assignment, task in proc.running.items()
                 if task.state is TaskState.RUNNING and task.assignment == assignment]
         proc.running.clear()
+        if proc.news is not None:
+            proc.news.notify_all()
         decision = self._scheduler.on_loss(proc, held, died=reason is not None)
         for task in reversed(decision.requeue):   # each goes to the front: keep their order
             self._requeue(task)

@@ -48,20 +48,30 @@ class MasterProcess:
     ``progress=True``
     (or SCIENTIFIC_MS_PROGRESS=1) draws a bar of results retrieved against
     tasks requested on stderr, when stderr is a terminal.
+    ``memory_budget`` (bytes, or text such as ``"8G"``; default
+    SCIENTIFIC_MS_MEMORY_BUDGET, else a quarter of this machine's memory)
+    bounds the parameters of waiting tasks (``requestTask`` then waits for
+    slaves to take some) and the results not yet retrieved (slaves then get
+    no new tasks until ``retrieveResult`` is called); nothing is lost.
     """
+
+    #: One task's parameters above this size get a warning (once per tag).
+    LARGE_PARAMETERS = 16 * 1024 * 1024
 
     def __init__(self, label: str, use_name_server: bool = True, *, host: Optional[str] = None,
                  port: Optional[int] = None, secret: Optional[bytes] = None,
                  missed_heartbeats: float = 4, max_slave_losses: int = 3,
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
-                 tls_key: Optional[str] = None):
+                 tls_key: Optional[str] = None, memory_budget=None):
         self.label = discovery.check_label(label)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()
         self.task_manager = TaskManager(missed_heartbeats=missed_heartbeats,
-                                        max_slave_losses=max_slave_losses)
+                                        max_slave_losses=max_slave_losses,
+                                        memory_budget=settings.memory_budget(memory_budget))
+        self._large_tags: set = set()
         self.process_id = self.task_manager.register_process("master", process_info())
         if isinstance(secret, str):
             secret = secret.encode()
@@ -115,6 +125,11 @@ class MasterProcess:
         """
         limit = self.task_time_limit if time_limit is None else time_limit
         payload = dumps_parameters(tag, parameters, self._state_is_stored)
+        if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
+            self._large_tags.add(tag)
+            log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
+                        "by the master until a slave takes it. Values shared by many tasks belong in "
+                        "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
         task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)

@@ -29,7 +29,9 @@ The whole path of one task, master to slave and back::
     payload.loads_answer()  -> (task_id, tag, result), or TaskRaisedException
 
   Beside it: the slave's watch thread calls ``watch`` (the heartbeat, which
-  also returns at once when the master ends); the server's reaper calls
+  also returns at once when the master ends, or REVOKED when an idle slave
+  took over a task this one held unstarted: the feed then calls exchange
+  and drops the revoked assignments it lists); the server's reaper calls
   TaskManager.check_liveness(); a dropped connection calls
   TaskManager.process_lost(); either requeues the tasks of a dead slave.
 
@@ -57,13 +59,15 @@ def object_name(label: str) -> str:
 OK = "ok"
 TERMINATED = "terminated"   # the master has finished: the slave exits
 UNKNOWN = "unknown"         # the master declared this process dead: register again
+REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle one: exchange now
 
 #: The calls a master serves (``server.TaskManagerService``):
 #:
 #: ``register(role, info, tags, watchdog_period) -> (status, process_id)``
 #: ``unregister(process_id)``                    a goodbye: held tasks go back unblamed
-#: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage])``
-#: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end
+#: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
+#:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
+#: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end or a revocation
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status() -> dict``                          what ``task_manager show`` prints
 CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status"})
@@ -89,6 +93,7 @@ class Answer(NamedTuple):
     ok: bool          # False: payload is a pickled exception
     payload: bytes    # pickled result or exception
     traceback: str    # the remote traceback as text ("" for a result)
+    seconds: Optional[float] = None   # how long the handler ran (None: not measured)
 
 
 def tasks_to_wire(tasks: Iterable) -> List[tuple]:

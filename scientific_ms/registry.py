@@ -21,7 +21,7 @@ class ProcessRecord:
 
     __slots__ = ("process_id", "role", "info", "tags", "watchdog_period",
                  "registered", "last_seen", "running", "tasks_done",
-                 "stats", "waiting")
+                 "stats", "waiting", "revoked", "news")
 
     def __init__(self, process_id: int, role: str, info: Dict,
                  tags: Optional[FrozenSet[str]], watchdog_period: Optional[float],
@@ -37,6 +37,8 @@ class ProcessRecord:
         self.tasks_done = 0
         self.stats: Dict = {}             # sampled on the slave (cpu, rss)
         self.waiting = 0                  # its threads blocked in take_tasks right now
+        self.revoked: List[int] = []      # assignments taken back, not yet told to the slave
+        self.news = None                  # a Condition its watch call waits on, once it watches
 
     @property
     def is_slave(self) -> bool:

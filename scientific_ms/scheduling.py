@@ -10,10 +10,20 @@ The rules:
 - **Order.** One FIFO queue per tag; a requeued task goes to the front of
   its queue, and a slave takes from the queue whose head is oldest among
   the tags it handles (requeued tasks first).
+- **Durations.** The manager learns how long each tag's tasks take from
+  the handler times slaves report (:class:`Durations`); a tag not measured
+  yet counts as long.
 - **Batches.** A slave may ask for several tasks at once (it prefetches
-  short tasks). A batch stops at ``BATCH_PAYLOAD_LIMIT`` bytes of
-  parameters, and never exceeds the slave's fair share of what is waiting
-  (waiting / slaves), so the end of a run is spread over every slave.
+  short tasks). Beyond the task it runs, it gets at most
+  ``QUEUE_SECONDS`` of queued work by its tags' estimates (about one round
+  trip's worth), no task of a tag not yet measured, and nothing while
+  another slave that could run the task waits idle. A batch also stops at
+  ``BATCH_PAYLOAD_LIMIT`` bytes of parameters and at the slave's fair share
+  of what is waiting (waiting / slaves).
+- **Stealing.** A slave that asks for work when none waits takes a task
+  that another slave holds but has not started (the last of the slave
+  with the most queued work); that slave is told to drop it. If it ran it
+  anyway, the first answer wins.
 - **Suspects.** A slave that dies holding several tasks blames none of
   them: each becomes a *suspect* that from then on runs alone, on an idle
   slave, with nothing else in its batch. Only a death while running alone
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from .registry import ProcessRecord
 from .tasks import Task
@@ -39,6 +49,39 @@ from .tasks import Task
 #: A batch is cut once its parameters reach this size, so that a slave asking
 #: for many small tasks does not also hoard a queue of large ones.
 BATCH_PAYLOAD_LIMIT = 4 * 1024 * 1024
+
+#: Most estimated work (seconds) a slave may hold queued beyond the task it runs.
+QUEUE_SECONDS = 0.02
+
+
+class Durations:
+    """How long each tag's handler takes, learned from the slaves' measurements."""
+
+    #: Weight of the newest measurement in the moving average.
+    WEIGHT = 0.2
+
+    def __init__(self):
+        self._seconds: Dict[str, float] = {}
+
+    def record(self, tag: str, seconds: float) -> None:
+        old = self._seconds.get(tag)
+        self._seconds[tag] = seconds if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * seconds
+
+    def expect(self, tag: str, seconds: float) -> None:
+        """A hint for a tag not measured yet; the measurements take over."""
+        self._seconds.setdefault(tag, seconds)
+
+    def estimate(self, tag: str) -> Optional[float]:
+        """Seconds per task of ``tag``; None while not measured (then it counts as long)."""
+        return self._seconds.get(tag)
+
+    def queued(self, proc: ProcessRecord) -> float:
+        """Estimated work ``proc`` holds beyond the task it runs (its oldest); inf if unknown."""
+        total = 0.0
+        for task in list(proc.running.values())[1:]:
+            estimate = self.estimate(task.tag)
+            total += float("inf") if estimate is None else estimate
+        return total
 
 
 def queue_key(task: Task) -> Tuple[bool, int]:
@@ -59,6 +102,7 @@ class Scheduler:
         self.max_slave_losses = max_slave_losses
         self._queues: Dict[str, Deque[Task]] = {}   # tag -> queue; only non-empty queues
         self.waiting_count = 0
+        self.durations = Durations()
 
     # ------------------------------------------------------------------ queues
 
@@ -85,8 +129,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------ assignment
 
-    def select(self, proc: ProcessRecord, max_tasks: int, slave_count: int) -> List[Task]:
-        """Take the tasks ``proc`` gets now (at most ``max_tasks``) out of the queues."""
+    def select(self, proc: ProcessRecord, max_tasks: int, slave_count: int,
+               idle_elsewhere: Callable[[str], bool] = lambda tag: False) -> List[Task]:
+        """Take the tasks ``proc`` gets now (at most ``max_tasks``) out of the queues.
+
+        ``idle_elsewhere(tag)``: whether another slave that can run ``tag``
+        waits for work (it gets such a task before anyone prefetches it).
+        """
         if not proc.is_slave or not self.waiting_count:
             return []
         if any(task.suspect for task in proc.running.values()):
@@ -95,12 +144,20 @@ class Scheduler:
             max_tasks = min(max_tasks, max(1, self.waiting_count // max(1, slave_count)))
         tasks: List[Task] = []
         size = 0
+        queued = self.durations.queued(proc)
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
             queue = self._best_queue(proc.tags)
             if queue is None:
                 break
-            if queue[0].suspect and (tasks or proc.running):
-                break   # only an idle slave takes a suspect, and nothing with it
+            head = queue[0]
+            busy = bool(tasks or proc.running)
+            if busy:
+                if head.suspect:
+                    break   # only an idle slave takes a suspect, and nothing with it
+                estimate = self.durations.estimate(head.tag)
+                if estimate is None or queued + estimate > QUEUE_SECONDS or idle_elsewhere(head.tag):
+                    break   # no hoarding: long or unknown work, or an idle slave could run it
+                queued += estimate
             task = queue.popleft()
             if not queue:
                 del self._queues[task.tag]
@@ -117,6 +174,27 @@ class Scheduler:
             if tag in tags and (best is None or queue_key(queue[0]) < queue_key(best[0])):
                 best = queue
         return best
+
+    def steal(self, thief: ProcessRecord, processes: Iterable[ProcessRecord]) -> Optional[Tuple[ProcessRecord, Task]]:
+        """A task another slave holds unstarted that the idle ``thief`` should run instead.
+
+        From the slave with the most queued work, its last unstarted task
+        that the thief can run; None if no slave holds more than the task it runs.
+        """
+        if not thief.is_slave or thief.running:
+            return None
+        best: Optional[Tuple[float, ProcessRecord, Task]] = None
+        for victim in processes:
+            if victim is thief or len(victim.running) < 2:
+                continue
+            unstarted = [t for t in list(victim.running.values())[1:]
+                         if t.tag in thief.tags and not t.suspect]
+            if not unstarted:
+                continue
+            queued = self.durations.queued(victim)
+            if best is None or queued > best[0]:
+                best = (queued, victim, unstarted[-1])
+        return None if best is None else (best[1], best[2])
 
     # ------------------------------------------------------------------ losses
 
@@ -160,21 +238,29 @@ class WaitingSlaves:
 
     def __init__(self):
         self._waiters: Dict[Waiter, None] = {}   # an insertion-ordered set
+        self._woken: Dict[Waiter, None] = {}     # woken, not yet back in take_tasks
 
     def add(self, waiter: Waiter) -> None:
         self._waiters[waiter] = None
 
     def discard(self, waiter: Waiter) -> None:
         self._waiters.pop(waiter, None)
+        self._woken.pop(waiter, None)
 
     def __len__(self) -> int:
         return len(self._waiters)
+
+    def idle_for(self, tag: str, process_id: int) -> bool:
+        """Does a slave other than ``process_id`` wait (or was just woken) for a task of ``tag``?"""
+        return any(tag in w.tags and w.process_id != process_id
+                   for waiters in (self._woken, self._waiters) for w in waiters)
 
     def wake_one(self, tag: str, skip: Optional[int] = None) -> None:
         """Wake the longest-waiting thread that can run ``tag`` (not one of process ``skip``)."""
         for waiter in self._waiters:
             if tag in waiter.tags and waiter.process_id != skip:
                 del self._waiters[waiter]
+                self._woken[waiter] = None
                 waiter.woken = True
                 waiter.condition.notify()
                 return
@@ -185,6 +271,8 @@ class WaitingSlaves:
         for waiter in [w for w in self._waiters if w.process_id == process_id]:
             del self._waiters[waiter]
             waiter.condition.notify()
+        for waiter in [w for w in self._woken if w.process_id == process_id]:
+            del self._woken[waiter]
 
     def wake_all(self) -> None:
         for waiter in list(self._waiters):

@@ -29,7 +29,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import OK, TERMINATED, UNKNOWN, Answer, object_name, tasks_to_wire
+from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, object_name, tasks_to_wire
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +78,31 @@ class TaskManagerService:
 
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,
-                 wait: float) -> Tuple[str, list]:
+                 wait: float) -> Tuple[str, list, list]:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
         if answers:
             self._manager.store_answers(process_id, (Answer(*answer) for answer in answers))
         self._bind(process_id)
-        if max_tasks <= 0:
-            return OK, []
-        try:
-            tasks = self._manager.take_tasks(process_id, max_tasks, wait)
-        except TaskManagerTermination:
-            return TERMINATED, []
-        except UnknownProcessError:
-            return UNKNOWN, []
-        return OK, tasks_to_wire(tasks)
+        tasks = []
+        if max_tasks > 0:
+            try:
+                tasks = self._manager.take_tasks(process_id, max_tasks, wait)
+            except TaskManagerTermination:
+                return TERMINATED, [], []
+            except UnknownProcessError:
+                return UNKNOWN, [], []
+        return OK, tasks_to_wire(tasks), self._manager.take_revoked(process_id)
 
     @Pyro5.server.expose
     def watch(self, process_id: int, stats: dict, timeout: float) -> str:
-        """Heartbeat, then wait up to ``timeout`` s for the end of the job."""
+        """Heartbeat, then wait up to ``timeout`` s for the end of the job or a revocation."""
         if self._manager.terminated:
             return TERMINATED
         self._bind(process_id)
         if not self._manager.heartbeat(process_id, stats):
             return UNKNOWN
-        if self._manager.wait_terminated(max(0.0, min(timeout, 3600.0))):
-            return TERMINATED
-        return OK
+        terminated, revoked = self._manager.wait_for_news(process_id, max(0.0, min(timeout, 3600.0)))
+        return TERMINATED if terminated else REVOKED if revoked else OK
 
     @Pyro5.server.expose
     def get_data(self, label: str) -> Tuple[bool, object]:

@@ -150,3 +150,29 @@ def slave_restarts(explicit=None) -> int:
             raise ConfigurationError(f"slave_restarts must be a whole number >= 0, got {explicit!r}")
         return explicit
     return int(number("SLAVE_RESTARTS", 5))
+
+
+_SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def memory_budget(explicit=None) -> int:
+    """Bytes of waiting parameters, and of results not yet retrieved, the master holds
+    before it makes requests and slaves wait (``SCIENTIFIC_MS_MEMORY_BUDGET``; a number
+    of bytes or with K, M, G, T; default a quarter of this machine's memory)."""
+    if explicit is None:
+        text = raw("MEMORY_BUDGET")
+        if text is None:
+            import psutil
+            return psutil.virtual_memory().total // 4
+        where = f"{PREFIX}MEMORY_BUDGET={text!r}"
+    else:
+        text, where = str(explicit), f"memory_budget={explicit!r}"
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = value[-1:] if value[-1:] in _SIZE_SUFFIXES and value[-1:] else ""
+    try:
+        result = int(float(value[:len(value) - len(suffix)]) * _SIZE_SUFFIXES[suffix])
+    except ValueError:
+        raise ConfigurationError(f"{where}: expected a number of bytes, e.g. 8G or 500M") from None
+    if result <= 0:
+        raise ConfigurationError(f"{where}: must be more than 0 bytes")
+    return result

@@ -35,7 +35,7 @@ from .feed import END, TaskFeed
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters, loads_value
-from .protocol import OK, TERMINATED, UNKNOWN, Answer, TaskMessage
+from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, TaskMessage
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class SlaveProcess:
         self._main_done = threading.Event()
         self._current_task: Optional[str] = None
         self._master_gone: Optional[str] = None
+        self._feed: Optional[TaskFeed] = None
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -138,7 +139,7 @@ class SlaveProcess:
             self.done = True   # the watch thread ends when its long-poll returns
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
-        feed = TaskFeed(self._connection, self.process_id, self._rejoin)
+        self._feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
         feed.start()
         try:
             while True:
@@ -151,9 +152,7 @@ class SlaveProcess:
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
-                started = time.perf_counter()
-                answer = self._run(handlers[task.tag], task)
-                feed.put_answer(answer, time.perf_counter() - started)
+                feed.put_answer(self._run(handlers[task.tag], task))
         except ConnectionLostError as error:
             if self._master_gone is not None:
                 raise ConnectionLostError(self._master_gone) from None
@@ -171,6 +170,7 @@ class SlaveProcess:
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
         task_id, tag = task.task_id, task.tag
         self._current_task = task_id
+        started = time.perf_counter()
         try:
             parameters = loads_parameters(task.payload, self._fetch_state)
             with time_limit(task.time_limit, f"task {task_id} (do_{tag})"):
@@ -180,9 +180,10 @@ class SlaveProcess:
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
-            return Answer(task_id, task.assignment, True, data, "")
+            return Answer(task_id, task.assignment, True, data, "", time.perf_counter() - started)
         except Exception as error:
-            return Answer(task_id, task.assignment, False, dumps_exception(error), format_exception(error))
+            return Answer(task_id, task.assignment, False, dumps_exception(error), format_exception(error),
+                          time.perf_counter() - started)
         finally:
             self._current_task = None
 
@@ -243,6 +244,8 @@ class SlaveProcess:
                 break
             if status == UNKNOWN:
                 self._rejoin(process_id, connection)
+            elif status == REVOKED and self._feed is not None:
+                self._feed.poke()
         connection.close()
 
     def _reconnect(self, reason: str) -> Optional[MasterConnection]:

@@ -12,7 +12,7 @@ from .registry import Registry
 
 #: Counters that the status always reports (0 until they first move).
 STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
-                   "duplicates_dropped", "processes_lost")
+                   "duplicates_dropped", "processes_lost", "stolen")
 
 
 def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,

@@ -15,7 +15,14 @@ from conftest import wait_for
 
 @pytest.fixture
 def manager(clock):
-    return TaskManager(clock=clock)
+    return short_tasks(TaskManager(clock=clock))
+
+
+def short_tasks(manager):
+    """Tasks of "f" and "g" are known to be short, so slaves may take them in batches."""
+    manager.expect_duration("f", 0.0)
+    manager.expect_duration("g", 0.0)
+    return manager
 
 
 def answer(task, value, ok=True):
@@ -389,7 +396,7 @@ def test_a_slave_waiting_for_work_is_not_declared_dead(manager, clock):
 
 
 def test_a_slave_dying_with_a_batch_blames_nobody_and_suspects_run_alone(clock):
-    manager = TaskManager(clock=clock, max_slave_losses=2)
+    manager = short_tasks(TaskManager(clock=clock, max_slave_losses=2))
     ids = [manager.add_task("f", b"") for _ in range(4)]
     a = manager.register_process("slave", tags=["f"])
     assert len(manager.take_tasks(a, 4)) == 4
@@ -407,7 +414,7 @@ def test_a_slave_dying_with_a_batch_blames_nobody_and_suspects_run_alone(clock):
 
 
 def test_innocent_batch_mates_of_a_poison_task_survive(clock):
-    manager = TaskManager(clock=clock, max_slave_losses=2)
+    manager = short_tasks(TaskManager(clock=clock, max_slave_losses=2))
     poison = manager.add_task("f", b"poison")
     others = [manager.add_task("f", b"fine") for _ in range(3)]
     done = set()
@@ -436,3 +443,51 @@ def test_wait_for_slaves(manager):
     manager.terminate()
     with pytest.raises(TaskManagerTermination):
         manager.wait_for_slaves(2, timeout=30)
+
+
+def measured(task, value, seconds):
+    return answer(task, value) + (seconds,)
+
+
+def test_the_manager_learns_durations_from_the_answers(clock):
+    manager = TaskManager(clock=clock)
+    slave = manager.register_process("slave", tags=["f"])
+    for _ in range(20):
+        manager.add_task("f", b"")
+    [first] = manager.take_tasks(slave, 20)             # not measured yet: one at a time
+    manager.store_answers(slave, [measured(first, 0, 0.004)])
+    assert len(manager.take_tasks(slave, 20)) == 6      # the task it runs + 20 ms of 4 ms tasks
+
+
+def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manager):
+    holder = manager.register_process("slave", tags=["f"])
+    for _ in range(3):
+        manager.add_task("f", b"")
+    held = manager.take_tasks(holder, 3)
+    assert len(held) == 3
+    thief = manager.register_process("slave", tags=["f"])   # joins late
+    last_id, last_assignment = held[-1].task_id, held[-1].assignment
+    [stolen] = manager.take_tasks(thief, 1)             # nothing waits: it takes the last held one
+    assert stolen.task_id == last_id and stolen.assignment != last_assignment
+    assert manager.wait_for_news(holder, 0.0) == (False, True)
+    assert manager.take_revoked(holder) == [last_assignment]
+    assert manager.take_revoked(holder) == []
+    late = (last_id, last_assignment, True, pickle.dumps("holder"), "")
+    assert manager.store_answers(holder, [late]) == 1   # it ran anyway, and answered first
+    assert manager.store_answers(thief, [answer(stolen, "thief")]) == 0
+    assert manager.counters["stolen"] == 1 and manager.counters["duplicates_dropped"] == 1
+
+
+def test_a_task_requested_while_a_slave_waits_is_not_prefetched_by_a_busy_one(manager):
+    busy = manager.register_process("slave", tags=["f"])
+    idle = manager.register_process("slave", tags=["f"])
+    manager.add_task("f", b"")
+    manager.take_tasks(busy, 1)
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(manager.take_tasks(idle, 1, timeout=60)))
+    waiting.start()
+    wait_for(lambda: manager.slaves_waiting_for_work() == 1, what="the idle slave to wait")
+    new = manager.add_task("f", b"")
+    assert manager.take_tasks(busy, 10) == []           # the busy slave asks first ...
+    waiting.join(10)
+    assert [t.task_id for t in got[0]] == [new]          # ... the idle one gets it

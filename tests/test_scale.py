@@ -24,7 +24,7 @@ def test_hundreds_of_connected_slaves_all_get_work():
                 connection = MasterConnection("127.0.0.1", master.port, master.secret, "crowd", timeout=60)
                 status, process_id = connection.call("register", "slave", {"pid": index}, ["f"], 1.0)
                 # Every slave holds its task until all of them have one: all connected at once.
-                status, tasks = connection.call("exchange", process_id, [], 1, 60.0)
+                status, tasks, _revoked = connection.call("exchange", process_id, [], 1, 60.0)
                 got[index] = tasks
                 barrier.wait()
                 answers = [(task[0], task[1], True, b"\x80\x05K\x01.", "") for task in tasks]

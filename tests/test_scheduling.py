@@ -4,7 +4,7 @@ import pytest
 
 from scientific_ms.registry import Registry
 from scientific_ms.results import ResultStore
-from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, Scheduler
+from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, QUEUE_SECONDS, Durations, Scheduler
 from scientific_ms.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
 
 
@@ -30,8 +30,14 @@ def test_every_state_has_its_moves_and_delivered_is_final():
 
 # ------------------------------------------------------------------ scheduling
 
+def short(scheduler, *tags):
+    for tag in tags or ("f",):
+        scheduler.durations.expect(tag, 0.0)
+    return scheduler
+
+
 def test_requeued_tasks_come_first_across_tags():
-    scheduler, registry = Scheduler(3), Registry()
+    scheduler, registry = short(Scheduler(3), "f", "g"), Registry()
     proc = slave(registry, tags=("f", "g"))
     old_f, new_g = make_tasks(1, "f", start=1)[0], make_tasks(1, "g", start=2)[0]
     requeued = make_tasks(1, "g", start=3)[0]
@@ -51,7 +57,7 @@ def test_a_slave_gets_only_tags_it_handles():
 
 
 def test_a_batch_is_at_most_a_fair_share_of_what_waits():
-    scheduler, registry = Scheduler(3), Registry()
+    scheduler, registry = short(Scheduler(3)), Registry()
     for task in make_tasks(100):
         scheduler.enqueue(task)
     proc = slave(registry)
@@ -60,7 +66,7 @@ def test_a_batch_is_at_most_a_fair_share_of_what_waits():
 
 
 def test_a_batch_stops_at_the_payload_limit():
-    scheduler, registry = Scheduler(3), Registry()
+    scheduler, registry = short(Scheduler(3)), Registry()
     big = BATCH_PAYLOAD_LIMIT // 2 + 1
     for task in make_tasks(5, payload=b"x" * big):
         scheduler.enqueue(task)
@@ -151,3 +157,63 @@ def test_results_are_delivered_once_in_completion_order_by_any_index():
     assert store.deliver() is None and store.deliver("f") is None and len(store) == 0
     assert table.outstanding() == 0
     assert counters == {"finished": 3, "delivered": 3, "duplicates_dropped": 1}
+
+
+# ------------------------------------------------------------------ durations and balance
+
+def test_a_tag_not_measured_counts_as_long():
+    scheduler, registry = Scheduler(3), Registry()
+    for task in make_tasks(10):
+        scheduler.enqueue(task)
+    proc = slave(registry)
+    [first] = scheduler.select(proc, 10, 1)            # the task it runs, and nothing queued
+    proc.running[1] = first
+    assert scheduler.select(proc, 10, 1) == []         # busy: no unknown work queued behind
+
+
+def test_queued_work_is_about_one_round_trip_by_the_tags_estimates():
+    scheduler, registry = Scheduler(3), Registry()
+    scheduler.durations.record("f", 0.005)
+    for task in make_tasks(100):
+        scheduler.enqueue(task)
+    # the task it runs, then 20 ms of 5 ms tasks queued behind it
+    assert len(scheduler.select(slave(registry), 100, 1)) == 1 + int(QUEUE_SECONDS / 0.005)
+
+
+def test_measurements_move_the_estimate():
+    durations = Durations()
+    durations.expect("f", 1.0)
+    durations.expect("f", 5.0)                          # a hint never overrides
+    assert durations.estimate("f") == 1.0
+    for _ in range(50):
+        durations.record("f", 0.01)
+    assert durations.estimate("f") == pytest.approx(0.01, rel=0.01)
+    assert durations.estimate("g") is None
+
+
+def test_nobody_prefetches_what_an_idle_slave_could_run():
+    scheduler, registry = short(Scheduler(3)), Registry()
+    for task in make_tasks(5):
+        scheduler.enqueue(task)
+    busy = slave(registry)
+    busy.running[1] = make_tasks(1, start=9)[0]
+    assert scheduler.select(busy, 5, 2, idle_elsewhere=lambda tag: True) == []
+    assert len(scheduler.select(busy, 5, 2, idle_elsewhere=lambda tag: False)) == 2   # fair share
+
+
+def test_an_idle_slave_steals_the_last_unstarted_task_of_the_most_loaded():
+    scheduler, registry = short(Scheduler(3)), Registry()
+    light, heavy, thief = slave(registry), slave(registry), slave(registry)
+    light_tasks, heavy_tasks = make_tasks(2, start=1), make_tasks(4, start=10)
+    for n, task in enumerate(light_tasks):
+        light.running[n] = task
+    for n, task in enumerate(heavy_tasks):
+        heavy.running[10 + n] = task
+    scheduler.durations.record("f", 0.001)
+    assert scheduler.steal(thief, registry) == (heavy, heavy_tasks[-1])
+    heavy.running.clear()
+    light.running = {0: light_tasks[0]}                 # only the task it runs: nothing to steal
+    assert scheduler.steal(thief, registry) is None
+    thief.running[99] = make_tasks(1, start=99)[0]     # a busy slave does not steal
+    light.running[1] = light_tasks[1]
+    assert scheduler.steal(thief, registry) is None
