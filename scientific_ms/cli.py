@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import psutil
 
-from . import discovery, logs, settings
+from . import discovery, leaving, logs, settings
 from .client import MasterConnection, connect
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from .progress import LiveView, format_duration
@@ -331,6 +331,7 @@ def _list_json(entry: _Entry) -> Dict:
 
 def slave(args) -> int:
     """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
+    leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
     connection = _connect(args)
     try:
         found, source = connection.call("get_data", "slave_code", timeout=STATUS_TIMEOUT)

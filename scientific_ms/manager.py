@@ -163,9 +163,33 @@ class TaskManager:
             log.debug("registered %s %s, tags %s", role, process_id, sorted(tagset or ()))
             return process_id
 
-    def unregister_process(self, process_id: int) -> None:
-        """A process leaves cleanly; tasks it still holds go back to the queue front."""
+    def unregister_process(self, process_id: int, abandoned: Iterable[int] = ()) -> None:
+        """A process leaves cleanly; tasks it still holds go back to the queue front.
+
+        ``abandoned``: assignments it had started and gives up as it leaves
+        (a handler ended the slave). Each counts as a loss of its task, as a
+        death would; the tasks it holds but never started are returned without blame.
+        """
         with self._lock:
+            proc = self._processes.get(process_id)
+            failed = 0
+            for assignment in abandoned if proc is not None else ():
+                task = proc.running.pop(assignment, None)
+                if task is None or task.state is not TaskState.RUNNING or task.assignment != assignment:
+                    continue
+                task.suspect = True
+                task.lost_slaves.append(f"{proc.describe()}, which left while running it")
+                if len(task.lost_slaves) >= self.max_slave_losses:
+                    self._fail(task, SlaveLostError(
+                        f"task {task.task_id} lost its slave {len(task.lost_slaves)} times "
+                        f"({'; '.join(task.lost_slaves)}); giving up on it"))
+                    failed += 1
+                else:
+                    self._requeue(task)
+                log.warning("%s left while running task %s; counted as a loss of that task",
+                            proc.describe(), task.task_id)
+            if failed:
+                self._answer_ready.notify_all()
             self._remove_process(process_id, reason=None)
 
     def process_lost(self, process_id: int, reason: str) -> bool:

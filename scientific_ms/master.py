@@ -207,7 +207,8 @@ class MasterProcess:
             if self.tls_cert and not settings.raw("TLS_CA"):
                 env["SCIENTIFIC_MS_TLS_CA"] = self.tls_cert   # right for a self-signed certificate
             self._supervisor = SlaveSupervisor([sys.executable, "-m", "scientific_ms", "slave", self.label],
-                                               env, cwd, self.slave_restarts)
+                                               env, cwd, self.slave_restarts,
+                                               job_over=lambda: self.task_manager.terminated)
         self._supervisor.launch(n)
 
     def wait_for_slaves(self, count: int = 1, timeout: Optional[float] = None) -> None:

@@ -77,11 +77,12 @@ class TaskManagerService:
         return OK, process_id
 
     @Pyro5.server.expose
-    def unregister(self, process_id: int) -> None:
+    def unregister(self, process_id: int, abandoned: Optional[List[int]] = None) -> None:
+        """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each)."""
         with self._lock:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
-        self._manager.unregister_process(process_id)
+        self._manager.unregister_process(process_id, abandoned=abandoned or ())
 
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,

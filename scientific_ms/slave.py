@@ -26,9 +26,9 @@ import random
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
-from . import discovery, settings
+from . import discovery, leaving, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
 from .feed import END, TaskFeed
@@ -85,6 +85,7 @@ class SlaveProcess:
         self._leaving = threading.Event()
         self._main_done = threading.Event()
         self._current_task: Optional[str] = None
+        self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._master_gone: Optional[str] = None
 
     def terminationTest(self) -> bool:
@@ -113,6 +114,7 @@ class SlaveProcess:
         if status != OK:
             log.info("the master of %r has already finished", self.label)
             self._connection.close()
+            leaving.announce()
             return
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
@@ -124,9 +126,12 @@ class SlaveProcess:
             clean = True
         finally:
             self._leaving.set()   # no more heartbeats or rejoining: we are leaving
-            if clean or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                try:  # say goodbye before closing, so that no closing connection reads as a death
-                    self._connection.call("unregister", self.process_id, timeout=5.0)
+            if clean or isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+                # Say goodbye before closing, so that no closing connection reads as a death;
+                # name the task a handler was running when it ended the slave: that one is lost.
+                abandoned = [self._abandoned] if self._abandoned else []
+                try:
+                    self._connection.call("unregister", self.process_id, *abandoned, timeout=5.0)
                 except ScientificMSError:
                     pass
             self._main_done.set()
@@ -136,6 +141,7 @@ class SlaveProcess:
             if self._data_connection is not None:
                 self._data_connection.close()
             self.done = True   # the watch thread ends when its long-poll returns
+        leaving.announce()   # reached only when serving ended cleanly
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         feed = TaskFeed(self._connection, self.process_id, self._rejoin)
@@ -184,6 +190,9 @@ class SlaveProcess:
             return (task_id, assignment, True, data, "")
         except Exception as error:
             return (task_id, assignment, False, dumps_exception(error), format_exception(error))
+        except BaseException:   # KeyboardInterrupt, SystemExit: the handler ends this slave mid-task
+            self._abandoned.append(assignment)
+            raise
         finally:
             self._current_task = None
 
