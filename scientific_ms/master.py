@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import auth, discovery, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from .logs import apply_debug_flag
+from .limits import check_state
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
 from .payload import GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label
@@ -157,6 +158,7 @@ class MasterProcess:
                 data = dumps_value(value)
             except Exception as error:
                 raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
+            check_state(name, len(data))
             self.task_manager.store_data(state_label(state_id, name), data)
         self.global_states[state_id] = list(values)
         return state_id

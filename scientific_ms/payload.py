@@ -14,6 +14,7 @@ import traceback as traceback_module
 from typing import Any, Callable, Optional, Tuple
 
 from .errors import ConfigurationError, RemoteError, SerializationError
+from .limits import check_parameters
 
 PROTOCOL = 5
 
@@ -82,6 +83,7 @@ def dumps_parameters(tag: str, parameters: Tuple,
         raise SerializationError(
             f"requestTask({tag!r}, ...): parameter {culprit} cannot be pickled "
             f"({type(error).__name__}: {error}); only picklable values can be sent to a slave") from error
+    check_parameters(tag, buffer.tell())
     return buffer.getvalue()
 
 

@@ -32,6 +32,7 @@ from . import discovery, leaving, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
 from .feed import END, TaskFeed
+from .limits import check_result
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
@@ -187,6 +188,7 @@ class SlaveProcess:
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
+            check_result(tag, len(data))
             return (task_id, assignment, True, data, "")
         except Exception as error:
             return (task_id, assignment, False, dumps_exception(error), format_exception(error))
