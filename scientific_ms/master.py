@@ -19,7 +19,8 @@ from .logs import apply_debug_flag
 from .limits import check_state
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
-from .payload import GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label
+from .payload import (GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label,
+                      unreadable_answer)
 from .progress import master_progress
 from .server import MasterServer
 from .supervisor import SlaveSupervisor
@@ -141,7 +142,8 @@ class MasterProcess:
         try:
             value = loads_answer(outcome.payload, outcome.task_id)
         except Exception as error:
-            raise TaskRaisedException(outcome.task_id, outcome.tag, error, str(error)) from error
+            exception, remote_traceback = unreadable_answer(outcome.ok, outcome.traceback, error)
+            raise TaskRaisedException(outcome.task_id, outcome.tag, exception, remote_traceback) from error
         if not outcome.ok:
             raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
         return outcome.task_id, outcome.tag, value

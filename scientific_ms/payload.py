@@ -131,4 +131,18 @@ def loads_answer(payload: bytes, task_id: str) -> Any:
     except Exception as error:
         raise SerializationError(
             f"the answer to task {task_id} cannot be unpickled in the master "
-            f"({type(error).__name__}: {error}); is its class importable here?") from error
+            f"({type(error).__name__}: {error}); a class defined only in the slave's script (its "
+            f"__main__) is unknown here: define it in a module that master and slaves both import") from error
+
+
+def unreadable_answer(ok: bool, traceback: str, error: Exception) -> Tuple[BaseException, str]:
+    """(exception, traceback text) to report for an answer the master cannot unpickle.
+
+    The slave's text survives: an exception becomes a RemoteError carrying
+    the slave's message, with the remote traceback; a result, the error
+    naming the class that could not be found.
+    """
+    if not ok and traceback.strip():
+        message = traceback.rstrip().splitlines()[-1]
+        return (RemoteError(f"{message} (the master cannot rebuild this exception: {error})"), traceback)
+    return error, "(no remote traceback: the slave computed the result, the master cannot unpickle it)\n"
