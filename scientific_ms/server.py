@@ -29,6 +29,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
+from .watches import WatchWaits
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class TaskManagerService:
         self._manager = manager
         self._lock = threading.Lock()
         self._processes_by_connection: Dict[object, Set[int]] = {}
+        self.watches = WatchWaits()   # heartbeat long-polls, ended early for slaves that are gone
 
     # -- bookkeeping of which connection speaks for which process
 
@@ -63,6 +65,7 @@ class TaskManagerService:
         for process_id in process_ids:
             if self._manager.process_lost(process_id, "its connection dropped"):
                 log.debug("process %s declared dead: connection closed", process_id)
+        self.watches.wake(process_ids)
 
     # -- the exposed calls
 
@@ -83,6 +86,7 @@ class TaskManagerService:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
         self._manager.unregister_process(process_id, abandoned=abandoned or ())
+        self.watches.wake([process_id])
 
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,
@@ -113,9 +117,8 @@ class TaskManagerService:
         self._bind(process_id)
         if not self._manager.heartbeat(process_id, stats):
             return UNKNOWN
-        if self._manager.wait_terminated(max(0.0, min(timeout, 3600.0))):
-            return TERMINATED
-        return OK
+        self.watches.wait(process_id, max(0.0, min(timeout, 3600.0)))
+        return TERMINATED if self._manager.terminated else OK
 
     @Pyro5.server.expose
     def get_data(self, label: str) -> Tuple[bool, object]:
@@ -255,6 +258,8 @@ class MasterServer:
         ]
         for thread in self._threads:
             thread.start()
+        # Not joined by close(): it ends when the manager is terminated, which may come later.
+        threading.Thread(target=self._end_watches, name=f"scientific_ms-end-{label}", daemon=True).start()
 
     def _bind(self, host: str, port: Optional[int], label: str, secret: bytes) -> _AuthenticatingDaemon:
         if port is not None:
@@ -271,10 +276,15 @@ class MasterServer:
     def _reap(self) -> None:
         while not self._stop.wait(self._reaper_interval):
             try:
-                self.manager.check_liveness(expected_interval=self._reaper_interval)
+                self.service.watches.wake(self.manager.check_liveness(expected_interval=self._reaper_interval))
                 self.manager.check_time_limits()
             except Exception:  # never let the reaper die silently
                 log.exception("liveness check failed")
+
+    def _end_watches(self) -> None:
+        """Wake every heartbeat long-poll when the job ends, so that slaves learn it at once."""
+        self.manager.wait_terminated(None)
+        self.service.watches.wake_all()
 
     def close(self) -> None:
         self._stop.set()
