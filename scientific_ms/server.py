@@ -29,6 +29,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
+from .unserved import UnservedTags
 from .watches import WatchWaits
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,7 @@ class MasterServer:
         self.host = host
         self._stop = threading.Event()
         self._reaper_interval = reaper_interval
+        self._unserved = UnservedTags(label)   # warns in the master's log about tasks no slave can run
         self._threads = [
             threading.Thread(target=self.daemon.requestLoop, name=f"scientific_ms-daemon-{label}", daemon=True),
             threading.Thread(target=self._reap, name=f"scientific_ms-reaper-{label}", daemon=True),
@@ -278,6 +280,7 @@ class MasterServer:
             try:
                 self.service.watches.wake(self.manager.check_liveness(expected_interval=self._reaper_interval))
                 self.manager.check_time_limits()
+                self._unserved.check(self.manager.status)
             except Exception:  # never let the reaper die silently
                 log.exception("liveness check failed")
 
