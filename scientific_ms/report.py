@@ -118,7 +118,7 @@ def format_table(header: List[str], rows: List[List[str]], right: Tuple[int, ...
 
 
 def format_processes(report: Dict) -> List[str]:
-    """One line per process: id, role, host, PID, tasks done, current task, heartbeat, CPU, memory."""
+    """One line per process: id, role, host, PID, tasks done, current task, heartbeat, CPU, memory, tags."""
     rows = []
     for proc in report["processes"]:
         running = proc["running"]
@@ -131,8 +131,9 @@ def format_processes(report: Dict) -> List[str]:
         rows.append([str(proc["id"]), proc["role"] or "?", proc["host"] or "?", str(proc["pid"] or "?"),
                      str(proc["tasks_done"]) if proc["role"] != "master" else "-",
                      current, task_time, _seconds(proc["seconds_since_heartbeat"]),
-                     "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"])])
-    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CPU%", "RSS"]
+                     "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"]),
+                     "-" if proc["tags"] is None else ",".join(proc["tags"]) or "-"])
+    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CORE%", "RSS", "TAGS"]
     return format_table(header, rows, right=(0, 3, 4, 6, 7, 8, 9))
 
 
@@ -149,7 +150,7 @@ def format_status(report: Dict, verbose: bool = False) -> str:
         if verbose:
             lines.extend(f"  {tag}: {n}" for tag, n in per_tag.items())
 
-    lines.append(f"{report['active_processes']} active processe(s)")
+    lines.append(_plural(report["active_processes"], "active process", "active processes"))
     section(f"{tasks['waiting']} waiting tasks", by_tag["waiting"])
     section(f"{tasks['running']} running tasks", by_tag["running"])
     section(f"{tasks['results_waiting']} results waiting to be retrieved", by_tag["results_waiting"])
