@@ -57,7 +57,10 @@ def _connect(args) -> MasterConnection:
     return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
 
 
-def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT) -> Dict:
+def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT, wait: float = 0.0) -> Dict:
+    """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
+    if wait > 0:
+        return connection.call("status", wait, timeout=timeout + wait)
     return connection.call("status", timeout=timeout)
 
 
@@ -91,6 +94,7 @@ def watch(args) -> int:
     drawn: Optional[Dict] = None
     next_draw = 0.0
     ended = None
+    wait = 0.0   # the first status at once; then each call returns early when the job ends
 
     def draw(report: Dict) -> None:
         header, *rest = format_status(report, args.verbose).splitlines()
@@ -102,17 +106,17 @@ def watch(args) -> int:
     try:
         while True:
             try:
-                status = _fetch_status(connection)
+                status = _fetch_status(connection, wait=wait)
             except ConnectionLostError as error:
                 log.info("%s", error)
                 break
+            wait = poll
             report = build_report(args.label, connection.address, status)
             if time.monotonic() >= next_draw or report["terminated"]:
                 draw(report)
                 drawn, next_draw = report, time.monotonic() + args.interval
             if report["terminated"]:
                 break
-            time.sleep(poll)  # the refresh period, not synchronisation
         if report is not None and report is not drawn:
             draw(report)
         code, ended = _watch_ending(args, connection, report)

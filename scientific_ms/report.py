@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from typing import Dict, List, Optional, Tuple
 
 from .progress import format_bar, format_bytes, format_duration
@@ -172,9 +173,28 @@ def progress_line(report: Dict, width: int = 30) -> str:
     tasks = report["tasks"]
     line = f"progress {format_bar(tasks['retrieved'], tasks['requested'], width)}"
     rate = report["throughput_per_second"]
-    outstanding = tasks["waiting"] + tasks["running"]
     if rate > 0:
         line += f"  {rate:.2f} tasks/s"
-        if outstanding and not report["terminated"]:
-            line += f"  ETA {format_duration(outstanding / rate)}"
+        remaining = estimated_seconds_left(report)
+        if remaining is not None:
+            line += f"  ETA {format_duration(math.ceil(remaining))}"
     return line
+
+
+def estimated_seconds_left(report: Dict) -> Optional[float]:
+    """Time until the tasks waiting and running are done, or None if unknown or nothing is left.
+
+    Not just outstanding / throughput, which reads 0:00 while the last few
+    long tasks still run: the slaves work through the outstanding tasks in
+    waves, each taking the mean task time (slaves / throughput), less what
+    the running tasks have already done.
+    """
+    tasks, rate = report["tasks"], report["throughput_per_second"]
+    outstanding = tasks["waiting"] + tasks["running"]
+    if not outstanding or rate <= 0 or report["terminated"]:
+        return None
+    slaves = max(1, report["slaves"])
+    per_task = slaves / rate
+    ages = [task.get("seconds") or 0.0 for proc in report["processes"] for task in proc["running"][:1]]
+    done_already = sum(ages) / len(ages) if ages else 0.0
+    return max(0.0, math.ceil(outstanding / slaves) * per_task - min(done_already, per_task))

@@ -129,7 +129,11 @@ class TaskManagerService:
             return False, str(error.args[0])
 
     @Pyro5.server.expose
-    def status(self) -> dict:
+    def status(self, wait: float = 0.0) -> dict:
+        """The manager's status; with ``wait`` > 0, after waiting up to that many seconds
+        for the job to end, so that a watcher reads the final state, not the one before it."""
+        if wait > 0:
+            self._manager.wait_terminated(min(float(wait), 60.0))
         return self._manager.status()
 
 
