@@ -80,6 +80,7 @@ class MasterProcess:
                                                   settings.use_name_server(use_name_server),
                                                   tls=tls_context is not None)
         except BaseException:
+            self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
             self._server.close()
             raise
         self.global_states: Dict[int, List[str]] = {}
