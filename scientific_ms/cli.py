@@ -528,6 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _program() -> str:
+    # A slave that a master spawned runs this command too, but nobody typed it.
+    return "scientific_ms" if leaving.spawned_by_master() else "task_manager"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -538,10 +543,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         logs.apply_debug_flag()
         return args.run(args)
     except AuthenticationError as error:
-        print(f"task_manager: wrong secret: {error}", file=sys.stderr)
+        print(f"{_program()}: wrong secret: {error}", file=sys.stderr)
         return 1
     except ScientificMSError as error:
-        print(f"task_manager: {error}", file=sys.stderr)
+        print(f"{_program()}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
