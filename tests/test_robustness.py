@@ -275,3 +275,114 @@ def test_an_exception_or_result_of_a_class_only_the_slave_knows_keeps_the_remote
         master.retrieveResult(timeout=60)
     assert isinstance(caught.value.exception, SerializationError)
     assert "Point" in str(caught.value.exception) and "import" in str(caught.value.exception)
+
+
+# ------------------------------------------------------------------ oddities
+
+CTRL_C_JOB = textwrap.dedent("""
+    import time
+    from scientific_ms import MasterProcess, SlaveProcess, runJob
+
+    class Master(MasterProcess):
+        def run(self):
+            self.wait_for_slaves(2, timeout=60)
+            print("READY", flush=True)
+            time.sleep(60)                              # the test sends Ctrl-C to the process group
+
+    class Worker(SlaveProcess):
+        def do_nothing(self):
+            pass
+
+    runJob("ctrlc", Master, Worker, launch_slaves=2)
+""")
+
+
+def test_ctrl_c_to_the_process_group_ends_the_job_without_replacing_slaves(processes, tmp_path):
+    script = tmp_path / "ctrlc.py"
+    script.write_text(CTRL_C_JOB)
+    master = processes.python(script, cwd=tmp_path, name="master")   # leads its own process group
+    wait_for(lambda: "READY" in processes.output(master), 30, "the master and its slaves")
+    slaves = slave_pids(master.pid)
+    os.killpg(master.pid, signal.SIGINT)                             # what Ctrl-C in its terminal does
+    code, out = processes.finish(master, 30)
+    assert "replacement" not in out, out
+    assert descendants_gone(slaves, timeout=10.0) == [], out
+    assert discovery.read_label_file("ctrlc") is None
+
+
+def test_a_label_folder_that_cannot_be_made_is_named_with_the_variable_that_moves_it(tmp_path, monkeypatch):
+    from scientific_ms import ConfigurationError
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("SCIENTIFIC_MS_REGISTRY", str(blocker / "registry"))
+    with pytest.raises(ConfigurationError, match=rf"{blocker}/registry.*a file.*SCIENTIFIC_MS_REGISTRY"):
+        MasterProcess("folder", use_name_server=False, port=0)
+    monkeypatch.delenv("SCIENTIFIC_MS_REGISTRY")
+    monkeypatch.setenv("HOME", str(tmp_path / "no" / "home"))
+    with pytest.raises(ConfigurationError, match=r"home does not exist.*SCIENTIFIC_MS_REGISTRY"):
+        MasterProcess("folder", use_name_server=False, port=0)
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_address_where_nothing_listens_is_not_a_master_found_without_a_secret(processes):
+    show = processes.task_manager("show", "-m", "127.0.0.1:1", "nothing", name="show")
+    code, out = processes.finish(show, 30)
+    assert code == 1 and "no secret" not in out and "nothing listens at 127.0.0.1:1" in out, out
+
+
+def test_a_waiting_slave_says_why_it_waits(processes):
+    waiting = processes.task_manager("slave", "-w", "later", name="waiting")
+    wait_for(lambda: "waiting for a master of 'later' to start" in processes.output(waiting), 30,
+             "the waiting slave's note")
+    assert waiting.poll() is None
+
+
+def test_prints_go_above_the_master_progress_bar(monkeypatch):
+    from scientific_ms.progress import ERASE_LINE, ProgressBar
+    screen = []
+
+    class Terminal:
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, text):
+            screen.append((self.name, text))
+            return len(text)
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return True
+
+    out, err = Terminal("out"), Terminal("err")
+    monkeypatch.setattr(sys, "stdout", out)
+    bar = ProgressBar(err, "job", max_rate=0)
+    bar.print_above()
+    bar.update(1, 4)
+    print("got sq_2", 1)
+    bar.close()
+    assert sys.stdout is out
+    printed = screen.index(("out", "got sq_2"))
+    assert screen[printed - 1] == ("err", "\r" + ERASE_LINE)            # the bar was erased first
+    assert screen[printed + 3] == ("out", "\n")                         # "got sq_2", " ", "1", "\n"
+    assert screen[printed + 4][0] == "err" and "1/4" in screen[printed + 4][1]   # then drawn below
+
+
+def test_watch_ends_with_the_final_state_not_the_last_sample(processes):
+    from test_cli import answer_all, end, fake_slave
+    master = MasterProcess("final", use_name_server=False, port=0)
+    try:
+        worker = fake_slave(master)
+        for i in range(4):
+            master.requestTask("work", i)
+        watcher = processes.task_manager("watch", "final", "-i", "2", name="watch")
+        wait_for(lambda: "0/4" in processes.output(watcher), 30, "a first table")
+        answer_all(master, worker, 4)            # and end at once, well within watch's poll period
+        for _ in range(4):
+            master.retrieveResult()
+    finally:
+        end(master)
+    code, out = processes.finish(watcher, 30)
+    assert code == 0 and out.rstrip().splitlines()[-1].endswith(
+        "has finished; last status: 4 of 4 results retrieved, 0 failed, 0:00 elapsed"), out
