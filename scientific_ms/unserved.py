@@ -23,8 +23,10 @@ FIRST_WARNING_SECONDS = 5.0
 #: Delay before the second warning; each later one waits twice as long, up to the maximum.
 REPEAT_SECONDS = 60.0
 MAX_REPEAT_SECONDS = 1800.0
-#: How often the status is read.
+#: How often the status is read: every second, but never for more than 1% of the time,
+#: since ``status()`` holds the manager's lock (about 9 ms with 1,000 slaves, 150 ms with 10,000).
 CHECK_SECONDS = 1.0
+MAX_SHARE = 0.01
 
 
 class UnservedTags:
@@ -44,8 +46,9 @@ class UnservedTags:
         now = self._clock()
         if now < self._next_check:
             return None
-        self._next_check = now + CHECK_SECONDS
+        started = time.perf_counter()
         report = status()
+        self._next_check = now + max(CHECK_SECONDS, (time.perf_counter() - started) / MAX_SHARE)
         tags = frozenset(report.get("unserved_tags", ())) if not report.get("terminated") else frozenset()
         if tags != self._tags:
             if self._warned and not tags:

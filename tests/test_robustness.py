@@ -386,3 +386,26 @@ def test_watch_ends_with_the_final_state_not_the_last_sample(processes):
     code, out = processes.finish(watcher, 30)
     assert code == 0 and out.rstrip().splitlines()[-1].endswith(
         "has finished; last status: 4 of 4 results retrieved, 0 failed, 0:00 elapsed"), out
+
+
+def test_the_unserved_tags_warning_comes_after_a_delay_then_ever_less_often(caplog):
+    from scientific_ms.unserved import FIRST_WARNING_SECONDS, REPEAT_SECONDS, UnservedTags
+    now = [0.0]
+    report = {"terminated": False, "unserved_tags": ["hits"], "tasks": {"waiting": {"hits": 2}},
+              "processes": [{"role": "master", "tags": None}, {"role": "slave", "tags": ["hit"]}]}
+    notice = UnservedTags("typo", clock=lambda: now[0])
+    warnings, message = [], None
+    for second in range(0, 400):
+        now[0] = float(second)
+        said = notice.check(lambda: report)
+        if said:
+            warnings.append(second)
+            message = said
+    first = int(FIRST_WARNING_SECONDS)
+    assert warnings == [first, first + int(REPEAT_SECONDS), first + 3 * int(REPEAT_SECONDS)]
+    assert "2 with tag 'hits'" in message and "handle 'hit'" in message and "task_manager slave typo" in message
+    report = dict(report, unserved_tags=[])
+    now[0] += 1
+    with caplog.at_level("WARNING", logger="scientific_ms.unserved"):
+        assert notice.check(lambda: report) is None
+    assert "now has a slave" in caplog.text
