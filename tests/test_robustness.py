@@ -409,3 +409,33 @@ def test_the_unserved_tags_warning_comes_after_a_delay_then_ever_less_often(capl
     with caplog.at_level("WARNING", logger="scientific_ms.unserved"):
         assert notice.check(lambda: report) is None
     assert "now has a slave" in caplog.text
+
+
+LOST_MASTER_JOB = textwrap.dedent("""
+    import time
+    from scientific_ms import MasterProcess, SlaveProcess, runJob
+
+    class Master(MasterProcess):
+        def run(self):
+            self.wait_for_slaves(1, timeout=60)
+            print("READY", flush=True)
+            time.sleep(60)                              # the test kills this master
+
+    class Worker(SlaveProcess):
+        def do_nothing(self):
+            pass
+
+    runJob("orphan", Master, Worker, launch_slaves=1)
+""")
+
+
+def test_a_spawned_slave_that_loses_its_master_does_not_speak_as_task_manager(processes, tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(LOST_MASTER_JOB)
+    master = processes.python(script, cwd=tmp_path, name="master")   # the slave writes to the same file
+    wait_for(lambda: "READY" in processes.output(master), 30, "the master and its slave")
+    slaves = slave_pids(master.pid)
+    master.send_signal(signal.SIGKILL)
+    assert descendants_gone(slaves, timeout=20.0) == []
+    out = processes.output(master)
+    assert "scientific_ms: slave of 'orphan' lost its master" in out and "task_manager:" not in out, out
