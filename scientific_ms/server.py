@@ -50,6 +50,8 @@ class TaskManagerService:
         self._lock = threading.Lock()
         self._processes_by_connection: Dict[object, Set[int]] = {}
         self.watches = WatchWaits()   # heartbeat long-polls, ended early for slaves that are gone
+        self._status_waits = 0        # status(wait=) calls not yet answered
+        self._status_waits_done = threading.Condition(self._lock)
 
     # -- bookkeeping of which connection speaks for which process
 
@@ -132,9 +134,23 @@ class TaskManagerService:
     def status(self, wait: float = 0.0) -> dict:
         """The manager's status; with ``wait`` > 0, after waiting up to that many seconds
         for the job to end, so that a watcher reads the final state, not the one before it."""
-        if wait > 0:
+        if wait <= 0:
+            return self._manager.status()
+        with self._lock:
+            self._status_waits += 1
+        try:
             self._manager.wait_terminated(min(float(wait), 60.0))
-        return self._manager.status()
+            return self._manager.status()
+        finally:
+            with self._lock:
+                self._status_waits -= 1
+                self._status_waits_done.notify_all()
+
+    def answer_status_waits(self, timeout: float) -> None:
+        """Let the status(wait=) calls woken by the end of the job return before their
+        connections close (Pyro5's shutdown then leaves their replies time to go out)."""
+        with self._lock:
+            self._status_waits_done.wait_for(lambda: not self._status_waits, timeout)
 
 
 class _AuthenticatingDaemon(Pyro5.server.Daemon):
@@ -295,6 +311,7 @@ class MasterServer:
 
     def close(self) -> None:
         self._stop.set()
+        self.service.answer_status_waits(1.0)   # watchers get the final state
         self.daemon.shutdown()
         self.daemon.close_connections()
         for thread in self._threads:
