@@ -439,3 +439,14 @@ def test_a_spawned_slave_that_loses_its_master_does_not_speak_as_task_manager(pr
     assert descendants_gone(slaves, timeout=20.0) == []
     out = processes.output(master)
     assert "scientific_ms: slave of 'orphan' lost its master" in out and "task_manager:" not in out, out
+
+
+def test_initialize_master_process_takes_the_options_of_master_process(processes, tmp_path):
+    script = tmp_path / "options.py"
+    script.write_text(textwrap.dedent("""
+        from scientific_ms import initializeMasterProcess
+        tasks = initializeMasterProcess("options", port=0, task_time_limit=2.5, max_slave_losses=1)
+        print(f"LIMIT {tasks.task_time_limit} LOSSES {tasks.task_manager.max_slave_losses}", flush=True)
+    """))
+    code, out = processes.finish(processes.python(script, cwd=tmp_path, name="master"), 30)
+    assert code == 0 and "LIMIT 2.5 LOSSES 1" in out, out
