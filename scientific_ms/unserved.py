@@ -24,7 +24,8 @@ FIRST_WARNING_SECONDS = 5.0
 REPEAT_SECONDS = 60.0
 MAX_REPEAT_SECONDS = 1800.0
 #: How often the status is read: every second, but never for more than 1% of the time,
-#: since ``status()`` holds the manager's lock (about 9 ms with 1,000 slaves, 150 ms with 10,000).
+#: since ``status()`` holds the manager's lock (3-9 ms with 1,000 slaves, 40-150 ms with 10,000,
+#: on a loaded 2-core machine: ``python benchmarks/housekeeping.py status``).
 CHECK_SECONDS = 1.0
 MAX_SHARE = 0.01
 
