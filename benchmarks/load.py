@@ -1,4 +1,4 @@
-"""Load: 1,000 slaves connected to one master at once (issue 5, scenario 9).
+"""Load: 1,000 slaves connected to one master at once.
 
     python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light]
                               [--watchdog 1.0] [--hold 6] [--short-tasks 20000]

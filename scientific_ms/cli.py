@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import discovery, logs, settings
+from . import discovery, leaving, logs, settings
 from .client import MasterConnection, connect
 from .launch import (endpoint_state, fetch_stored_code, master_state, run_slave_processes,
                      run_stored_code)
@@ -52,7 +52,10 @@ def _connect(args) -> MasterConnection:
     return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
 
 
-def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT) -> Dict:
+def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT, wait: float = 0.0) -> Dict:
+    """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
+    if wait > 0:
+        return connection.call("status", wait, timeout=timeout + wait)
     return connection.call("status", timeout=timeout)
 
 
@@ -86,6 +89,7 @@ def watch(args) -> int:
     drawn: Optional[Dict] = None
     next_draw = 0.0
     ended = None
+    wait = 0.0   # the first status at once; then each call returns early when the job ends
 
     def draw(report: Dict) -> None:
         header, *rest = format_status(report, args.verbose).splitlines()
@@ -97,17 +101,17 @@ def watch(args) -> int:
     try:
         while True:
             try:
-                status = _fetch_status(connection)
+                status = _fetch_status(connection, wait=wait)
             except ConnectionLostError as error:
                 log.info("%s", error)
                 break
+            wait = poll
             report = build_report(args.label, connection.address, status)
             if time.monotonic() >= next_draw or report["terminated"]:
                 draw(report)
                 drawn, next_draw = report, time.monotonic() + args.interval
             if report["terminated"]:
                 break
-            time.sleep(poll)  # the refresh period, not synchronisation
         if report is not None and report is not drawn:
             draw(report)
         code, ended = _watch_ending(args, connection, report)
@@ -286,6 +290,7 @@ def _list_json(entry: _Entry) -> Dict:
 
 def slave(args) -> int:
     """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
+    leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
     connection = _connect(args)
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
@@ -399,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _program() -> str:
+    # A slave that a master spawned runs this command too, but nobody typed it.
+    return "scientific_ms" if leaving.spawned_by_master() else "task_manager"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -409,10 +419,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         logs.apply_debug_flag()
         return args.run(args)
     except AuthenticationError as error:
-        print(f"task_manager: wrong secret: {error}", file=sys.stderr)
+        print(f"{_program()}: wrong secret: {error}", file=sys.stderr)
         return 1
     except ScientificMSError as error:
-        print(f"task_manager: {error}", file=sys.stderr)
+        print(f"{_program()}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

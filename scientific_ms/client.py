@@ -18,6 +18,8 @@ from .protocol import CALLS, object_name
 
 log = logging.getLogger(__name__)
 
+#: How often a slave that waits for its master says so in its log.
+WAIT_NOTE_SECONDS = 300.0
 class MasterConnection:
     """One authenticated connection; use it from the thread that made it."""
 
@@ -84,6 +86,14 @@ class MasterConnection:
             pass
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+        return True
+    except OSError:
+        return False
+
+
 def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional[str] = None,
             wait: bool = False, wait_timeout: Optional[float] = None) -> MasterConnection:
     """Find the master of ``label`` and connect to it.
@@ -94,11 +104,17 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
     deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
     delay = 0.1
     tls_context = tls.client_context()
+    next_note = time.monotonic()   # a wait that may last forever says why, now and then
     while True:
         tried: List[str] = []
         candidates, notes = discovery.candidates(label, master_host, key_file)
         for candidate in candidates:
             if candidate.secret is None:
+                # Only an address where something listens is "found"; a dead one is a miss.
+                if not any(_listening(host, candidate.port) for host in candidate.hosts):
+                    tried.append(f"{candidate.source}: nothing listens at "
+                                 f"{'/'.join(candidate.hosts)}:{candidate.port}")
+                    continue
                 raise ConfigurationError(
                     f"found the master of {label!r} through {candidate.source} but no secret: set "
                     f"SCIENTIFIC_MS_SECRET or SCIENTIFIC_MS_KEY_FILE (or --key-file) to the master's secret")
@@ -116,9 +132,12 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
                     raise
                 except MasterNotFoundError as error:
                     tried.append(f"{candidate.source}: {error}")
+        looked = "; ".join(tried + notes)
         if not wait or (deadline is not None and time.monotonic() >= deadline):
-            looked = "; ".join(tried + notes)
             hint = "start the master first, pass the master's HOST:PORT, or wait for it (-w / wait=True)"
             raise MasterNotFoundError(f"no master found for label {label!r} ({looked}); {hint}")
+        if time.monotonic() >= next_note:
+            log.warning("waiting for a master of %r to start (asked to wait; looked at: %s)", label, looked)
+            next_note = time.monotonic() + WAIT_NOTE_SECONDS
         time.sleep(delay)  # polling for a master that does not exist yet
         delay = min(1.0, delay * 2)

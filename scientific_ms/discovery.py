@@ -86,10 +86,30 @@ def label_file(label: str) -> Path:
 def private_registry() -> Path:
     """The registry folder, created private to the user (label files hold secrets)."""
     folder = settings.registry_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_mode & 0o077:
-        os.chmod(folder, 0o700)  # it holds secrets: only its owner may look inside
+    # A folder named by SCIENTIFIC_MS_REGISTRY is made with its parents; the default one is
+    # not, so that a HOME that does not exist is reported rather than created.
+    explicit = settings.raw("REGISTRY") is not None
+    try:
+        folder.mkdir(mode=0o700, parents=explicit, exist_ok=True)
+        if folder.stat().st_mode & 0o077:
+            os.chmod(folder, 0o700)  # it holds secrets: only its owner may look inside
+    except OSError as error:
+        raise registry_error(folder, error) from None
     return folder
+
+
+def registry_error(folder: Path, error: OSError) -> ConfigurationError:
+    """A clear error for a label folder that cannot be made or written."""
+    if isinstance(error, FileNotFoundError):
+        problem = f"{folder.parent} does not exist (is HOME right?)"
+    elif isinstance(error, (FileExistsError, NotADirectoryError)):
+        problem = f"{folder} or a folder above it is a file, not a folder"
+    elif isinstance(error, PermissionError):
+        problem = "permission denied"
+    else:
+        problem = error.strerror or str(error)
+    return ConfigurationError(f"cannot use the label folder {folder}: {problem}; a master writes its label "
+                              f"file there: set {settings.PREFIX}REGISTRY to a folder of yours to move it")
 
 
 def read_label_file(label: str) -> Optional[Dict]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import logging
+import signal
+import threading
 from pathlib import Path
-from typing import Optional, Type
+from typing import Any, Optional, Type
 
 from . import discovery, mpi
 from .errors import ConfigurationError
@@ -24,7 +26,9 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
 
     The process becomes the master, unless it runs as a slave: started by
     ``task_manager slave LABEL``, spawned by the master (``launch_slaves``
-    slaves on this machine), or an MPI rank other than 0. The master keeps
+    slaves on this machine), or an MPI rank other than 0. In a slave,
+    runJob does not return: the process exits when the slave ends, so code
+    after runJob runs in the master only, once its ``run()`` has ended. The master keeps
     the script's source so that ``task_manager slave LABEL`` can run more
     slaves, on any machine, in the master's working directory.
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
@@ -37,7 +41,9 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     context = discovery.current_slave_context()
     if context is not None and context.label == label:
         slave_class(label, watchdog_period=watchdog_period).start()
-        return
+        # As under MPI, a slave's runJob does not return into the script: the code
+        # after it (saving the results, say) belongs to the master.
+        raise SystemExit(0)
     if mpi.runs_under_mpi():
         mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress)
         return
@@ -54,13 +60,16 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                             slave_module: Optional[str] = None,
                             use_name_server: bool = True, *,
-                            progress: Optional[bool] = None) -> MasterProcess:
+                            progress: Optional[bool] = None, **options: Any) -> MasterProcess:
     """Start a master without subclassing; it shuts down when the interpreter exits.
 
     ``slave_script`` (a file) or ``slave_module`` (an importable module
     with ``do_<tag>`` functions) is stored so that ``task_manager slave
     LABEL`` and ``launchSlaveJobs`` can run slaves. Under mpiexec, ranks
     other than 0 become slaves running that code and exit when it ends.
+    Other keyword options (``task_time_limit``, ``port``, ``secret``,
+    ``slave_restarts``, ...) are those of :class:`MasterProcess`. SIGTERM
+    ends the interpreter as Ctrl-C does, so the master still shuts down.
     """
     if slave_script is not None and slave_module is not None:
         raise ConfigurationError("give slave_script or slave_module, not both")
@@ -80,10 +89,25 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"startSlaveProcess()\n")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
-    master = MasterProcess(label, use_name_server, progress=progress)
+    master = MasterProcess(label, use_name_server, progress=progress, **options)
     atexit.register(master.shutdown)
+    _exit_on_sigterm()
     if source is not None:
         master.store_slave_code(source, script, [script or slave_module])
     if mpi.runs_under_mpi():
         mpi.announce_master(master)
     return master
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that the atexit shutdown runs (slaves told, label file removed).
+
+    Only from the main thread, and only when nobody installed a handler.
+    """
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(128 + signum)

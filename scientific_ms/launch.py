@@ -148,7 +148,10 @@ def _claim_label_file(label: str, record: Dict) -> Path:
     folder = discovery.private_registry()
     path = folder / f"{label}.json"
     temporary = folder / f".{label}.{os.getpid()}.{record['token']}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise discovery.registry_error(folder, error) from None
     with os.fdopen(descriptor, "w") as stream:
         json.dump(record, stream)
     try:

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import sys
+import time
 from typing import Dict, List
 
 import psutil
@@ -41,17 +42,29 @@ def non_loopback_addresses() -> List[str]:
 
 
 class ResourceSampler:
-    """CPU % and resident memory of this process, sent with each heartbeat."""
+    """CPU % and resident memory of this process, sent with each heartbeat.
+
+    CPU % is psutil's: 100 is one core busy (so up to 100 x cores), averaged
+    since the previous sample. Over less than ``MIN_CPU_SECONDS`` it would be
+    noise (CPU time is counted in clock ticks), so the previous figure is
+    sent again, or none at first.
+    """
+
+    MIN_CPU_SECONDS = 0.5
 
     def __init__(self) -> None:
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only starts the interval
+        self._cpu_since = time.monotonic()
+        self._cpu = None
 
     def sample(self) -> Dict:
         try:
             with self._process.oneshot():
-                return {"cpu_percent": self._process.cpu_percent(None),
-                        "rss_bytes": self._process.memory_info().rss}
+                now = time.monotonic()
+                if now - self._cpu_since >= self.MIN_CPU_SECONDS:
+                    self._cpu, self._cpu_since = self._process.cpu_percent(None), now
+                return {"cpu_percent": self._cpu, "rss_bytes": self._process.memory_info().rss}
         except psutil.Error:
             return {}
 

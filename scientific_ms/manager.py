@@ -26,7 +26,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from .errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
                      TaskManagerTermination, TaskTimeLimitError, UnknownProcessError)
@@ -111,10 +111,15 @@ class TaskManager:
             log.debug("registered %s %s, tags %s", role, proc.process_id, sorted(tagset or ()))
             return proc.process_id
 
-    def unregister_process(self, process_id: int) -> None:
-        """A process leaves cleanly; tasks it still holds go back to the queue front."""
+    def unregister_process(self, process_id: int, abandoned: Iterable[int] = ()) -> None:
+        """A process leaves cleanly; tasks it still holds go back to the queue front.
+
+        ``abandoned``: assignments it had started and gives up as it leaves
+        (a handler ended the slave). Each counts as a loss of its task, as a
+        death would; the tasks it holds but never started are returned without blame.
+        """
         with self._lock:
-            self._remove_process(process_id, reason=None)
+            self._remove_process(process_id, reason=None, abandoned=frozenset(abandoned))
 
     def process_lost(self, process_id: int, reason: str) -> bool:
         """Declare a process dead (connection dropped, missed heartbeats).
@@ -506,7 +511,8 @@ class TaskManager:
         self.counters["rescheduled"] += 1
         self._enqueue(task, front=True)
 
-    def _remove_process(self, process_id: int, reason: Optional[str]) -> bool:
+    def _remove_process(self, process_id: int, reason: Optional[str],
+                        abandoned: FrozenSet[int] = frozenset()) -> bool:
         proc = self._registry.remove(process_id)
         if proc is None:
             return False
@@ -515,7 +521,8 @@ class TaskManager:
         proc.running.clear()
         if proc.news is not None:
             proc.news.notify_all()
-        decision = self._scheduler.on_loss(proc, held, died=reason is not None)
+        given_up = [task.task_id for task in held if task.assignment in abandoned]
+        decision = self._scheduler.on_loss(proc, held, died=reason is not None, abandoned=abandoned)
         for task in reversed(decision.requeue):   # each goes to the front: keep their order
             self._requeue(task)
         for task in decision.fail:
@@ -526,6 +533,9 @@ class TaskManager:
         if decision.fail:
             self._answer_ready.notify_all()
         self._slaves_changed.notify_all()
+        for task_id in given_up:
+            log.warning("%s left while running task %s; counted as a loss of that task",
+                        proc.describe(), task_id)
         if reason is None or self._terminated:
             log.debug("%s left (%s); %d task(s) returned to the queue",
                       proc.describe(), reason or "goodbye", len(decision.requeue))

@@ -13,10 +13,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import auth, discovery, launch, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from .logs import apply_debug_flag
+from .limits import check_state
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
 from .protocol import slave_environment
-from .payload import GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label
+from .payload import (GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label,
+                      unreadable_answer)
 from .progress import master_progress
 from .server import MasterServer
 from .supervisor import SlaveSupervisor
@@ -86,6 +88,7 @@ class MasterProcess:
                                                   settings.use_name_server(use_name_server),
                                                   tls=tls_context is not None)
         except BaseException:
+            self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
             self._server.close()
             raise
         self.global_states: Dict[int, List[str]] = {}
@@ -153,7 +156,8 @@ class MasterProcess:
         try:
             value = loads_answer(outcome.payload, outcome.task_id)
         except Exception as error:
-            raise TaskRaisedException(outcome.task_id, outcome.tag, error, str(error)) from error
+            exception, remote_traceback = unreadable_answer(outcome.ok, outcome.traceback, error)
+            raise TaskRaisedException(outcome.task_id, outcome.tag, exception, remote_traceback) from error
         if not outcome.ok:
             raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
         return outcome.task_id, outcome.tag, value
@@ -170,6 +174,7 @@ class MasterProcess:
                 data = dumps_value(value)
             except Exception as error:
                 raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
+            check_state(name, len(data))
             self.task_manager.store_data(state_label(state_id, name), data)
         self.global_states[state_id] = list(values)
         return state_id
@@ -215,7 +220,8 @@ class MasterProcess:
             # the master's certificate is the right CA for a self-signed one
             env = slave_environment(host, self.port, self.secret, tls_ca=self.tls_cert)
             self._supervisor = SlaveSupervisor(launch.slave_command(self.label), env, cwd,
-                                               self.slave_restarts)
+                                               self.slave_restarts,
+                                               job_over=lambda: self.task_manager.terminated)
         self._supervisor.launch(n)
 
     @property

@@ -14,6 +14,7 @@ import traceback as traceback_module
 from typing import Any, Callable, Optional, Tuple
 
 from .errors import ConfigurationError, RemoteError, SerializationError
+from .limits import check_parameters
 
 PROTOCOL = 5
 
@@ -82,6 +83,7 @@ def dumps_parameters(tag: str, parameters: Tuple,
         raise SerializationError(
             f"requestTask({tag!r}, ...): parameter {culprit} cannot be pickled "
             f"({type(error).__name__}: {error}); only picklable values can be sent to a slave") from error
+    check_parameters(tag, buffer.tell())
     return buffer.getvalue()
 
 
@@ -134,4 +136,18 @@ def loads_answer(payload: bytes, task_id: str) -> Any:
     except Exception as error:
         raise SerializationError(
             f"the answer to task {task_id} cannot be unpickled in the master "
-            f"({type(error).__name__}: {error}); is its class importable here?") from error
+            f"({type(error).__name__}: {error}); a class defined only in the slave's script (its "
+            f"__main__) is unknown here: define it in a module that master and slaves both import") from error
+
+
+def unreadable_answer(ok: bool, traceback: str, error: Exception) -> Tuple[BaseException, str]:
+    """(exception, traceback text) to report for an answer the master cannot unpickle.
+
+    The slave's text survives: an exception becomes a RemoteError carrying
+    the slave's message, with the remote traceback; a result, the error
+    naming the class that could not be found.
+    """
+    if not ok and traceback.strip():
+        message = traceback.rstrip().splitlines()[-1]
+        return (RemoteError(f"{message} (the master cannot rebuild this exception: {error})"), traceback)
+    return error, "(no remote traceback: the slave computed the result, the master cannot unpickle it)\n"

@@ -4,6 +4,12 @@ Shared by ``task_manager watch`` and the master's opt-in progress bar. Only
 the standard library; the escape sequences used (carriage return, "erase
 line", "cursor up N lines", "erase below") are the common VT100 subset that
 every terminal emulator understands.
+
+While the master's bar is on a terminal that is also its standard output,
+``print()`` goes through :class:`PrintAboveBar`: the bar is erased, the
+text printed, and the bar drawn again below it, as tqdm's ``write`` and
+rich's live displays do. (Neither is used: each costs 50-90 ms to import,
+and the bar needs only this.)
 """
 
 from __future__ import annotations
@@ -89,7 +95,9 @@ class ProgressBar:
         self._last_draw: Optional[float] = None
         self._state = (0, 0)
         self._drawn = False
+        self._visible = False    # the bar is on the screen's last line now
         self._closed = False
+        self._stdout: Optional["PrintAboveBar"] = None
 
     def update(self, done: int, total: int) -> None:
         if not self.enabled or self._closed:
@@ -107,6 +115,8 @@ class ProgressBar:
         self.update(counters["delivered"], counters["requested"])
 
     def close(self) -> None:
+        if self._stdout is not None and sys.stdout is self._stdout:
+            sys.stdout = self._stdout.stream
         if not self.enabled:
             return
         with self._lock:
@@ -116,6 +126,25 @@ class ProgressBar:
             if self._drawn:
                 self._draw(self._clock())
                 self._write("\n")
+                self._visible = False
+
+    def print_above(self) -> None:
+        """Route ``sys.stdout`` through the bar while it is shown (see PrintAboveBar)."""
+        if self.enabled and self._stdout is None and is_terminal(sys.stdout):
+            self._stdout = sys.stdout = PrintAboveBar(sys.stdout, self)
+
+    def hide(self) -> None:
+        """Erase the bar from its line, to print something there."""
+        with self._lock:
+            if self._visible:
+                self._write("\r" + ERASE_LINE)
+                self._visible = False
+
+    def show(self) -> None:
+        """Draw the bar again, after something was printed above it."""
+        with self._lock:
+            if self._drawn and not self._closed and not self._visible:
+                self._draw(self._clock())
 
     def line(self, now: Optional[float] = None) -> str:
         """The text of the bar for the current state (without control characters)."""
@@ -134,7 +163,7 @@ class ProgressBar:
 
     def _draw(self, now: float) -> None:
         self._last_draw = now
-        self._drawn = True
+        self._drawn = self._visible = True
         self._write("\r" + self.line(now)[:terminal_width() - 1] + ERASE_LINE)
 
     def _write(self, text: str) -> None:
@@ -143,6 +172,32 @@ class ProgressBar:
             self.stream.flush()
         except (OSError, ValueError):
             self.enabled = False  # the terminal went away; stay quiet from now on
+
+
+class PrintAboveBar:
+    """Stands for ``sys.stdout`` while a bar is drawn below on the same terminal.
+
+    Each write first erases the bar; a write that ends a line then draws
+    the bar again, so printed lines scroll up above it and never share its line.
+    """
+
+    def __init__(self, stream: IO, bar: ProgressBar):
+        self.stream = stream
+        self._bar = bar
+
+    def write(self, text: str) -> int:
+        self._bar.hide()
+        count = self.stream.write(text)
+        if text.endswith("\n"):
+            self.stream.flush()   # the text must reach the terminal before the bar does
+            self._bar.show()
+        return count
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 class LiveView:
@@ -198,4 +253,6 @@ def master_progress(label: str, requested: Optional[bool] = None) -> Optional[Pr
     wanted = settings.flag("PROGRESS", False) if requested is None else bool(requested)
     if not wanted or not is_terminal(sys.stderr):
         return None
-    return ProgressBar(sys.stderr, label)
+    bar = ProgressBar(sys.stderr, label)
+    bar.print_above()
+    return bar

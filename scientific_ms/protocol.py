@@ -64,12 +64,14 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 #: The calls a master serves (``server.TaskManagerService``):
 #:
 #: ``register(role, info, tags, watchdog_period) -> (status, process_id)``
-#: ``unregister(process_id)``                    a goodbye: held tasks go back unblamed
+#: ``unregister(process_id, abandoned=[])``     a goodbye: held tasks go back unblamed, except
+#:                                               the assignments it started and gave up (a loss each)
 #: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
 #: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end or a revocation
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
-#: ``status() -> dict``                          what ``task_manager show`` prints
+#: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
+#:                                               answered when the job ends, or after ``wait`` s
 CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status"})
 
 

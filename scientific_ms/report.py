@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from typing import Dict, List, Optional, Tuple
 
 from .progress import format_bar, format_bytes, format_duration
@@ -118,7 +119,7 @@ def format_table(header: List[str], rows: List[List[str]], right: Tuple[int, ...
 
 
 def format_processes(report: Dict) -> List[str]:
-    """One line per process: id, role, host, PID, tasks done, current task, heartbeat, CPU, memory."""
+    """One line per process: id, role, host, PID, tasks done, current task, heartbeat, CPU, memory, tags."""
     rows = []
     for proc in report["processes"]:
         running = proc["running"]
@@ -131,8 +132,9 @@ def format_processes(report: Dict) -> List[str]:
         rows.append([str(proc["id"]), proc["role"] or "?", proc["host"] or "?", str(proc["pid"] or "?"),
                      str(proc["tasks_done"]) if proc["role"] != "master" else "-",
                      current, task_time, _seconds(proc["seconds_since_heartbeat"]),
-                     "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"])])
-    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CPU%", "RSS"]
+                     "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"]),
+                     "-" if proc["tags"] is None else ",".join(proc["tags"]) or "-"])
+    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CORE%", "RSS", "TAGS"]
     return format_table(header, rows, right=(0, 3, 4, 6, 7, 8, 9))
 
 
@@ -149,7 +151,7 @@ def format_status(report: Dict, verbose: bool = False) -> str:
         if verbose:
             lines.extend(f"  {tag}: {n}" for tag, n in per_tag.items())
 
-    lines.append(f"{report['active_processes']} active processe(s)")
+    lines.append(_plural(report["active_processes"], "active process", "active processes"))
     section(f"{tasks['waiting']} waiting tasks", by_tag["waiting"])
     section(f"{tasks['running']} running tasks", by_tag["running"])
     section(f"{tasks['results_waiting']} results waiting to be retrieved", by_tag["results_waiting"])
@@ -171,9 +173,28 @@ def progress_line(report: Dict, width: int = 30) -> str:
     tasks = report["tasks"]
     line = f"progress {format_bar(tasks['retrieved'], tasks['requested'], width)}"
     rate = report["throughput_per_second"]
-    outstanding = tasks["waiting"] + tasks["running"]
     if rate > 0:
         line += f"  {rate:.2f} tasks/s"
-        if outstanding and not report["terminated"]:
-            line += f"  ETA {format_duration(outstanding / rate)}"
+        remaining = estimated_seconds_left(report)
+        if remaining is not None:
+            line += f"  ETA {format_duration(math.ceil(remaining))}"
     return line
+
+
+def estimated_seconds_left(report: Dict) -> Optional[float]:
+    """Time until the tasks waiting and running are done, or None if unknown or nothing is left.
+
+    Not just outstanding / throughput, which reads 0:00 while the last few
+    long tasks still run: the slaves work through the outstanding tasks in
+    waves, each taking the mean task time (slaves / throughput), less what
+    the running tasks have already done.
+    """
+    tasks, rate = report["tasks"], report["throughput_per_second"]
+    outstanding = tasks["waiting"] + tasks["running"]
+    if not outstanding or rate <= 0 or report["terminated"]:
+        return None
+    slaves = max(1, report["slaves"])
+    per_task = slaves / rate
+    ages = [task.get("seconds") or 0.0 for proc in report["processes"] for task in proc["running"][:1]]
+    done_already = sum(ages) / len(ages) if ages else 0.0
+    return max(0.0, math.ceil(outstanding / slaves) * per_task - min(done_already, per_task))

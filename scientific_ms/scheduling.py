@@ -198,23 +198,27 @@ class Scheduler:
 
     # ------------------------------------------------------------------ losses
 
-    def on_loss(self, proc: ProcessRecord, held: List[Task], died: bool) -> LossDecision:
+    def on_loss(self, proc: ProcessRecord, held: List[Task], died: bool,
+                abandoned: FrozenSet[int] = frozenset()) -> LossDecision:
         """Decide the fate of the tasks ``proc`` held when it left (``died``: it was lost).
 
         ``held`` is in assignment order; requeued tasks keep that order.
+        ``abandoned``: assignments a slave that said goodbye had started and
+        gave up (a handler ended it): each is a loss, as a death would be.
         """
-        if not died:
-            return LossDecision(list(held), [])
         requeue: List[Task] = []
         fail: List[Task] = []
         for task in held:
+            if not died and task.assignment not in abandoned:
+                requeue.append(task)     # a goodbye returns unstarted work without blame
+                continue
             task.suspect = True
-            if len(held) > 1:
+            if died and len(held) > 1:
                 # It died holding a batch: which one was running is unknown, so none
                 # is blamed; each will run alone from now on.
                 requeue.append(task)
                 continue
-            task.lost_slaves.append(proc.describe())
+            task.lost_slaves.append(proc.describe() if died else f"{proc.describe()}, which left while running it")
             (fail if len(task.lost_slaves) >= self.max_slave_losses else requeue).append(task)
         return LossDecision(requeue, fail)
 

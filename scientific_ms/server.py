@@ -30,6 +30,7 @@ from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
 from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, object_name, tasks_to_wire
+from .unserved import UnservedTags
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class TaskManagerService:
         self._manager = manager
         self._lock = threading.Lock()
         self._processes_by_connection: Dict[object, Set[int]] = {}
+        self._status_waits = 0        # status(wait=) calls not yet answered
+        self._status_waits_done = threading.Condition(self._lock)
 
     # -- bookkeeping of which connection speaks for which process
 
@@ -70,11 +73,12 @@ class TaskManagerService:
         return OK, process_id
 
     @Pyro5.server.expose
-    def unregister(self, process_id: int) -> None:
+    def unregister(self, process_id: int, abandoned: Optional[List[int]] = None) -> None:
+        """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each)."""
         with self._lock:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
-        self._manager.unregister_process(process_id)
+        self._manager.unregister_process(process_id, abandoned=abandoned or ())
 
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,
@@ -95,7 +99,11 @@ class TaskManagerService:
 
     @Pyro5.server.expose
     def watch(self, process_id: int, stats: dict, timeout: float) -> str:
-        """Heartbeat, then wait up to ``timeout`` s for the end of the job or a revocation."""
+        """Heartbeat, then wait up to ``timeout`` s for the end of the job or a revocation.
+
+        It also returns as soon as this process is declared dead or says
+        goodbye, so that the thread and socket of a killed slave are let go.
+        """
         if self._manager.terminated:
             return TERMINATED
         self._bind(process_id)
@@ -112,8 +120,26 @@ class TaskManagerService:
             return False, str(error.args[0])
 
     @Pyro5.server.expose
-    def status(self) -> dict:
-        return self._manager.status()
+    def status(self, wait: float = 0.0) -> dict:
+        """The manager's status; with ``wait`` > 0, after waiting up to that many seconds
+        for the job to end, so that a watcher reads the final state, not the one before it."""
+        if wait <= 0:
+            return self._manager.status()
+        with self._lock:
+            self._status_waits += 1
+        try:
+            self._manager.wait_terminated(min(float(wait), 60.0))
+            return self._manager.status()
+        finally:
+            with self._lock:
+                self._status_waits -= 1
+                self._status_waits_done.notify_all()
+
+    def answer_status_waits(self, timeout: float) -> None:
+        """Let the status(wait=) calls woken by the end of the job return before their
+        connections close (Pyro5's shutdown then leaves their replies time to go out)."""
+        with self._lock:
+            self._status_waits_done.wait_for(lambda: not self._status_waits, timeout)
 
 
 class _AuthenticatingDaemon(Pyro5.server.Daemon):
@@ -236,6 +262,7 @@ class MasterServer:
         self.host = host
         self._stop = threading.Event()
         self._reaper_interval = reaper_interval
+        self._unserved = UnservedTags(label)   # warns in the master's log about tasks no slave can run
         self._threads = [
             threading.Thread(target=self.daemon.requestLoop, name=f"scientific_ms-daemon-{label}", daemon=True),
             threading.Thread(target=self._reap, name=f"scientific_ms-reaper-{label}", daemon=True),
@@ -260,11 +287,13 @@ class MasterServer:
             try:
                 self.manager.check_liveness(expected_interval=self._reaper_interval)
                 self.manager.check_time_limits()
+                self._unserved.check(self.manager.status)
             except Exception:  # never let the reaper die silently
                 log.exception("liveness check failed")
 
     def close(self) -> None:
         self._stop.set()
+        self.service.answer_status_waits(1.0)   # watchers get the final state
         self.daemon.shutdown()
         self.daemon.close_connections()
         for thread in self._threads:

@@ -26,12 +26,13 @@ import random
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
-from . import discovery, settings
+from . import discovery, leaving, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
 from .feed import END, TaskFeed
+from .limits import check_result
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters, loads_value
@@ -85,6 +86,7 @@ class SlaveProcess:
         self._leaving = threading.Event()
         self._main_done = threading.Event()
         self._current_task: Optional[str] = None
+        self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._master_gone: Optional[str] = None
         self._feed: Optional[TaskFeed] = None
 
@@ -114,6 +116,7 @@ class SlaveProcess:
         if status != OK:
             log.info("the master of %r has already finished", self.label)
             self._connection.close()
+            leaving.announce()
             return
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
@@ -125,9 +128,12 @@ class SlaveProcess:
             clean = True
         finally:
             self._leaving.set()   # no more heartbeats or rejoining: we are leaving
-            if clean or isinstance(sys.exc_info()[1], KeyboardInterrupt):
-                try:  # say goodbye before closing, so that no closing connection reads as a death
-                    self._connection.call("unregister", self.process_id, timeout=5.0)
+            if clean or isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
+                # Say goodbye before closing, so that no closing connection reads as a death;
+                # name the task a handler was running when it ended the slave: that one is lost.
+                abandoned = [self._abandoned] if self._abandoned else []
+                try:
+                    self._connection.call("unregister", self.process_id, *abandoned, timeout=5.0)
                 except ScientificMSError:
                     pass
             self._main_done.set()
@@ -137,6 +143,7 @@ class SlaveProcess:
             if self._data_connection is not None:
                 self._data_connection.close()
             self.done = True   # the watch thread ends when its long-poll returns
+        leaving.announce()   # reached only when serving ended cleanly
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         self._feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
@@ -180,10 +187,14 @@ class SlaveProcess:
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
+            check_result(tag, len(data))
             return Answer(task_id, task.assignment, True, data, "", time.perf_counter() - started)
         except Exception as error:
             return Answer(task_id, task.assignment, False, dumps_exception(error), format_exception(error),
                           time.perf_counter() - started)
+        except BaseException:   # KeyboardInterrupt, SystemExit: the handler ends this slave mid-task
+            self._abandoned.append(task.assignment)
+            raise
         finally:
             self._current_task = None
 

@@ -4,8 +4,13 @@ Each child has a thread blocked in ``wait()`` (no polling). A child that
 dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
 replaced, at most ``max_restarts`` times per slot, so a job keeps its
 workers without looping forever on a slave that cannot start. A child that
-exits with status 0 left on purpose (``terminationTest``) and is not
-replaced.
+said it leaves on purpose (``terminationTest``; see ``leaving.py``) is not
+replaced; exit status 0 alone proves nothing, since a handler may call
+``sys.exit(0)`` or ``os._exit(0)``. Nor is one that ends once the job is over.
+
+Each child runs in its own session: Ctrl-C in the master's terminal reaches
+the master alone, whose shutdown then ends the slaves, instead of killing
+them all at once and having them replaced while the master shuts down.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
+
+from .leaving import LeavingChannel
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +31,9 @@ log = logging.getLogger(__name__)
 class SlaveSupervisor:
     """Starts ``command`` as slave processes and keeps them running until ``stop()``."""
 
-    def __init__(self, command: Sequence[str], env: Dict[str, str], cwd: str, max_restarts: int):
+    def __init__(self, command: Sequence[str], env: Dict[str, str], cwd: str, max_restarts: int,
+                 job_over: Callable[[], bool] = lambda: False):
+        self._job_over = job_over   # once true, children that end are not replaced
         self._command = list(command)
         self._env = env
         self._cwd = cwd
@@ -48,23 +57,34 @@ class SlaveSupervisor:
         with self._lock:
             if self._stopping:
                 return
-            child = subprocess.Popen(self._command, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL)
+            channel = LeavingChannel()
+            try:
+                child = subprocess.Popen(self._command, cwd=self._cwd, env=channel.child_environment(self._env),
+                                         stdin=subprocess.DEVNULL, pass_fds=channel.pass_fds,
+                                         start_new_session=True)
+            except BaseException:
+                channel.close()
+                raise
+            channel.started()
             self._children.append(child)
-            thread = threading.Thread(target=self._supervise, args=(child, restarts_left),
+            thread = threading.Thread(target=self._supervise, args=(child, restarts_left, channel),
                                       name=f"scientific_ms-supervise-{child.pid}", daemon=True)
             self._threads.append(thread)
         log.info("started slave process %d", child.pid)
         thread.start()
 
-    def _supervise(self, child: subprocess.Popen, restarts_left: int) -> None:
+    def _supervise(self, child: subprocess.Popen, restarts_left: int, channel: LeavingChannel) -> None:
         code = child.wait()
+        on_purpose = channel.left_on_purpose()
         with self._lock:
-            if self._stopping:
+            if self._stopping or self._job_over():
                 return
-        if code == 0:
-            log.info("slave process %d left (exit status 0); not replacing it", child.pid)
+        if on_purpose:
+            log.info("slave process %d left (exit status %d); not replacing it", child.pid, code)
             return
         cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if code == 0:
+            cause += " without leaving on purpose: a handler ended the process?"
         if restarts_left <= 0:
             log.error("slave process %d died (%s); restart limit of %d reached, not replacing it",
                       child.pid, cause, self.max_restarts)

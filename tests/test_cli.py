@@ -106,7 +106,7 @@ def test_show_prints_the_original_lines_and_the_history(master):
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"task manager 'cli' at 127\.0\.0\.1:\d+: running for \d+:\d\d \(started .+\)", lines[0])
     assert lines[1:7] == [
-        "2 active processe(s)",
+        "2 active processes",
         "5 waiting tasks",
         "1 running tasks",
         "1 results waiting to be retrieved",
@@ -128,12 +128,12 @@ def test_show_verbose_adds_tags_and_one_line_per_process(master):
            "1 results waiting to be retrieved\n  work: 1\n" in out
     table = out.split("processes:\n", 1)[1].splitlines()
     assert table[0].split() == ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT", "TASK", "FOR",
-                                "HEARTBEAT", "CPU%", "RSS"]
+                                "HEARTBEAT", "CORE%", "RSS", "TAGS"]
     master_row, slave_row = table[1].split(), table[2].split()
     assert master_row[:4] == ["1", "master", socket.gethostname(), str(os.getpid())]
     assert slave_row[:6] == [str(ids["busy"]), "slave", "node1", "4242", "2", ids["running"]]
     assert re.fullmatch(r"\d+\.\ds", slave_row[6]) and re.fullmatch(r"\d+\.\ds", slave_row[7])
-    assert slave_row[8:] == ["97.5", "50.0", "MiB"]
+    assert slave_row[8:11] == ["97.5", "50.0", "MiB"] and master_row[-1] == "-"
     # Options may also come before the command, as in the original.
     def steady(text):  # throughput and ages move between two runs
         return [line for line in text.splitlines()[1:] if not line.startswith(("throughput", "   "))]
@@ -189,7 +189,7 @@ def test_show_with_real_slaves_reports_their_health(master, processes):
 
     def slave_record():
         for proc in master.task_manager.status()["processes"]:
-            if proc["pid"] == slave.pid and proc["running"] and proc["rss_bytes"]:
+            if proc["pid"] == slave.pid and proc["running"] and proc["cpu_percent"] is not None:
                 return proc
     wait_for(slave_record, 30, "the slave to run the long task and send a sample")
     report = json.loads(run_cli("show", "cli", "--json").stdout)
@@ -202,7 +202,8 @@ def test_show_with_real_slaves_reports_their_health(master, processes):
     assert proc["seconds_since_heartbeat"] < 10 and proc["watchdog_period"] == 0.2
     human = run_cli("show", "cli", "-v").stdout
     row = next(line.split() for line in human.splitlines() if f" {slave.pid} " in line)
-    assert row[1:6] == ["slave", socket.gethostname(), str(slave.pid), "4", long_task] and row[-1] == "MiB"
+    assert row[1:6] == ["slave", socket.gethostname(), str(slave.pid), "4", long_task] and row[-2] == "MiB"
+    assert row[-1] == "die,fail,logged_work,marked_work,pid,work"
     master.shutdown()
     assert processes.finish(slave, 10)[0] == 0
 
@@ -218,7 +219,7 @@ def test_wait_option_waits_for_a_master_that_starts_later(processes):
         code, out = processes.finish(waiting, 20)
     finally:
         late.shutdown()
-    assert code == 0 and "1 active processe(s)\n0 waiting tasks" in out, out
+    assert code == 0 and "1 active process\n0 waiting tasks" in out, out
 
 
 # ------------------------------------------------------------------ errors
@@ -305,7 +306,7 @@ def test_watch_without_a_terminal_prints_plain_tables_until_the_master_ends(mast
     assert code == 0, out
     assert "\x1b" not in out and "\r" not in out
     blocks = out.split("--- ")
-    assert len(blocks) >= 3 and all("active processe(s)" in block for block in blocks[1:])
+    assert len(blocks) >= 3 and all("active process" in block for block in blocks[1:])
     assert out.splitlines()[-1].startswith(f"task manager 'cli' at 127.0.0.1:{master.port} has finished; "
                                            f"last status: 4 of 4 results retrieved, 0 failed")
 

@@ -1,0 +1,94 @@
+"""How a slave that the master spawned tells it that it leaves on purpose.
+
+The master's supervisor replaces a spawned slave that dies, not one that
+leaves on purpose (its ``terminationTest`` is true, or the master finished).
+The exit status cannot tell them apart: a handler may end its process with
+``sys.exit(0)`` or ``os._exit(0)`` in the middle of a task. So each child
+gets the write end of a pipe (its number in ``SCIENTIFIC_MS_LEAVING_FD``)
+and writes one byte there when it ends cleanly; a child that exits without
+writing it died, whatever its status.
+
+::
+
+    supervisor (master)                       spawned slave
+    LeavingChannel()  -- pipe, pass_fds -->   claim()      at start-up
+    ...                                       announce()   when it ends cleanly
+    left_on_purpose() <-- one byte, or EOF --
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Dict, Optional, Tuple
+
+ENVIRONMENT = "SCIENTIFIC_MS_LEAVING_FD"
+
+_claimed: Optional[int] = None
+_spawned = False
+
+
+class LeavingChannel:
+    """The supervisor's end of one child's pipe."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+
+    def child_environment(self, env: Dict[str, str]) -> Dict[str, str]:
+        return dict(env, **{ENVIRONMENT: str(self._write)})
+
+    @property
+    def pass_fds(self) -> Tuple[int]:
+        return (self._write,)
+
+    def started(self) -> None:
+        """The child holds the write end now; ours must close, or EOF never comes."""
+        os.close(self._write)
+
+    def left_on_purpose(self) -> bool:
+        """After the child exited: did it say it leaves on purpose? Closes the pipe."""
+        try:
+            return bool(os.read(self._read, 16))
+        except BlockingIOError:   # a grandchild still holds the write end, and wrote nothing
+            return False
+        finally:
+            os.close(self._read)
+
+    def close(self) -> None:
+        """When the child could not be started."""
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def claim() -> None:
+    """In the slave process, before any user code runs: take the pipe out of the
+    environment, so that processes the slave starts neither see nor inherit it."""
+    global _claimed, _spawned
+    value = os.environ.pop(ENVIRONMENT, None)
+    if value is None:
+        return
+    _spawned = True
+    try:
+        fd = int(value)
+        os.set_inheritable(fd, False)
+    except (ValueError, OSError):
+        return
+    _claimed = fd
+
+
+def spawned_by_master() -> bool:
+    """True in a slave process that a master's supervisor started (after ``claim()``)."""
+    return _spawned
+
+
+def announce() -> None:
+    """The slave ends on purpose: tell the supervisor that spawned it, if any."""
+    global _claimed
+    fd, _claimed = _claimed, None
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, b"1")
+        os.close(fd)
