@@ -7,7 +7,9 @@ delegates to the module that owns it:
 
 - ``tasks.py``: the states, their legal moves, the table of tasks;
 - ``scheduling.py``: the waiting queues and who gets which task;
-- ``registry.py``: the registered processes and their liveness;
+- ``registry.py``: the registered processes and their liveness, applied
+  by ``processes.py`` (:class:`ProcessSide`, this class's base: registration,
+  heartbeats, losses);
 - ``results.py``: answers waiting for the master, delivered exactly once;
 - ``shared_data.py``: values stored once for every slave (its own lock).
 
@@ -26,12 +28,13 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional
 
-from .errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
-                     TaskManagerTermination, TaskTimeLimitError, UnknownProcessError)
+from .errors import ConfigurationError, NoTasksPendingError, TaskManagerTermination, UnknownProcessError
 from .payload import dumps_value
+from .processes import TIME_LIMIT_GRACE, ProcessSide
 from .registry import ProcessRecord, Registry
+from .budget import MemoryBudget
 from .results import Outcome, ResultStore
 from .scheduling import Scheduler, Waiter, WaitingSlaves
 from .status import snapshot
@@ -42,12 +45,9 @@ __all__ = ["TaskManager", "Outcome", "TIME_LIMIT_GRACE"]
 
 log = logging.getLogger(__name__)
 
-#: The slave interrupts a handler at its time limit; the master reports the
-#: task itself only this much later, if the slave has not answered by then.
-TIME_LIMIT_GRACE = 5.0
 
 
-class TaskManager:
+class TaskManager(ProcessSide):
     """Stores task requests, results, shared data and the registered processes.
 
     Keyword options:
@@ -85,141 +85,11 @@ class TaskManager:
         self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
         self._results = ResultStore(self._tasks, self.counters)
         self._waiters = WaitingSlaves()
-        self.memory_budget = memory_budget
-        self._waiting_bytes = 0       # parameters of WAITING tasks
-        self._result_bytes = 0        # answers not yet delivered
-        self._room = threading.Condition(self._lock)
-        self._said = set()            # budget messages logged once
+        self._budget = MemoryBudget(memory_budget)
+        self._room = threading.Condition(self._lock)   # a request waits here for the budget
         self._data = SharedData()
         self._started = clock()
         self.data_fetches = self._data.fetches     # label -> times retrieved
-
-    # ------------------------------------------------------------------ processes
-
-    def register_process(self, role: str = "slave", info: Optional[dict] = None,
-                         tags: Optional[Iterable[str]] = None,
-                         watchdog_period: Optional[float] = None) -> int:
-        """Register a process; returns its id. ``tags``: the tasks it can run."""
-        if watchdog_period is not None and watchdog_period <= 0:
-            raise ConfigurationError(f"watchdog_period must be > 0 or None, got {watchdog_period!r}")
-        with self._lock:
-            self._check_running()
-            tagset = frozenset(tags) if tags is not None else None
-            proc = self._registry.add(role, dict(info or {}), tagset, watchdog_period, self._clock())
-            if proc.is_slave:
-                self._slaves_changed.notify_all()
-            log.debug("registered %s %s, tags %s", role, proc.process_id, sorted(tagset or ()))
-            return proc.process_id
-
-    def unregister_process(self, process_id: int, abandoned: Iterable[int] = ()) -> None:
-        """A process leaves cleanly; tasks it still holds go back to the queue front.
-
-        ``abandoned``: assignments it had started and gives up as it leaves
-        (a handler ended the slave). Each counts as a loss of its task, as a
-        death would; the tasks it holds but never started are returned without blame.
-        """
-        with self._lock:
-            self._remove_process(process_id, reason=None, abandoned=frozenset(abandoned))
-
-    def process_lost(self, process_id: int, reason: str) -> bool:
-        """Declare a process dead (connection dropped, missed heartbeats).
-
-        Its running tasks go back to the front of the queue, or fail once they
-        have lost ``max_slave_losses`` slaves. Returns False if it was unknown.
-        """
-        with self._lock:
-            return self._remove_process(process_id, reason=reason)
-
-    def heartbeat(self, process_id: int, stats: Optional[dict] = None) -> bool:
-        """Record a sign of life; False if the process is unknown (declared dead)."""
-        with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is None:
-                return False
-            proc.last_seen = self._clock()
-            if stats:
-                proc.stats = dict(stats)
-            return True
-
-    def check_liveness(self, expected_interval: Optional[float] = None) -> List[int]:
-        """Declare dead every process that missed too many heartbeats; returns their ids.
-
-        ``expected_interval``: how often the caller runs this; a late run
-        means the master itself stalled, which is not held against slaves
-        (see :meth:`Registry.silent`).
-        """
-        with self._lock:
-            silent = self._registry.silent(self._clock(), self.missed_heartbeats, expected_interval)
-            for proc, reason in silent:
-                self._remove_process(proc.process_id, reason=reason)
-            return [proc.process_id for proc, _ in silent]
-
-    def check_time_limits(self) -> List[str]:
-        """Report every task that ran ``TIME_LIMIT_GRACE`` s past its limit; returns their ids.
-
-        Normally the slave interrupts the handler at the limit and answers
-        first; this catches slaves that cannot (a handler stuck in C code, a
-        hung slave). The slave stays registered; a later answer is dropped.
-        """
-        with self._lock:
-            overdue = self._registry.overdue(self._clock(), TIME_LIMIT_GRACE)
-            for proc, task in overdue:
-                self._fail(task, TaskTimeLimitError(
-                    f"task {task.task_id} ran longer than its time limit of {task.time_limit:g} s "
-                    f"on {proc.describe()}, which did not stop it"))
-            if overdue:
-                self._answer_ready.notify_all()
-            return [task.task_id for _, task in overdue]
-
-    def wait_for_slaves(self, count: int, timeout: Optional[float] = None) -> bool:
-        """Block until at least ``count`` slaves are registered; False on timeout."""
-        return self._wait_for_slave_count(lambda n: n >= count, timeout, check_terminated=True)
-
-    def wait_until_no_slaves(self, timeout: float) -> bool:
-        """Block until every slave has left; False on timeout."""
-        return self._wait_for_slave_count(lambda n: n == 0, timeout, check_terminated=False)
-
-    def _wait_for_slave_count(self, done: Callable[[int], bool], timeout: Optional[float],
-                              check_terminated: bool) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while not done(self._registry.slave_count):
-                if check_terminated:
-                    self._check_running()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._slaves_changed.wait(remaining)
-            return True
-
-    def wait_for_news(self, process_id: int, timeout: float) -> Tuple[bool, bool]:
-        """Block until the manager terminates, tasks of this process are revoked, or
-        ``timeout`` seconds pass; returns (terminated, revoked)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is not None and proc.news is None:
-                proc.news = threading.Condition(self._lock)
-            while not self._terminated and proc is not None and not proc.revoked:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._registry.get(process_id) is not proc:
-                    break
-                proc.news.wait(remaining)
-            return self._terminated, bool(proc is not None and proc.revoked)
-
-    def take_revoked(self, process_id: int) -> List[int]:
-        """Assignments of this process that another slave took over: the slave must not start them."""
-        with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is None or not proc.revoked:
-                return []
-            revoked, proc.revoked = proc.revoked, []
-            return revoked
-
-    def slaves_waiting_for_work(self) -> int:
-        """How many slave threads are blocked in :meth:`take_tasks` right now."""
-        with self._lock:
-            return len(self._waiters)
 
     # ---------------------------------------------------------------- tasks: master
 
@@ -236,11 +106,7 @@ class TaskManager:
                                      f"got {time_limit!r}")
         with self._lock:
             self._check_running()
-            while self._over_budget(len(payload)):
-                self._say_once("requests", "requestTask waits: the parameters of waiting tasks exceed the "
-                               "memory budget of %d bytes; it goes on as slaves take tasks (more slaves, "
-                               "setGlobalState for values shared by many tasks, or a larger memory_budget "
-                               "/ SCIENTIFIC_MS_MEMORY_BUDGET)" % self.memory_budget)
+            while self._budget.requests_wait(len(payload)):
                 self._room.wait()
                 self._check_running()
             task = self._tasks.new(tag, payload, time_limit)
@@ -258,13 +124,12 @@ class TaskManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
-                held_back = self._results_over_budget()
+                held_back = self._budget.results_full()
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
-                    self._result_bytes -= len(outcome.payload)
-                    if self.memory_budget:
-                        self._room.notify_all()
-                    if held_back and not self._results_over_budget():
+                    self._budget.result_bytes -= len(outcome.payload)
+                    self._room.notify_all()
+                    if held_back and not self._budget.results_full():
                         self._pass_wake_up_on(None)   # slaves held back may take tasks again
                     return outcome
                 self._check_running()
@@ -431,23 +296,8 @@ class TaskManager:
 
     def _enqueue(self, task: Task, front: bool) -> None:
         self._scheduler.enqueue(task, front)
-        self._waiting_bytes += len(task.payload or b"")
+        self._budget.waiting_bytes += len(task.payload or b"")
         self._waiters.wake_one(task.tag)
-
-    def _over_budget(self, size: int) -> bool:
-        """Should a new request of ``size`` bytes wait? Never while answers are over budget:
-        the master must be free to retrieve them."""
-        budget = self.memory_budget
-        return bool(budget and self._waiting_bytes and self._waiting_bytes + size > budget
-                    and not self._results_over_budget() and not self._terminated)
-
-    def _results_over_budget(self) -> bool:
-        return bool(self.memory_budget and self._result_bytes > self.memory_budget)
-
-    def _say_once(self, key: str, message: str) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.warning("%s", message)
 
     def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
         """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
@@ -455,26 +305,21 @@ class TaskManager:
             self._waiters.wake_one(tag, skip=process_id)
 
     def _assign(self, proc: ProcessRecord, max_tasks: int) -> List[Task]:
-        if self._results_over_budget():
-            self._say_once("results", "slaves get no new tasks: answers not yet retrieved exceed the "
-                           "memory budget of %d bytes; call retrieveResult (and write results to disk "
-                           "as they arrive)" % self.memory_budget)
+        if self._budget.hold_back_slaves():
             return []
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
                                        lambda tag: self._waiters.idle_for(tag, proc.process_id))
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
-            self._waiting_bytes -= len(task.payload or b"")
-        if tasks and self.memory_budget:
+            self._budget.waiting_bytes -= len(task.payload or b"")
+        if tasks:
             self._room.notify_all()
         if not tasks:
             stolen = self._scheduler.steal(proc, self._registry)
             if stolen is not None:
                 victim, task = stolen
-                del victim.running[task.assignment]
-                victim.revoked.append(task.assignment)
                 if victim.news is not None:
-                    victim.news.notify_all()
+                    victim.news.notify_all()   # its watch tells it to drop the task
                 self.counters["stolen"] += 1
                 tasks = [task]
         now = self._clock()
@@ -489,15 +334,15 @@ class TaskManager:
         """Store a task's answer (any state before FINISHED/FAILED)."""
         if task.state is TaskState.WAITING:
             self._scheduler.remove(task)
-            self._waiting_bytes -= len(task.payload or b"")
+            self._budget.waiting_bytes -= len(task.payload or b"")
             self._room.notify_all()
         elif task.state is TaskState.RUNNING:
             holder = self._registry.get(task.process_id)
             if holder is not None:
                 holder.running.pop(task.assignment, None)
         self._results.settle(task, ok, payload, traceback, self._clock())
-        self._result_bytes += len(payload)
-        if self._results_over_budget():
+        self._budget.result_bytes += len(payload)
+        if self._budget.results_full():
             self._room.notify_all()   # a request waiting for room must not wait for this
 
     def _fail(self, task: Task, error: Exception) -> None:
@@ -510,37 +355,3 @@ class TaskManager:
         task.rescheduled = True
         self.counters["rescheduled"] += 1
         self._enqueue(task, front=True)
-
-    def _remove_process(self, process_id: int, reason: Optional[str],
-                        abandoned: FrozenSet[int] = frozenset()) -> bool:
-        proc = self._registry.remove(process_id)
-        if proc is None:
-            return False
-        held = [task for assignment, task in proc.running.items()
-                if task.state is TaskState.RUNNING and task.assignment == assignment]
-        proc.running.clear()
-        if proc.news is not None:
-            proc.news.notify_all()
-        given_up = [task.task_id for task in held if task.assignment in abandoned]
-        decision = self._scheduler.on_loss(proc, held, died=reason is not None, abandoned=abandoned)
-        for task in reversed(decision.requeue):   # each goes to the front: keep their order
-            self._requeue(task)
-        for task in decision.fail:
-            self._fail(task, SlaveLostError(
-                f"task {task.task_id} lost its slave {len(task.lost_slaves)} times "
-                f"({'; '.join(task.lost_slaves)}); giving up on it"))
-        self._waiters.wake_process(process_id)
-        if decision.fail:
-            self._answer_ready.notify_all()
-        self._slaves_changed.notify_all()
-        for task_id in given_up:
-            log.warning("%s left while running task %s; counted as a loss of that task",
-                        proc.describe(), task_id)
-        if reason is None or self._terminated:
-            log.debug("%s left (%s); %d task(s) returned to the queue",
-                      proc.describe(), reason or "goodbye", len(decision.requeue))
-        else:
-            self.counters["processes_lost"] += 1
-            log.warning("%s lost: %s; %d task(s) rescheduled, %d failed after too many losses",
-                        proc.describe(), reason, len(decision.requeue), len(decision.fail))
-        return True

@@ -179,7 +179,8 @@ class Scheduler:
         """A task another slave holds unstarted that the idle ``thief`` should run instead.
 
         From the slave with the most queued work, its last unstarted task
-        that the thief can run; None if no slave holds more than the task it runs.
+        that the thief can run, taken from that slave and listed in its
+        ``revoked`` assignments; None if no slave holds more than the task it runs.
         """
         if not thief.is_slave or thief.running:
             return None
@@ -194,7 +195,12 @@ class Scheduler:
             queued = self.durations.queued(victim)
             if best is None or queued > best[0]:
                 best = (queued, victim, unstarted[-1])
-        return None if best is None else (best[1], best[2])
+        if best is None:
+            return None
+        _, victim, task = best
+        del victim.running[task.assignment]
+        victim.revoked.append(task.assignment)
+        return victim, task
 
     # ------------------------------------------------------------------ losses
 

@@ -207,10 +207,13 @@ def test_an_idle_slave_steals_the_last_unstarted_task_of_the_most_loaded():
     light_tasks, heavy_tasks = make_tasks(2, start=1), make_tasks(4, start=10)
     for n, task in enumerate(light_tasks):
         light.running[n] = task
+        task.assignment = n
     for n, task in enumerate(heavy_tasks):
         heavy.running[10 + n] = task
+        task.assignment = 10 + n
     scheduler.durations.record("f", 0.001)
     assert scheduler.steal(thief, registry) == (heavy, heavy_tasks[-1])
+    assert list(heavy.running) == [10, 11, 12] and heavy.revoked == [13]   # taken from it
     heavy.running.clear()
     light.running = {0: light_tasks[0]}                 # only the task it runs: nothing to steal
     assert scheduler.steal(thief, registry) is None

@@ -70,8 +70,8 @@ def test_a_slow_task_is_reported_and_the_slave_goes_on(processes):
 
 def test_the_master_reports_a_task_whose_slave_cannot_stop_it(monkeypatch):
     """A slave that ignores its limit (here: a thread slave whose handler blocks in C) is overtaken."""
-    import scientific_ms.manager as manager_module
-    monkeypatch.setattr(manager_module, "TIME_LIMIT_GRACE", 0.3)
+    import scientific_ms.processes as processes_module
+    monkeypatch.setattr(processes_module, "TIME_LIMIT_GRACE", 0.3)
     master = MasterProcess("stuck", use_name_server=False, port=0)
     release = threading.Event()
     slave = SlaveProcess("stuck", master_host=f"127.0.0.1:{master.port}", hard_exit=False)
