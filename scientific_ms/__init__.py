@@ -9,6 +9,7 @@ from .errors import (AuthenticationError, ConfigurationError, ConnectionLostErro
                      SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
                      TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
+from .journal import JournalError, JournalRecord, read_journal
 from .machine import getMachineInfo
 from .manager import TaskManager
 from .master import MasterProcess
@@ -26,5 +27,6 @@ __all__ = [
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
+    "read_journal", "JournalRecord", "JournalError",
     "debug",
 ]

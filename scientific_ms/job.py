@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
-           progress: Optional[bool] = None) -> None:
+           progress: Optional[bool] = None, journal: Optional[str] = None) -> None:
     """Run a job whose master and slave are defined in the calling script.
 
     The process becomes the master, unless it runs as a slave: started by
@@ -30,6 +30,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     the script's source so that ``task_manager slave LABEL`` can run more
     slaves, on any machine, in the master's working directory.
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
+    ``journal``: a journal file, so that the same command run again after
+    the master was killed resumes the job (see :class:`MasterProcess`).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -41,10 +43,10 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         slave_class(label, watchdog_period=watchdog_period).start()
         return
     if mpi.runs_under_mpi():
-        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress)
+        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress,
+                    journal=journal)
         return
-    # progress is passed only when given, so subclasses whose __init__ takes just the label still work
-    master = master_class(label) if progress is None else master_class(label, progress=progress)
+    master = make_master(master_class, label, progress=progress, journal=journal)
     script = _main_script()
     if script is not None:
         master.store_slave_code(script.read_text(), str(script), sys.argv)
@@ -55,6 +57,12 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     if launch_slaves:
         master.launchSlaveJobs(launch_slaves)
     master.start()
+
+
+def make_master(master_class: Type[MasterProcess], label: str, **options) -> MasterProcess:
+    """``master_class(label, **options)``, passing only the options given (not None),
+    so that subclasses whose __init__ takes just the label still work."""
+    return master_class(label, **{name: value for name, value in options.items() if value is not None})
 
 
 def _main_script() -> Optional[Path]:
@@ -69,13 +77,15 @@ def _main_script() -> Optional[Path]:
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                             slave_module: Optional[str] = None,
                             use_name_server: bool = True, *,
-                            progress: Optional[bool] = None) -> MasterProcess:
+                            progress: Optional[bool] = None,
+                            journal: Optional[str] = None) -> MasterProcess:
     """Start a master without subclassing; it shuts down when the interpreter exits.
 
     ``slave_script`` (a file) or ``slave_module`` (an importable module
     with ``do_<tag>`` functions) is stored so that ``task_manager slave
     LABEL`` and ``launchSlaveJobs`` can run slaves. Under mpiexec, ranks
     other than 0 become slaves running that code and exit when it ends.
+    ``journal``: see :class:`MasterProcess`.
     """
     if slave_script is not None and slave_module is not None:
         raise ConfigurationError("give slave_script or slave_module, not both")
@@ -95,7 +105,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"startSlaveProcess()\n")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
-    master = MasterProcess(label, use_name_server, progress=progress)
+    master = MasterProcess(label, use_name_server, progress=progress, journal=journal)
     atexit.register(master.shutdown)
     if source is not None:
         master.store_slave_code(source, script, [script or slave_module])

@@ -141,6 +141,9 @@ class TaskManager:
         self._completion_rate = RateMeter()
         self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
         self.data_fetches = collections.Counter()  # label -> times retrieved
+        #: Called, outside the lock, with the answers ``store_answers`` accepted:
+        #: a list of (task_id, ok, payload, traceback). The master's journal sets it.
+        self.on_answers: Optional[Callable[[List[Tuple[str, bool, bytes, str]]], None]] = None
 
     # ------------------------------------------------------------------ processes
 
@@ -292,6 +295,26 @@ class TaskManager:
             self.counters["requested"] += 1
             return task.task_id
 
+    def add_answered_task(self, tag: str, ok: bool, answer: bytes, traceback: str = "") -> str:
+        """Add a task whose answer is already known (journaled); it is never run.
+
+        It counts as requested and then finished (or failed), and
+        ``get_answer`` delivers it like any other. Returns its id.
+        """
+        with self._lock:
+            if self._terminated:
+                raise TaskManagerTermination("the task manager has been terminated")
+            number = next(self._task_numbers)
+            task = Task(f"{tag}_{number}", tag, None, number)
+            self._tasks[task.task_id] = task
+            self.counters["requested"] += 1
+            # Never queued: counted as running, so that _settle has no queue to take it from.
+            task.state = TaskState.RUNNING
+            self._counts[TaskState.RUNNING][tag] += 1
+            self._settle(task, ok, answer, traceback)
+            self._answer_ready.notify_all()
+            return task.task_id
+
     def get_answer(self, tag: Optional[str] = None, timeout: Optional[float] = None) -> Outcome:
         """Remove and return the oldest finished or failed task (with ``tag``, if given).
 
@@ -368,6 +391,7 @@ class TaskManager:
         first. Returns how many were accepted; the rest are dropped and logged.
         """
         accepted = 0
+        settled = [] if self.on_answers is not None else None
         with self._lock:
             proc = self._processes.get(process_id) if process_id is not None else None
             if proc is not None:
@@ -388,8 +412,12 @@ class TaskManager:
                 if proc is not None:
                     proc.tasks_done += 1
                 accepted += 1
+                if settled is not None:
+                    settled.append((task_id, ok, payload, traceback))
             if accepted:
                 self._answer_ready.notify_all()
+        if settled:
+            self.on_answers(settled)
         return accepted
 
     def return_tasks(self, process_id: int, assignments: Iterable[int]) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import auth, discovery, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
+from .journal import Journal, request_key, value_digest
 from .logs import apply_debug_flag
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
@@ -50,6 +52,13 @@ class MasterProcess:
     ``progress=True``
     (or SCIENTIFIC_MS_PROGRESS=1) draws a bar of results retrieved against
     tasks requested on stderr, when stderr is a terminal.
+
+    ``journal`` (a file name, or SCIENTIFIC_MS_JOURNAL) keeps every request
+    and answer in an SQLite journal: a master killed and started again with
+    the same journal resumes, answering the requests already answered from
+    it (see README, "Resuming a sweep"). ``keep_journal`` (default True, or
+    SCIENTIFIC_MS_KEEP_JOURNAL): False removes the journal when the job ends
+    cleanly (run() returned and every result was retrieved).
     """
 
     def __init__(self, label: str, use_name_server: bool = True, *, host: Optional[str] = None,
@@ -57,7 +66,8 @@ class MasterProcess:
                  missed_heartbeats: float = 4, max_slave_losses: int = 3,
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
-                 tls_key: Optional[str] = None):
+                 tls_key: Optional[str] = None, journal: Optional[str] = None,
+                 keep_journal: Optional[bool] = None):
         self.label = discovery.check_label(label)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
@@ -67,18 +77,30 @@ class MasterProcess:
         self.process_id = self.task_manager.register_process("master", process_info())
         if isinstance(secret, str):
             secret = secret.encode()
-        self.secret: bytes = secret or settings.secret_from_environment() or auth.new_secret()
+        secret = secret or settings.secret_from_environment()
+        self._journal = self._open_journal(settings.journal(journal), secret)
+        self.keep_journal = settings.keep_journal(keep_journal)
+        self._run_failed = False
+        self._state_digests: Dict[str, bytes] = {}
+        self.secret: bytes = secret or (self._journal.secret if self._journal else None) or auth.new_secret()
         self.host = host or settings.bind_host()
         self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
         tls_context = tls.server_context(self.tls_cert, tls_key)
-        self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
-                                    tls_context=tls_context)
+        try:
+            self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
+                                        tls_context=tls_context)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
         try:
             self._publication = discovery.publish(label, self._server.port, self.secret, self.host,
                                                   settings.use_name_server(use_name_server),
                                                   tls=tls_context is not None)
         except BaseException:
             self._server.close()
+            if self._journal is not None:
+                self._journal.close()
             raise
         self.global_states: Dict[int, List[str]] = {}
         self._state_numbers = itertools.count(1)
@@ -116,8 +138,11 @@ class MasterProcess:
         reports the task anyway a few seconds later.
         """
         limit = self.task_time_limit if time_limit is None else time_limit
-        payload = dumps_parameters(tag, parameters, self._state_is_stored)
-        task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
+        if self._journal is None:
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
+        else:
+            task_id = self._journaled_request(tag, parameters, limit)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
@@ -145,6 +170,45 @@ class MasterProcess:
             raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
         return outcome.task_id, outcome.tag, value
 
+    # ------------------------------------------------------------------ journal
+
+    def _open_journal(self, path: Optional[str], secret: Optional[bytes]) -> Optional[Journal]:
+        """Open (or create) the journal before the master is published: a bad one fails first."""
+        if path is None:
+            return None
+        journal = Journal(path, self.label, secret or auth.new_secret())
+        self.task_manager.on_answers = journal.answers
+        # Slaves read this to know that a vanished master may come back (rejoin_grace).
+        self.task_manager.store_data("journaled_master", dumps_value(
+            {"pid": os.getpid(), "host": socket.gethostname(), "journal": str(journal.path)}))
+        return journal
+
+    def _journaled_request(self, tag: str, parameters: tuple, limit: Optional[float]) -> str:
+        states: List[GlobalStateValue] = []
+
+        def known_state(value: GlobalStateValue) -> bool:
+            states.append(value)
+            return self._state_is_stored(value)
+
+        payload = dumps_parameters(tag, parameters, known_state)
+        key = request_key(tag, payload, parameters if states else None, self._state_digests.__getitem__)
+        manager = self.task_manager
+        return self._journal.request(
+            tag, key, payload,
+            add_task=lambda: manager.add_task(tag, payload, time_limit=limit),
+            add_answered=lambda ok, answer, traceback: manager.add_answered_task(tag, ok, answer, traceback))
+
+    def _close_journal(self) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        counters = self.task_manager.counters
+        clean = not self._run_failed and counters["requested"] == counters["delivered"]
+        if journal.replayed:
+            log.info("journal %s: %d of %d requests were answered from the journal",
+                     journal.path, journal.replayed, counters["requested"])
+        journal.close(remove=clean and not self.keep_journal)
+
     # ------------------------------------------------------------------ shared state
 
     def setGlobalState(self, **values: Any) -> int:
@@ -158,6 +222,8 @@ class MasterProcess:
             except Exception as error:
                 raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
             self.task_manager.store_data(state_label(state_id, name), data)
+            if self._journal is not None:
+                self._state_digests[state_label(state_id, name)] = value_digest(data)
         self.global_states[state_id] = list(values)
         return state_id
 
@@ -232,6 +298,9 @@ class MasterProcess:
         with terminate_on_sigterm():
             try:
                 self.run()
+            except BaseException:
+                self._run_failed = True   # the journal is kept, whatever keep_journal says
+                raise
             finally:
                 self.shutdown()
 
@@ -251,6 +320,7 @@ class MasterProcess:
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
         self._server.close()
+        self._close_journal()
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)
 

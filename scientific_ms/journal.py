@@ -1,0 +1,504 @@
+"""The master's journal: every request and accepted answer in an SQLite file, so a killed master resumes.
+
+::
+
+    master thread                    server threads (slaves' answers)
+    -------------                    --------------------------------
+    request_task -> Journal.request  TaskManager.store_answers -> Journal.answers
+                       |                                             |
+                       +------------> queue (FIFO) <-----------------+
+                                        |
+                                  writer thread: takes everything queued,
+                                  writes it in one transaction, commits
+                                  (group commit), and again
+
+Nobody waits for the disk: a request or an answer is put in the queue and
+the caller goes on; while one group commits, the next one gathers. A crash
+loses at most the group being written, whose tasks simply run again.
+
+On disk (sqlite3, WAL mode, ``synchronous=FULL``: a commit survives a power
+cut): ``meta`` (format, version, label, secret), ``runs`` (one row per
+master that opened it) and ``tasks`` (one row per request: number, task
+id, tag, the request key, the pickled parameters, and once answered ok,
+the pickled result or exception and the traceback text).
+
+Matching on resume: the key of a request is a hash of its tag and its
+pickled parameters, where a :class:`GlobalStateValue` counts as the hash of
+the value it stands for. The n-th request of a key matches the n-th
+journaled row of that key; a journaled answer is delivered without running
+the task again.
+
+A journal belongs to one master at a time: ``fcntl.flock`` on the side file
+``<journal>-lock`` (the lock dies with the process; sqlite's own exclusive
+mode would also lock out ``read_journal`` and ``task_manager show``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import pickle
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+from .errors import ConfigurationError
+from .payload import GlobalStateValue, PROTOCOL
+
+log = logging.getLogger(__name__)
+
+FORMAT = "scientific_ms journal"
+VERSION = "1"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Most items written in one transaction (a commit every few milliseconds anyway).
+_GROUP_LIMIT = 20_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (run INTEGER PRIMARY KEY, pid INTEGER, host TEXT,
+                                 started REAL, ended REAL);
+CREATE TABLE IF NOT EXISTS tasks (number INTEGER PRIMARY KEY, run INTEGER NOT NULL,
+                                  task_id TEXT NOT NULL, tag TEXT NOT NULL, key BLOB NOT NULL,
+                                  parameters BLOB NOT NULL, ok INTEGER, answer BLOB,
+                                  traceback TEXT);
+"""
+
+
+class JournalError(ConfigurationError):
+    """A journal cannot be used: not a journal, another label, locked, unwritable."""
+
+
+class JournalRecord(NamedTuple):
+    """One journaled task, as :func:`read_journal` yields it."""
+    task_id: str
+    tag: str
+    parameters: tuple      # GlobalStateValue placeholders stay placeholders
+    answered: bool
+    ok: Optional[bool]     # None: not answered
+    result: Any            # the result when ok, the exception when not ok, else None
+    traceback: str
+
+
+# ------------------------------------------------------------------ request keys
+
+class _KeyPickler(pickle.Pickler):
+    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
+
+    def __init__(self, file, digest_of: Callable[[str], bytes]):
+        super().__init__(file, PROTOCOL)
+        self._digest_of = digest_of
+
+    def persistent_id(self, obj: Any):
+        if type(obj) is GlobalStateValue:
+            return self._digest_of(obj.label)
+        return None
+
+
+def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
+                digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
+    """The matching key of a request: a hash of its tag and its parameters.
+
+    ``payload`` is the pickled parameters. When they hold GlobalStateValue
+    placeholders, pass ``parameters`` and ``digest_of`` (state label ->
+    hash of the stored value): they are pickled again with each placeholder
+    replaced by that hash, so a placeholder matches by the value it stands
+    for, whatever its state id.
+    """
+    if parameters is not None and digest_of is not None:
+        buffer = io.BytesIO()
+        _KeyPickler(buffer, digest_of).dump(parameters)
+        payload = buffer.getvalue()
+    return hashlib.blake2b(tag.encode() + b"\x00" + payload, digest_size=16).digest()
+
+
+def value_digest(data: bytes) -> bytes:
+    """Hash of a pickled global state value, as request keys use it."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+# ------------------------------------------------------------------ opening
+
+def _check_file(path: Path) -> bool:
+    """Raise JournalError unless ``path`` may hold a journal; True if it has content."""
+    if path.is_dir():
+        raise JournalError(f"the journal {path} is a folder: give a file name such as {path / 'job.db'}")
+    if not path.parent.is_dir():
+        raise JournalError(f"cannot create the journal {path}: the folder {path.parent} does not exist")
+    if not path.exists():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_MAGIC))
+    except OSError as error:
+        raise JournalError(f"cannot read the journal {path}: {error.strerror}; "
+                           f"fix its permissions or choose another file") from None
+    if not head:
+        return False   # an empty file: nothing to lose (a master killed while creating it)
+    if head != _SQLITE_MAGIC:
+        raise JournalError(f"{path} is not a scientific_ms journal (not an SQLite database); it was "
+                           f"left untouched: give another journal file, or move this one away")
+    return True
+
+
+def _check_writable(path: Path) -> None:
+    folder = path.parent
+    for target, what in ((path, "file"), (folder, "folder")):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise JournalError(f"cannot write the journal {path}: its {what} {target} is read-only; "
+                               f"make it writable, or choose a journal in a writable folder")
+
+
+def _lock(path: Path) -> Tuple[int, Path]:
+    """Take the journal's lock (flock on ``<journal>-lock``); the lock dies with the process."""
+    lock_path = path.with_name(path.name + "-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise JournalError(f"cannot create the lock file {lock_path} of the journal {path}: "
+                           f"{error.strerror}; choose a journal in a writable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise JournalError(f"the journal {path} is in use by a live master ({holder}); stop that "
+                               f"master first, or give this job another journal file") from None
+        raise JournalError(f"cannot lock the journal {path}: {error.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd, lock_path
+
+
+def _sql_error(path: Path, error: sqlite3.Error, doing: str) -> JournalError:
+    text = str(error)
+    if "full" in text:
+        fix = "free some disk space, or choose a journal on another disk"
+    elif "readonly" in text or "read-only" in text:
+        fix = "make the file and its folder writable"
+    elif "not a database" in text or "malformed" in text:
+        fix = "it is damaged or not a journal: move it away, or give another journal file"
+    else:
+        fix = "check the file and its folder"
+    return JournalError(f"journal {path}: {doing} failed ({text}); {fix}")
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 5000")
+    return db
+
+
+def _read_meta(db: sqlite3.Connection, path: Path) -> Optional[Dict[str, str]]:
+    """The meta table, or None for a database without any table (a new journal)."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise JournalError(f"{path} is an SQLite database but not a scientific_ms journal; it was left "
+                           f"untouched: give another journal file")
+    meta = dict(db.execute("SELECT key, value FROM meta"))
+    if meta.get("format") != FORMAT:
+        raise JournalError(f"{path} is an SQLite database but not a scientific_ms journal; it was left "
+                           f"untouched: give another journal file")
+    if meta.get("version") != VERSION:
+        raise JournalError(f"the journal {path} has format version {meta.get('version')}, this "
+                           f"scientific_ms reads version {VERSION}: finish it with the version that "
+                           f"wrote it, or start afresh with another file")
+    return meta
+
+
+# ------------------------------------------------------------------ the journal
+
+class Journal:
+    """A master's journal, open for writing. See the module docstring.
+
+    ``Journal(path, label, secret)`` opens ``path`` or creates it (mode
+    0600: it holds the master's secret). Raises JournalError, naming the
+    file and the fix, for a file that is not a journal, a journal of
+    another label, one in use by a live master, or one that cannot be
+    written. Nothing is ever overwritten or truncated.
+    """
+
+    def __init__(self, path: os.PathLike, label: str, secret: Optional[bytes] = None):
+        self.path = Path(path).expanduser().absolute()
+        existed = _check_file(self.path)
+        _check_writable(self.path)
+        self._lock_fd, self._lock_path = _lock(self.path)
+        try:
+            self._open(label, secret, existed)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._mutex = threading.Lock()       # orders a request's row before its answer in the queue
+        self._rows: Dict[str, int] = {}      # task id of this run -> journal row, until answered
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._failed: Optional[str] = None
+        self._closed = False
+        self.replayed = 0                    # requests answered from the journal
+        self._writer = threading.Thread(target=self._write_loop, name="scientific_ms-journal", daemon=True)
+        self._writer.start()
+
+    def _open(self, label: str, secret: Optional[bytes], existed: bool) -> None:
+        path = self.path
+        if not existed:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            self._db = _connect(path)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            meta = _read_meta(self._db, path)
+            if meta is not None and meta.get("label") != label:
+                raise JournalError(f"the journal {path} belongs to the job labelled {meta.get('label')!r}, "
+                                   f"not {label!r}: use the label {meta.get('label')!r} to resume that "
+                                   f"job, or give this job another journal file")
+            with self._transaction():
+                if meta is None:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(statement)   # not executescript: it would commit
+                    meta = {"format": FORMAT, "version": VERSION, "label": label,
+                            "created": repr(time.time())}
+                    if secret:
+                        meta["secret"] = secret.decode()
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                self.run = self._db.execute(
+                    "INSERT INTO runs (pid, host, started) VALUES (?, ?, ?)",
+                    (os.getpid(), socket.gethostname(), time.time())).lastrowid
+            self.secret = meta["secret"].encode() if meta.get("secret") else None
+            self._load_index()
+        except sqlite3.Error as error:
+            raise _sql_error(path, error, "opening") from None
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _load_index(self) -> None:
+        # key -> journaled rows in request order; the n-th request of a key takes the n-th row
+        self._index: Dict[bytes, Deque[Tuple[int, bool]]] = collections.defaultdict(collections.deque)
+        total = answered = 0
+        for number, key, ok in self._db.execute("SELECT number, key, ok FROM tasks ORDER BY number"):
+            self._index[key].append((number, ok is not None))
+            total += 1
+            answered += ok is not None
+        self._next_number = 1 + (self._db.execute("SELECT max(number) FROM tasks").fetchone()[0] or 0)
+        self.journaled, self.journaled_answered = total, answered
+        if total:
+            log.info("journal %s: resuming; %d tasks journaled, %d of them answered",
+                     self.path, total, answered)
+        self._reader = _connect(self.path)   # the master thread's, for journaled answers
+
+    # -------------------------------------------------------------- master thread
+
+    def request(self, tag: str, key: bytes, payload: bytes,
+                add_task: Callable[[], str],
+                add_answered: Callable[[bool, bytes, str], str]) -> str:
+        """Journal a request, or match it with a journaled one; returns the task id.
+
+        ``add_task()`` queues the task in the manager; ``add_answered(ok,
+        answer, traceback)`` hands the manager a journaled answer instead.
+        """
+        rows = self._index.get(key)
+        if rows:
+            number, answered = rows.popleft()
+            if answered:
+                ok, answer, traceback = self._reader.execute(
+                    "SELECT ok, answer, traceback FROM tasks WHERE number = ?", (number,)).fetchone()
+                self.replayed += 1
+                return add_answered(bool(ok), answer, traceback or "")
+            with self._mutex:
+                task_id = add_task()
+                self._rows[task_id] = number
+            return task_id
+        with self._mutex:
+            task_id = add_task()
+            number = self._next_number
+            self._next_number += 1
+            self._rows[task_id] = number
+            self._queue.put(("request", (number, self.run, task_id, tag, key, payload)))
+        return task_id
+
+    def unrequested(self) -> int:
+        """Journaled tasks that this run has not (yet) requested."""
+        return sum(len(rows) for rows in self._index.values())
+
+    # -------------------------------------------------------------- server threads
+
+    def answers(self, answers: Iterable[Tuple[str, bool, bytes, str]]) -> None:
+        """Journal accepted answers: (task_id, ok, pickled result or exception, traceback)."""
+        with self._mutex:
+            for task_id, ok, payload, traceback in answers:
+                number = self._rows.pop(task_id, None)
+                if number is not None:
+                    self._queue.put(("answer", (int(ok), payload, traceback, number)))
+
+    # -------------------------------------------------------------- writer thread
+
+    def _write_loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(items) < _GROUP_LIMIT:
+                    items.append(self._queue.get_nowait())
+            stop = any(kind == "stop" for kind, _ in items)
+            if self._failed is None:
+                self._write(items)
+            if stop:
+                return
+
+    def _write(self, items: List[tuple]) -> None:
+        requests = [row for kind, row in items if kind == "request"]
+        answers = [row for kind, row in items if kind == "answer"]
+        try:
+            with self._transaction():
+                if requests:
+                    self._db.executemany(
+                        "INSERT INTO tasks (number, run, task_id, tag, key, parameters) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", requests)
+                if answers:
+                    self._db.executemany(
+                        "UPDATE tasks SET ok = ?, answer = ?, traceback = ? WHERE number = ?", answers)
+        except sqlite3.Error as error:
+            self._failed = str(_sql_error(self.path, error, "writing"))
+            log.error("%s; from now on this job is not journaled (its results still reach the "
+                      "master, but a restarted master would run the unjournaled tasks again)",
+                      self._failed)
+
+    # -------------------------------------------------------------- end
+
+    def close(self, remove: bool = False) -> None:
+        """Write what is queued, then close; ``remove``: delete the journal (a clean end)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("stop", None))
+        self._writer.join()
+        left = self.unrequested()
+        if left:
+            log.warning("journal %s: %d journaled tasks were not requested by this run (the script "
+                        "changed?); they stay in the journal", self.path, left)
+        try:
+            with self._transaction():
+                self._db.execute("UPDATE runs SET ended = ? WHERE run = ?", (time.time(), self.run))
+            self._reader.close()
+            self._db.close()
+        except sqlite3.Error as error:
+            log.error("%s", _sql_error(self.path, error, "closing"))
+        if remove:
+            for suffix in ("", "-wal", "-shm", "-lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(self.path) + suffix)
+            log.info("journal %s removed: the job ended cleanly", self.path)
+        os.close(self._lock_fd)
+
+
+# ------------------------------------------------------------------ reading
+
+def _placeholder(label: str) -> GlobalStateValue:
+    _, state_id, name = label.split("_", 2)
+    return GlobalStateValue(int(state_id), name)
+
+
+class _ReaderUnpickler(pickle.Unpickler):
+    def persistent_load(self, label: str) -> Any:
+        return _placeholder(label)
+
+
+def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[str, str]]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}: give the file the master's journal= option named")
+    if not _check_file(path):
+        raise JournalError(f"{path} is empty: not a journal")
+    try:
+        db = _connect(path, readonly=True)
+        meta = _read_meta(db, path)
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    if meta is None:
+        raise JournalError(f"{path} is an empty SQLite database, not a journal")
+    return path, db, meta
+
+
+def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
+    """Yield every task of a journal, in request order, without a master.
+
+    Opens the file read-only (the job's master may be running or dead).
+    Each :class:`JournalRecord` has ``task_id``, ``tag``, ``parameters``
+    (a tuple; GlobalStateValue placeholders are not resolved),
+    ``answered``, ``ok`` (True: ``result`` is the result; False: it is the
+    exception the handler raised, with ``traceback`` its text) and
+    ``result``. A result whose class is not importable here raises
+    SerializationError when its record is reached.
+    """
+    from .payload import loads_answer
+    path, db, _ = _open_readonly(path)
+    try:
+        rows = db.execute("SELECT task_id, tag, parameters, ok, answer, traceback FROM tasks ORDER BY number")
+        for task_id, tag, parameters, ok, answer, traceback in rows:
+            params = _ReaderUnpickler(io.BytesIO(parameters)).load()
+            value = loads_answer(answer, task_id) if ok is not None else None
+            yield JournalRecord(task_id, tag, params, ok is not None,
+                                None if ok is None else bool(ok), value, traceback or "")
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    finally:
+        db.close()
+
+
+def journal_progress(path: os.PathLike) -> dict:
+    """What ``task_manager show JOURNAL`` reports: the job's progress per tag, and its runs."""
+    path, db, meta = _open_readonly(path)
+    try:
+        per_tag = {}
+        for tag, requested, finished, failed in db.execute(
+                "SELECT tag, count(*), count(CASE WHEN ok = 1 THEN 1 END), "
+                "count(CASE WHEN ok = 0 THEN 1 END) FROM tasks GROUP BY tag ORDER BY tag"):
+            per_tag[tag] = {"requested": requested, "finished": finished, "failed": failed,
+                            "not_answered": requested - finished - failed}
+        runs = [{"run": run, "pid": pid, "host": host, "started": started, "ended": ended}
+                for run, pid, host, started, ended in
+                db.execute("SELECT run, pid, host, started, ended FROM runs ORDER BY run")]
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    finally:
+        db.close()
+    totals = {name: sum(tag[name] for tag in per_tag.values())
+              for name in ("requested", "finished", "failed", "not_answered")}
+    return {"journal": str(path), "label": meta.get("label"), "master_running": _locked(path),
+            "tasks": totals, "tags": per_tag, "runs": runs}
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live master holds the journal now."""
+    lock_path = path.with_name(path.name + "-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
