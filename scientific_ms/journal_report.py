@@ -1,0 +1,153 @@
+"""Reading a journal without its master: ``read_journal`` and ``task_manager show JOURNAL``.
+
+Both open the file read-only, so they work while the job's master runs and
+after it died; neither ever changes the journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pickle
+import sqlite3
+from pathlib import Path
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
+
+from .journal import JournalError, _check_file, _connect, _read_meta, _sql_error
+from .payload import GlobalStateValue, loads_answer
+
+
+class JournalRecord(NamedTuple):
+    """One journaled task, as :func:`read_journal` yields it."""
+    task_id: str
+    tag: str
+    parameters: tuple      # GlobalStateValue placeholders stay placeholders
+    answered: bool
+    ok: Optional[bool]     # None: not answered
+    result: Any            # the result when ok, the exception when not ok, else None
+    traceback: str
+
+
+
+# ------------------------------------------------------------------ reading
+
+def _placeholder(label: str) -> GlobalStateValue:
+    _, state_id, name = label.split("_", 2)
+    return GlobalStateValue(int(state_id), name)
+
+
+class _ReaderUnpickler(pickle.Unpickler):
+    def persistent_load(self, label: str) -> Any:
+        return _placeholder(label)
+
+
+def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[str, str]]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}: give the file the master's journal= option named")
+    if not _check_file(path):
+        raise JournalError(f"{path} is empty: not a journal")
+    try:
+        db = _connect(path, readonly=True)
+        meta = _read_meta(db, path)
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    if meta is None:
+        raise JournalError(f"{path} is an empty SQLite database, not a journal")
+    return path, db, meta
+
+
+def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
+    """Yield every task of a journal, in request order, without a master.
+
+    Opens the file read-only (the job's master may be running or dead).
+    Each :class:`JournalRecord` has ``task_id``, ``tag``, ``parameters``
+    (a tuple; GlobalStateValue placeholders are not resolved),
+    ``answered``, ``ok`` (True: ``result`` is the result; False: it is the
+    exception the handler raised, with ``traceback`` its text) and
+    ``result``. A result whose class is not importable here raises
+    SerializationError when its record is reached.
+    """
+    path, db, _ = _open_readonly(path)
+    try:
+        rows = db.execute("SELECT task_id, tag, parameters, ok, answer, traceback FROM tasks ORDER BY number")
+        for task_id, tag, parameters, ok, answer, traceback in rows:
+            params = _ReaderUnpickler(io.BytesIO(parameters)).load()
+            value = loads_answer(answer, task_id) if ok is not None else None
+            yield JournalRecord(task_id, tag, params, ok is not None,
+                                None if ok is None else bool(ok), value, traceback or "")
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    finally:
+        db.close()
+
+
+def journal_progress(path: os.PathLike) -> dict:
+    """What ``task_manager show JOURNAL`` reports: the job's progress per tag, and its runs."""
+    path, db, meta = _open_readonly(path)
+    try:
+        per_tag = {}
+        for tag, requested, finished, failed in db.execute(
+                "SELECT tag, count(*), count(CASE WHEN ok = 1 THEN 1 END), "
+                "count(CASE WHEN ok = 0 THEN 1 END) FROM tasks GROUP BY tag ORDER BY tag"):
+            per_tag[tag] = {"requested": requested, "finished": finished, "failed": failed,
+                            "not_answered": requested - finished - failed}
+        runs = [{"run": run, "pid": pid, "host": host, "started": started, "ended": ended}
+                for run, pid, host, started, ended in
+                db.execute("SELECT run, pid, host, started, ended FROM runs ORDER BY run")]
+    except sqlite3.Error as error:
+        raise _sql_error(path, error, "reading") from None
+    finally:
+        db.close()
+    totals = {name: sum(tag[name] for tag in per_tag.values())
+              for name in ("requested", "finished", "failed", "not_answered")}
+    return {"journal": str(path), "label": meta.get("label"), "master_running": _locked(path),
+            "tasks": totals, "tags": per_tag, "runs": runs}
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live master holds the journal now."""
+    lock_path = path.with_name(path.name + "-lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def format_journal_progress(report: Dict, verbose: bool = False) -> str:
+    """The human form of :func:`journal_progress`."""
+    tasks = report["tasks"]
+    if report["master_running"]:
+        state = "running"
+    elif tasks["not_answered"]:
+        state = "not running (run the same command again to resume the job)"
+    else:
+        state = "not running; every task journaled is answered"
+    lines = [f"journal {report['journal']} of {report['label']!r}: master {state}",
+             f"{tasks['requested']} tasks requested, {tasks['finished']} finished, "
+             f"{tasks['failed']} failed, {tasks['not_answered']} not yet answered"]
+    for tag, counts in report["tags"].items():
+        lines.append(f"  {tag}: {counts['requested']} requested, {counts['finished']} finished, "
+                     f"{counts['failed']} failed, {counts['not_answered']} not yet answered")
+    runs = report["runs"]
+    lines.append(f"{len(runs)} master run(s)")
+    if verbose:
+        for run in runs:
+            started = iso_text(run["started"])
+            ended = iso_text(run["ended"]) if run["ended"] else "did not end cleanly (or still runs)"
+            lines.append(f"  run {run['run']}: PID {run['pid']} on {run['host']}, started {started}, "
+                         f"ended {ended}")
+    return "\n".join(lines)
+
+
+def iso_text(timestamp: Optional[float]) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
