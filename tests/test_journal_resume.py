@@ -8,12 +8,13 @@ import collections
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from scientific_ms import MasterProcess, read_journal
+from scientific_ms import GlobalStateValue, MasterProcess, initializeMasterProcess, read_journal
 from scientific_ms.journal import Journal
 from conftest import descendants_gone, wait_for
 
@@ -194,6 +195,27 @@ def test_a_changed_script_resumes_what_matches_and_runs_what_is_new(processes, t
     assert not journal.exists() and not Path(str(journal) + "-wal").exists()
 
 
+def test_a_global_state_value_matches_by_the_value_it_stands_for(processes, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIENTIFIC_MS_JOURNAL", str(tmp_path / "state.db"))   # the environment fallback
+
+    def run(*tables):
+        master = initializeMasterProcess("state", use_name_server=False)
+        try:
+            processes.python(SLAVE_SCRIPT, "state")
+            states = [master.setGlobalState(table=table) for table in tables]
+            master.requestTask("work", 0, GlobalStateValue(states[-1], "table"))
+            _, _, (value, _) = master.retrieveResult(timeout=60)
+            assert value == tables[-1]
+            return master._journal.replayed
+        finally:
+            master.shutdown()
+
+    assert run([1, 2, 3]) == 0
+    assert run("unused", [1, 2, 3]) == 1      # another state id, the same value: answered from the journal
+    assert run([1, 2, 4]) == 0                # a changed table is a new request
+    assert (tmp_path / "state.db").exists()
+
+
 def test_a_second_master_on_a_journal_in_use_fails_at_start_naming_it(processes, tmp_path):
     journal, side = tmp_path / "job.db", tmp_path / "executions"
     first = processes.python(JOB, "busy", journal, 400, 0.05, side, 1, name="first", cwd=tmp_path)
@@ -208,3 +230,39 @@ def test_a_second_master_on_a_journal_in_use_fails_at_start_naming_it(processes,
     other = processes.python(JOB, "another-label", journal, 4, 0.0, side, 1, name="other", cwd=tmp_path)
     code, out = processes.finish(other, 60)
     assert code == 1 and "belongs to the job labelled 'busy', not 'another-label'" in out, out
+
+
+# ------------------------------------------------------------------ under mpiexec
+
+from test_mpi import mpi_command, needs_hydra, needs_mpi, no_leftovers, tagged  # noqa: E402,F401
+
+
+@needs_mpi
+@needs_hydra
+def test_under_mpiexec_rank_0_killed_then_the_job_run_again_resumes(processes, tmp_path, tagged):  # noqa: F811
+    tasks = 2000
+    journal, side = tmp_path / "job.db", tmp_path / "executions"
+    command = mpi_command((3, [sys.executable, JOB, "mpiresume", journal, tasks, 0.001, side]))
+    # Slaves forked by the killed job's ranks may rejoin the second job within this grace.
+    env = {"SCIENTIFIC_MS_TEST_RUN": tagged.tag, "SCIENTIFIC_MS_REJOIN_GRACE": "20"}
+    first = processes.start(command, env=env, cwd=tmp_path, name="first")
+    kill_master_halfway(processes, side, tasks, tasks // 2)
+    code, out = processes.finish(first, 60)     # Hydra ends the job when rank 0 dies
+    assert code != 0, out
+    executed = set(int(line) for line in lines(side))
+    answered = {r.parameters[0] for r in read_journal(journal) if r.answered}
+    second = processes.start(command, env=env, cwd=tmp_path, name="second")
+    code, out = processes.finish(second, 120)
+    assert code == 0, out
+    # Slaves of the first job that were still running a task at the kill may add an execution
+    # after ``executed`` was read: count them with the first run.
+    executions = collections.Counter(int(line) for line in lines(side))
+    results = results_of(out)
+    assert sorted(results) == list(range(tasks)) and all(v == [i * i] for i, v in results.items())
+    replayed = int(re.search(r"^DONE \d+ REPLAYED (\d+)$", out, re.M).group(1))
+    assert replayed == len(answered)
+    twice = {i for i, n in executions.items() if n > 1}
+    assert not twice & answered
+    assert len(twice) <= len(executed - answered) + 10, (len(twice), len(executed - answered))
+    print(f"\nmpiexec: {len(answered)} answers journaled at the kill, {len(twice)} tasks ran twice")
+    no_leftovers(tagged, 30)
