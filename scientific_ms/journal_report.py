@@ -19,16 +19,13 @@ from .payload import GlobalStateValue, loads_answer
 
 
 class JournalRecord(NamedTuple):
-    """One journaled task, as :func:`read_journal` yields it."""
+    """One answered task, as :func:`read_journal` yields it."""
     task_id: str
     tag: str
     parameters: tuple      # GlobalStateValue placeholders stay placeholders
-    answered: bool
-    ok: Optional[bool]     # None: not answered
-    result: Any            # the result when ok, the exception when not ok, else None
-    traceback: str
-
-
+    ok: bool               # True: ``result`` is the result; False: the exception raised
+    result: Any
+    traceback: str         # text of the remote traceback when not ok, else ""
 
 # ------------------------------------------------------------------ reading
 
@@ -59,14 +56,15 @@ def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[st
 
 
 def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
-    """Yield every task of a journal, in request order, without a master.
+    """Yield every answered task of a journal, in request order, without a master.
 
     Opens the file read-only (the job's master may be running or dead).
     Each :class:`JournalRecord` has ``task_id``, ``tag``, ``parameters``
-    (a tuple; GlobalStateValue placeholders are not resolved),
-    ``answered``, ``ok`` (True: ``result`` is the result; False: it is the
-    exception the handler raised, with ``traceback`` its text) and
-    ``result``. A result whose class is not importable here raises
+    (a tuple; GlobalStateValue placeholders are not resolved), ``ok``
+    (True: ``result`` is the result; False: it is the exception the
+    handler raised, with ``traceback`` its text) and ``result``. Tasks
+    requested and not answered are not in the journal (a resumed master
+    runs them). A result whose class is not importable here raises
     SerializationError when its record is reached.
     """
     path, db, _ = _open_readonly(path)
@@ -74,9 +72,7 @@ def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
         rows = db.execute("SELECT task_id, tag, parameters, ok, answer, traceback FROM tasks ORDER BY number")
         for task_id, tag, parameters, ok, answer, traceback in rows:
             params = _ReaderUnpickler(io.BytesIO(parameters)).load()
-            value = loads_answer(answer, task_id) if ok is not None else None
-            yield JournalRecord(task_id, tag, params, ok is not None,
-                                None if ok is None else bool(ok), value, traceback or "")
+            yield JournalRecord(task_id, tag, params, bool(ok), loads_answer(answer, task_id), traceback)
     except sqlite3.Error as error:
         raise _sql_error(path, error, "reading") from None
     finally:
@@ -84,15 +80,24 @@ def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
 
 
 def journal_progress(path: os.PathLike) -> dict:
-    """What ``task_manager show JOURNAL`` reports: the job's progress per tag, and its runs."""
+    """What ``task_manager show JOURNAL`` reports: the job's progress per tag, and its runs.
+
+    "requested" is the most any run of the job requested (a resumed run
+    requests everything again); "finished" and "failed" count the answers
+    journaled.
+    """
     path, db, meta = _open_readonly(path)
     try:
+        requested = dict(db.execute("SELECT tag, max(count) FROM requested GROUP BY tag"))
+        answered = {tag: (finished, failed) for tag, finished, failed in db.execute(
+            "SELECT tag, count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END) "
+            "FROM tasks GROUP BY tag")}
         per_tag = {}
-        for tag, requested, finished, failed in db.execute(
-                "SELECT tag, count(*), count(CASE WHEN ok = 1 THEN 1 END), "
-                "count(CASE WHEN ok = 0 THEN 1 END) FROM tasks GROUP BY tag ORDER BY tag"):
-            per_tag[tag] = {"requested": requested, "finished": finished, "failed": failed,
-                            "not_answered": requested - finished - failed}
+        for tag in sorted(set(requested) | set(answered)):
+            finished, failed = answered.get(tag, (0, 0))
+            wanted = max(requested.get(tag, 0), finished + failed)
+            per_tag[tag] = {"requested": wanted, "finished": finished, "failed": failed,
+                            "not_answered": wanted - finished - failed}
         runs = [{"run": run, "pid": pid, "host": host, "started": started, "ended": ended}
                 for run, pid, host, started, ended in
                 db.execute("SELECT run, pid, host, started, ended FROM runs ORDER BY run")]

@@ -184,6 +184,9 @@ class MasterProcess:
         return journal
 
     def _journaled_request(self, tag: str, parameters: tuple, limit: Optional[float]) -> str:
+        if not self._state_digests:   # no global state set: no placeholder to look for
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            return self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, limit)
         states: List[GlobalStateValue] = []
 
         def known_state(value: GlobalStateValue) -> bool:
@@ -192,11 +195,7 @@ class MasterProcess:
 
         payload = dumps_parameters(tag, parameters, known_state)
         key = request_key(tag, payload, parameters if states else None, self._state_digests.__getitem__)
-        manager = self.task_manager
-        return self._journal.request(
-            tag, key, payload,
-            add_task=lambda: manager.add_task(tag, payload, time_limit=limit),
-            add_answered=lambda ok, answer, traceback: manager.add_answered_task(tag, ok, answer, traceback))
+        return self._journal.request(tag, key, payload, self.task_manager, limit)
 
     def _close_journal(self) -> None:
         journal = self._journal

@@ -22,9 +22,7 @@ from conftest import wait_for
 
 def request(journal, manager, tag, *parameters):
     payload = dumps_parameters(tag, parameters)
-    return journal.request(tag, request_key(tag, payload), payload,
-                           add_task=lambda: manager.add_task(tag, payload),
-                           add_answered=lambda ok, answer, tb: manager.add_answered_task(tag, ok, answer, tb))
+    return journal.request(tag, request_key(tag, payload), payload, manager)
 
 
 def answer_all(manager, slave, results):
@@ -62,7 +60,7 @@ def test_a_second_run_gets_journaled_answers_without_running_them(tmp_path):
     journal.close()
 
     journal = Journal(path, "job")
-    assert (journal.journaled, journal.journaled_answered) == (10, 10)
+    assert journal.journaled == 10
     manager, slave = journaled_manager(journal)
     again = [request(journal, manager, "square", i) for i in range(10)]
     assert again == ids                       # the same requests get the same task ids
@@ -82,12 +80,13 @@ def test_the_nth_identical_request_matches_the_nth_journaled_one_and_new_ones_ru
     collect(manager, 3)
     request(journal, manager, "square", 8)     # requested, never answered
     journal.close()
+    assert journal_progress(path)["tasks"] == {"requested": 4, "finished": 3, "failed": 0, "not_answered": 1}
 
     journal = Journal(path, "job")
     manager, slave = journaled_manager(journal)
     for value in (7, 7, 8, 9):
         request(journal, manager, "square", value)
-    # two 7s answered from the journal; 8 (journaled, unanswered) and 9 (new) run
+    # two 7s answered from the journal; 8 (requested, never answered: not journaled) and 9 (new) run
     assert journal.replayed == 2
     ran = answer_all(manager, slave, lambda p: p[0] ** 2)
     assert ran == 2
@@ -96,8 +95,8 @@ def test_the_nth_identical_request_matches_the_nth_journaled_one_and_new_ones_ru
         journal.close()
     assert "1 journaled tasks were not requested by this run" in caplog.text
     records = list(read_journal(path))
-    assert [(r.parameters, r.answered) for r in records] == \
-        [((7,), True), ((7,), True), ((7,), True), ((8,), True), ((9,), True)]
+    assert [r.parameters for r in records] == [(7,), (7,), (7,), (8,), (9,)]
+    assert [r.result for r in records] == [49, 49, 49, 64, 81]
 
 
 def test_exceptions_are_journaled_and_read_back(tmp_path):
@@ -234,10 +233,11 @@ def test_a_full_disk_while_writing_is_reported_naming_the_file_and_the_fix(tmp_p
     with caplog.at_level(logging.ERROR, logger="scientific_ms.journal"):
         for i in range(200):
             request(journal, manager, "square", "x" * 10_000, i)
+        assert answer_all(manager, slave, lambda p: 0) == 200    # the job itself goes on
         wait_for(lambda: "disk is full" in caplog.text, 10, "the writer to report the full disk")
+        assert len(collect(manager, 200)) == 200
         journal.close()
     assert f"journal {path}" in caplog.text and "free some disk space" in caplog.text
-    assert answer_all(manager, slave, lambda p: 0) == 200    # the job itself goes on
 
 
 def test_show_and_read_journal_refuse_what_is_not_a_journal(tmp_path):
