@@ -6,6 +6,7 @@ after it died; neither ever changes the journal.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import io
 import os
@@ -14,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
-from .journal import JournalError, _check_file, _connect, _read_meta, _sql_error
+from .journal import JournalError, _check_file, _connect, _read_meta, _sql_error, journaled_tasks
 from .payload import GlobalStateValue, loads_answer
 
 
@@ -56,7 +57,7 @@ def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[st
 
 
 def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
-    """Yield every answered task of a journal, in request order, without a master.
+    """Yield every answered task of a journal, in the order answered, without a master.
 
     Opens the file read-only (the job's master may be running or dead).
     Each :class:`JournalRecord` has ``task_id``, ``tag``, ``parameters``
@@ -69,8 +70,7 @@ def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
     """
     path, db, _ = _open_readonly(path)
     try:
-        rows = db.execute("SELECT task_id, tag, parameters, ok, answer, traceback FROM tasks ORDER BY number")
-        for task_id, tag, parameters, ok, answer, traceback in rows:
+        for _, _, (_, task_id, tag, _, parameters, ok, answer, traceback) in journaled_tasks(db):
             params = _ReaderUnpickler(io.BytesIO(parameters)).load()
             yield JournalRecord(task_id, tag, params, bool(ok), loads_answer(answer, task_id), traceback)
     except sqlite3.Error as error:
@@ -89,12 +89,12 @@ def journal_progress(path: os.PathLike) -> dict:
     path, db, meta = _open_readonly(path)
     try:
         requested = dict(db.execute("SELECT tag, max(count) FROM requested GROUP BY tag"))
-        answered = {tag: (finished, failed) for tag, finished, failed in db.execute(
-            "SELECT tag, count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END) "
-            "FROM tasks GROUP BY tag")}
+        finished_by_tag, failed_by_tag = collections.Counter(), collections.Counter()
+        for _, _, task in journaled_tasks(db):
+            (finished_by_tag if task[5] else failed_by_tag)[task[2]] += 1
         per_tag = {}
-        for tag in sorted(set(requested) | set(answered)):
-            finished, failed = answered.get(tag, (0, 0))
+        for tag in sorted(set(requested) | set(finished_by_tag) | set(failed_by_tag)):
+            finished, failed = finished_by_tag[tag], failed_by_tag[tag]
             wanted = max(requested.get(tag, 0), finished + failed)
             per_tag[tag] = {"requested": wanted, "finished": finished, "failed": failed,
                             "not_answered": wanted - finished - failed}
