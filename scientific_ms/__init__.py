@@ -9,7 +9,7 @@ from .errors import (AuthenticationError, ConfigurationError, ConnectionLostErro
                      SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
                      TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
-from .journal import JournalError
+from .journal_file import JournalError
 from .journal_report import JournalRecord, read_journal
 from .machine import getMachineInfo
 from .manager import TaskManager

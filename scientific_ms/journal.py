@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import fcntl
 import hashlib
 import io
 import logging
@@ -65,14 +63,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from .errors import ConfigurationError
+from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
+                           read_meta, sql_error, SCHEMA, journaled_tasks)
 from .payload import GlobalStateValue, PROTOCOL
 
 log = logging.getLogger(__name__)
 
-FORMAT = "scientific_ms journal"
-VERSION = "1"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 #: A group gathers for this long after its first item, then is committed: few, large
 #: commits, and a request answered within the window is written once, answer and all.
 GROUP_SECONDS = 0.01
@@ -82,28 +78,6 @@ _GROUP_LIMIT = 20_000
 _BLOB_BYTES = 16 * 1024 * 1024
 #: Groups kept unpickled while a resumed run reads its answers (requests come in order).
 _GROUP_CACHE = 4
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (run INTEGER PRIMARY KEY, pid INTEGER, host TEXT,
-                                 started REAL, ended REAL);
-CREATE TABLE IF NOT EXISTS requested (run INTEGER NOT NULL, tag TEXT NOT NULL,
-                                      count INTEGER NOT NULL, PRIMARY KEY (run, tag));
-CREATE TABLE IF NOT EXISTS groups (seq INTEGER PRIMARY KEY, run INTEGER NOT NULL,
-                                   count INTEGER NOT NULL, rows BLOB NOT NULL);
-"""
-
-
-def journaled_tasks(db: sqlite3.Connection) -> Iterator[Tuple[int, int, tuple]]:
-    """(group seq, position, task) for every journaled task, in the order written."""
-    for seq, blob in db.execute("SELECT seq, rows FROM groups ORDER BY seq"):
-        for position, task in enumerate(pickle.loads(blob)):
-            yield seq, position, task
-
-
-class JournalError(ConfigurationError):
-    """A journal cannot be used: not a journal, another label, locked, unwritable."""
-
 
 def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
     """Pickle a group's tasks in pieces of about ``_BLOB_BYTES``: (blob, number of tasks)."""
@@ -154,101 +128,6 @@ def value_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-# ------------------------------------------------------------------ opening
-
-def _check_file(path: Path) -> bool:
-    """Raise JournalError unless ``path`` may hold a journal; True if it has content."""
-    if path.is_dir():
-        raise JournalError(f"the journal {path} is a folder: give a file name such as {path / 'job.db'}")
-    if not path.parent.is_dir():
-        raise JournalError(f"cannot create the journal {path}: the folder {path.parent} does not exist")
-    if not path.exists():
-        return False
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_SQLITE_MAGIC))
-    except OSError as error:
-        raise JournalError(f"cannot read the journal {path}: {error.strerror}; "
-                           f"fix its permissions or choose another file") from None
-    if not head:
-        return False   # an empty file: nothing to lose (a master killed while creating it)
-    if head != _SQLITE_MAGIC:
-        raise JournalError(f"{path} is not a scientific_ms journal (not an SQLite database); it was "
-                           f"left untouched: give another journal file, or move this one away")
-    return True
-
-
-def _check_writable(path: Path) -> None:
-    folder = path.parent
-    for target, what in ((path, "file"), (folder, "folder")):
-        if target.exists() and not os.access(target, os.W_OK):
-            raise JournalError(f"cannot write the journal {path}: its {what} {target} is read-only; "
-                               f"make it writable, or choose a journal in a writable folder")
-
-
-def _lock(path: Path) -> Tuple[int, Path]:
-    """Take the journal's lock (flock on ``<journal>-lock``); the lock dies with the process."""
-    lock_path = path.with_name(path.name + "-lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise JournalError(f"cannot create the lock file {lock_path} of the journal {path}: "
-                           f"{error.strerror}; choose a journal in a writable folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise JournalError(f"the journal {path} is in use by a live master ({holder}); stop that "
-                               f"master first, or give this job another journal file") from None
-        raise JournalError(f"cannot lock the journal {path}: {error.strerror}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    return fd, lock_path
-
-
-def _sql_error(path: Path, error: sqlite3.Error, doing: str) -> JournalError:
-    text = str(error)
-    if "full" in text:
-        fix = "free some disk space, or choose a journal on another disk"
-    elif "readonly" in text or "read-only" in text:
-        fix = "make the file and its folder writable"
-    elif "not a database" in text or "malformed" in text:
-        fix = "it is damaged or not a journal: move it away, or give another journal file"
-    else:
-        fix = "check the file and its folder"
-    return JournalError(f"journal {path}: {doing} failed ({text}); {fix}")
-
-
-def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout = 5000")
-    return db
-
-
-def _read_meta(db: sqlite3.Connection, path: Path) -> Optional[Dict[str, str]]:
-    """The meta table, or None for a database without any table (a new journal)."""
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables:
-        return None
-    if "meta" not in tables:
-        raise JournalError(f"{path} is an SQLite database but not a scientific_ms journal; it was left "
-                           f"untouched: give another journal file")
-    meta = dict(db.execute("SELECT key, value FROM meta"))
-    if meta.get("format") != FORMAT:
-        raise JournalError(f"{path} is an SQLite database but not a scientific_ms journal; it was left "
-                           f"untouched: give another journal file")
-    if meta.get("version") != VERSION:
-        raise JournalError(f"the journal {path} has format version {meta.get('version')}, this "
-                           f"scientific_ms reads version {VERSION}: finish it with the version that "
-                           f"wrote it, or start afresh with another file")
-    return meta
-
-
 # ------------------------------------------------------------------ the journal
 
 class Journal:
@@ -263,9 +142,9 @@ class Journal:
 
     def __init__(self, path: os.PathLike, label: str, secret: Optional[bytes] = None):
         self.path = Path(path).expanduser().absolute()
-        existed = _check_file(self.path)
-        _check_writable(self.path)
-        self._lock_fd, self._lock_path = _lock(self.path)
+        existed = check_file(self.path)
+        check_writable(self.path)
+        self._lock_fd, self._lock_path = lock(self.path)
         try:
             self._open(label, secret, existed)
         except BaseException:
@@ -288,17 +167,17 @@ class Journal:
         if not existed:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
-            self._db = _connect(path)
+            self._db = connect(path)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
-            meta = _read_meta(self._db, path)
+            meta = read_meta(self._db, path)
             if meta is not None and meta.get("label") != label:
                 raise JournalError(f"the journal {path} belongs to the job labelled {meta.get('label')!r}, "
                                    f"not {label!r}: use the label {meta.get('label')!r} to resume that "
                                    f"job, or give this job another journal file")
             with self._transaction():
                 if meta is None:
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                    for statement in filter(str.strip, SCHEMA.split(";")):
                         self._db.execute(statement)   # not executescript: it would commit
                     meta = {"format": FORMAT, "version": VERSION, "label": label,
                             "created": repr(time.time())}
@@ -311,7 +190,7 @@ class Journal:
             self.secret = meta["secret"].encode() if meta.get("secret") else None
             self._load_index()
         except sqlite3.Error as error:
-            raise _sql_error(path, error, "opening") from None
+            raise sql_error(path, error, "opening") from None
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -335,7 +214,7 @@ class Journal:
         if found:
             log.info("journal %s: resuming; %d answered tasks journaled", self.path, len(found))
         self._groups: "collections.OrderedDict[int, list]" = collections.OrderedDict()
-        self._reader = _connect(self.path)   # the master thread's; the writer's is self._db
+        self._reader = connect(self.path)   # the master thread's; the writer's is self._db
 
     def _journaled_task(self, seq: int, position: int) -> tuple:
         """A journaled task, its group unpickled once while requests come in order (master thread)."""
@@ -416,7 +295,7 @@ class Journal:
                 if counts:
                     self._db.executemany("INSERT OR REPLACE INTO requested VALUES (?, ?, ?)", counts)
         except sqlite3.Error as error:
-            self._failed = str(_sql_error(self.path, error, "writing"))
+            self._failed = str(sql_error(self.path, error, "writing"))
             log.error("%s; from now on this job is not journaled (its results still reach the "
                       "master, but a restarted master would run the unjournaled tasks again)",
                       self._failed)
@@ -441,7 +320,7 @@ class Journal:
             self._reader.close()
             self._db.close()
         except sqlite3.Error as error:
-            log.error("%s", _sql_error(self.path, error, "closing"))
+            log.error("%s", sql_error(self.path, error, "closing"))
         if remove:
             for suffix in ("", "-wal", "-shm", "-lock"):
                 with contextlib.suppress(FileNotFoundError):

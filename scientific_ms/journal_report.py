@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
-from .journal import JournalError, _check_file, _connect, _read_meta, _sql_error, journaled_tasks
+from .journal_file import JournalError, check_file, connect, read_meta, sql_error, journaled_tasks
 from .payload import GlobalStateValue, loads_answer
 
 
@@ -44,13 +44,13 @@ def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[st
     path = Path(path).expanduser()
     if not path.is_file():
         raise JournalError(f"no journal at {path}: give the file the master's journal= option named")
-    if not _check_file(path):
+    if not check_file(path):
         raise JournalError(f"{path} is empty: not a journal")
     try:
-        db = _connect(path, readonly=True)
-        meta = _read_meta(db, path)
+        db = connect(path, readonly=True)
+        meta = read_meta(db, path)
     except sqlite3.Error as error:
-        raise _sql_error(path, error, "reading") from None
+        raise sql_error(path, error, "reading") from None
     if meta is None:
         raise JournalError(f"{path} is an empty SQLite database, not a journal")
     return path, db, meta
@@ -74,7 +74,7 @@ def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
             params = _ReaderUnpickler(io.BytesIO(parameters)).load()
             yield JournalRecord(task_id, tag, params, bool(ok), loads_answer(answer, task_id), traceback)
     except sqlite3.Error as error:
-        raise _sql_error(path, error, "reading") from None
+        raise sql_error(path, error, "reading") from None
     finally:
         db.close()
 
@@ -102,7 +102,7 @@ def journal_progress(path: os.PathLike) -> dict:
                 for run, pid, host, started, ended in
                 db.execute("SELECT run, pid, host, started, ended FROM runs ORDER BY run")]
     except sqlite3.Error as error:
-        raise _sql_error(path, error, "reading") from None
+        raise sql_error(path, error, "reading") from None
     finally:
         db.close()
     totals = {name: sum(tag[name] for tag in per_tag.values())
