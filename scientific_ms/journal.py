@@ -234,14 +234,13 @@ class Journal:
         ``manager`` (the TaskManager) gets the task (``add_task``) or, when
         its answer is journaled, that answer (``add_answered_task``).
         """
-        rows = self._index.get(key)
-        if rows:
-            ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
-            self.replayed += 1
-            with self._mutex:
-                self._count(tag)
-            return manager.add_answered_task(tag, bool(ok), answer, traceback)
         with self._mutex:
+            rows = self._index.get(key)
+            if rows:
+                ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
+                self.replayed += 1
+                self._count(tag)
+                return manager.add_answered_task(tag, bool(ok), answer, traceback)
             task_id = manager.add_task(tag, payload, time_limit)
             self._pending[task_id] = (self._next_number, task_id, tag, key, payload)
             self._next_number += 1

@@ -146,10 +146,14 @@ def format_journal_progress(report: Dict, verbose: bool = False) -> str:
     lines.append(f"{len(runs)} master run(s)")
     if verbose:
         for run in runs:
-            started = iso_text(run["started"])
-            ended = iso_text(run["ended"]) if run["ended"] else "did not end cleanly (or still runs)"
-            lines.append(f"  run {run['run']}: PID {run['pid']} on {run['host']}, started {started}, "
-                         f"ended {ended}")
+            if run["ended"]:
+                end = f"ended {iso_text(run['ended'])}"
+            elif report["master_running"] and run is runs[-1]:
+                end = "running"
+            else:
+                end = "killed (it never ended)"
+            lines.append(f"  run {run['run']}: PID {run['pid']} on {run['host']}, "
+                         f"started {iso_text(run['started'])}, {end}")
     return "\n".join(lines)
 
 
