@@ -168,7 +168,9 @@ class Journal:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             self._db = connect(path)
-            self._db.execute("PRAGMA journal_mode = WAL")
+            mode, = self._db.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":   # e.g. a filesystem without shared memory: slower, still safe
+                log.warning("journal %s: SQLite could not use WAL mode here (it uses %s)", path, mode)
             self._db.execute("PRAGMA synchronous = FULL")
             meta = read_meta(self._db, path)
             if meta is not None and meta.get("label") != label:
