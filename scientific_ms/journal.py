@@ -5,14 +5,14 @@
     master thread                    server threads (slaves' answers)
     -------------                    --------------------------------
     request_task -> Journal.request  TaskManager.store_answers -> Journal.answers
-    (remembers the request)          (request + answer -> one row)
-                                                     |
-                                     queue  <--------+
-                                       |
+                         |                                           |
+                         +-------------> queue <---------------------+
+                                           |
                                      writer thread: after its first item, lets
                                      a group gather for GROUP_SECONDS (10 ms),
-                                     writes it in one transaction, commits
-                                     (group commit), and again
+                                     joins each answer with its request,
+                                     writes the group in one transaction,
+                                     commits (group commit), and again
 
 Nobody waits for the disk: an answered task is put in the queue and the
 caller goes on. A crash loses at most the group gathering or being
@@ -61,7 +61,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
@@ -74,17 +74,20 @@ log = logging.getLogger(__name__)
 GROUP_SECONDS = 0.01
 #: Most items written in one transaction.
 _GROUP_LIMIT = 20_000
-#: A group's tasks are cut into blobs of about this many bytes of parameters and answers.
+#: A group's tasks are cut into blobs of about this many bytes of parameters and answers,
+#: and of at most this many tasks: pickling holds the GIL, so each pickle must be short
+#: (20,000 tasks in one took ~6 ms, during which no slave's call was served).
 _BLOB_BYTES = 16 * 1024 * 1024
+_BLOB_TASKS = 200
 #: Groups kept unpickled while a resumed run reads its answers (requests come in order).
 _GROUP_CACHE = 4
 
 def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
-    """Pickle a group's tasks in pieces of about ``_BLOB_BYTES``: (blob, number of tasks)."""
+    """Pickle a group's tasks in pieces (``_BLOB_BYTES``, ``_BLOB_TASKS``): (blob, number of tasks)."""
     start = size = 0
     for index, row in enumerate(rows):
         size += len(row[4]) + len(row[6])
-        if size >= _BLOB_BYTES:
+        if size >= _BLOB_BYTES or index + 1 - start >= _BLOB_TASKS:
             yield pickle.dumps(rows[start:index + 1], PROTOCOL), index + 1 - start
             start, size = index + 1, 0
     if start < len(rows):
@@ -150,10 +153,12 @@ class Journal:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._mutex = threading.Lock()       # a task is remembered before its answer can arrive
-        self._pending: Dict[str, tuple] = {}  # task id -> (number, run, task_id, tag, key, parameters)
-        self._requested: Dict[str, int] = collections.Counter()   # tag -> requests of this run
-        self._requested_dirty = False        # counts changed since the writer last wrote them
+        self._mutex = threading.Lock()       # requests from several master threads
+        # The writer's own: requests waiting for their answers, answers that overtook
+        # their request in the queue, and the requests of this run per tag.
+        self._pending: Dict[str, tuple] = {}   # task id -> (number, task_id, tag, key, parameters)
+        self._early: Dict[str, tuple] = {}     # task id -> (ok, answer, traceback)
+        self._requested: Dict[str, int] = collections.Counter()
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._failed: Optional[str] = None
         self._closed = False
@@ -231,7 +236,7 @@ class Journal:
     # -------------------------------------------------------------- master thread
 
     def request(self, tag: str, key: bytes, payload: bytes, manager, time_limit: Optional[float] = None) -> str:
-        """Match a request with a journaled answer, or remember it until answered; returns the task id.
+        """Match a request with a journaled answer, or queue it for the writer; returns the task id.
 
         ``manager`` (the TaskManager) gets the task (``add_task``) or, when
         its answer is journaled, that answer (``add_answered_task``).
@@ -241,19 +246,12 @@ class Journal:
             if rows:
                 ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
                 self.replayed += 1
-                self._count(tag)
+                self._queue.put(tag)          # counted as requested
                 return manager.add_answered_task(tag, bool(ok), answer, traceback)
             task_id = manager.add_task(tag, payload, time_limit)
-            self._pending[task_id] = (self._next_number, task_id, tag, key, payload)
+            self._queue.put((self._next_number, task_id, tag, key, payload))
             self._next_number += 1
-            self._count(tag)
         return task_id
-
-    def _count(self, tag: str) -> None:
-        self._requested[tag] += 1
-        if not self._requested_dirty:
-            self._requested_dirty = True
-            self._queue.put(())       # wake the writer: the counts are worth writing
 
     def unrequested(self) -> int:
         """Journaled tasks that this run has not (yet) requested."""
@@ -261,16 +259,19 @@ class Journal:
 
     # -------------------------------------------------------------- server threads
 
-    def answers(self, answers: Iterable[Tuple[str, bool, bytes, str]]) -> None:
-        """Journal accepted answers: (task_id, ok, pickled result or exception, traceback)."""
-        with self._mutex:
-            pending = self._pending
-            rows = [request + (ok, payload, traceback) for task_id, ok, payload, traceback in answers
-                    if (request := pending.pop(task_id, None)) is not None]
-        if rows:
-            self._queue.put(rows)
+    def answers(self, answers: List[Tuple[str, bool, bytes, str]]) -> None:
+        """Journal accepted answers: (task_id, ok, pickled result or exception, traceback).
+
+        Only queued: the writer joins each answer with its request.
+        """
+        self._queue.put(answers)
 
     # -------------------------------------------------------------- writer thread
+    #
+    # The queue holds, in the order they happened: a request (a 5-tuple), a list
+    # of answers, a tag (a request answered from the journal), None (the end).
+    # An answer may come before its request (the master thread queues a request
+    # just after the manager has it): it waits in _early.
 
     def _write_loop(self) -> None:
         while True:
@@ -280,14 +281,38 @@ class Journal:
                 while len(items) < _GROUP_LIMIT:
                     items.append(self._queue.get_nowait())
             if self._failed is None:
-                self._write([row for item in items if item for row in item])
+                self._write(*self._join(items))
             if None in items:
                 return
 
-    def _write(self, rows: List[tuple]) -> None:
-        with self._mutex:
-            counts = [(self.run, tag, n) for tag, n in self._requested.items()] if self._requested_dirty else []
-            self._requested_dirty = False
+    def _join(self, items: list) -> Tuple[List[tuple], bool]:
+        """The answered tasks among ``items``: (number, task_id, tag, key, parameters, ok, answer, traceback)."""
+        pending, early, requested = self._pending, self._early, self._requested
+        rows = []
+        counted = False
+        for item in items:
+            if type(item) is tuple:
+                answer = early.pop(item[1], None)
+                if answer is None:
+                    pending[item[1]] = item
+                else:
+                    rows.append(item + answer)
+                requested[item[2]] += 1
+                counted = True
+            elif type(item) is list:
+                for task_id, ok, payload, traceback in item:
+                    request = pending.pop(task_id, None)
+                    if request is None:
+                        early[task_id] = (ok, payload, traceback)
+                    else:
+                        rows.append(request + (ok, payload, traceback))
+            elif item is not None:
+                requested[item] += 1
+                counted = True
+        return rows, counted
+
+    def _write(self, rows: List[tuple], counted: bool) -> None:
+        counts = [(self.run, tag, n) for tag, n in self._requested.items()] if counted else []
         try:
             with self._transaction():
                 for blob, count in _blobs(rows):
