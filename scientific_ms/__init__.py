@@ -9,6 +9,8 @@ from .errors import (AuthenticationError, ConfigurationError, ConnectionLostErro
                      SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
                      TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
+from .journal_file import JournalError
+from .journal_report import JournalRecord, read_journal
 from .machine import getMachineInfo
 from .manager import TaskManager
 from .master import MasterProcess
@@ -26,5 +28,6 @@ __all__ = [
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
+    "read_journal", "JournalRecord", "JournalError",
     "debug",
 ]

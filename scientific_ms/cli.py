@@ -1,6 +1,7 @@
 """The ``task_manager`` command: inspect a running job, watch it, list jobs, run slaves.
 
     task_manager show LABEL [-v] [--json]      (alias: status)
+    task_manager show JOURNAL [-v] [--json]    (a master's journal file: works when it is dead)
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
     task_manager slave LABEL [-n N]
@@ -63,6 +64,8 @@ def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT,
 
 def show(args) -> int:
     """Print the state of one task manager (add -v for tags and processes, --json for scripts)."""
+    if os.path.isfile(args.label):
+        return show_journal(args)
     connection = _connect(args)
     try:
         status = _fetch_status(connection)
@@ -73,6 +76,17 @@ def show(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_status(report, args.verbose))
+    return 0
+
+
+def show_journal(args) -> int:
+    """``show`` given a journal file: the job's progress read from it, master alive or not."""
+    from .journal_report import format_journal_progress, journal_progress
+    report = journal_progress(args.label)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_journal_progress(report, args.verbose))
     return 0
 
 
@@ -312,6 +326,8 @@ def slave(args) -> int:
 # ------------------------------------------------------------------ main
 
 def _label(text: str) -> str:
+    if os.path.isfile(text):
+        return text   # a journal file (show); the other commands reject it as a label
     try:
         return discovery.check_label(text)
     except ConfigurationError as error:

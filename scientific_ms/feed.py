@@ -55,6 +55,7 @@ class TaskFeed:
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
         self._poked = False           # the master has news (revoked tasks): call it now
+        self._flush = False           # an answer the master should have at once
         self._waiting_for_work = False   # in a blocking exchange, every answer handed in
         self._ended: Optional[str] = None
         self._error: Optional[BaseException] = None
@@ -89,7 +90,12 @@ class TaskFeed:
             self._outbox.append(answer)
             average = self._seconds_per_task
             self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
-            if self._prefetching() and len(self._outbox) >= self._want():
+            if seconds > TARGET_QUEUE_SECONDS and self._inbox:
+                # A long task ended with more queued: tell the master now, so that it
+                # knows which task runs and never hands the next one to another slave.
+                self._flush = True
+                self._cond.notify_all()
+            elif self._prefetching() and len(self._outbox) >= self._want():
                 self._cond.notify_all()
 
     def poke(self) -> None:
@@ -129,7 +135,7 @@ class TaskFeed:
         return average is not None and average < PREFETCH_BELOW
 
     def _should_call(self) -> bool:
-        if self._stopping or self._poked:
+        if self._stopping or self._poked or self._flush:
             return True
         idle = self._main_idle and not self._inbox
         if idle:
@@ -148,7 +154,7 @@ class TaskFeed:
                     while not self._should_call():
                         self._cond.wait()
                     answers, self._outbox = self._outbox, []
-                    self._poked = False
+                    self._poked = self._flush = False
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
                     want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)

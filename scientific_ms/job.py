@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
-           progress: Optional[bool] = None) -> None:
+           progress: Optional[bool] = None, journal: Optional[str] = None) -> None:
     """Run a job whose master and slave are defined in the calling script.
 
     The process becomes the master, unless it runs as a slave: started by
@@ -32,6 +32,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     the script's source so that ``task_manager slave LABEL`` can run more
     slaves, on any machine, in the master's working directory.
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
+    ``journal``: a journal file, so that the same command run again after
+    the master was killed resumes the job (see :class:`MasterProcess`).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -45,9 +47,10 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         # after it (saving the results, say) belongs to the master.
         raise SystemExit(0)
     if mpi.runs_under_mpi():
-        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress)
+        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress,
+                    journal=journal)
         return
-    master = start_script_master(label, master_class, progress)
+    master = start_script_master(label, master_class, progress=progress, journal=journal)
     if launch_slaves and main_script() is None:
         master.shutdown()
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "
@@ -60,16 +63,18 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                             slave_module: Optional[str] = None,
                             use_name_server: bool = True, *,
-                            progress: Optional[bool] = None, **options: Any) -> MasterProcess:
+                            progress: Optional[bool] = None, journal: Optional[str] = None,
+                            **options: Any) -> MasterProcess:
     """Start a master without subclassing; it shuts down when the interpreter exits.
 
     ``slave_script`` (a file) or ``slave_module`` (an importable module
     with ``do_<tag>`` functions) is stored so that ``task_manager slave
     LABEL`` and ``launchSlaveJobs`` can run slaves. Under mpiexec, ranks
     other than 0 become slaves running that code and exit when it ends.
-    Other keyword options (``task_time_limit``, ``port``, ``secret``,
-    ``slave_restarts``, ...) are those of :class:`MasterProcess`. SIGTERM
-    ends the interpreter as Ctrl-C does, so the master still shuts down.
+    ``journal``: see :class:`MasterProcess`. Other keyword options
+    (``task_time_limit``, ``port``, ``secret``, ``slave_restarts``, ...) are
+    those of :class:`MasterProcess`. SIGTERM ends the interpreter as Ctrl-C
+    does, so the master still shuts down.
     """
     if slave_script is not None and slave_module is not None:
         raise ConfigurationError("give slave_script or slave_module, not both")
@@ -89,7 +94,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"startSlaveProcess()\n")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
-    master = MasterProcess(label, use_name_server, progress=progress, **options)
+    master = MasterProcess(label, use_name_server, progress=progress, journal=journal, **options)
     atexit.register(master.shutdown)
     _exit_on_sigterm()
     if source is not None:

@@ -215,10 +215,13 @@ def main_script() -> Optional[Path]:
     return Path(path).resolve() if path and os.path.isfile(path) else None
 
 
-def start_script_master(label: str, master_class, progress: Optional[bool]):
-    """Create ``runJob``'s master and store this script's source as the slaves' code."""
-    # progress is passed only when given, so subclasses whose __init__ takes just the label still work
-    master = master_class(label) if progress is None else master_class(label, progress=progress)
+def start_script_master(label: str, master_class, **options):
+    """Create ``runJob``'s master and store this script's source as the slaves' code.
+
+    Only the options given (not None) are passed, so that subclasses whose
+    ``__init__`` takes just the label still work.
+    """
+    master = master_class(label, **{name: value for name, value in options.items() if value is not None})
     try:
         script = main_script()
         if script is not None:

@@ -28,7 +28,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ConfigurationError, NoTasksPendingError, TaskManagerTermination, UnknownProcessError
 from .payload import dumps_value
@@ -90,6 +90,9 @@ class TaskManager(ProcessSide):
         self._data = SharedData()
         self._started = clock()
         self.data_fetches = self._data.fetches     # label -> times retrieved
+        #: Called, outside the lock, with the answers ``store_answers`` accepted:
+        #: a list of (task_id, ok, payload, traceback). The master's journal sets it.
+        self.on_answers: Optional[Callable[[List[Tuple[str, bool, bytes, str]]], None]] = None
 
     # ---------------------------------------------------------------- tasks: master
 
@@ -112,6 +115,21 @@ class TaskManager(ProcessSide):
             task = self._tasks.new(tag, payload, time_limit)
             self._enqueue(task, front=False)
             self.counters["requested"] += 1
+            return task.task_id
+
+    def add_answered_task(self, tag: str, ok: bool, answer: bytes, traceback: str = "") -> str:
+        """Add a task whose answer is already known (journaled); it is never run.
+
+        It counts as requested and then finished (or failed), and
+        ``get_answer`` delivers it like any other. Returns its id.
+        """
+        with self._lock:
+            self._check_running()
+            task = self._tasks.new(tag, None, None)   # never queued: WAITING -> FINISHED/FAILED
+            self.counters["requested"] += 1
+            self._results.settle(task, ok, answer, traceback, self._clock())
+            self._budget.result_bytes += len(answer)
+            self._answer_ready.notify_all()
             return task.task_id
 
     def get_answer(self, tag: Optional[str] = None, timeout: Optional[float] = None) -> Outcome:
@@ -208,6 +226,7 @@ class TaskManager(ProcessSide):
         rest are dropped and logged.
         """
         accepted = 0
+        settled = [] if self.on_answers is not None else None
         with self._lock:
             proc = self._registry.get(process_id)
             if proc is not None:
@@ -224,8 +243,12 @@ class TaskManager(ProcessSide):
                 if proc is not None:
                     proc.tasks_done += 1
                 accepted += 1
+                if settled is not None:
+                    settled.append((task_id, ok, payload, traceback))
             if accepted:
                 self._answer_ready.notify_all()
+        if settled:
+            self.on_answers(settled)
         return accepted
 
     # ------------------------------------------------------------------ shared data
@@ -315,7 +338,7 @@ class TaskManager(ProcessSide):
         if tasks:
             self._room.notify_all()
         if not tasks:
-            stolen = self._scheduler.steal(proc, self._registry)
+            stolen = self._scheduler.steal(proc, self._registry, self._clock())
             if stolen is not None:
                 victim, task = stolen
                 if victim.news is not None:

@@ -6,12 +6,15 @@ import contextlib
 import itertools
 import logging
 import signal
+import os
+import socket
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import auth, discovery, launch, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
+from .journal import Journal, request_key, value_digest
 from .logs import apply_debug_flag
 from .limits import check_state
 from .machine import process_info, tune_allocator
@@ -55,6 +58,12 @@ class MasterProcess:
     bounds the parameters of waiting tasks (``requestTask`` then waits for
     slaves to take some) and the results not yet retrieved (slaves then get
     no new tasks until ``retrieveResult`` is called); nothing is lost.
+    ``journal`` (a file name, or SCIENTIFIC_MS_JOURNAL) keeps every accepted
+    answer, with its request, in an SQLite journal: a master killed and
+    started again with the same journal resumes, answering the requests
+    already answered from it (see README, "Resuming a sweep"). ``keep_journal`` (default True, or
+    SCIENTIFIC_MS_KEEP_JOURNAL): False removes the journal when the job ends
+    cleanly (run() returned and every result was retrieved).
     """
 
     #: One task's parameters above this size get a warning (once per tag).
@@ -65,7 +74,8 @@ class MasterProcess:
                  missed_heartbeats: float = 4, max_slave_losses: int = 3,
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
-                 tls_key: Optional[str] = None, memory_budget=None):
+                 tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
+                 keep_journal: Optional[bool] = None):
         self.label = discovery.check_label(label)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
@@ -77,12 +87,22 @@ class MasterProcess:
         self.process_id = self.task_manager.register_process("master", process_info())
         if isinstance(secret, str):
             secret = secret.encode()
-        self.secret: bytes = secret or settings.secret_from_environment() or auth.new_secret()
+        secret = secret or settings.secret_from_environment()
+        self._journal = self._open_journal(settings.journal(journal), secret)
+        self.keep_journal = settings.keep_journal(keep_journal)
+        self._run_failed = False
+        self._state_digests: Dict[str, bytes] = {}
+        self.secret: bytes = secret or (self._journal.secret if self._journal else None) or auth.new_secret()
         self.host = host or settings.bind_host()
         self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
         tls_context = tls.server_context(self.tls_cert, tls_key)
-        self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
-                                    tls_context=tls_context)
+        try:
+            self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
+                                        tls_context=tls_context)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
         try:
             self._publication = launch.publish(label, self._server.port, self.secret, self.host,
                                                   settings.use_name_server(use_name_server),
@@ -90,6 +110,8 @@ class MasterProcess:
         except BaseException:
             self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
             self._server.close()
+            if self._journal is not None:
+                self._journal.close()
             raise
         self.global_states: Dict[int, List[str]] = {}
         self._state_numbers = itertools.count(1)
@@ -127,13 +149,12 @@ class MasterProcess:
         reports the task anyway a few seconds later.
         """
         limit = self.task_time_limit if time_limit is None else time_limit
-        payload = dumps_parameters(tag, parameters, self._state_is_stored)
-        if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
-            self._large_tags.add(tag)
-            log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
-                        "by the master until a slave takes it. Values shared by many tasks belong in "
-                        "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
-        task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
+        if self._journal is None:
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            self._warn_if_large(tag, payload)
+            task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
+        else:
+            task_id = self._journaled_request(tag, parameters, limit)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
@@ -162,6 +183,53 @@ class MasterProcess:
             raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
         return outcome.task_id, outcome.tag, value
 
+    # ------------------------------------------------------------------ journal
+
+    def _open_journal(self, path: Optional[str], secret: Optional[bytes]) -> Optional[Journal]:
+        """Open (or create) the journal before the master is published: a bad one fails first."""
+        if path is None:
+            return None
+        journal = Journal(path, self.label, secret or auth.new_secret())
+        self.task_manager.on_answers = journal.answers
+        # Slaves read this to know that a vanished master may come back (rejoin_grace).
+        self.task_manager.store_data("journaled_master", dumps_value(
+            {"pid": os.getpid(), "host": socket.gethostname(), "journal": str(journal.path)}))
+        return journal
+
+    def _warn_if_large(self, tag: str, payload: bytes) -> None:
+        if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
+            self._large_tags.add(tag)
+            log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
+                        "by the master until a slave takes it. Values shared by many tasks belong in "
+                        "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
+
+    def _journaled_request(self, tag: str, parameters: tuple, limit: Optional[float]) -> str:
+        if not self._state_digests:   # no global state set: no placeholder to look for
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            self._warn_if_large(tag, payload)
+            return self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, limit)
+        states: List[GlobalStateValue] = []
+
+        def known_state(value: GlobalStateValue) -> bool:
+            states.append(value)
+            return self._state_is_stored(value)
+
+        payload = dumps_parameters(tag, parameters, known_state)
+        self._warn_if_large(tag, payload)
+        key = request_key(tag, payload, parameters if states else None, self._state_digests.__getitem__)
+        return self._journal.request(tag, key, payload, self.task_manager, limit)
+
+    def _close_journal(self) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        counters = self.task_manager.counters
+        clean = not self._run_failed and counters["requested"] == counters["delivered"]
+        if journal.replayed:
+            log.info("journal %s: %d of %d requests were answered from the journal",
+                     journal.path, journal.replayed, counters["requested"])
+        journal.close(remove=clean and not self.keep_journal)
+
     # ------------------------------------------------------------------ shared state
 
     def setGlobalState(self, **values: Any) -> int:
@@ -176,6 +244,8 @@ class MasterProcess:
                 raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
             check_state(name, len(data))
             self.task_manager.store_data(state_label(state_id, name), data)
+            if self._journal is not None:
+                self._state_digests[state_label(state_id, name)] = value_digest(data)
         self.global_states[state_id] = list(values)
         return state_id
 
@@ -256,6 +326,9 @@ class MasterProcess:
         with terminate_on_sigterm():
             try:
                 self.run()
+            except BaseException:
+                self._run_failed = True   # the journal is kept, whatever keep_journal says
+                raise
             finally:
                 self.shutdown()
 
@@ -275,6 +348,7 @@ class MasterProcess:
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
         self._server.close()
+        self._close_journal()
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)
 

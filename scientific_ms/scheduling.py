@@ -22,8 +22,9 @@ The rules:
   of what is waiting (waiting / slaves).
 - **Stealing.** A slave that asks for work when none waits takes a task
   that another slave holds but has not started (the last of the slave
-  with the most queued work); that slave is told to drop it. If it ran it
-  anyway, the first answer wins.
+  with the most queued work), once the task that slave runs has taken
+  ``STEAL_AFTER`` seconds and twice its estimate; that slave is told to
+  drop it. If it ran it anyway, the first answer wins.
 - **Suspects.** A slave that dies holding several tasks blames none of
   them: each becomes a *suspect* that from then on runs alone, on an idle
   slave, with nothing else in its batch. Only a death while running alone
@@ -52,6 +53,13 @@ BATCH_PAYLOAD_LIMIT = 4 * 1024 * 1024
 
 #: Most estimated work (seconds) a slave may hold queued beyond the task it runs.
 QUEUE_SECONDS = 0.02
+
+#: A slave's queued tasks are taken over only once the task ahead of them has
+#: run this long (and twice its estimate). Before that the slave may well have
+#: started them already (answers of short tasks travel in batches, so the
+#: master's view lags), and a task taken over then would run twice for a gain
+#: of milliseconds. A slave sends the answer of a long task at once.
+STEAL_AFTER = 0.05
 
 
 class Durations:
@@ -175,7 +183,8 @@ class Scheduler:
                 best = queue
         return best
 
-    def steal(self, thief: ProcessRecord, processes: Iterable[ProcessRecord]) -> Optional[Tuple[ProcessRecord, Task]]:
+    def steal(self, thief: ProcessRecord, processes: Iterable[ProcessRecord],
+              now: float) -> Optional[Tuple[ProcessRecord, Task]]:
         """A task another slave holds unstarted that the idle ``thief`` should run instead.
 
         From the slave with the most queued work, its last unstarted task
@@ -188,9 +197,12 @@ class Scheduler:
         for victim in processes:
             if victim is thief or len(victim.running) < 2:
                 continue
-            unstarted = [t for t in list(victim.running.values())[1:]
-                         if t.tag in thief.tags and not t.suspect]
+            held = list(victim.running.values())
+            unstarted = [t for t in held[1:] if t.tag in thief.tags and not t.suspect]
             if not unstarted:
+                continue
+            estimate = self.durations.estimate(held[0].tag) or 0.0
+            if now - held[0].started < max(STEAL_AFTER, 2 * estimate):
                 continue
             queued = self.durations.queued(victim)
             if best is None or queued > best[0]:

@@ -176,3 +176,32 @@ def memory_budget(explicit=None) -> int:
     if result <= 0:
         raise ConfigurationError(f"{where}: must be more than 0 bytes")
     return result
+def journal(explicit=None) -> Optional[str]:
+    """The master's journal file (``journal=``, else ``SCIENTIFIC_MS_JOURNAL``; None: no journal)."""
+    value = explicit if explicit is not None else raw("JOURNAL")
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ConfigurationError(f"journal must be a file name, got {value!r}")
+    return str(value)
+
+
+def keep_journal(explicit=None) -> bool:
+    """Keep the journal of a job that ended cleanly (``keep_journal=``, ``SCIENTIFIC_MS_KEEP_JOURNAL``, yes)."""
+    if explicit is not None:
+        return bool(explicit)
+    return flag("KEEP_JOURNAL", True)
+
+
+#: How long a slave waits for a journaled master that vanished to be restarted.
+JOURNALED_REJOIN_GRACE = 60.0
+
+
+def rejoin_grace(explicit=None, journaled: bool = False) -> float:
+    """Seconds a slave waits for its vanished master to come back (``rejoin_grace=``,
+    ``SCIENTIFIC_MS_REJOIN_GRACE``); default 60 s for a journaled master, else 0."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, (int, float)) or explicit < 0:
+            raise ConfigurationError(f"rejoin_grace must be a number of seconds >= 0, got {explicit!r}")
+        return float(explicit)
+    return number("REJOIN_GRACE", JOURNALED_REJOIN_GRACE if journaled else 0.0)

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import discovery, leaving, settings
+from . import discovery, leaving, rejoin, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
 from .feed import END, TaskFeed
@@ -56,13 +56,16 @@ class SlaveProcess:
     ``HOST:PORT``) skips discovery. ``watchdog_period`` is the heartbeat
     interval in seconds (None: no heartbeats, so a hung slave goes
     unnoticed). With ``wait=True`` a slave started before its master waits
-    for it (at most ``wait_timeout`` seconds, if given).
+    for it (at most ``wait_timeout`` seconds, if given). ``rejoin_grace``:
+    seconds to wait for a master that vanished to be started again under the
+    same label (default SCIENTIFIC_MS_REJOIN_GRACE, else 60 s when the master
+    keeps a journal and did not start this slave itself, else 0).
     """
 
     def __init__(self, label: str, master_host: Optional[str] = None,
                  watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
                  wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
-                 hard_exit: bool = True):
+                 hard_exit: bool = True, rejoin_grace: Optional[float] = None):
         self.label = discovery.check_label(label)
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
@@ -73,6 +76,8 @@ class SlaveProcess:
         self.wait_timeout = wait_timeout
         self.key_file = key_file
         self.hard_exit = hard_exit
+        self.rejoin_grace = None if rejoin_grace is None else settings.rejoin_grace(rejoin_grace)
+        self._rejoin_grace = 0.0   # what applies to the current master (see rejoin.py)
         self.done = False
         self.process_id: Optional[int] = None
         self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
@@ -85,6 +90,7 @@ class SlaveProcess:
         self._rejoin_lock = threading.Lock()
         self._leaving = threading.Event()
         self._main_done = threading.Event()
+        self._watch_thread: Optional[threading.Thread] = None
         self._current_task: Optional[str] = None
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._master_gone: Optional[str] = None
@@ -100,7 +106,8 @@ class SlaveProcess:
         """Serve tasks until the master finishes or ``terminationTest()`` is true.
 
         ``namespace``: a dict holding ``do_<tag>`` functions, used instead of
-        this object's methods. Raises ConnectionLostError if the master dies.
+        this object's methods. Raises ConnectionLostError if the master dies
+        (and does not come back within the rejoin grace).
         """
         handlers = handlers_in(namespace if namespace is not None else self.task_methods)
         if not handlers:
@@ -111,6 +118,18 @@ class SlaveProcess:
         tune_allocator()
         self._connection = connect(self.label, self.master_host, key_file=self.key_file,
                                    wait=self.wait, wait_timeout=self.wait_timeout)
+        while True:
+            try:
+                self._serve_master(handlers)
+                return
+            except ConnectionLostError as error:
+                connection = rejoin.wait_for_restarted_master(self, error)
+                if connection is None:
+                    raise
+                self._connection = connection
+
+    def _serve_master(self, handlers: Dict[str, Callable]) -> None:
+        """Register with the master at ``self._connection`` and serve it until it ends."""
         self._registration = (process_info(), sorted(handlers), self.watchdog_period)
         status, self.process_id = self._connection.call("register", "slave", *self._registration)
         if status != OK:
@@ -120,8 +139,10 @@ class SlaveProcess:
             return
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
+        self._rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
         if self.watchdog_period is not None:
-            threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True).start()
+            self._watch_thread = threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True)
+            self._watch_thread.start()
         clean = False
         try:
             self._serve(handlers)
@@ -288,6 +309,8 @@ class SlaveProcess:
 
     def _master_lost(self, message: str) -> None:
         self._master_gone = f"slave of {self.label!r} lost its master: {message}"
+        if self._rejoin_grace:
+            return   # the main thread finishes its task, then waits for the master to come back
         if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
             return
         self._abandon(1, self._master_gone)

@@ -459,7 +459,7 @@ def test_the_manager_learns_durations_from_the_answers(clock):
     assert len(manager.take_tasks(slave, 20)) == 6      # the task it runs + 20 ms of 4 ms tasks
 
 
-def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manager):
+def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manager, clock):
     holder = manager.register_process("slave", tags=["f"])
     for _ in range(3):
         manager.add_task("f", b"")
@@ -467,6 +467,8 @@ def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manag
     assert len(held) == 3
     thief = manager.register_process("slave", tags=["f"])   # joins late
     last_id, last_assignment = held[-1].task_id, held[-1].assignment
+    assert manager.take_tasks(thief, 1) == []           # the holder may have started them all
+    clock.advance(1.0)                                  # its first task has run long: the rest wait
     [stolen] = manager.take_tasks(thief, 1)             # nothing waits: it takes the last held one
     assert stolen.task_id == last_id and stolen.assignment != last_assignment
     assert manager.wait_for_news(holder, 0.0) == (False, True)

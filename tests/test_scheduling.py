@@ -4,7 +4,7 @@ import pytest
 
 from scientific_ms.registry import Registry
 from scientific_ms.results import ResultStore
-from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, QUEUE_SECONDS, Durations, Scheduler
+from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, QUEUE_SECONDS, STEAL_AFTER, Durations, Scheduler
 from scientific_ms.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
 
 
@@ -212,11 +212,17 @@ def test_an_idle_slave_steals_the_last_unstarted_task_of_the_most_loaded():
         heavy.running[10 + n] = task
         task.assignment = 10 + n
     scheduler.durations.record("f", 0.001)
-    assert scheduler.steal(thief, registry) == (heavy, heavy_tasks[-1])
+    assert scheduler.steal(thief, registry, STEAL_AFTER / 2) is None    # their first tasks just began
+    assert scheduler.steal(thief, registry, 100.0) == (heavy, heavy_tasks[-1])
     assert list(heavy.running) == [10, 11, 12] and heavy.revoked == [13]   # taken from it
     heavy.running.clear()
     light.running = {0: light_tasks[0]}                 # only the task it runs: nothing to steal
-    assert scheduler.steal(thief, registry) is None
+    assert scheduler.steal(thief, registry, 100.0) is None
+    light.running[1] = light_tasks[1]                   # one queued behind a task just started:
+    light_tasks[0].started = 100.0 - STEAL_AFTER / 2    # it may have started it already
+    assert scheduler.steal(thief, registry, 100.0) is None
+    assert scheduler.steal(thief, registry, 100.0 + STEAL_AFTER) == (light, light_tasks[1])
+    light.running[1] = light_tasks[1]
     thief.running[99] = make_tasks(1, start=99)[0]     # a busy slave does not steal
     light.running[1] = light_tasks[1]
-    assert scheduler.steal(thief, registry) is None
+    assert scheduler.steal(thief, registry, 100.0) is None
