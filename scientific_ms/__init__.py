@@ -5,9 +5,10 @@ A Python 3 re-creation of ScientificPython's
 """
 
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError, LabelInUseError,
-                     MasterNotFoundError, NoTasksPendingError, RemoteError, ScientificMSError,
-                     SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
-                     TaskTimeLimitError)
+                     MasterNotFoundError, NoTasksPendingError, RemoteError, RemoteTraceback,
+                     ScientificMSError, SerializationError, SlaveLostError, TaskManagerTermination,
+                     TaskRaisedException, TaskTimeLimitError)
+from .executor import Executor
 from .job import initializeMasterProcess, runJob
 from .machine import getMachineInfo
 from .manager import TaskManager
@@ -22,7 +23,7 @@ debug = False
 
 __all__ = [
     "MasterProcess", "SlaveProcess", "runJob", "initializeMasterProcess", "startSlaveProcess",
-    "GlobalStateValue", "getMachineInfo", "TaskManager",
+    "GlobalStateValue", "getMachineInfo", "TaskManager", "Executor", "RemoteTraceback",
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",

@@ -23,7 +23,7 @@ from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple,
 
 from .errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
                      TaskManagerTermination, TaskTimeLimitError, UnknownProcessError)
-from .tasks import ProcessRecord, Task, TaskState
+from .tasks import ANY_TAG, ProcessRecord, Task, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,24 @@ class TaskManager:
             self.counters["requested"] += 1
             return task.task_id
 
+    def cancel_task(self, task_id: str) -> bool:
+        """Withdraw a task that no slave has started; False if it runs, is answered or is unknown.
+
+        A withdrawn task is forgotten: it yields no answer, and a late answer
+        for it (from a slave presumed dead) is dropped.
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not TaskState.WAITING:
+                return False
+            self._unqueue(task)
+            self._counts[TaskState.WAITING][task.tag] -= 1   # it leaves every state: no _move
+            del self._tasks[task_id]
+            task.payload = None
+            self.counters["cancelled"] += 1
+            self._answer_ready.notify_all()   # a get_answer waiting for it alone must not wait forever
+            return True
+
     def get_answer(self, tag: Optional[str] = None, timeout: Optional[float] = None) -> Outcome:
         """Remove and return the oldest finished or failed task (with ``tag``, if given).
 
@@ -483,7 +501,7 @@ class TaskManager:
                 "processes": processes,
                 "tasks": {state.value: {tag: n for tag, n in self._counts[state].items() if n}
                           for state in TaskState if state is not TaskState.DELIVERED},
-                "unserved_tags": sorted(tag for tag in waiting if tag not in served),
+                "unserved_tags": [] if ANY_TAG in served else sorted(tag for tag in waiting if tag not in served),
                 "counters": dict(dict.fromkeys(STATUS_COUNTERS, 0), **self.counters),
                 "throughput_per_second": round(self._completion_rate.rate(now, elapsed), 3),
             }
@@ -523,15 +541,16 @@ class TaskManager:
             queue.append(task)
         self._waiting_count += 1
         for waiter in self._waiters:
-            if task.tag in waiter.tags:
+            if task.tag in waiter.tags or ANY_TAG in waiter.tags:
                 del self._waiters[waiter]
                 waiter.condition.notify()
                 break
 
     def _best_queue(self, tags: FrozenSet[str]) -> Optional[Deque[Task]]:
         best = None
+        every = ANY_TAG in tags
         for tag, queue in self._waiting.items():
-            if tag in tags and (best is None or queue[0].queue_key < best[0].queue_key):
+            if (every or tag in tags) and (best is None or queue[0].queue_key < best[0].queue_key):
                 best = queue
         return best
 
@@ -570,7 +589,10 @@ class TaskManager:
 
     def _unqueue(self, task: Task) -> None:
         queue = self._waiting[task.tag]
-        queue.remove(task)
+        if queue[-1] is task:   # the usual case of cancel_task: cancelling the newest first is O(1)
+            queue.pop()
+        else:
+            queue.remove(task)
         if not queue:
             del self._waiting[task.tag]
         self._waiting_count -= 1
@@ -612,6 +634,10 @@ class TaskManager:
         while queue:
             task = queue.popleft()
             if task.state is not TaskState.DELIVERED:
+                # Both queues hold it in completion order: it is usually at the other's head too.
+                other = self._answers_by_tag.get(task.tag) if tag is None else self._answers
+                if other and other[0] is task:
+                    other.popleft()
                 self._compact_answers()
                 return task
         return None

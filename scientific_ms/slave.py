@@ -36,6 +36,7 @@ from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters
 from .server import OK, TERMINATED, UNKNOWN
+from .tasks import ANY_TAG
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ class SlaveProcess:
                     return
                 task_id, assignment, tag, payload, limit = task
                 started = time.perf_counter()
-                answer = self._run(handlers[tag], task_id, assignment, tag, payload, limit)
+                handler = handlers[tag] if tag in handlers else handlers[ANY_TAG]
+                answer = self._run(handler, task_id, assignment, tag, payload, limit)
                 feed.put_answer(answer, time.perf_counter() - started)
         except ConnectionLostError as error:
             if self._master_gone is not None:
@@ -177,7 +179,7 @@ class SlaveProcess:
             with time_limit(limit, f"task {task_id} (do_{tag})"):
                 result = handler(*parameters)
             try:
-                data = dumps_value(result)
+                data = self._dump_result(result)
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
@@ -186,6 +188,10 @@ class SlaveProcess:
             return (task_id, assignment, False, dumps_exception(error), format_exception(error))
         finally:
             self._current_task = None
+
+    def _dump_result(self, result: object) -> bytes:
+        """Pickle a handler's result for the master (a subclass may pickle more kinds of values)."""
+        return dumps_value(result)
 
     def _rejoin(self, old_process_id: int, connection: MasterConnection) -> int:
         """Register again after the master declared us dead; returns the current id.

@@ -17,6 +17,10 @@ from __future__ import annotations
 import enum
 from typing import Dict, FrozenSet, List, Optional
 
+#: A slave registered with this tag runs tasks of every tag (the Executor's
+#: function runner, whose tasks are tagged with their function's name).
+ANY_TAG = "*"
+
 
 class TaskState(str, enum.Enum):
     WAITING = "waiting"

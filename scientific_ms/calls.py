@@ -1,0 +1,174 @@
+"""Function calls on the farm: how an Executor's tasks are pickled, and the slave that runs them.
+
+A call travels as a task whose tag names its function (so that
+``task_manager show`` lists the functions waiting and running) and whose
+parameters are small::
+
+    master (Executor)                         slave (FunctionSlave)
+    -----------------                         ---------------------
+    each distinct function: cloudpickled
+    once, stored as shared data  ----------->  fetched once per slave, cached
+    each call: (label, args, kwargs)  ------>  function(*args, **kwargs)
+    each map chunk: (label, [args, ...]) --->  [function(*args) for args in chunk]
+
+Arguments are pickled with the standard pickler (C speed); only those that
+it cannot pickle, or that refer to ``__main__`` (which the slave does not
+share), go through cloudpickle, as lambdas and closures must. The slave
+registers with ``ANY_TAG``: it runs every tag, since it needs no code of the
+user's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pickle
+import re
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import discovery
+from .errors import ConfigurationError, ScientificMSError, SerializationError
+from .payload import PROTOCOL
+from .slave import SlaveProcess
+from .tasks import ANY_TAG
+
+log = logging.getLogger(__name__)
+
+#: Shared-data labels of stored functions start with this.
+FUNCTION_PREFIX = "function_"
+
+
+def tag_for(function: Any) -> str:
+    """A task tag naming ``function``: its name made an identifier (``<lambda>`` -> ``lambda``)."""
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    name = getattr(target, "__name__", None) or type(target).__name__
+    tag = re.sub(r"\W+", "_", str(name)).strip("_") or "call"
+    return tag if tag.isidentifier() else f"f_{tag}"
+
+
+def dumps_function(function: Any) -> bytes:
+    """Pickle a function once: by reference if importable, by value otherwise (cloudpickle)."""
+    import cloudpickle
+    try:
+        return cloudpickle.dumps(function, protocol=PROTOCOL)
+    except Exception as error:
+        raise SerializationError(
+            f"the function {function!r} cannot be pickled ({type(error).__name__}: {error}); "
+            f"an Executor sends only picklable callables to its slaves") from error
+
+
+def dumps_call(tag: str, parameters: Tuple) -> bytes:
+    """Pickle a task's parameters; an unpicklable argument raises SerializationError naming it."""
+    try:
+        data = pickle.dumps(parameters, PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass
+    import cloudpickle
+    try:
+        return cloudpickle.dumps(parameters, protocol=PROTOCOL)
+    except Exception as error:
+        raise SerializationError(
+            f"submit({tag}, ...): {_culprit(parameters)} cannot be pickled "
+            f"({type(error).__name__}: {error}); only picklable values can be sent to a slave") from error
+
+
+def _culprit(parameters: Tuple) -> str:
+    """Names the first argument that cannot be pickled: 'argument #2 (lock)' or "keyword argument 'x'"."""
+    import cloudpickle
+    _, *rest = parameters
+    if len(rest) == 1:      # a map chunk: a list of argument tuples
+        candidates = [(f"argument #{i + 1} of map item {n + 1}", value)
+                      for n, arguments in enumerate(rest[0]) for i, value in enumerate(arguments)]
+    else:
+        arguments, keywords = rest
+        candidates = [(f"argument #{i + 1}", value) for i, value in enumerate(arguments)]
+        candidates += [(f"keyword argument {name!r}", value) for name, value in keywords.items()]
+    for name, value in candidates:
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            return f"{name} ({type(value).__name__})"
+    return "an argument"
+
+
+def chunks(arguments: Iterable[Tuple], size: int) -> Iterable[List[Tuple]]:
+    """Successive lists of ``size`` argument tuples (the last may be shorter)."""
+    chunk: List[Tuple] = []
+    for item in arguments:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---------------------------------------------------------------- the slave side
+
+class FunctionSlave(SlaveProcess):
+    """A slave that runs whatever functions an Executor sends; it needs no code of the user's."""
+
+    def start(self, namespace: Optional[Dict[str, object]] = None) -> None:
+        """Serve until the master finishes (``namespace`` is ignored: every tag is served)."""
+        super().start({f"do_{ANY_TAG}": self._call})
+
+    def _call(self, function_label: str, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
+        function = self._fetch_state(function_label)   # cached: fetched once per slave
+        if keywords is None:   # a chunk of a map
+            return [function(*item) for item in arguments]
+        return function(*arguments, **keywords)
+
+    def _dump_result(self, result: object) -> bytes:
+        try:
+            return pickle.dumps(result, PROTOCOL)
+        except Exception:
+            # e.g. an instance of a class that came by value with its function
+            import cloudpickle
+            return cloudpickle.dumps(result, protocol=PROTOCOL)
+
+
+def runner_source(paths: Sequence[str]) -> str:
+    """The slave code an Executor stores: ``task_manager slave LABEL`` and spawned slaves run it."""
+    return ("from scientific_ms.calls import serve_functions\n"
+            f"serve_functions({list(paths)!r})\n")
+
+
+def import_paths() -> List[str]:
+    """Folders the slaves need on sys.path to import what the master can: its working
+    directory and its script's folder."""
+    paths = [os.getcwd()]
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if script and getattr(main, "__spec__", None) is None and os.path.isfile(script):
+        paths.insert(0, os.path.dirname(os.path.abspath(script)))
+    return paths
+
+
+def serve_functions(paths: Sequence[str] = (), watchdog_period: Optional[float] = 120.0) -> None:
+    """Run a FunctionSlave for the master of the current slave context.
+
+    The context is set by ``task_manager slave LABEL``, by a spawning
+    Executor and on MPI ranks. Errors end the process with a message.
+    """
+    context = discovery.current_slave_context()
+    if context is None:
+        raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
+                                 "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
+    for path in reversed(paths):
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        FunctionSlave(context.label, watchdog_period=watchdog_period).start()
+    except ScientificMSError as error:
+        sys.stderr.write(f"scientific_ms: {error}\n")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        sys.stderr.write(f"scientific_ms: slave of {context.label!r} interrupted; "
+                         f"its tasks went back to the master\n")
+        raise SystemExit(130) from None
