@@ -8,7 +8,6 @@ from .errors import (AuthenticationError, ConfigurationError, ConnectionLostErro
                      MasterNotFoundError, NoTasksPendingError, RemoteError, RemoteTraceback,
                      ScientificMSError, SerializationError, SlaveLostError, TaskManagerTermination,
                      TaskRaisedException, TaskTimeLimitError)
-from .executor import Executor
 from .job import initializeMasterProcess, runJob
 from .machine import getMachineInfo
 from .manager import TaskManager
@@ -20,6 +19,15 @@ __version__ = "0.1.0"
 
 #: Set to True for debug logging (as in the original); or SCIENTIFIC_MS_DEBUG=1.
 debug = False
+
+
+def __getattr__(name: str):
+    # Imported on first use: slave processes start faster without concurrent.futures.
+    if name == "Executor":
+        from .executor import Executor
+        return Executor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MasterProcess", "SlaveProcess", "runJob", "initializeMasterProcess", "startSlaveProcess",

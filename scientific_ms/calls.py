@@ -133,36 +133,46 @@ class FunctionSlave(SlaveProcess):
             return cloudpickle.dumps(result, protocol=PROTOCOL)
 
 
-def runner_source(paths: Sequence[str]) -> str:
+def runner_source(first: Sequence[str], last: Sequence[str]) -> str:
     """The slave code an Executor stores: ``task_manager slave LABEL`` and spawned slaves run it."""
     return ("from scientific_ms.calls import serve_functions\n"
-            f"serve_functions({list(paths)!r})\n")
+            f"serve_functions({list(first)!r}, {list(last)!r})\n")
 
 
-def import_paths() -> List[str]:
-    """Folders the slaves need on sys.path to import what the master can: its working
-    directory and its script's folder."""
-    paths = [os.getcwd()]
+def import_paths() -> Tuple[List[str], List[str]]:
+    """Where the slaves look for the modules that functions and arguments refer to.
+
+    First, ahead of their own path: the master's script folder and working
+    directory (the user's code). Last, behind it: every other folder on the
+    master's sys.path, so that what the master added is found, but never in
+    place of a slave's own installed packages.
+    """
+    first = [os.getcwd()]
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if script and getattr(main, "__spec__", None) is None and os.path.isfile(script):
-        paths.insert(0, os.path.dirname(os.path.abspath(script)))
-    return paths
+        first.insert(0, os.path.dirname(os.path.abspath(script)))
+    last = [os.path.abspath(path) for path in sys.path if path and os.path.isdir(path)]
+    return first, [path for path in dict.fromkeys(last) if path not in first]
 
 
-def serve_functions(paths: Sequence[str] = (), watchdog_period: Optional[float] = 120.0) -> None:
+def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
+                    watchdog_period: Optional[float] = 120.0) -> None:
     """Run a FunctionSlave for the master of the current slave context.
 
-    The context is set by ``task_manager slave LABEL``, by a spawning
-    Executor and on MPI ranks. Errors end the process with a message.
+    ``first`` and ``last``: folders put before and after this process's
+    sys.path (see :func:`import_paths`). The context is set by
+    ``task_manager slave LABEL``, by a spawning Executor and on MPI ranks.
+    Errors end the process with a message.
     """
     context = discovery.current_slave_context()
     if context is None:
         raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
                                  "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
-    for path in reversed(paths):
+    for path in reversed(first):
         if os.path.isdir(path) and path not in sys.path:
             sys.path.insert(0, path)
+    sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
     try:
         FunctionSlave(context.label, watchdog_period=watchdog_period).start()
     except ScientificMSError as error:

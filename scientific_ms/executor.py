@@ -107,7 +107,7 @@ class Executor(concurrent.futures.Executor):
         self._shutting_down = False
         self._closed = False
         try:
-            self.master.store_slave_code(calls.runner_source(calls.import_paths()), None, ["executor-slave"])
+            self.master.store_slave_code(calls.runner_source(*calls.import_paths()), None, ["executor-slave"])
             if slaves:
                 self.master.launchSlaveJobs(slaves)
             if under_mpi and not _mpi_ranks_taken:
@@ -175,8 +175,12 @@ class Executor(concurrent.futures.Executor):
 
     def _function(self, fn: Callable) -> Tuple[str, str]:
         """(data label, tag) of ``fn``, storing it on the first call."""
+        known = self._functions.get(id(fn))
+        if known is not None and known[0] is fn:
+            return known[1], known[2]
         if not callable(fn):
             raise TypeError(f"submit/map need a callable, got {type(fn).__name__} {fn!r}")
+        # A bound method is a new object at each attribute access: know it by its object and function.
         own = getattr(fn, "__self__", None)
         key = (id(own), id(fn.__func__)) if own is not None and hasattr(fn, "__func__") else id(fn)
         known = self._functions.get(key)
