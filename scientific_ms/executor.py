@@ -171,6 +171,17 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._collector.join()
 
+    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:
+            # Leaving on an error or Ctrl-C: do not wait for calls that may run for hours.
+            # The master ends now, its slaves exit, the calls not done fail.
+            self.shutdown(wait=False, cancel_futures=True)
+            self.master.shutdown()
+            self._collector.join()
+        return False
+
     # ------------------------------------------------------------------ submitting
 
     def _function(self, fn: Callable) -> Tuple[str, str]:
@@ -239,7 +250,7 @@ class Executor(concurrent.futures.Executor):
     # ------------------------------------------------------------------ the collector thread
 
     def _collect(self) -> None:
-        failure: BaseException = RuntimeError("the executor was shut down before this call ran")
+        failure: BaseException = RuntimeError("the executor was shut down before this call was done")
         try:
             self._collect_answers()
         except BaseException as error:   # a bug here must not leave futures waiting for ever
@@ -280,7 +291,7 @@ class Executor(concurrent.futures.Executor):
                 _settle(slot, ok, value)
 
     def _fail_leftovers(self, error: Optional[BaseException] = None) -> None:
-        error = error or RuntimeError("the executor was shut down before this call ran")
+        error = error or RuntimeError("the executor was shut down before this call was done")
         while True:
             try:
                 _, slot = self._slots.popitem()

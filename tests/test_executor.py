@@ -178,3 +178,17 @@ def test_the_example_runs(processes):
     code, output = processes.finish(processes.python(EXAMPLES / "executor_demo.py", env=env), timeout=90)
     assert code == 0, output
     assert "map: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in output
+
+
+def test_leaving_the_with_block_on_an_error_does_not_wait_for_running_calls(tmp_path):
+    started = tmp_path / "started"
+    with pytest.raises(KeyboardInterrupt):
+        with Executor(slaves=1, use_name_server=False) as ex:
+            running = ex.submit(fx.wait_for_file, str(tmp_path / "never"), str(started))
+            waiting = ex.submit(fx.add, 1)
+            wait_for(started.exists, 30, "the call to start")
+            raise KeyboardInterrupt
+    assert waiting.cancelled()
+    with pytest.raises(RuntimeError, match="shut down before this call was done"):
+        running.result(timeout=30)
+    assert ex.master.task_manager.terminated
