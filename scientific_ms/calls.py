@@ -133,10 +133,10 @@ class FunctionSlave(SlaveProcess):
             return cloudpickle.dumps(result, protocol=PROTOCOL)
 
 
-def runner_source(first: Sequence[str], last: Sequence[str]) -> str:
+def runner_source(first: Sequence[str], last: Sequence[str], watchdog_period: Optional[float]) -> str:
     """The slave code an Executor stores: ``task_manager slave LABEL`` and spawned slaves run it."""
     return ("from scientific_ms.calls import serve_functions\n"
-            f"serve_functions({list(first)!r}, {list(last)!r})\n")
+            f"serve_functions({list(first)!r}, {list(last)!r}, {watchdog_period!r})\n")
 
 
 def import_paths() -> Tuple[List[str], List[str]]:

@@ -70,6 +70,8 @@ class Executor(concurrent.futures.Executor):
     ``slaves``: how many slaves to start on this machine (supervised: one
     that dies is replaced). More can join at any time from anywhere with
     ``task_manager slave LABEL``; under mpiexec, the other ranks serve.
+    ``watchdog_period``: the slaves' heartbeat interval in seconds (see
+    :class:`SlaveProcess`; ranks under mpiexec keep the default).
     ``options``: those of :class:`MasterProcess` (``use_name_server``,
     ``host``, ``port``, ``secret``, ``missed_heartbeats``,
     ``max_slave_losses``, ``progress``, ``slave_restarts``,
@@ -83,10 +85,14 @@ class Executor(concurrent.futures.Executor):
     go through :meth:`options`.
     """
 
-    def __init__(self, label: Optional[str] = None, slaves: int = 0, **options: Any):
+    def __init__(self, label: Optional[str] = None, slaves: int = 0, *,
+                 watchdog_period: Optional[float] = 120.0, **options: Any):
         global _mpi_ranks_taken
         if isinstance(slaves, bool) or not isinstance(slaves, int) or slaves < 0:
             raise ConfigurationError(f"Executor(slaves=...): a whole number >= 0, got {slaves!r}")
+        if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
+            raise ConfigurationError(f"Executor(watchdog_period=...): a positive number of seconds or None, "
+                                     f"got {watchdog_period!r}")
         under_mpi = mpi.runs_under_mpi()
         if under_mpi and mpi.rank() != 0:
             mpi.serve_as_function_rank(calls.serve_functions)   # a script run directly by mpiexec
@@ -107,7 +113,7 @@ class Executor(concurrent.futures.Executor):
         self._shutting_down = False
         self._closed = False
         try:
-            self.master.store_slave_code(calls.runner_source(*calls.import_paths()), None, ["executor-slave"])
+            self.master.store_slave_code(calls.runner_source(*calls.import_paths(), watchdog_period), None, ["executor-slave"])
             if slaves:
                 self.master.launchSlaveJobs(slaves)
             if under_mpi and not _mpi_ranks_taken:

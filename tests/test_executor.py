@@ -146,8 +146,8 @@ def test_a_poison_call_raises_slave_lost_error():
         assert ex.submit(fx.add, 1, y=1).result(timeout=60) == 2   # a replacement slave serves on
 
 
-def test_task_manager_show_names_the_functions_and_slave_joins(processes):
-    with Executor(slaves=0, use_name_server=False) as ex:
+def test_task_manager_show_names_the_functions_and_slave_joins(processes, tmp_path):
+    with Executor(slaves=0, use_name_server=False, watchdog_period=30) as ex:
         futures = [ex.submit(fx.add, i) for i in range(3)] + [ex.submit(fx.square_with_pid, 2)]
         show = processes.task_manager("show", "-v", ex.label, name="show")
         code, output = processes.finish(show)
@@ -157,8 +157,17 @@ def test_task_manager_show_names_the_functions_and_slave_joins(processes):
         slave = processes.task_manager("slave", ex.label, name="slave")   # joins as it joins runJob jobs
         assert [f.result(timeout=60) for f in futures[:3]] == [0, 1, 2]
         assert futures[3].result(timeout=60)[0] == 4
+        release, started = tmp_path / "release", tmp_path / "started"
+        blocked = ex.submit(fx.wait_for_file, str(release), str(started))
+        wait_for(started.exists, 30, "the call to start")
+        code, output = processes.finish(processes.task_manager("show", "-v", ex.label, name="show2"))
+        assert "1 running tasks\n  wait_for_file: 1" in output and " wait_for_file_" in output, output
+        release.touch()
+        assert blocked.result(timeout=60) == "released"
+        status = ex.master.task_manager.status()
     code, output = processes.finish(slave)
     assert code == 0, output
+    assert [p["watchdog_period"] for p in status["processes"] if p["role"] == "slave"] == [30]
 
 
 def test_bad_arguments_are_named():
