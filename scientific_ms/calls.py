@@ -21,6 +21,7 @@ user's.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import pickle
@@ -99,14 +100,8 @@ def _culprit(parameters: Tuple) -> str:
 
 def chunks(arguments: Iterable[Tuple], size: int) -> Iterable[List[Tuple]]:
     """Successive lists of ``size`` argument tuples (the last may be shorter)."""
-    chunk: List[Tuple] = []
-    for item in arguments:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    arguments = iter(arguments)
+    return iter(lambda: list(itertools.islice(arguments, size)), [])
 
 
 # ---------------------------------------------------------------- the slave side
@@ -121,7 +116,7 @@ class FunctionSlave(SlaveProcess):
     def _call(self, function_label: str, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
         function = self._fetch_state(function_label)   # cached: fetched once per slave
         if keywords is None:   # a chunk of a map
-            return [function(*item) for item in arguments]
+            return list(itertools.starmap(function, arguments))
         return function(*arguments, **keywords)
 
     def _dump_result(self, result: object) -> bytes:
