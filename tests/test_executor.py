@@ -136,6 +136,24 @@ def test_a_slave_killed_in_the_middle_of_a_map_changes_no_result():
         assert len(seen) == 300 and victim in seen
         assert counters["processes_lost"] == 1 and counters["rescheduled"] >= 1
         assert counters["delivered"] == counters["requested"] == 300   # each future completed once
+        assert not ex._slots
+
+
+def test_a_stopped_slave_that_comes_back_late_completes_no_future_twice():
+    with Executor(slaves=2, use_name_server=False, watchdog_period=0.5) as ex:
+        victim = slave_pids(ex, 2)[0]
+        counters = ex.master.task_manager.counters
+        results = ex.map(fx.square_with_pid, range(200))
+        values = []
+        for x, (value, pid) in zip(range(200), results):
+            values.append(value)
+            if len(values) == 30:
+                os.kill(victim, signal.SIGSTOP)
+                wait_for(lambda: counters["processes_lost"] == 1, 30, "the stopped slave to be declared dead")
+                os.kill(victim, signal.SIGCONT)   # it comes back and answers what it held, late
+        assert values == [x * x for x in range(200)]
+        assert counters["delivered"] == counters["requested"] == 200
+        assert not ex._slots   # no answer left over for a future already completed
 
 
 def test_a_poison_call_raises_slave_lost_error():
