@@ -98,8 +98,8 @@ class Executor(concurrent.futures.Executor):
             mpi.serve_as_function_rank(calls.serve_functions)   # a script run directly by mpiexec
         if under_mpi and _mpi_ranks_taken and not slaves:
             raise ConfigurationError(
-                "under mpiexec the other ranks serve the first Executor only, and it has ended; "
-                "keep one Executor for the whole script, or give this one slaves=N")
+                "under mpiexec the other ranks serve the script's first Executor only; keep one "
+                "Executor for the whole script, or give this one slaves=N")
         self.label = label if label is not None else f"executor-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             self.master = MasterProcess(self.label, **options)
@@ -113,13 +113,15 @@ class Executor(concurrent.futures.Executor):
         self._shutting_down = False
         self._closed = False
         try:
-            self.master.store_slave_code(calls.runner_source(*calls.import_paths(), watchdog_period), None, ["executor-slave"])
+            source = calls.runner_source(*calls.import_paths(), watchdog_period)
+            self.master.store_slave_code(source, None, ["executor-slave"])
             if slaves:
                 self.master.launchSlaveJobs(slaves)
+            served_by_ranks = under_mpi and not _mpi_ranks_taken and mpi.size() > 1
             if under_mpi and not _mpi_ranks_taken:
                 _mpi_ranks_taken = True
                 mpi.announce_master(self.master)
-            elif not slaves:
+            if not slaves and not served_by_ranks:
                 log.warning("Executor %r has no slaves yet: its calls wait until one joins "
                             "(task_manager slave %s, or Executor(slaves=N))", self.label, self.label)
         except BaseException:
