@@ -2,9 +2,8 @@
 
 import concurrent.futures
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -219,3 +218,12 @@ def test_leaving_the_with_block_on_an_error_does_not_wait_for_running_calls(tmp_
     with pytest.raises(RuntimeError, match="shut down before this call was done"):
         running.result(timeout=30)
     assert ex.master.task_manager.terminated
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_master_options_pass_through_tls_and_a_given_label(tmp_path):
+    from test_tls import make_certificate
+    cert, key = make_certificate(tmp_path, "executor")
+    with Executor("tls-executor", slaves=1, use_name_server=False, port=0, tls_cert=cert, tls_key=key) as ex:
+        assert ex.label == "tls-executor" and ex.master.tls_cert == cert
+        assert ex.submit(fx.add, 20, y=22).result(timeout=60) == 42   # the slave verified the certificate
