@@ -51,8 +51,30 @@ def tag_for(function: Any) -> str:
     return tag if tag.isidentifier() else f"f_{tag}"
 
 
+def _plain_pickle(value: Any) -> Optional[bytes]:
+    """``value`` pickled by the standard pickler, if the slaves can unpickle that; else None.
+
+    Not when it refers to ``__main__`` (a slave's is not the master's), nor
+    when the user asked cloudpickle to send some modules by value.
+    """
+    by_value = sys.modules.get("cloudpickle.cloudpickle")
+    if by_value is not None and getattr(by_value, "_PICKLE_BY_VALUE_MODULES", True):
+        return None
+    try:
+        data = pickle.dumps(value, PROTOCOL)
+    except Exception:
+        return None
+    return None if b"__main__" in data else data
+
+
 def dumps_function(function: Any) -> bytes:
-    """Pickle a function once: by reference if importable, by value otherwise (cloudpickle)."""
+    """Pickle a function once: by reference if importable, by value otherwise (cloudpickle).
+
+    cloudpickle is imported only when needed: it takes a while.
+    """
+    data = _plain_pickle(function)
+    if data is not None:
+        return data
     import cloudpickle
     try:
         return cloudpickle.dumps(function, protocol=PROTOCOL)
@@ -64,12 +86,9 @@ def dumps_function(function: Any) -> bytes:
 
 def dumps_call(tag: str, parameters: Tuple) -> bytes:
     """Pickle a task's parameters; an unpicklable argument raises SerializationError naming it."""
-    try:
-        data = pickle.dumps(parameters, PROTOCOL)
-        if b"__main__" not in data:
-            return data
-    except Exception:
-        pass
+    data = _plain_pickle(parameters)
+    if data is not None:
+        return data
     import cloudpickle
     try:
         return cloudpickle.dumps(parameters, protocol=PROTOCOL)

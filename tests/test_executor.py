@@ -227,3 +227,17 @@ def test_master_options_pass_through_tls_and_a_given_label(tmp_path):
     with Executor("tls-executor", slaves=1, use_name_server=False, port=0, tls_cert=cert, tls_key=key) as ex:
         assert ex.label == "tls-executor" and ex.master.tls_cert == cert
         assert ex.submit(fx.add, 20, y=22).result(timeout=60) == 42   # the slave verified the certificate
+
+
+def test_importable_functions_go_by_reference_unless_registered_by_value():
+    import pickle
+
+    import cloudpickle
+    from scientific_ms import calls
+    by_reference = pickle.dumps(fx.add, protocol=5)
+    assert calls.dumps_function(fx.add) == by_reference
+    cloudpickle.register_pickle_by_value(fx)
+    try:
+        assert calls.dumps_function(fx.add) != by_reference   # cloudpickle sends its code
+    finally:
+        cloudpickle.unregister_pickle_by_value(fx)
