@@ -8,8 +8,9 @@ parameters are small::
     -----------------                         ---------------------
     each distinct function: cloudpickled
     once, stored as shared data  ----------->  fetched once per slave, cached
-    each call: (label, args, kwargs)  ------>  function(*args, **kwargs)
-    each map chunk: (label, [args, ...]) --->  [function(*args) for args in chunk]
+    each call: (label, CALL, args, kwargs)   function(*args, **kwargs)
+    a map chunk: (label, MAP, [x, ...])  -->  [function(x) for x in chunk]
+      or (label, STARMAP, [args, ...])        [function(*args) for args in chunk]
 
 Arguments are pickled with the standard pickler (C speed); only those that
 it cannot pickle, or that refer to ``__main__`` (which the slave does not
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Shared-data labels of stored functions start with this.
 FUNCTION_PREFIX = "function_"
+
+#: What a task holds: one call, or a chunk of a map over one iterable or several.
+CALL, MAP, STARMAP = 0, 1, 2
 
 
 def tag_for(function: Any) -> str:
@@ -101,14 +105,15 @@ def dumps_call(tag: str, parameters: Tuple) -> bytes:
 def _culprit(parameters: Tuple) -> str:
     """Names the first argument that cannot be pickled: 'argument #2 (lock)' or "keyword argument 'x'"."""
     import cloudpickle
-    _, *rest = parameters
-    if len(rest) == 1:      # a map chunk: a list of argument tuples
-        candidates = [(f"argument #{i + 1} of map item {n + 1}", value)
-                      for n, arguments in enumerate(rest[0]) for i, value in enumerate(arguments)]
-    else:
-        arguments, keywords = rest
+    _, kind, arguments, *rest = parameters
+    if kind == CALL:
         candidates = [(f"argument #{i + 1}", value) for i, value in enumerate(arguments)]
-        candidates += [(f"keyword argument {name!r}", value) for name, value in keywords.items()]
+        candidates += [(f"keyword argument {name!r}", value) for name, value in rest[0].items()]
+    elif kind == MAP:
+        candidates = [(f"map item {n + 1}", value) for n, value in enumerate(arguments)]
+    else:
+        candidates = [(f"argument #{i + 1} of map item {n + 1}", value)
+                      for n, items in enumerate(arguments) for i, value in enumerate(items)]
     for name, value in candidates:
         try:
             cloudpickle.dumps(value, protocol=PROTOCOL)
@@ -117,10 +122,10 @@ def _culprit(parameters: Tuple) -> str:
     return "an argument"
 
 
-def chunks(arguments: Iterable[Tuple], size: int) -> Iterable[List[Tuple]]:
-    """Successive lists of ``size`` argument tuples (the last may be shorter)."""
-    arguments = iter(arguments)
-    return iter(lambda: list(itertools.islice(arguments, size)), [])
+def chunks(iterables: Sequence[Iterable], size: int) -> Iterable[Tuple[int, List]]:
+    """``(MAP, items)`` or ``(STARMAP, argument tuples)``, ``size`` at a time (the last may be shorter)."""
+    kind, items = (MAP, iter(iterables[0])) if len(iterables) == 1 else (STARMAP, zip(*iterables))
+    return ((kind, chunk) for chunk in iter(lambda: list(itertools.islice(items, size)), []))
 
 
 # ---------------------------------------------------------------- the slave side
@@ -132,11 +137,13 @@ class FunctionSlave(SlaveProcess):
         """Serve until the master finishes (``namespace`` is ignored: every tag is served)."""
         super().start({f"do_{ANY_TAG}": self._call})
 
-    def _call(self, function_label: str, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
+    def _call(self, function_label: str, kind: int, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
         function = self._fetch_state(function_label)   # cached: fetched once per slave
-        if keywords is None:   # a chunk of a map
-            return list(itertools.starmap(function, arguments))
-        return function(*arguments, **keywords)
+        if kind == CALL:
+            return function(*arguments, **keywords)
+        if kind == MAP:
+            return list(map(function, arguments))
+        return list(itertools.starmap(function, arguments))
 
     def _dump_result(self, result: object) -> bytes:
         try:

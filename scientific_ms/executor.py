@@ -140,7 +140,7 @@ class Executor(concurrent.futures.Executor):
 
         An argument that cannot be pickled raises SerializationError here.
         """
-        return self._submit(self._function(fn), (args, kwargs), self.master.task_time_limit)
+        return self._submit(self._function(fn), (calls.CALL, args, kwargs), self.master.task_time_limit)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -242,11 +242,13 @@ class Executor(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         function = self._function(fn)
         if chunksize == 1:
-            futures = [self._submit(function, (args, {}), time_limit) for args in zip(*iterables)]
+            futures = [self._submit(function, (calls.CALL, args, {}), time_limit) for args in zip(*iterables)]
         else:
-            futures = [self._submit(function, (chunk,), time_limit)
-                       for chunk in calls.chunks(zip(*iterables), chunksize)]
-        return _results(futures, end, chunked=chunksize > 1)
+            futures = [self._submit(function, chunk, time_limit) for chunk in calls.chunks(iterables, chunksize)]
+        if chunksize == 1:
+            return _results(futures, end)
+        # Items are taken from each chunk's list by C code: no Python frame per item.
+        return itertools.chain.from_iterable(_results(futures, end))
 
     def _withdraw(self, future: Future) -> bool:
         """Take a waiting task back from the manager (called by Future.cancel)."""
@@ -318,7 +320,7 @@ class CallOptions:
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         executor = self._executor
-        return executor._submit(executor._function(fn), (args, kwargs), self.time_limit)
+        return executor._submit(executor._function(fn), (calls.CALL, args, kwargs), self.time_limit)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -340,17 +342,14 @@ def _remote(error: TaskRaisedException) -> BaseException:
     return exception
 
 
-def _results(futures: List[Future], end: Optional[float], chunked: bool) -> Iterator:
-    """Yield the futures' results in order; cancel the rest if the caller stops early."""
+def _results(futures: List[Future], end: Optional[float]) -> Iterator:
+    """Yield the futures' results in order; cancel the rest if the caller stops early
+    (or drops the iterator: the generator is closed when it is collected)."""
     try:
         futures.reverse()   # pop() from the end: no reference kept to results already yielded
         while futures:
             future = futures.pop()
-            value = future.result() if end is None else future.result(end - time.monotonic())
-            if chunked:
-                yield from value
-            else:
-                yield value
+            yield future.result() if end is None else future.result(end - time.monotonic())
     finally:
         for future in futures:
             future.cancel()

@@ -77,6 +77,8 @@ def test_an_unpicklable_argument_raises_in_submit(executor):
         executor.submit(fx.add, 1, y=threading.Lock())
     with pytest.raises(SerializationError, match="map item 2"):
         executor.map(fx.add, [1, threading.Lock()], chunksize=2)
+    with pytest.raises(SerializationError, match="argument #2 of map item 1"):
+        executor.map(fx.add, [1, 2], [threading.Lock(), 3], chunksize=2)
     assert executor.master.task_manager.counters["requested"] == 0   # nothing reached the queue
 
 
