@@ -43,6 +43,38 @@ def test_executor_under_mpiexec_is_served_by_the_other_ranks(processes, tmp_path
     no_leftovers(tagged)
 
 
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, time
+    from scientific_ms import Executor
+
+    def square(x):
+        time.sleep(0.01)
+        return x * x, os.getpid()
+
+    if __name__ == "__main__":
+        with Executor() as ex:
+            values = []
+            for value, pid in ex.map(square, range(200)):
+                values.append(value)
+                if len(values) == 20:
+                    os.kill(pid, signal.SIGKILL)      # the slave process under one of the ranks
+        print("SQUARES", values == [x * x for x in range(200)], flush=True)
+        print("LOST", ex.master.task_manager.counters["processes_lost"], flush=True)
+""")
+
+
+@needs_mpi
+def test_a_killed_slave_rank_changes_no_result_of_a_map(processes, tmp_path, tagged):
+    (tmp_path / "job.py").write_text(KILL_SCRIPT)
+    job = processes.start(mpi_command((3, [sys.executable, "-m", "scientific_ms", "job.py"])),
+                          env={"SCIENTIFIC_MS_TEST_RUN": tagged.tag}, cwd=tmp_path)
+    code, out = processes.finish(job, 60)
+    assert code == 0, out
+    assert "SQUARES True" in out and "LOST 1" in out, out
+    assert "was killed by SIGKILL; its tasks run again on other slaves" in out, out
+    no_leftovers(tagged)
+
+
 @needs_mpi
 def test_the_executor_demo_under_mpiexec(processes, tagged):
     job = processes.start(mpi_command((3, [sys.executable, "-m", "scientific_ms", "executor_demo.py"])),
