@@ -4,19 +4,19 @@ A call travels as a task whose tag names its function (so that
 ``task_manager show`` lists the functions waiting and running) and whose
 parameters are small::
 
-    master (Executor)                         slave (FunctionSlave)
-    -----------------                         ---------------------
-    each distinct function: cloudpickled
-    once, stored as shared data  ----------->  fetched once per slave, cached
-    each call: (label, CALL, args, kwargs)   function(*args, **kwargs)
-    a map chunk: (label, MAP, [x, ...])  -->  [function(x) for x in chunk]
-      or (label, STARMAP, [args, ...])        [function(*args) for args in chunk]
+    master (Executor)                          slave (FunctionSlave)
+    -----------------                          ---------------------
+    each distinct function: pickled once,
+    stored as shared data under a label  --->  fetched once per slave, cached
+    a call: (label, CALL, args, kwargs)  ---->  function(*args, **kwargs)
+    a map chunk: (label, MAP, [x, ...])  ---->  list(map(function, chunk))
+      or (label, STARMAP, [args, ...])   ---->  list(starmap(function, chunk))
 
-Arguments are pickled with the standard pickler (C speed); only those that
-it cannot pickle, or that refer to ``__main__`` (which the slave does not
-share), go through cloudpickle, as lambdas and closures must. The slave
-registers with ``ANY_TAG``: it runs every tag, since it needs no code of the
-user's.
+Functions and arguments are pickled with the standard pickler (C speed);
+only what it cannot pickle, or what refers to ``__main__`` (which the slave
+does not share), goes through cloudpickle, as lambdas and closures must. The
+slave registers with ``ANY_TAG``: it runs every tag, since it needs no code
+of the user's.
 """
 
 from __future__ import annotations
