@@ -116,6 +116,9 @@ def test_cancel_withdraws_a_waiting_call_and_never_runs_it(tmp_path):
 def test_shutdown_cancel_futures_and_submit_after_shutdown(tmp_path):
     ex = Executor(slaves=0, use_name_server=False)
     futures = [ex.submit(fx.add, i) for i in range(100)]
+    with pytest.raises(TimeoutError):
+        futures[0].result(timeout=0.05)
+    assert concurrent.futures.wait(futures, timeout=0.05).not_done == set(futures)
     ex.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() for f in futures)
     with pytest.raises(RuntimeError, match="after shutdown"):

@@ -93,3 +93,28 @@ def test_answers_retrieved_without_a_tag_do_not_linger(manager):
         manager.store_answers(slave, [(task.task_id, task.assignment, True, b"r", "")])
         manager.get_answer()
     assert len(manager._answers) + sum(len(q) for q in manager._answers_by_tag.values()) < 1100
+
+
+def test_the_lean_condition_of_futures_behaves_as_a_condition_on_an_rlock():
+    from scientific_ms.executor import _LeanCondition
+    condition = _LeanCondition()
+    with condition:
+        with condition:                       # reentrant, as a Future's must be
+            assert not condition.wait(0.01)   # times out, and gives the lock back in between
+        condition.notify_all()
+    with pytest.raises(RuntimeError):
+        condition.notify()                    # not owned
+    woken = []
+
+    def waiter():
+        with condition:
+            woken.append(condition.wait(30))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    wait_for(lambda: condition._waiters, 10, "the thread to wait")
+    assert condition.acquire(timeout=10)
+    condition.notify_all()
+    condition.release()
+    thread.join(30)
+    assert woken == [True]
