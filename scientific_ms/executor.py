@@ -272,10 +272,16 @@ class Executor(concurrent.futures.Executor):
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         function = self._function(fn)
-        if chunksize == 1:
-            futures = [self._submit(function, (calls.CALL, args, {}), time_limit) for args in zip(*iterables)]
-        else:
-            futures = [self._submit(function, chunk, time_limit) for chunk in calls.chunks(iterables, chunksize)]
+        tasks = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
+            calls.chunks(iterables, chunksize)
+        futures: List[Future] = []
+        try:
+            for task in tasks:
+                futures.append(self._submit(function, task, time_limit))
+        except BaseException:   # e.g. an item that cannot be pickled: nothing of this map runs
+            for future in reversed(futures):
+                future.cancel()
+            raise
         if chunksize == 1:
             return _results(futures, end)
         # Items are taken from each chunk's list by C code: no Python frame per item.

@@ -77,9 +77,19 @@ def test_an_unpicklable_argument_raises_in_submit(executor):
         executor.submit(fx.add, 1, y=threading.Lock())
     with pytest.raises(SerializationError, match="map item 2"):
         executor.map(fx.add, [1, threading.Lock()], chunksize=2)
+    with pytest.raises(SerializationError, match=r"submit\(add, \.\.\.\): argument #1 \(lock\)"):
+        executor.map(fx.add, [threading.Lock()])
     with pytest.raises(SerializationError, match="argument #2 of map item 1"):
         executor.map(fx.add, [1, 2], [threading.Lock(), 3], chunksize=2)
     assert executor.master.task_manager.counters["requested"] == 0   # nothing reached the queue
+
+
+def test_a_map_that_fails_in_the_middle_of_submitting_withdraws_what_it_queued():
+    with Executor(slaves=0, use_name_server=False) as ex:
+        with pytest.raises(SerializationError, match="map item 1"):
+            ex.map(fx.add, [1] * 6 + [threading.Lock()], chunksize=2)   # three chunks went in ...
+        counters = ex.master.task_manager.counters
+        assert counters["requested"] == counters["cancelled"] == 3      # ... and were withdrawn
 
 
 def test_time_limit_raises_a_timeout_error(executor):
