@@ -101,3 +101,5 @@ def test_python_m_scientific_ms_still_runs_task_manager_commands(processes):
     assert code == 0 and "no live task managers" in out, out
     code, out = processes.finish(processes.task_manager("nowhere.py"), 30)
     assert code == 2 and "no script 'nowhere.py'" in out, out
+    code, out = processes.finish(processes.task_manager("executor_demo.py", cwd=EXAMPLES), 60)   # no MPI: it just runs
+    assert code == 0 and "map: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out, out
