@@ -5,9 +5,9 @@ A Python 3 re-creation of ScientificPython's
 """
 
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError, LabelInUseError,
-                     MasterNotFoundError, NoTasksPendingError, RemoteError, ScientificMSError,
-                     SerializationError, SlaveLostError, TaskManagerTermination, TaskRaisedException,
-                     TaskTimeLimitError)
+                     MasterNotFoundError, NoTasksPendingError, RemoteError, RemoteTraceback,
+                     ScientificMSError, SerializationError, SlaveLostError, TaskManagerTermination,
+                     TaskRaisedException, TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
 from .journal_file import JournalError
 from .journal_report import JournalRecord, read_journal
@@ -22,9 +22,18 @@ __version__ = "0.1.0"
 #: Set to True for debug logging (as in the original); or SCIENTIFIC_MS_DEBUG=1.
 debug = False
 
+
+def __getattr__(name: str):
+    # Imported on first use: slave processes start faster without concurrent.futures.
+    if name == "Executor":
+        from .executor import Executor
+        return Executor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "MasterProcess", "SlaveProcess", "runJob", "initializeMasterProcess", "startSlaveProcess",
-    "GlobalStateValue", "getMachineInfo", "TaskManager",
+    "GlobalStateValue", "getMachineInfo", "TaskManager", "Executor", "RemoteTraceback",
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",

@@ -1,7 +1,13 @@
-"""``python -m scientific_ms`` is the task_manager command."""
+"""``python -m scientific_ms`` is the task_manager command; ``python -m scientific_ms script.py``
+runs a script whose Executor is served by the other ranks under mpiexec."""
 
 import sys
 
-from .cli import main
+from .script import is_script, run
+
+if is_script(sys.argv[1:]):
+    sys.exit(run(sys.argv[1:]))
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -45,8 +45,22 @@ class SlaveLostError(ScientificMSError):
     """A task kept losing the slaves that ran it (a poison task)."""
 
 
-class TaskTimeLimitError(ScientificMSError):
-    """A task's handler ran longer than its time limit."""
+class TaskTimeLimitError(ScientificMSError, TimeoutError):
+    """A task's handler ran longer than its time limit.
+
+    A TimeoutError, as ``concurrent.futures`` users expect of a time limit.
+    """
+
+
+class RemoteTraceback(ScientificMSError):
+    """The ``__cause__`` of an exception re-raised by an Executor's future: the slave's traceback, as text."""
+
+    def __init__(self, traceback: str):
+        super().__init__(traceback)
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.traceback.rstrip()}\n\"\"\""
 
 
 class NoTasksPendingError(ScientificMSError, LookupError):

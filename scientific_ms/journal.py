@@ -65,7 +65,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
-from .payload import GlobalStateValue, PROTOCOL
+from .payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
     for index, row in enumerate(rows):
         size += len(row[4]) + len(row[6])
         if size >= _BLOB_BYTES or index + 1 - start >= _BLOB_TASKS:
-            yield pickle.dumps(rows[start:index + 1], PROTOCOL), index + 1 - start
+            yield dumps_value(rows[start:index + 1]), index + 1 - start
             start, size = index + 1, 0
     if start < len(rows):
-        yield pickle.dumps(rows[start:], PROTOCOL), len(rows) - start
+        yield dumps_value(rows[start:]), len(rows) - start
 
 
 # ------------------------------------------------------------------ request keys
@@ -228,7 +228,7 @@ class Journal:
         rows = self._groups.get(seq)
         if rows is None:
             blob, = self._reader.execute("SELECT rows FROM groups WHERE seq = ?", (seq,)).fetchone()
-            rows = self._groups[seq] = pickle.loads(blob)
+            rows = self._groups[seq] = loads_value(blob)
             if len(self._groups) > _GROUP_CACHE:
                 self._groups.popitem(last=False)
         return rows[position]

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pickle
 import socket
 import sqlite3
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 from .errors import ConfigurationError
+from .payload import loads_value
 
 FORMAT = "scientific_ms journal"
 VERSION = "1"
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS groups (seq INTEGER PRIMARY KEY, run INTEGER NOT NULL
 def journaled_tasks(db: sqlite3.Connection) -> Iterator[Tuple[int, int, tuple]]:
     """(group seq, position, task) for every journaled task, in the order written."""
     for seq, blob in db.execute("SELECT seq, rows FROM groups ORDER BY seq"):
-        for position, task in enumerate(pickle.loads(blob)):
+        for position, task in enumerate(loads_value(blob)):
             yield seq, position, task
 
 

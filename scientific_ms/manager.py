@@ -132,6 +132,25 @@ class TaskManager(ProcessSide):
             self._answer_ready.notify_all()
             return task.task_id
 
+    def cancel_task(self, task_id: str) -> bool:
+        """Withdraw a task that no slave has started; False if it runs, is answered or is unknown.
+
+        A withdrawn task is forgotten: it yields no answer, and a late answer
+        for it (from a slave presumed dead) is dropped.
+        """
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.state is not TaskState.WAITING:
+                return False
+            self._scheduler.remove(task)
+            self._budget.waiting_bytes -= len(task.payload or b"")
+            self._tasks.forget(task)
+            task.payload = None
+            self.counters["cancelled"] += 1
+            self._room.notify_all()
+            self._answer_ready.notify_all()   # a get_answer waiting for it alone must not wait forever
+            return True
+
     def get_answer(self, tag: Optional[str] = None, timeout: Optional[float] = None) -> Outcome:
         """Remove and return the oldest finished or failed task (with ``tag``, if given).
 

@@ -92,6 +92,11 @@ def rank() -> int:
     return _start().rank
 
 
+def size() -> int:
+    """Number of ranks in MPI_COMM_WORLD (1 when not started by an MPI launcher)."""
+    return _start().size if runs_under_mpi() else 1
+
+
 # ---------------------------------------------------------------- start-up
 
 def _import_mpi():
@@ -205,15 +210,27 @@ def serve_as_slave_rank(label: str) -> NoReturn:
     _serve_rank(label, lambda: run_stored_slave_code(label, _FETCH_SECONDS))
 
 
-def _serve_rank(label: str, serve: Callable[[], None]) -> NoReturn:
+def serve_as_function_rank(serve: Callable[[], None]) -> NoReturn:
+    """Ranks >= 1 of an Executor's job: serve whichever master rank 0 announces, then exit.
+
+    ``serve`` finds the label in the slave context that is set before it runs.
+    """
+    _serve_rank(None, serve)
+
+
+def _serve_rank(label: Optional[str], serve: Callable[[], None]) -> NoReturn:
+    """Serve the master announced by rank 0 (of ``label``; None: of any label)."""
     world = _start()
     if world.rank == 0:
         raise ConfigurationError("rank 0 runs the master, not a slave")
-    where = f"slave rank {world.rank} of {label!r}"
+    where = f"slave rank {world.rank} of {label!r}" if label else f"slave rank {world.rank}"
     record = _broadcast(None)
     if "error" in record:
         _leave(1, f"scientific_ms: {where}: {record['error']}; exiting")
-    if record.get("label") != label:
+    if label is None:
+        label = record.get("label", "?")
+        where = f"slave rank {world.rank} of {label!r}"
+    elif record.get("label") != label:
         _leave(1, f"scientific_ms: {where}: rank 0 announced the master of {record.get('label')!r}, "
                   f"not {label!r}; exiting")
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import socket
 import threading
 from typing import Optional
@@ -27,6 +26,7 @@ from typing import Optional
 from . import settings
 from .client import MasterConnection, connect
 from .errors import ConnectionLostError, MasterNotFoundError
+from .payload import loads_value
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _WATCH_JOIN_SECONDS = 5.0
 def grace_for(connection: MasterConnection, explicit: Optional[float]) -> float:
     """Seconds to wait for the master at ``connection`` should it vanish."""
     found, data = connection.call("get_data", JOURNALED_MASTER, timeout=30.0)
-    info = pickle.loads(data) if found else None
+    info = loads_value(data) if found else None
     if info is not None and info.get("pid") == os.getppid() and info.get("host") == socket.gethostname():
         return 0.0   # spawned by this master: the restarted master starts its own slaves
     if explicit is not None:

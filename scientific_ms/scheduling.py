@@ -45,7 +45,7 @@ import threading
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from .registry import ProcessRecord
-from .tasks import Task
+from .tasks import ANY_TAG, Task
 
 #: A batch is cut once its parameters reach this size, so that a slave asking
 #: for many small tasks does not also hoard a queue of large ones.
@@ -92,6 +92,11 @@ class Durations:
         return total
 
 
+def handles(tags: FrozenSet[str], tag: str) -> bool:
+    """Can a slave registered with ``tags`` run a task of ``tag``? (``ANY_TAG``: every tag.)"""
+    return tag in tags or ANY_TAG in tags
+
+
 def queue_key(task: Task) -> Tuple[bool, int]:
     """Order among queue heads: requeued tasks first, then the oldest request."""
     return (not task.rescheduled, task.seq)
@@ -125,9 +130,12 @@ class Scheduler:
         self.waiting_count += 1
 
     def remove(self, task: Task) -> None:
-        """Take a waiting task out of its queue (it was answered meanwhile)."""
+        """Take a waiting task out of its queue (it was answered meanwhile, or cancelled)."""
         queue = self._queues[task.tag]
-        queue.remove(task)
+        if queue[-1] is task:   # cancelling the newest first, as a cancelled map does: O(1)
+            queue.pop()
+        else:
+            queue.remove(task)
         if not queue:
             del self._queues[task.tag]
         self.waiting_count -= 1
@@ -179,7 +187,7 @@ class Scheduler:
     def _best_queue(self, tags: FrozenSet[str]) -> Optional[Deque[Task]]:
         best = None
         for tag, queue in self._queues.items():
-            if tag in tags and (best is None or queue_key(queue[0]) < queue_key(best[0])):
+            if handles(tags, tag) and (best is None or queue_key(queue[0]) < queue_key(best[0])):
                 best = queue
         return best
 
@@ -198,7 +206,7 @@ class Scheduler:
             if victim is thief or len(victim.running) < 2:
                 continue
             held = list(victim.running.values())
-            unstarted = [t for t in held[1:] if t.tag in thief.tags and not t.suspect]
+            unstarted = [t for t in held[1:] if handles(thief.tags, t.tag) and not t.suspect]
             if not unstarted:
                 continue
             estimate = self.durations.estimate(held[0].tag) or 0.0
@@ -274,13 +282,13 @@ class WaitingSlaves:
 
     def idle_for(self, tag: str, process_id: int) -> bool:
         """Does a slave other than ``process_id`` wait (or was just woken) for a task of ``tag``?"""
-        return any(tag in w.tags and w.process_id != process_id
+        return any(handles(w.tags, tag) and w.process_id != process_id
                    for waiters in (self._woken, self._waiters) for w in waiters)
 
     def wake_one(self, tag: str, skip: Optional[int] = None) -> None:
         """Wake the longest-waiting thread that can run ``tag`` (not one of process ``skip``)."""
         for waiter in self._waiters:
-            if tag in waiter.tags and waiter.process_id != skip:
+            if handles(waiter.tags, tag) and waiter.process_id != skip:
                 del self._waiters[waiter]
                 self._woken[waiter] = None
                 waiter.woken = True

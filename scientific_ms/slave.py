@@ -37,6 +37,7 @@ from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
 from .payload import dumps_exception, dumps_value, format_exception, loads_parameters, loads_value
 from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, TaskMessage
+from .tasks import ANY_TAG
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ class SlaveProcess:
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
-                feed.put_answer(self._run(handlers[task.tag], task))
+                handler = handlers[task.tag] if task.tag in handlers else handlers[ANY_TAG]
+                feed.put_answer(self._run(handler, task))
         except ConnectionLostError as error:
             if self._master_gone is not None:
                 raise ConnectionLostError(self._master_gone) from None
@@ -204,7 +206,7 @@ class SlaveProcess:
             with time_limit(task.time_limit, f"task {task_id} (do_{tag})"):
                 result = handler(*parameters)
             try:
-                data = dumps_value(result)
+                data = self._dump_result(result)
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
@@ -218,6 +220,10 @@ class SlaveProcess:
             raise
         finally:
             self._current_task = None
+
+    def _dump_result(self, result: object) -> bytes:
+        """Pickle a handler's result for the master (a subclass may pickle more kinds of values)."""
+        return dumps_value(result)
 
     def _rejoin(self, old_process_id: int, connection: MasterConnection) -> int:
         """Register again after the master declared us dead; returns the current id.

@@ -9,6 +9,7 @@ import time
 from typing import Dict
 
 from .registry import Registry
+from .tasks import ANY_TAG
 
 #: Counters that the status always reports (0 until they first move).
 STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
@@ -43,7 +44,8 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
         "started_at": round(time.time() - elapsed, 3),  # Unix time; the clock may be a fake
         "processes": processes,
         "tasks": tasks,
-        "unserved_tags": sorted(tag for tag in tasks.get("waiting", {}) if tag not in served),
+        "unserved_tags": [] if ANY_TAG in served else
+                         sorted(tag for tag in tasks.get("waiting", {}) if tag not in served),
         "counters": dict(dict.fromkeys(STATUS_COUNTERS, 0), **counters),
         "throughput_per_second": round(throughput, 3),
     }

@@ -26,6 +26,10 @@ import enum
 import itertools
 from typing import Dict, FrozenSet, List, Optional
 
+#: A slave registered with this tag runs tasks of every tag (the Executor's
+#: function runner, whose tasks are tagged with their function's name).
+ANY_TAG = "*"
+
 
 class TaskState(str, enum.Enum):
     WAITING = "waiting"
@@ -112,6 +116,13 @@ class TaskTable:
         task.state = new
         if new is TaskState.DELIVERED:
             del self._tasks[task.task_id]
+
+    def forget(self, task: Task) -> None:
+        """Drop a WAITING task that was withdrawn (cancelled): it leaves every state."""
+        if task.state is not TaskState.WAITING:
+            raise AssertionError(f"only a waiting task can be withdrawn, not {task.task_id} ({task.state.value})")
+        self._counts[TaskState.WAITING][task.tag] -= 1
+        del self._tasks[task.task_id]
 
     def outstanding(self, tag: Optional[str] = None) -> int:
         """Tasks (with ``tag``) the master has not received yet."""
