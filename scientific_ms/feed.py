@@ -88,6 +88,10 @@ class TaskFeed:
         seconds = answer.seconds or 0.0
         with self._cond:
             self._outbox.append(answer)
+            if seconds * 10 >= TARGET_QUEUE_SECONDS:
+                # We hold one task less: the master, which caps queued work by time, may
+                # give more now. (Tiny tasks are never capped that way: no call per answer.)
+                self._server_drained = False
             average = self._seconds_per_task
             self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
             if seconds > TARGET_QUEUE_SECONDS and self._inbox:
@@ -175,7 +179,7 @@ class TaskFeed:
                     if revoked:   # another slave runs them now: drop those not started
                         dropped = set(revoked)
                         self._inbox = collections.deque(t for t in self._inbox if t.assignment not in dropped)
-                    self._inbox.extend(map(TaskMessage.from_wire, tasks))
+                    self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:
                         self._ended = self._ended or "stopped"

@@ -21,8 +21,11 @@ from Pyro5 import config as pyro_config
 from .errors import SerializationError
 
 #: Room kept in each message for the rest of a batch and the framing
-#: (a batch of tasks is cut at 4 MiB of parameters, see manager.BATCH_PAYLOAD_LIMIT).
+#: (a batch of tasks is cut at 4 MiB of parameters, see scheduling.BATCH_PAYLOAD_LIMIT).
 HEADROOM = 5 * 1024 * 1024
+
+#: Values up to this size never come near any limit.
+SMALL = 1024 * 1024
 
 
 def value_limit() -> int:
@@ -44,7 +47,7 @@ def describe_limit() -> str:
 
 def check_parameters(tag: str, size: int) -> None:
     """Refuse task parameters that pickle to more than one message can carry."""
-    if size > value_limit():
+    if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
             f"requestTask({tag!r}, ...): the parameters pickle to {_size(size)}, over the limit of "
             f"{describe_limit()}; pass large values once through setGlobalState(name=value) and "
@@ -54,7 +57,7 @@ def check_parameters(tag: str, size: int) -> None:
 
 def check_state(name: str, size: int) -> None:
     """Refuse a shared value (setGlobalState) that pickles to more than one message can carry."""
-    if size > value_limit():
+    if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
             f"setGlobalState: {name} pickles to {_size(size)}, over the limit of {describe_limit()}; "
             f"split it into several values, or write it to a file the slaves can read and pass its path")
@@ -62,7 +65,7 @@ def check_state(name: str, size: int) -> None:
 
 def check_result(tag: str, size: int) -> None:
     """Refuse, in the slave, a result that pickles to more than one message can carry."""
-    if size > value_limit():
+    if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
             f"the result of do_{tag} pickles to {_size(size)}, over the limit of {describe_limit()}; "
             f"return it in parts (several tasks), or write it to a file and return its path")

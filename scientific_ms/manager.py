@@ -87,6 +87,7 @@ class TaskManager(ProcessSide):
         self._waiters = WaitingSlaves()
         self._budget = MemoryBudget(memory_budget)
         self._room = threading.Condition(self._lock)   # a request waits here for the budget
+        self._room_waiting = 0
         self._data = SharedData()
         self._started = clock()
         self.data_fetches = self._data.fetches     # label -> times retrieved
@@ -110,7 +111,11 @@ class TaskManager(ProcessSide):
         with self._lock:
             self._check_running()
             while self._budget.requests_wait(len(payload)):
-                self._room.wait()
+                self._room_waiting += 1
+                try:
+                    self._room.wait()
+                finally:
+                    self._room_waiting -= 1
                 self._check_running()
             task = self._tasks.new(tag, payload, time_limit)
             self._enqueue(task, front=False)
@@ -147,7 +152,7 @@ class TaskManager(ProcessSide):
             self._tasks.forget(task)
             task.payload = None
             self.counters["cancelled"] += 1
-            self._room.notify_all()
+            self._make_room()
             self._answer_ready.notify_all()   # a get_answer waiting for it alone must not wait forever
             return True
 
@@ -165,7 +170,7 @@ class TaskManager(ProcessSide):
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
                     self._budget.result_bytes -= len(outcome.payload)
-                    self._room.notify_all()
+                    self._make_room()
                     if held_back and not self._budget.results_full():
                         self._pass_wake_up_on(None)   # slaves held back may take tasks again
                     return outcome
@@ -250,14 +255,15 @@ class TaskManager(ProcessSide):
             proc = self._registry.get(process_id)
             if proc is not None:
                 proc.last_seen = self._clock()
-            for task_id, assignment, ok, payload, traceback, *measured in answers:
+            for answer in answers:
+                task_id, assignment, ok, payload, traceback = answer[:5]
                 if proc is not None:
                     proc.running.pop(assignment, None)
                 task = self._results.unanswered(task_id, assignment, process_id)
                 if task is None:
                     continue
-                if measured and measured[0] is not None:
-                    self._scheduler.durations.record(task.tag, measured[0])
+                if len(answer) > 5 and answer[5] is not None:   # the handler's time
+                    self._scheduler.durations.record(task.tag, answer[5])
                 self._settle(task, ok, payload, traceback)
                 if proc is not None:
                     proc.tasks_done += 1
@@ -341,6 +347,11 @@ class TaskManager(ProcessSide):
         self._budget.waiting_bytes += len(task.payload or b"")
         self._waiters.wake_one(task.tag)
 
+    def _make_room(self) -> None:
+        """Wake requests waiting for the memory budget (if any: this runs for every task)."""
+        if self._room_waiting:
+            self._room.notify_all()
+
     def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
         """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
         for tag in list(self._scheduler.waiting_tags()):
@@ -355,7 +366,7 @@ class TaskManager(ProcessSide):
             self._tasks.move(task, TaskState.RUNNING)
             self._budget.waiting_bytes -= len(task.payload or b"")
         if tasks:
-            self._room.notify_all()
+            self._make_room()
         if not tasks:
             stolen = self._scheduler.steal(proc, self._registry, self._clock())
             if stolen is not None:
@@ -377,7 +388,7 @@ class TaskManager(ProcessSide):
         if task.state is TaskState.WAITING:
             self._scheduler.remove(task)
             self._budget.waiting_bytes -= len(task.payload or b"")
-            self._room.notify_all()
+            self._make_room()
         elif task.state is TaskState.RUNNING:
             holder = self._registry.get(task.process_id)
             if holder is not None:
@@ -385,7 +396,7 @@ class TaskManager(ProcessSide):
         self._results.settle(task, ok, payload, traceback, self._clock())
         self._budget.result_bytes += len(payload)
         if self._budget.results_full():
-            self._room.notify_all()   # a request waiting for room must not wait for this
+            self._make_room()   # a request waiting for room must not wait for this
 
     def _fail(self, task: Task, error: Exception) -> None:
         self._settle(task, False, dumps_value(error), f"{type(error).__name__}: {error}\n")

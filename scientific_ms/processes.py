@@ -140,10 +140,10 @@ class ProcessSide:
 
     def take_revoked(self, process_id: int) -> List[int]:
         """Assignments of this process that another slave took over: the slave must not start them."""
+        proc = self._registry.get(process_id)
+        if proc is None or not proc.revoked:   # the usual case, read without the lock: a
+            return []                           # revocation made meanwhile comes next time
         with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is None or not proc.revoked:
-                return []
             revoked, proc.revoked = proc.revoked, []
             return revoked
 

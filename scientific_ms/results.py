@@ -3,7 +3,9 @@
 Pure logic; the :class:`~scientific_ms.manager.TaskManager` holds the lock.
 An answered task sits in two ordered indexes, all tags and its own tag, so
 that ``retrieveResult()`` and ``retrieveResult(tag)`` both take the oldest
-in O(1); delivering it removes it from both, so nothing delivered lingers.
+in O(1); a task delivered through one index is dropped from the other when
+it reaches its head, or by a compaction once such records outnumber the
+live ones, so nothing delivered lingers for long.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ class ResultStore:
         self._tasks = tasks
         self._counters = counters
         self.completion_rate = RateMeter()
-        self._all: "collections.OrderedDict[str, Task]" = collections.OrderedDict()
-        self._by_tag: Dict[str, "collections.OrderedDict[str, Task]"] = {}
+        # Two queues in completion order, all tags and per tag. A task delivered
+        # through one stays in the other until it reaches that one's head or a
+        # compaction drops it (lazy deletion: deque operations are O(1) and cheap).
+        self._all: Deque[Task] = collections.deque()
+        self._by_tag: Dict[str, Deque[Task]] = {}
+        self._live = 0        # answered, not yet delivered
+        self._stale = 0       # delivered, still in one of the queues
 
     def unanswered(self, task_id: str, assignment: int, process_id: Optional[int]) -> Optional[Task]:
         """The task an answer is for, if it is the first answer; else None (dropped, logged)."""
@@ -76,32 +83,46 @@ class ResultStore:
         return outcome
 
     def _add(self, task: Task) -> None:
-        self._all[task.task_id] = task
+        self._all.append(task)
         queue = self._by_tag.get(task.tag)
         if queue is None:
-            queue = self._by_tag[task.tag] = collections.OrderedDict()
-        queue[task.task_id] = task
+            queue = self._by_tag[task.tag] = collections.deque()
+        queue.append(task)
+        self._live += 1
 
     def pop(self, tag: Optional[str] = None) -> Optional[Task]:
         """Remove and return the oldest answered task (with ``tag``), or None."""
-        if tag is None:
-            if not self._all:
-                return None
-            task_id, task = self._all.popitem(last=False)
-            queue = self._by_tag[task.tag]
-            del queue[task_id]
-        else:
-            queue = self._by_tag.get(tag)
-            if not queue:
-                return None
-            task_id, task = queue.popitem(last=False)
-            del self._all[task_id]
-        if not queue:
-            del self._by_tag[task.tag]
-        return task
+        queue = self._all if tag is None else self._by_tag.get(tag)
+        while queue:
+            task = queue.popleft()
+            if task.state is TaskState.DELIVERED:
+                self._stale -= 1          # delivered through the other queue
+                continue
+            self._live -= 1
+            self._stale += 1              # it stays in the other queue for now
+            if tag is not None and not queue:
+                del self._by_tag[tag]
+            if self._stale > self._live + 1024:
+                self._compact()
+            return task
+        if tag is not None and queue is not None and not queue:
+            del self._by_tag[tag]
+        return None
+
+    def _compact(self) -> None:
+        # Called only once the stale records outnumber the live ones, so the cost per
+        # task stays O(1) and memory is bounded by about twice what is answered.
+        self._all = collections.deque(t for t in self._all if t.state is not TaskState.DELIVERED)
+        for tag, queue in list(self._by_tag.items()):
+            kept = collections.deque(t for t in queue if t.state is not TaskState.DELIVERED)
+            if kept:
+                self._by_tag[tag] = kept
+            else:
+                del self._by_tag[tag]
+        self._stale = 0
 
     def __len__(self) -> int:
-        return len(self._all)
+        return self._live
 
 
 class RateMeter:

@@ -14,10 +14,12 @@ The rules:
   the handler times slaves report (:class:`Durations`); a tag not measured
   yet counts as long.
 - **Batches.** A slave may ask for several tasks at once (it prefetches
-  short tasks). Beyond the task it runs, it gets at most
-  ``QUEUE_SECONDS`` of queued work by its tags' estimates (about one round
-  trip's worth), no task of a tag not yet measured, and nothing while
-  another slave that could run the task waits idle. A batch also stops at
+  short tasks). Beyond the task it runs, it gets queued work while what it
+  holds queued is under ``QUEUE_SECONDS`` by its tags' estimates (so at
+  most one more task's worth above that: about one round trip's worth),
+  no task longer than that, no task of a tag not yet measured, and nothing
+  beyond a round trip's worth (``IDLE_FIRST_BEYOND``) while another slave
+  that could run the task waits idle. A batch also stops at
   ``BATCH_PAYLOAD_LIMIT`` bytes of parameters and at the slave's fair share
   of what is waiting (waiting / slaves).
 - **Stealing.** A slave that asks for work when none waits takes a task
@@ -41,6 +43,7 @@ The rules:
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
@@ -53,6 +56,11 @@ BATCH_PAYLOAD_LIMIT = 4 * 1024 * 1024
 
 #: Most estimated work (seconds) a slave may hold queued beyond the task it runs.
 QUEUE_SECONDS = 0.02
+
+#: A busy slave may queue work that an idle slave could run only while its
+#: queue stays this short (about one round trip): tiny tasks then travel in
+#: batches, which the idle slave would not finish any sooner.
+IDLE_FIRST_BEYOND = 0.001
 
 #: A slave's queued tasks are taken over only once the task ahead of them has
 #: run this long (and twice its estimate). Before that the slave may well have
@@ -83,13 +91,21 @@ class Durations:
         """Seconds per task of ``tag``; None while not measured (then it counts as long)."""
         return self._seconds.get(tag)
 
+    #: ``queued`` looks at this many held tasks at most and scales up (a slave may hold thousands).
+    SAMPLE = 32
+
     def queued(self, proc: ProcessRecord) -> float:
         """Estimated work ``proc`` holds beyond the task it runs (its oldest); inf if unknown."""
+        behind = len(proc.running) - 1
+        if behind <= 0:
+            return 0.0
         total = 0.0
-        for task in list(proc.running.values())[1:]:
-            estimate = self.estimate(task.tag)
-            total += float("inf") if estimate is None else estimate
-        return total
+        for task in itertools.islice(proc.running.values(), 1, 1 + self.SAMPLE):
+            estimate = self._seconds.get(task.tag)
+            if estimate is None:
+                return float("inf")
+            total += estimate
+        return total * behind / min(behind, self.SAMPLE)
 
 
 def handles(tags: FrozenSet[str], tag: str) -> bool:
@@ -161,8 +177,10 @@ class Scheduler:
         tasks: List[Task] = []
         size = 0
         queued = self.durations.queued(proc)
+        idle: Dict[str, bool] = {}   # idle_elsewhere, asked once per tag
+        every = ANY_TAG in proc.tags
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
-            queue = self._best_queue(proc.tags)
+            queue = self._best_queue(proc.tags, every)
             if queue is None:
                 break
             head = queue[0]
@@ -171,8 +189,13 @@ class Scheduler:
                 if head.suspect:
                     break   # only an idle slave takes a suspect, and nothing with it
                 estimate = self.durations.estimate(head.tag)
-                if estimate is None or queued + estimate > QUEUE_SECONDS or idle_elsewhere(head.tag):
-                    break   # no hoarding: long or unknown work, or an idle slave could run it
+                if estimate is None or estimate > QUEUE_SECONDS or queued >= QUEUE_SECONDS:
+                    break   # no hoarding of long or unknown work
+                if queued + estimate > IDLE_FIRST_BEYOND:
+                    if head.tag not in idle:
+                        idle[head.tag] = idle_elsewhere(head.tag)
+                    if idle[head.tag]:
+                        break   # an idle slave would run it sooner
                 queued += estimate
             task = queue.popleft()
             if not queue:
@@ -184,10 +207,11 @@ class Scheduler:
                 break
         return tasks
 
-    def _best_queue(self, tags: FrozenSet[str]) -> Optional[Deque[Task]]:
+    def _best_queue(self, tags: FrozenSet[str], every: bool) -> Optional[Deque[Task]]:
+        """The queue, among the tags handled (``every``: all), whose head comes first."""
         best = None
         for tag, queue in self._queues.items():
-            if handles(tags, tag) and (best is None or queue_key(queue[0]) < queue_key(best[0])):
+            if (every or tag in tags) and (best is None or queue_key(queue[0]) < queue_key(best[0])):
                 best = queue
         return best
 
@@ -205,12 +229,12 @@ class Scheduler:
         for victim in processes:
             if victim is thief or len(victim.running) < 2:
                 continue
-            held = list(victim.running.values())
-            unstarted = [t for t in held[1:] if handles(thief.tags, t.tag) and not t.suspect]
-            if not unstarted:
+            running = next(iter(victim.running.values()))
+            if now - running.started < max(STEAL_AFTER, 2 * (self.durations.estimate(running.tag) or 0.0)):
                 continue
-            estimate = self.durations.estimate(held[0].tag) or 0.0
-            if now - held[0].started < max(STEAL_AFTER, 2 * estimate):
+            unstarted = [t for t in itertools.islice(victim.running.values(), 1, None)
+                         if handles(thief.tags, t.tag) and not t.suspect]
+            if not unstarted:
                 continue
             queued = self.durations.queued(victim)
             if best is None or queued > best[0]:

@@ -29,7 +29,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, object_name, tasks_to_wire
+from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire
 from .unserved import UnservedTags
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class TaskManagerService:
                  wait: float) -> Tuple[str, list, list]:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
         if answers:
-            self._manager.store_answers(process_id, (Answer(*answer) for answer in answers))
+            self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
         self._bind(process_id)
         tasks = []
         if max_tasks > 0:

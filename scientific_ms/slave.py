@@ -181,7 +181,7 @@ class SlaveProcess:
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
-                handler = handlers[task.tag] if task.tag in handlers else handlers[ANY_TAG]
+                handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
                 feed.put_answer(self._run(handler, task))
         except ConnectionLostError as error:
             if self._master_gone is not None:
@@ -198,25 +198,28 @@ class SlaveProcess:
                     self._connection = self._busy_connection
 
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
-        task_id, tag = task.task_id, task.tag
+        task_id, assignment, tag, payload, limit = task   # a TaskMessage (or the same fields as a tuple)
         self._current_task = task_id
         started = time.perf_counter()
         try:
-            parameters = loads_parameters(task.payload, self._fetch_state)
-            with time_limit(task.time_limit, f"task {task_id} (do_{tag})"):
+            parameters = loads_parameters(payload, self._fetch_state)
+            if limit is None:          # most tasks: no context manager, no message to format
                 result = handler(*parameters)
+            else:
+                with time_limit(limit, f"task {task_id} (do_{tag})"):
+                    result = handler(*parameters)
             try:
                 data = self._dump_result(result)
             except Exception as error:
                 raise SerializationError(
                     f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
             check_result(tag, len(data))
-            return Answer(task_id, task.assignment, True, data, "", time.perf_counter() - started)
+            return Answer._make((task_id, assignment, True, data, "", time.perf_counter() - started))
         except Exception as error:
-            return Answer(task_id, task.assignment, False, dumps_exception(error), format_exception(error),
+            return Answer(task_id, assignment, False, dumps_exception(error), format_exception(error),
                           time.perf_counter() - started)
         except BaseException:   # KeyboardInterrupt, SystemExit: the handler ends this slave mid-task
-            self._abandoned.append(task.assignment)
+            self._abandoned.append(assignment)
             raise
         finally:
             self._current_task = None

@@ -456,7 +456,7 @@ def test_the_manager_learns_durations_from_the_answers(clock):
         manager.add_task("f", b"")
     [first] = manager.take_tasks(slave, 20)             # not measured yet: one at a time
     manager.store_answers(slave, [measured(first, 0, 0.004)])
-    assert len(manager.take_tasks(slave, 20)) == 6      # the task it runs + 20 ms of 4 ms tasks
+    assert len(manager.take_tasks(slave, 20)) == 6      # the task it runs + 4 ms tasks up to 20 ms
 
 
 def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manager, clock):
@@ -480,7 +480,9 @@ def test_an_idle_slave_takes_over_unstarted_work_and_the_first_answer_wins(manag
     assert manager.counters["stolen"] == 1 and manager.counters["duplicates_dropped"] == 1
 
 
-def test_a_task_requested_while_a_slave_waits_is_not_prefetched_by_a_busy_one(manager):
+def test_a_task_requested_while_a_slave_waits_is_not_prefetched_by_a_busy_one(clock):
+    manager = TaskManager(clock=clock)
+    manager.expect_duration("f", 0.005)      # beyond a round trip: worth an idle slave
     busy = manager.register_process("slave", tags=["f"])
     idle = manager.register_process("slave", tags=["f"])
     manager.add_task("f", b"")

@@ -4,7 +4,8 @@ import pytest
 
 from scientific_ms.registry import Registry
 from scientific_ms.results import ResultStore
-from scientific_ms.scheduling import BATCH_PAYLOAD_LIMIT, QUEUE_SECONDS, STEAL_AFTER, Durations, Scheduler
+from scientific_ms.scheduling import (BATCH_PAYLOAD_LIMIT, IDLE_FIRST_BEYOND, QUEUE_SECONDS, STEAL_AFTER,
+                                      Durations, Scheduler)
 from scientific_ms.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
 
 
@@ -171,13 +172,21 @@ def test_a_tag_not_measured_counts_as_long():
     assert scheduler.select(proc, 10, 1) == []         # busy: no unknown work queued behind
 
 
+def test_no_task_longer_than_the_queue_is_queued_behind_another():
+    scheduler, registry = Scheduler(3), Registry()
+    scheduler.durations.record("f", QUEUE_SECONDS * 1.5)
+    for task in make_tasks(5):
+        scheduler.enqueue(task)
+    assert len(scheduler.select(slave(registry), 5, 1)) == 1
+
+
 def test_queued_work_is_about_one_round_trip_by_the_tags_estimates():
     scheduler, registry = Scheduler(3), Registry()
     scheduler.durations.record("f", 0.005)
     for task in make_tasks(100):
         scheduler.enqueue(task)
-    # the task it runs, then 20 ms of 5 ms tasks queued behind it
-    assert len(scheduler.select(slave(registry), 100, 1)) == 1 + int(QUEUE_SECONDS / 0.005)
+    # the task it runs, then 5 ms tasks queued behind it until they reach 20 ms
+    assert len(scheduler.select(slave(registry), 100, 1)) == 1 + round(QUEUE_SECONDS / 0.005)
 
 
 def test_measurements_move_the_estimate():
@@ -192,13 +201,24 @@ def test_measurements_move_the_estimate():
 
 
 def test_nobody_prefetches_what_an_idle_slave_could_run():
-    scheduler, registry = short(Scheduler(3)), Registry()
+    scheduler, registry = Scheduler(3), Registry()
+    scheduler.durations.record("f", 0.005)        # beyond a round trip: worth an idle slave
     for task in make_tasks(5):
         scheduler.enqueue(task)
     busy = slave(registry)
     busy.running[1] = make_tasks(1, start=9)[0]
     assert scheduler.select(busy, 5, 2, idle_elsewhere=lambda tag: True) == []
     assert len(scheduler.select(busy, 5, 2, idle_elsewhere=lambda tag: False)) == 2   # fair share
+
+
+def test_tiny_tasks_go_in_batches_even_while_a_slave_waits():
+    scheduler, registry = Scheduler(3), Registry()
+    scheduler.durations.record("f", IDLE_FIRST_BEYOND / 10)
+    for task in make_tasks(6):
+        scheduler.enqueue(task)
+    busy = slave(registry)
+    busy.running[1] = make_tasks(1, start=9)[0]
+    assert len(scheduler.select(busy, 5, 2, idle_elsewhere=lambda tag: True)) == 3   # fair share
 
 
 def test_an_idle_slave_steals_the_last_unstarted_task_of_the_most_loaded():
