@@ -110,7 +110,7 @@ class TaskManager(ProcessSide):
                                      f"got {time_limit!r}")
         with self._lock:
             self._check_running()
-            while self._budget.requests_wait(len(payload)):
+            while self._budget.waiting_bytes and self._budget.requests_wait(len(payload)):
                 self._room_waiting += 1
                 try:
                     self._room.wait()
@@ -166,12 +166,14 @@ class TaskManager(ProcessSide):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
-                held_back = self._budget.results_full()
+                budget = self._budget
+                held_back = budget.results_full()
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
-                    self._budget.result_bytes -= len(outcome.payload)
-                    self._make_room()
-                    if held_back and not self._budget.results_full():
+                    budget.result_bytes -= len(outcome.payload)
+                    if self._room_waiting:
+                        self._room.notify_all()
+                    if held_back and not budget.results_full():
                         self._pass_wake_up_on(None)   # slaves held back may take tasks again
                     return outcome
                 self._check_running()

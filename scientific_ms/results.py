@@ -75,8 +75,8 @@ class ResultStore:
         task = self.pop(tag)
         if task is None:
             return None
-        outcome = Outcome(task.task_id, task.tag, task.state is TaskState.FINISHED,
-                          task.answer, task.traceback)
+        outcome = tuple.__new__(Outcome, (task.task_id, task.tag, task.state is TaskState.FINISHED,
+                                          task.answer, task.traceback))   # C speed: once per task
         self._tasks.move(task, TaskState.DELIVERED)
         task.answer = None
         self._counters["delivered"] += 1
