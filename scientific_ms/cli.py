@@ -27,12 +27,11 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import discovery, leaving, logs, settings
 from .client import MasterConnection, connect
-from .launch import (endpoint_state, fetch_stored_code, master_state, run_slave_processes,
-                     run_stored_code)
-from .protocol import OBJECT_PREFIX
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
+from .launch import fetch_stored_code, master_state, run_slave_processes, run_stored_code
+from .listing import list_managers
 from .progress import LiveView, format_duration
-from .report import JSON_SCHEMA, build_report, format_status, format_table, iso_text, progress_line
+from .report import build_report, format_status, progress_line
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,6 @@ STATUS_TIMEOUT = 30.0
 
 #: After the master stops answering, ``watch`` waits this long for it to withdraw its label file or die.
 WATCH_ENDING_SECONDS = 5.0
-
-#: ``list`` gives each master this long to answer, so one stuck master cannot hold it up for long.
-LIST_TIMEOUT = 5.0
 
 #: ``watch`` asks for the status at least this often (seconds), whatever its interval.
 WATCH_POLL_SECONDS = 0.5
@@ -160,144 +156,6 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
             return 1, (f"{where} stopped answering (PID {record.get('pid')} on {record.get('hostname')} "
                        f"still holds its label file); last status: {summary}")
         time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
-
-
-# ------------------------------------------------------------------ list
-
-class _Entry(NamedTuple):
-    label: str
-    host: Optional[str]
-    pid: Optional[int]
-    address: str
-    started_at: Optional[str]
-    source: str
-    report: Optional[Dict]
-    error: Optional[str]
-
-
-def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str) -> Tuple[Optional[Dict], Optional[str], str]:
-    """(report, error, address) of the master at the first of ``hosts`` that answers."""
-    address = f"{hosts[0] if hosts else '?'}:{port}"
-    if secret is None:
-        return None, "no secret (set SCIENTIFIC_MS_SECRET or use --key-file)", address
-    error = "no address to try"
-    for host in hosts:
-        address = f"{host}:{port}"
-        try:
-            connection = MasterConnection(host, port, secret, label, timeout=LIST_TIMEOUT)
-        except AuthenticationError:
-            return None, "wrong secret", address
-        except ScientificMSError as failure:
-            error = str(failure)
-            continue
-        try:
-            return build_report(label, address, _fetch_status(connection, LIST_TIMEOUT)), None, address
-        except ScientificMSError as failure:
-            return None, str(failure), address
-        finally:
-            connection.close()
-    return None, error, address
-
-
-def _collect_managers(key_file: Optional[str]) -> Tuple[List[_Entry], List[str]]:
-    entries: List[_Entry] = []
-    pruned: List[str] = []
-    seen = set()
-    for record in discovery.list_label_files():
-        label = record.get("label", "?")
-        state, reason = master_state(record)
-        if state == "dead":
-            with contextlib.suppress(OSError):
-                os.unlink(record["_path"])
-            pruned.append(f"label file {record['_path']} ({reason})")
-            continue
-        seen.add(label)
-        secret = record["secret"].encode() if record.get("secret") else settings.secret_from_environment(key_file)
-        report, error, address = _status_at(discovery.hosts_of(record), record["port"], secret, label)
-        entries.append(_Entry(label, record.get("hostname"), record.get("pid"), address,
-                              iso_text(record.get("started")), "label file", report, error))
-    entries += _name_server_managers(seen, key_file, pruned)
-    return entries, pruned
-
-
-def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str]) -> List[_Entry]:
-    if not settings.use_name_server(True):
-        return []
-    ns = discovery.locate_name_server()
-    if ns is None:
-        return []
-    import Pyro5.core
-    entries = []
-    with ns:
-        try:
-            names = ns.list(prefix=OBJECT_PREFIX)
-        except Exception as error:  # a name server that misbehaves must not break list
-            log.warning("could not list the name server: %s", error)
-            return []
-        for name, uri_text in sorted(names.items()):
-            label = name[len(OBJECT_PREFIX):]
-            if label in seen:
-                continue
-            uri = Pyro5.core.URI(uri_text)
-            state = endpoint_state(uri.host, uri.port, label)
-            if state == "dead":
-                with contextlib.suppress(Exception):
-                    ns.remove(name)
-                pruned.append(f"name server entry {name} ({uri.host}:{uri.port} does not answer)")
-                continue
-            report, error = None, "unreachable from here"
-            if state == "live":
-                report, error, _ = _status_at([uri.host], uri.port, settings.secret_from_environment(key_file), label)
-            master = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
-            entries.append(_Entry(label, master.get("host"), master.get("pid"), f"{uri.host}:{uri.port}",
-                                  (report or {}).get("started_at"), "name server", report, error))
-    return entries
-
-
-def list_managers(args) -> int:
-    """List every live task manager this user can see; prune entries of dead masters."""
-    entries, pruned = _collect_managers(args.key_file)
-    if args.json:
-        print(json.dumps({"schema": JSON_SCHEMA, "task_managers": [_list_json(e) for e in entries],
-                          "pruned": pruned}, indent=2))
-        return 0
-    for note in pruned:
-        print(f"task_manager: removed the stale {note}", file=sys.stderr)
-    if not entries:
-        print("no live task managers")
-        return 0
-    rows = []
-    for entry in entries:
-        started = (entry.started_at or "?").replace("T", " ")[:19]
-        if entry.report is not None:
-            tasks = entry.report["tasks"]
-            slaves = str(entry.report["slaves"])
-            progress = f"{tasks['retrieved']}/{tasks['requested']}"
-            if tasks["requested"]:
-                progress += f" ({100 * tasks['retrieved'] / tasks['requested']:.0f}%)"
-            if entry.report["terminated"]:
-                progress += " ending"
-        else:
-            slaves, progress = "?", f"? ({entry.error})"
-        rows.append([entry.label, entry.host or "?", str(entry.pid or "?"), entry.address, started,
-                     slaves, progress] + ([entry.source] if args.verbose else []))
-    header = ["LABEL", "HOST", "PID", "ADDRESS", "STARTED", "SLAVES", "PROGRESS"] + (["SOURCE"] if args.verbose else [])
-    print("\n".join(format_table(header, rows, right=(2, 5))))
-    return 0
-
-
-def _list_json(entry: _Entry) -> Dict:
-    report = entry.report
-    return {
-        "label": entry.label, "host": entry.host, "pid": entry.pid, "address": entry.address,
-        "started_at": entry.started_at, "source": entry.source,
-        "slaves": report["slaves"] if report else None,
-        "requested": report["tasks"]["requested"] if report else None,
-        "retrieved": report["tasks"]["retrieved"] if report else None,
-        "progress": report["progress"] if report else None,
-        "terminated": report["terminated"] if report else None,
-        "error": entry.error,
-    }
 
 
 # ------------------------------------------------------------------ slave

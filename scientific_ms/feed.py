@@ -178,7 +178,7 @@ class TaskFeed:
                         self.process_id = self._rejoin(process_id, self._connection)
                     if revoked:   # another slave runs them now: drop those not started
                         dropped = set(revoked)
-                        self._inbox = collections.deque(t for t in self._inbox if t.assignment not in dropped)
+                        self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)   # [1]: assignment
                     self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:

@@ -143,3 +143,31 @@ def test_a_slave_that_leaves_does_not_come_back_as_a_ghost(master, monkeypatch):
             assert len(master.task_manager.status()["processes"]) == 1, "a ghost slave registered"
             still.wait(0.02)
     assert master.task_manager.counters["processes_lost"] == 0
+
+
+def test_an_idle_slave_takes_over_tasks_queued_behind_a_long_one(processes):
+    """Work stealing with real slaves: the holder is told to drop what it had not started."""
+    master = MasterProcess("steal", use_name_server=False, port=0)
+    try:
+        master.task_manager.expect_duration("work", 0.005)   # short: a slave queues some
+        holder = processes.python(SLAVE_SCRIPT, "steal", 1.0, name="holder")
+        master.wait_for_slaves(1, timeout=60)
+        for warm_up in [master.requestTask("work", 0.005, "warm-up") for _ in range(20)]:
+            master.retrieveResult(timeout=60)       # the holder has learnt that tasks are short
+        long_task = master.requestTask("work", 3.0, "long")
+        short = [master.requestTask("work", 0.005, i) for i in range(3)]
+        wait_for(lambda: sum(len(p["running"]) for p in master.task_manager.status()["processes"]) == 4,
+                 30, "the holder to take the long task and queue the short ones behind it")
+        processes.python(SLAVE_SCRIPT, "steal", 1.0, name="thief")
+        done = []
+        for _ in range(4):
+            task_id, tag, (value, pid) = master.retrieveResult(timeout=60)
+            done.append((task_id, pid))
+        assert done[-1][0] == long_task
+        assert sorted(task_id for task_id, _ in done[:3]) == sorted(short)   # not held up by the long one
+        assert all(pid != holder.pid for _, pid in done[:3])
+        counters = master.task_manager.counters
+        assert counters["stolen"] == 3 and counters["processes_lost"] == 0
+        assert counters["duplicates_dropped"] == 0      # the holder dropped them unstarted
+    finally:
+        master.shutdown()
