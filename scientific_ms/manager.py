@@ -167,7 +167,7 @@ class TaskManager(ProcessSide):
         with self._lock:
             while True:
                 budget = self._budget
-                held_back = budget.results_full()
+                held_back = budget.budget and budget.result_bytes > budget.budget   # results_full()
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
                     budget.result_bytes -= len(outcome.payload)
@@ -396,8 +396,9 @@ class TaskManager(ProcessSide):
             if holder is not None:
                 holder.running.pop(task.assignment, None)
         self._results.settle(task, ok, payload, traceback, self._clock())
-        self._budget.result_bytes += len(payload)
-        if self._budget.results_full():
+        budget = self._budget
+        budget.result_bytes += len(payload)
+        if budget.budget and budget.result_bytes > budget.budget:   # results_full(), inline
             self._make_room()   # a request waiting for room must not wait for this
 
     def _fail(self, task: Task, error: Exception) -> None:

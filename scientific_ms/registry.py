@@ -21,7 +21,7 @@ class ProcessRecord:
 
     __slots__ = ("process_id", "role", "info", "tags", "watchdog_period",
                  "registered", "last_seen", "running", "tasks_done",
-                 "stats", "waiting", "revoked", "news")
+                 "stats", "waiting", "revoked", "news", "runs_suspect")
 
     def __init__(self, process_id: int, role: str, info: Dict,
                  tags: Optional[FrozenSet[str]], watchdog_period: Optional[float],
@@ -39,6 +39,7 @@ class ProcessRecord:
         self.waiting = 0                  # its threads blocked in take_tasks right now
         self.revoked: List[int] = []      # assignments taken back, not yet told to the slave
         self.news = None                  # a Condition its watch call waits on, once it watches
+        self.runs_suspect = False         # it was given a suspect (cleared once none is held)
 
     @property
     def is_slave(self) -> bool:

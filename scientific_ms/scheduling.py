@@ -170,8 +170,10 @@ class Scheduler:
         """
         if not proc.is_slave or not self.waiting_count:
             return []
-        if any(task.suspect for task in proc.running.values()):
-            return []   # a suspect runs alone, so that a death can be blamed on it
+        if proc.runs_suspect:
+            if any(task.suspect for task in proc.running.values()):
+                return []   # a suspect runs alone, so that a death can be blamed on it
+            proc.runs_suspect = False
         if max_tasks > 1:
             max_tasks = min(max_tasks, max(1, self.waiting_count // max(1, slave_count)))
         tasks: List[Task] = []
@@ -204,6 +206,7 @@ class Scheduler:
             tasks.append(task)
             size += len(task.payload or b"")
             if task.suspect:
+                proc.runs_suspect = True
                 break
         return tasks
 
@@ -311,6 +314,8 @@ class WaitingSlaves:
 
     def wake_one(self, tag: str, skip: Optional[int] = None) -> None:
         """Wake the longest-waiting thread that can run ``tag`` (not one of process ``skip``)."""
+        if not self._waiters:
+            return
         for waiter in self._waiters:
             if handles(waiter.tags, tag) and waiter.process_id != skip:
                 del self._waiters[waiter]
