@@ -49,13 +49,6 @@ def _connect(args) -> MasterConnection:
     return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
 
 
-def _fetch_status(connection: MasterConnection, timeout: float = STATUS_TIMEOUT, wait: float = 0.0) -> Dict:
-    """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
-    if wait > 0:
-        return connection.call("status", wait, timeout=timeout + wait)
-    return connection.call("status", timeout=timeout)
-
-
 # ------------------------------------------------------------------ show
 
 def show(args) -> int:
@@ -64,7 +57,7 @@ def show(args) -> int:
         return show_journal(args)
     connection = _connect(args)
     try:
-        status = _fetch_status(connection)
+        status = connection.status(STATUS_TIMEOUT)
     finally:
         connection.close()
     report = build_report(args.label, connection.address, status)
@@ -111,7 +104,7 @@ def watch(args) -> int:
     try:
         while True:
             try:
-                status = _fetch_status(connection, wait=wait)
+                status = connection.status(STATUS_TIMEOUT, wait=wait)
             except ConnectionLostError as error:
                 log.info("%s", error)
                 break

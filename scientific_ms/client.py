@@ -79,6 +79,12 @@ class MasterConnection:
         except (Pyro5.errors.CommunicationError, OSError) as error:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
 
+    def status(self, timeout: float, wait: float = 0.0) -> dict:
+        """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
+        if wait > 0:
+            return self.call("status", wait, timeout=timeout + wait)
+        return self.call("status", timeout=timeout)
+
     def close(self) -> None:
         try:
             self._proxy._pyroRelease()

@@ -27,7 +27,7 @@ from typing import Callable, Deque, List, Optional
 from . import settings
 from .client import MasterConnection
 from .errors import ConnectionLostError
-from .protocol import TERMINATED, UNKNOWN, Answer, TaskMessage, answers_to_wire
+from .protocol import TERMINATED, UNKNOWN, Answer, answers_to_wire
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TaskFeed:
         self.process_id = process_id
         self._rejoin = rejoin
         self._cond = threading.Condition()
-        self._inbox: Deque[TaskMessage] = collections.deque()
+        self._inbox: Deque[tuple] = collections.deque()   # the fields of protocol.TaskMessage
         self._outbox: List[Answer] = []
         self._main_idle = False       # the main thread waits in next_task
         self._server_drained = False  # the last non-blocking fetch found nothing

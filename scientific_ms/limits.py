@@ -19,6 +19,7 @@ from __future__ import annotations
 from Pyro5 import config as pyro_config
 
 from .errors import SerializationError
+from .progress import format_bytes
 
 #: Room kept in each message for the rest of a batch and the framing
 #: (a batch of tasks is cut at 4 MiB of parameters, see scheduling.BATCH_PAYLOAD_LIMIT).
@@ -33,23 +34,16 @@ def value_limit() -> int:
     return max(1024, int(pyro_config.MAX_MESSAGE_SIZE) - HEADROOM)
 
 
-def _size(count: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} bytes"
-
-
 def describe_limit() -> str:
-    return (f"{_size(value_limit())} (Pyro5's message limit of {_size(int(pyro_config.MAX_MESSAGE_SIZE))}, "
-            f"PYRO_MAX_MESSAGE_SIZE, less {_size(HEADROOM)} for the rest of the message)")
+    return (f"{format_bytes(value_limit())} (Pyro5's message limit of {format_bytes(int(pyro_config.MAX_MESSAGE_SIZE))}, "
+            f"PYRO_MAX_MESSAGE_SIZE, less {format_bytes(HEADROOM)} for the rest of the message)")
 
 
 def check_parameters(tag: str, size: int) -> None:
     """Refuse task parameters that pickle to more than one message can carry."""
     if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
-            f"requestTask({tag!r}, ...): the parameters pickle to {_size(size)}, over the limit of "
+            f"requestTask({tag!r}, ...): the parameters pickle to {format_bytes(size)}, over the limit of "
             f"{describe_limit()}; pass large values once through setGlobalState(name=value) and "
             f"GlobalStateValue, split them over several tasks, or write them to a file the slaves "
             f"can read and pass its path")
@@ -59,7 +53,7 @@ def check_state(name: str, size: int) -> None:
     """Refuse a shared value (setGlobalState) that pickles to more than one message can carry."""
     if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
-            f"setGlobalState: {name} pickles to {_size(size)}, over the limit of {describe_limit()}; "
+            f"setGlobalState: {name} pickles to {format_bytes(size)}, over the limit of {describe_limit()}; "
             f"split it into several values, or write it to a file the slaves can read and pass its path")
 
 
@@ -67,5 +61,5 @@ def check_result(tag: str, size: int) -> None:
     """Refuse, in the slave, a result that pickles to more than one message can carry."""
     if size > SMALL and size > value_limit():   # most values are small: skip the lookup
         raise SerializationError(
-            f"the result of do_{tag} pickles to {_size(size)}, over the limit of {describe_limit()}; "
+            f"the result of do_{tag} pickles to {format_bytes(size)}, over the limit of {describe_limit()}; "
             f"return it in parts (several tasks), or write it to a file and return its path")

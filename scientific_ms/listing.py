@@ -27,10 +27,6 @@ log = logging.getLogger(__name__)
 LIST_TIMEOUT = 5.0
 
 
-def _fetch_status(connection: MasterConnection, timeout: float) -> Dict:
-    return connection.call("status", timeout=timeout)
-
-
 class _Entry(NamedTuple):
     label: str
     host: Optional[str]
@@ -58,7 +54,7 @@ def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str)
             error = str(failure)
             continue
         try:
-            return build_report(label, address, _fetch_status(connection, LIST_TIMEOUT)), None, address
+            return build_report(label, address, connection.status(LIST_TIMEOUT)), None, address
         except ScientificMSError as failure:
             return None, str(failure), address
         finally:

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .errors import ConfigurationError, NoTasksPendingError, TaskManagerTermination, UnknownProcessError
+from .errors import ConfigurationError, NoTasksPendingError, TaskManagerTermination
 from .payload import dumps_value
 from .processes import TIME_LIMIT_GRACE, ProcessSide
 from .registry import ProcessRecord, Registry
@@ -39,12 +39,11 @@ from .results import Outcome, ResultStore
 from .scheduling import Scheduler, Waiter, WaitingSlaves
 from .status import snapshot
 from .shared_data import SharedData
-from .tasks import Task, TaskState, TaskTable
+from .tasks import Task, TaskState, TaskTable, check_request
 
 __all__ = ["TaskManager", "Outcome", "TIME_LIMIT_GRACE"]
 
 log = logging.getLogger(__name__)
-
 
 
 class TaskManager(ProcessSide):
@@ -102,15 +101,10 @@ class TaskManager(ProcessSide):
 
         ``time_limit``: seconds its handler may run (None: no limit).
         """
-        if not isinstance(tag, str) or not tag.isidentifier():
-            raise ConfigurationError(
-                f"task tag must be a Python identifier (the slave calls do_<tag>), got {tag!r}")
-        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-            raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
-                                     f"got {time_limit!r}")
+        check_request(tag, time_limit)
         with self._lock:
             self._check_running()
-            while self._budget.waiting_bytes and self._budget.requests_wait(len(payload)):
+            while self._budget.requests_wait(len(payload)):
                 self._room_waiting += 1
                 try:
                     self._room.wait()
@@ -167,7 +161,7 @@ class TaskManager(ProcessSide):
         with self._lock:
             while True:
                 budget = self._budget
-                held_back = budget.budget and budget.result_bytes > budget.budget   # results_full()
+                held_back = budget.results_full()
                 outcome = self._results.deliver(tag)
                 if outcome is not None:
                     budget.result_bytes -= len(outcome.payload)
@@ -336,14 +330,6 @@ class TaskManager(ProcessSide):
         if self._terminated:
             raise TaskManagerTermination("the task manager has been terminated")
 
-    def _live_process(self, process_id: int) -> ProcessRecord:
-        self._check_running()
-        proc = self._registry.get(process_id)
-        if proc is None:
-            raise UnknownProcessError(
-                f"process {process_id} is not registered (it left, or was declared dead)")
-        return proc
-
     def _enqueue(self, task: Task, front: bool) -> None:
         self._scheduler.enqueue(task, front)
         self._budget.waiting_bytes += len(task.payload or b"")
@@ -396,9 +382,8 @@ class TaskManager(ProcessSide):
             if holder is not None:
                 holder.running.pop(task.assignment, None)
         self._results.settle(task, ok, payload, traceback, self._clock())
-        budget = self._budget
-        budget.result_bytes += len(payload)
-        if budget.budget and budget.result_bytes > budget.budget:   # results_full(), inline
+        self._budget.result_bytes += len(payload)
+        if self._budget.results_full():
             self._make_room()   # a request waiting for room must not wait for this
 
     def _fail(self, task: Task, error: Exception) -> None:

@@ -151,8 +151,7 @@ class MasterProcess:
         limit = self.task_time_limit if time_limit is None else time_limit
         if self._journal is None:
             payload = dumps_parameters(tag, parameters, self._state_is_stored)
-            if len(payload) > self.LARGE_PARAMETERS:
-                self._warn_if_large(tag, payload)
+            self._warn_if_large(tag, payload)
             task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
         else:
             task_id = self._journaled_request(tag, parameters, limit)

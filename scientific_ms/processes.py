@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple
 
-from .errors import ConfigurationError, SlaveLostError, TaskTimeLimitError
+from .errors import ConfigurationError, SlaveLostError, TaskTimeLimitError, UnknownProcessError
+from .registry import ProcessRecord
 from .tasks import TaskState
 
 log = logging.getLogger("scientific_ms.manager")   # one logger for the whole manager
@@ -151,6 +152,14 @@ class ProcessSide:
         """How many slave threads are blocked in :meth:`take_tasks` right now."""
         with self._lock:
             return len(self._waiters)
+
+    def _live_process(self, process_id: int) -> ProcessRecord:
+        self._check_running()
+        proc = self._registry.get(process_id)
+        if proc is None:
+            raise UnknownProcessError(
+                f"process {process_id} is not registered (it left, or was declared dead)")
+        return proc
 
     def _remove_process(self, process_id: int, reason: Optional[str],
                         abandoned: FrozenSet[int] = frozenset()) -> bool:

@@ -38,8 +38,9 @@ The whole path of one task, master to slave and back::
 Every call is authenticated before Pyro5 reads a byte (``auth.py``).
 Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
 marshal serializer, which passes bytes through without base64; marshal
-carries plain tuples, so the records below travel as tuples
-(:func:`tasks_to_wire`, :meth:`TaskMessage.from_wire`, :func:`answers_to_wire`).
+carries plain tuples, so the records below travel as tuples with their
+fields in order (:func:`tasks_to_wire`, :func:`answers_to_wire`); a slave
+keeps the tasks it receives as such tuples.
 """
 
 from __future__ import annotations
@@ -82,10 +83,6 @@ class TaskMessage(NamedTuple):
     tag: str
     payload: bytes               # pickled parameters
     time_limit: Optional[float]  # seconds, or None
-
-    @classmethod
-    def from_wire(cls, fields) -> "TaskMessage":
-        return tuple.__new__(cls, fields)   # the C constructor: this runs for every task
 
 
 class Answer(NamedTuple):

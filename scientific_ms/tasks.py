@@ -26,6 +26,8 @@ import enum
 import itertools
 from typing import Dict, FrozenSet, List, Optional
 
+from .errors import ConfigurationError
+
 #: A slave registered with this tag runs tasks of every tag (the Executor's
 #: function runner, whose tasks are tagged with their function's name).
 ANY_TAG = "*"
@@ -59,6 +61,16 @@ def check_move(task: "Task", new: TaskState) -> None:
     if new not in TRANSITIONS[task.state]:
         raise AssertionError(f"illegal transition of task {task.task_id}: "
                              f"{task.state.value} -> {new.value}")
+
+
+def check_request(tag: object, time_limit: object) -> None:
+    """Raise ConfigurationError, saying why, unless a task of ``tag`` with ``time_limit`` can be queued."""
+    if not isinstance(tag, str) or not tag.isidentifier():
+        raise ConfigurationError(
+            f"task tag must be a Python identifier (the slave calls do_<tag>), got {tag!r}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
+                                 f"got {time_limit!r}")
 
 
 class Task:
@@ -110,8 +122,7 @@ class TaskTable:
         return self._tasks.get(task_id)
 
     def move(self, task: Task, new: TaskState) -> None:
-        if new not in TRANSITIONS[task.state]:   # check_move, inline: this runs three times a task
-            check_move(task, new)
+        check_move(task, new)
         self._counts[task.state][task.tag] -= 1
         self._counts[new][task.tag] += 1
         task.state = new

@@ -279,22 +279,25 @@ def test_an_exception_or_result_of_a_class_only_the_slave_knows_keeps_the_remote
 
 # ------------------------------------------------------------------ oddities
 
-CTRL_C_JOB = textwrap.dedent("""
+#: A job whose master says READY once its spawned slaves are there, then idles
+#: until the test ends it (Ctrl-C, SIGKILL).
+IDLE_JOB = textwrap.dedent("""
     import time
     from scientific_ms import MasterProcess, SlaveProcess, runJob
 
     class Master(MasterProcess):
         def run(self):
-            self.wait_for_slaves(2, timeout=60)
+            self.wait_for_slaves({slaves}, timeout=60)
             print("READY", flush=True)
-            time.sleep(60)                              # the test sends Ctrl-C to the process group
+            time.sleep(60)                              # until the test ends this master
 
     class Worker(SlaveProcess):
         def do_nothing(self):
             pass
 
-    runJob("ctrlc", Master, Worker, launch_slaves=2)
+    runJob("{label}", Master, Worker, launch_slaves={slaves})
 """)
+CTRL_C_JOB = IDLE_JOB.format(label="ctrlc", slaves=2)
 
 
 def test_ctrl_c_to_the_process_group_ends_the_job_without_replacing_slaves(processes, tmp_path):
@@ -411,22 +414,7 @@ def test_the_unserved_tags_warning_comes_after_a_delay_then_ever_less_often(capl
     assert "now has a slave" in caplog.text
 
 
-LOST_MASTER_JOB = textwrap.dedent("""
-    import time
-    from scientific_ms import MasterProcess, SlaveProcess, runJob
-
-    class Master(MasterProcess):
-        def run(self):
-            self.wait_for_slaves(1, timeout=60)
-            print("READY", flush=True)
-            time.sleep(60)                              # the test kills this master
-
-    class Worker(SlaveProcess):
-        def do_nothing(self):
-            pass
-
-    runJob("orphan", Master, Worker, launch_slaves=1)
-""")
+LOST_MASTER_JOB = IDLE_JOB.format(label="orphan", slaves=1)
 
 
 def test_a_spawned_slave_that_loses_its_master_does_not_speak_as_task_manager(processes, tmp_path):
