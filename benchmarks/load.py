@@ -1,7 +1,8 @@
 """Load: 1,000 slaves connected to one master at once.
 
-    python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light]
+    python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light|agent]
                               [--watchdog 1.0] [--hold 6] [--short-tasks 20000]
+                              [--per-agent 64] [--table 10,100,1000,10000]
 
 The master runs in this process (so psutil measures it: CPU seconds, RSS,
 threads). The slaves are threads spread over ``--processes`` subprocesses,
@@ -11,7 +12,19 @@ each thread a complete slave:
   with its feed and heartbeat threads and two connections (main, watch):
   3 threads and 2 master connections per slave;
 * ``light``: one thread and one connection per slave, speaking the
-  protocol directly (register, exchange, and ``watch`` as the heartbeat).
+  protocol directly (register, exchange, and ``watch`` as the heartbeat);
+* ``agent``: light slaves behind node agents of ``--per-agent`` slaves
+  each (a thread per agent, with the three connections of a real agent),
+  speaking the agent protocol directly: each slave registered under its own
+  id, heartbeats of all of them in one ``agent_watch``, tasks and answers
+  of all of them in one ``agent_exchange``. This is what a real agent
+  (``task_manager slave LABEL -n N``) costs the master, with slaves that
+  answer at once, so that 10,000 of them fit on one machine.
+
+``--table`` runs once per number of slaves, each with a fresh master, and
+prints one table: master CPU per short task (and its ratio to the first
+row), tasks per second, connect time, worst heartbeat silence, master RSS
+and threads, slaves wrongly declared dead.
 
 Phases: every slave connects and registers; then one task per slave is
 requested, a task that *holds* its slave until every slave holds one (so
@@ -33,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -46,8 +60,9 @@ LABEL = "load"
 
 
 def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: str,
-                  stack_kib: int, start_window: int) -> int:
-    """Run ``count`` slaves as threads of this process; returns an exit code."""
+                  stack_kib: int, start_window: int, per_agent: int = 64) -> int:
+    """Run ``count`` slaves as threads of this process (``agent``: behind light node
+    agents of ``per_agent`` slaves each, a thread per agent); returns an exit code."""
     if stack_kib:
         threading.stack_size(stack_kib * 1024)   # every thread started from now on
     release = threading.Event()
@@ -121,9 +136,78 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 break
         connection.close()
 
-    body = real_slave if kind == "real" else light_slave
+    def light_agent(size):
+        """A node agent for ``size`` light slaves, speaking the agent protocol directly:
+        its slaves are slots that answer at once (or hold until released)."""
+        from scientific_ms.client import MasterConnection
+        from scientific_ms.feed import MAX_BATCH
+        from scientific_ms.payload import dumps_value, loads_parameters
+        from scientific_ms.protocol import OK, TERMINATED
+        host, port = address.rsplit(":", 1)
+        secret = os.environb[b"SCIENTIFIC_MS_SECRET"]
+        try:
+            main = MasterConnection(host, int(port), secret, label, timeout=30)
+            status, agent_id = main.call("register", "agent", {"pid": os.getpid()}, None, None)
+            ids = [main.call("register", "slave", {"pid": os.getpid(), "agent": agent_id},
+                             sorted(name[3:] for name in handlers), watchdog)[1] for _ in range(size)]
+            fetch = main.duplicate()
+        finally:
+            window.release()
+        if status != OK:
+            return
+        done = threading.Event()
 
-    def run():
+        def heartbeats():
+            watch = main.duplicate()
+            beats = [(process_id, {}) for process_id in ids]
+            while not done.is_set():
+                status, _ = watch.call("agent_watch", agent_id, beats, watchdog * random.uniform(0.75, 1.0))
+                if status == TERMINATED:
+                    done.set()
+            watch.close()
+
+        watcher = threading.Thread(target=heartbeats, daemon=True)
+        watcher.start()
+        idle = set(ids)
+        held = []
+        answers = []
+        while not done.is_set():
+            if held and release.is_set():
+                answers += [(process_id, (task_id, assignment, True, dumps_value((os.getpid(), process_id)), ""))
+                            for process_id, task_id, assignment in held]
+                idle.update(process_id for process_id, _, _ in held)
+                held = []
+            # As a real agent asks: as many as the master will give (it caps a batch by
+            # the tasks' measured durations), since these slots answer at once.
+            wants = [(process_id, MAX_BATCH) for process_id in idle]
+            if not wants and not answers:
+                release.wait(watchdog / 2)
+                continue
+            status, tasks, _, _ = fetch.call("agent_exchange", answers, wants, watchdog / 2 if wants else 0.0)
+            answers = []
+            if status == TERMINATED:
+                break
+            for process_id, batch in tasks:
+                for task_id, assignment, tag, payload, _limit in batch:
+                    if tag == "hold":
+                        held.append((process_id, task_id, assignment))
+                        idle.discard(process_id)
+                    else:
+                        result = handlers["do_" + tag](*loads_parameters(payload, None))
+                        answers.append((process_id, (task_id, assignment, True, dumps_value(result), "", 1e-6)))
+        done.set()
+        watcher.join()
+        fetch.close()
+        main.close()
+
+    if kind == "agent":
+        sizes = [per_agent] * (count // per_agent) + ([count % per_agent] if count % per_agent else [])
+        bodies = [lambda size=size: light_agent(size) for size in sizes]
+    else:
+        body = real_slave if kind == "real" else light_slave
+        bodies = [body] * count
+
+    def run(body):
         try:
             body()
             with lock:
@@ -139,27 +223,27 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
 
     threading.Thread(target=read_commands, daemon=True).start()
     threads = []
-    for _ in range(count):
+    for body in bodies:
         window.acquire()
-        thread = threading.Thread(target=run)
+        thread = threading.Thread(target=run, args=(body,))
         thread.start()
         threads.append(thread)
     for thread in threads:
         thread.join()
-    print(f"slaves finished cleanly: {finished[0]} of {count}; errors: {len(errors)}", flush=True)
+    print(f"{kind} threads finished cleanly: {finished[0]} of {len(bodies)}; errors: {len(errors)}", flush=True)
     for error in errors[:5]:
         print("  ", error, flush=True)
-    return 0 if finished[0] == count else 1
+    return 0 if finished[0] == len(bodies) else 1
 
 
 # ---------------------------------------------------------------------------- master side
 
 
 def slave_command(port: int, count: int, kind: str, watchdog: float, label: str = LABEL,
-                  stack_kib: int = 256, start_window: int = 16) -> list:
+                  stack_kib: int = 256, start_window: int = 16, per_agent: int = 64) -> list:
     return [sys.executable, str(Path(__file__).resolve()), "slaves", f"127.0.0.1:{port}", str(count),
             "--kind", kind, "--watchdog", str(watchdog), "--label", label,
-            "--stack-kib", str(stack_kib), "--start-window", str(start_window)]
+            "--stack-kib", str(stack_kib), "--start-window", str(start_window), "--per-agent", str(per_agent)]
 
 
 def _cpu_seconds(process) -> float:
@@ -182,7 +266,7 @@ def _wait(predicate, timeout: float, what: str, pause: float = 0.05):
 def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str = "real",
              watchdog: float = 1.0, hold: float = 6.0, short_tasks: int = 0,
              stack_kib: int = 256, start_window: int = 16, deadline: float = 100.0,
-             strict: bool = True, log=print) -> dict:
+             strict: bool = True, log=print, per_agent: int = 64) -> dict:
     """Drive one load run against ``master`` (a MasterProcess in this process).
 
     ``spawn(args, env)`` starts a subprocess with stdin=PIPE and returns the
@@ -200,8 +284,10 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     manager = master.task_manager
     per_process = [slaves // processes + (1 if i < slaves % processes else 0) for i in range(processes)]
     env = {"SCIENTIFIC_MS_SECRET": master.secret.decode()}
-    children = [spawn(slave_command(master.port, n, kind, watchdog, master.label, stack_kib, start_window), env)
+    children = [spawn(slave_command(master.port, n, kind, watchdog, master.label, stack_kib, start_window,
+                                    per_agent), env)
                 for n in per_process]
+    figures["agents"] = sum(-(-n // per_agent) for n in per_process) if kind == "agent" else 0
 
     def slave_records():
         return [p for p in manager.status()["processes"] if p["role"] == "slave"]
@@ -283,6 +369,7 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
         assert values == list(range(short_tasks)), "a short task's result was lost or duplicated"
         figures["short_seconds"] = time.monotonic() - phase
         figures["short_cpu_seconds"] = _cpu_seconds(me) - cpu_phase
+        figures["short_tasks"] = short_tasks
         log(f"{short_tasks} short tasks in {figures['short_seconds']:.2f} s")
 
     stop_monitor.set()
@@ -358,12 +445,15 @@ def main() -> int:
     side.add_argument("address")
     side.add_argument("count", type=int)
     for p in (parser, side):
-        p.add_argument("--kind", choices=("real", "light"), default="real")
+        p.add_argument("--kind", choices=("real", "light", "agent"), default="real")
+        p.add_argument("--per-agent", type=int, default=64, help="slaves behind each agent (--kind agent)")
         p.add_argument("--watchdog", type=float, default=1.0)
         p.add_argument("--stack-kib", type=int, default=256)
         p.add_argument("--start-window", type=int, default=16)
     side.add_argument("--label", default=LABEL)
     parser.add_argument("--slaves", type=int, default=1000)
+    parser.add_argument("--table", default=None, metavar="N,N,...",
+                        help="one run per number of slaves, then one table (e.g. 10,100,1000,10000)")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--hold", type=float, default=6.0)
     parser.add_argument("--short-tasks", type=int, default=20000)
@@ -373,7 +463,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "slaves":
         return _serve_slaves(args.address, args.count, args.kind, args.watchdog, args.label,
-                             args.stack_kib, args.start_window)
+                             args.stack_kib, args.start_window, args.per_agent)
 
     import tempfile
     from scientific_ms import MasterProcess
@@ -383,27 +473,52 @@ def main() -> int:
     print(f"master: sys.getswitchinterval() = {sys.getswitchinterval():g} s", flush=True)
 
     os.environ.setdefault("SCIENTIFIC_MS_REGISTRY", tempfile.mkdtemp(prefix="scientific_ms-load-"))
-    master = MasterProcess(LABEL, use_name_server=False, port=0, host="127.0.0.1")
-    children = []
+    sizes = [int(size) for size in args.table.split(",")] if args.table else [args.slaves]
+    rows = []
+    for slaves in sizes:
+        master = MasterProcess(LABEL, use_name_server=False, port=0, host="127.0.0.1")
+        children = []
 
-    def spawn(command, env):
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, env=dict(os.environ, **env))
-        children.append(child)
-        return child
+        def spawn(command, env):
+            child = subprocess.Popen(command, stdin=subprocess.PIPE, env=dict(os.environ, **env))
+            children.append(child)
+            return child
 
-    try:
-        figures = run_load(master, spawn, slaves=args.slaves, processes=args.processes, kind=args.kind,
-                           watchdog=args.watchdog, hold=args.hold, short_tasks=args.short_tasks,
-                           stack_kib=args.stack_kib, start_window=args.start_window,
-                           deadline=args.deadline, strict=False, log=lambda text: print(text, flush=True))
-    finally:
-        master.shutdown()
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-    print(report(figures))
+        try:
+            figures = run_load(master, spawn, slaves=slaves, processes=min(args.processes, slaves),
+                               kind=args.kind, watchdog=args.watchdog, hold=args.hold,
+                               short_tasks=args.short_tasks, stack_kib=args.stack_kib,
+                               start_window=args.start_window, deadline=args.deadline, strict=False,
+                               log=lambda text: print(text, flush=True), per_agent=args.per_agent)
+        finally:
+            master.shutdown()
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+        print(report(figures), flush=True)
+        rows.append(figures)
+    if len(rows) > 1:
+        print(table(rows))
     return 0
+
+
+def table(rows: list) -> str:
+    """One line per run: the figures that show how the master's cost grows with slaves."""
+    mib = 1024 * 1024
+    head = (f"{'slaves':>7} {'agents':>6} {'CPU/task':>9} {'ratio':>6} {'tasks/s':>8} {'connect':>8} "
+            f"{'worst silence':>14} {'RSS':>8} {'threads':>7} {'lost':>5}")
+    base = None
+    lines = [head]
+    for f in rows:
+        per_task = f["short_cpu_seconds"] / f["short_tasks"] * 1e6 if f.get("short_tasks") else float("nan")
+        base = per_task if base is None else base
+        silence = max(f["worst_heartbeat_silence"].values(), default=0.0)
+        lines.append(f"{f['slaves']:>7} {f['agents'] or '-':>6} {per_task:>7.1f}us {per_task / base:>5.2f}x "
+                     f"{f['short_tasks'] / f['short_seconds']:>8.0f} {f['connect_seconds']:>7.1f}s "
+                     f"{silence:>12.2f} s {f['rss_holding'] / mib:>5.0f}MiB {f['threads_holding']:>7} "
+                     f"{f['processes_lost']:>5}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

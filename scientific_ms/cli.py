@@ -25,10 +25,11 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import discovery, leaving, logs, settings
+from . import agent_link, discovery, leaving, logs, settings
 from .client import MasterConnection, connect
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from .launch import fetch_stored_code, master_state, run_slave_processes, run_stored_code
+from .agent import NodeAgent
+from .launch import fetch_stored_code, master_state, run_stored_code, slave_command
 from .listing import list_managers
 from .progress import LiveView, format_duration
 from .report import build_report, format_status, progress_line
@@ -154,8 +155,15 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
 # ------------------------------------------------------------------ slave
 
 def slave(args) -> int:
-    """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
+    """Run the slave code stored by the master, in the master's working directory
+    (-n N: N slave processes behind one node agent)."""
     leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
+    link = agent_link.current()
+    if link is not None:   # a node agent started this slave: the code comes through it
+        code = fetch_stored_code(link, STATUS_TIMEOUT)
+        discovery.set_slave_context(discovery.SlaveContext(args.label, None, None, None))
+        run_stored_code(code)
+        return 0
     connection = _connect(args)
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
@@ -163,11 +171,18 @@ def slave(args) -> int:
             print(f"task_manager: the master of {args.label!r} stored no slave code "
                   f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
                   f"run your slave script directly instead", file=sys.stderr)
+            connection.close()
             return 1
-    finally:
+    except BaseException:
         connection.close()
+        raise
     if args.n > 1:
-        return run_slave_processes(args.label, connection, args.n, args.verbose)
+        agent = NodeAgent(args.label, connection, args.n, slave_command(args.label, args.verbose))
+        try:
+            return agent.run()
+        finally:
+            connection.close()
+    connection.close()
     discovery.set_slave_context(discovery.SlaveContext(
         args.label, connection.host, connection.port, connection.secret))
     run_stored_code(code)
@@ -217,7 +232,8 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 
 def _slave_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
-                        help="start N slave processes and wait for all of them (default 1)")
+                        help="run N slave processes behind one node agent, which holds the connection "
+                             "to the master and replaces slaves that die (default 1)")
 
 
 class Command(NamedTuple):

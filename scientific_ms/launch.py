@@ -13,10 +13,10 @@
   :func:`run_stored_code`: the slave code a master keeps, fetched and run
   as ``__main__`` by ``task_manager slave`` and by MPI slave ranks;
 - :func:`slave_command`: the command a spawned slave runs, with
-  :func:`protocol.slave_environment` telling it where its master is;
-  :func:`run_slave_processes` runs N of them and reaps them
-  (``task_manager slave -n N``); the master's own spawned slaves are
-  supervised and replaced by ``supervisor.py``.
+  :func:`protocol.slave_environment` telling it where its master is
+  (``task_manager slave -n N`` runs N behind a node agent, ``agent.py``;
+  the master's own spawned slaves are supervised and replaced by
+  ``supervisor.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import inspect
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import types
@@ -42,8 +40,7 @@ from .client import connect
 from .errors import ConfigurationError, LabelInUseError
 from .machine import non_loopback_addresses
 from .payload import dumps_value, loads_value
-from .protocol import SLAVE_ARGV, SLAVE_CODE, SLAVE_CWD, SLAVE_SCRIPT, STORED_CODE_KEYS, slave_environment
-from .supervisor import stop_processes
+from .protocol import SLAVE_ARGV, SLAVE_CODE, SLAVE_CWD, SLAVE_SCRIPT, STORED_CODE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -307,61 +304,3 @@ def slave_command(label: str, verbose: bool = False) -> List[str]:
     """The command that runs one slave of ``label`` (with the environment of
     :func:`protocol.slave_environment`)."""
     return [sys.executable, "-m", "scientific_ms", "slave", label] + (["-v"] if verbose else [])
-
-
-def run_slave_processes(label: str, connection, n: int, verbose: bool = False) -> int:
-    """Start ``n`` slave processes for the master at ``connection``; wait for all, reap all.
-
-    Ctrl-C (or SIGTERM) stops every child: each is interrupted and given
-    ``STOP_GRACE_SECONDS`` to say goodbye to the master, then terminated,
-    then killed. The exit code is 130 when interrupted, 0 when every child
-    exited with 0, else the first failing child's code.
-    """
-    env = slave_environment(connection.host, connection.port, connection.secret)
-    command = slave_command(label, verbose)
-    children: List[subprocess.Popen] = []
-    interrupted = False
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        for _ in range(n):
-            # SIGINT back to its default in the child, so that Python turns it into
-            # KeyboardInterrupt there even when this process was started with it ignored.
-            children.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                             preexec_fn=_default_sigint))
-        log.info("started %d slave processes: %s", n, " ".join(str(c.pid) for c in children))
-        codes = [child.wait() for child in children]
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        try:
-            stop_processes(children, STOP_GRACE_SECONDS, interrupt=True)
-        except KeyboardInterrupt:  # interrupted again while stopping: no more patience
-            interrupted = True
-            for child in children:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-        signal.signal(signal.SIGTERM, previous)
-    if interrupted:
-        return 130
-    failed = [code for code in codes if code != 0]
-    if failed:
-        print(f"task_manager: {len(failed)} of {n} slave processes failed "
-              f"(exit codes {', '.join(map(str, codes))})", file=sys.stderr)
-        code = failed[0]
-        return 128 - code if code < 0 else code
-    return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-#: How long interrupted slaves get to say goodbye (it takes milliseconds; a
-#: slave inside a handler that ignores KeyboardInterrupt needs the rest).
-STOP_GRACE_SECONDS = 5.0

@@ -9,7 +9,7 @@ import platform
 import socket
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import psutil
 
@@ -42,7 +42,7 @@ def non_loopback_addresses() -> List[str]:
 
 
 class ResourceSampler:
-    """CPU % and resident memory of this process, sent with each heartbeat.
+    """CPU % and resident memory of this process (or of ``pid``), sent with each heartbeat.
 
     CPU % is psutil's: 100 is one core busy (so up to 100 x cores), averaged
     since the previous sample. Over less than ``MIN_CPU_SECONDS`` it would be
@@ -52,8 +52,8 @@ class ResourceSampler:
 
     MIN_CPU_SECONDS = 0.5
 
-    def __init__(self) -> None:
-        self._process = psutil.Process()
+    def __init__(self, pid: Optional[int] = None) -> None:
+        self._process = psutil.Process(pid)
         self._process.cpu_percent(None)  # the first call only starts the interval
         self._cpu_since = time.monotonic()
         self._cpu = None

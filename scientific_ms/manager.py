@@ -204,38 +204,73 @@ class TaskManager(ProcessSide):
         ``time_limit``. Raises TaskManagerTermination, or UnknownProcessError
         if the process is unknown (declared dead: it should register again).
         """
+        assigned, unknown = self.take_tasks_for([(process_id, max_tasks)], timeout)
+        if unknown:
+            self._live_process(process_id)   # raises the error that says why
+        return assigned.get(process_id, [])
+
+    def take_tasks_for(self, wants: Iterable[Tuple[int, int]],
+                       timeout: float = 0.0) -> Tuple[Dict[int, List[Task]], List[int]]:
+        """Assign tasks to several processes at once (the slaves behind a node agent).
+
+        ``wants``: (process_id, max_tasks) pairs. Waits up to ``timeout``
+        seconds until at least one of them gets a task. Returns
+        ({process_id: tasks}, [ids of unknown processes]); raises
+        TaskManagerTermination.
+        """
+        wants = [(process_id, max(1, int(count))) for process_id, count in wants]
         deadline = None
         woken = False
         with self._lock:
             try:
                 while True:
-                    proc = self._live_process(process_id)
-                    proc.last_seen = self._clock()
-                    tasks = self._assign(proc, max(1, int(max_tasks)))
-                    if tasks:
+                    self._check_running()
+                    assigned: Dict[int, List[Task]] = {}
+                    unknown: List[int] = []
+                    live: List[ProcessRecord] = []
+                    now = self._clock()
+                    may_steal = True   # once per call: a steal scans the slaves that hold work
+                    for process_id, count in wants:
+                        proc = self._registry.get(process_id)
+                        if proc is None:
+                            unknown.append(process_id)
+                            continue
+                        proc.last_seen = now
+                        live.append(proc)
+                        tasks = self._assign(proc, count, may_steal)
+                        if tasks:
+                            assigned[process_id] = tasks
+                        else:
+                            may_steal = False
+                    if assigned:
                         woken = False
-                    if tasks or timeout <= 0:
-                        return tasks
+                    if assigned or timeout <= 0 or not live:
+                        return assigned, unknown
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + timeout
                     if now >= deadline:
-                        return []
-                    waiter = Waiter(process_id, proc.tags, self._lock)
-                    self._waiters.add(waiter)
-                    proc.waiting += 1
+                        return assigned, unknown
+                    # One waiter per process, all on one condition: a task for any wakes us.
+                    condition = threading.Condition(self._lock)
+                    waiters = [Waiter(proc.process_id, proc.tags, self._lock, condition) for proc in live]
+                    for waiter, proc in zip(waiters, live):
+                        self._waiters.add(waiter)
+                        proc.waiting += 1
                     try:
-                        waiter.condition.wait(deadline - now)
+                        condition.wait(deadline - now)
                     finally:
-                        self._waiters.discard(waiter)
-                        proc.waiting -= 1
-                        proc.last_seen = self._clock()
-                        woken = waiter.woken
+                        now = self._clock()
+                        for waiter, proc in zip(waiters, live):
+                            self._waiters.discard(waiter)
+                            proc.waiting -= 1
+                            proc.last_seen = now
+                        woken = any(waiter.woken for waiter in waiters)
             finally:
                 if woken:
                     # Woken for a task but leaving without one (its process left,
                     # it runs a suspect, time ran out): pass the wake-up on.
-                    self._pass_wake_up_on(process_id)
+                    self._pass_wake_up_on(wants[0][0] if len(wants) == 1 else None)
 
     def store_answers(self, process_id: Optional[int], answers: Iterable) -> int:
         """Store results and exceptions; the first answer for a task wins.
@@ -345,7 +380,7 @@ class TaskManager(ProcessSide):
         for tag in list(self._scheduler.waiting_tags()):
             self._waiters.wake_one(tag, skip=process_id)
 
-    def _assign(self, proc: ProcessRecord, max_tasks: int) -> List[Task]:
+    def _assign(self, proc: ProcessRecord, max_tasks: int, may_steal: bool = True) -> List[Task]:
         if self._budget.hold_back_slaves():
             return []
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
@@ -355,8 +390,8 @@ class TaskManager(ProcessSide):
             self._budget.waiting_bytes -= len(task.payload or b"")
         if tasks:
             self._make_room()
-        if not tasks:
-            stolen = self._scheduler.steal(proc, self._registry, self._clock())
+        if not tasks and may_steal:
+            stolen = self._scheduler.steal(proc, self._registry.holders(), self._clock())
             if stolen is not None:
                 victim, task = stolen
                 if victim.news is not None:
@@ -369,6 +404,8 @@ class TaskManager(ProcessSide):
             task.process_id = proc.process_id
             task.started = now
             proc.running[task.assignment] = task
+        if len(proc.running) > 1:
+            self._registry.may_hold_unstarted(proc)
         return tasks
 
     def _settle(self, task: Task, ok: bool, payload: bytes, traceback: str) -> None:

@@ -53,14 +53,16 @@ class ProcessSide:
         with self._lock:
             self._remove_process(process_id, reason=None, abandoned=frozenset(abandoned))
 
-    def process_lost(self, process_id: int, reason: str) -> bool:
+    def process_lost(self, process_id: int, reason: str, running: Iterable[int] = ()) -> bool:
         """Declare a process dead (connection dropped, missed heartbeats).
 
         Its running tasks go back to the front of the queue, or fail once they
-        have lost ``max_slave_losses`` slaves. Returns False if it was unknown.
+        have lost ``max_slave_losses`` slaves. ``running``: the assignments it
+        had started, when known (its node agent saw it die): only those are
+        blamed. Returns False if it was unknown.
         """
         with self._lock:
-            return self._remove_process(process_id, reason=reason)
+            return self._remove_process(process_id, reason=reason, abandoned=frozenset(running))
 
     def heartbeat(self, process_id: int, stats: Optional[dict] = None) -> bool:
         """Record a sign of life; False if the process is unknown (declared dead)."""
@@ -124,20 +126,46 @@ class ProcessSide:
                 self._slaves_changed.wait(remaining)
             return True
 
+    def heartbeats(self, beats: Iterable[Tuple[int, Optional[dict]]]) -> List[int]:
+        """Signs of life of several processes (a node agent's slaves); returns the unknown ids.
+
+        ``beats``: (process_id, stats) pairs; stats None checks the id
+        without counting a sign of life (a stopped slave behind an agent).
+        """
+        unknown = []
+        with self._lock:
+            now = self._clock()
+            for process_id, stats in beats:
+                proc = self._registry.get(process_id)
+                if proc is None:
+                    unknown.append(process_id)
+                elif stats is not None:
+                    proc.last_seen = now
+                    if stats:
+                        proc.stats = dict(stats)
+        return unknown
+
     def wait_for_news(self, process_id: int, timeout: float) -> Tuple[bool, bool]:
         """Block until the manager terminates, tasks of this process are revoked, or
         ``timeout`` seconds pass; returns (terminated, revoked)."""
+        return self.wait_for_news_of([process_id], timeout)
+
+    def wait_for_news_of(self, process_ids: Iterable[int], timeout: float) -> Tuple[bool, bool]:
+        """:meth:`wait_for_news` for several processes (a node agent's): returns
+        when the manager terminates, or tasks of any of them are revoked, or any
+        of them leaves, or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is not None and proc.news is None:
-                proc.news = threading.Condition(self._lock)
-            while not self._terminated and proc is not None and not proc.revoked:
+            procs = [proc for proc in map(self._registry.get, process_ids) if proc is not None]
+            news = procs[0].news if len(procs) == 1 and procs[0].news is not None else threading.Condition(self._lock)
+            for proc in procs:
+                proc.news = news
+            while not self._terminated and procs and not any(proc.revoked for proc in procs):
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._registry.get(process_id) is not proc:
+                if remaining <= 0 or any(self._registry.get(proc.process_id) is not proc for proc in procs):
                     break
-                proc.news.wait(remaining)
-            return self._terminated, bool(proc is not None and proc.revoked)
+                news.wait(remaining)
+            return self._terminated, any(proc.revoked for proc in procs)
 
     def take_revoked(self, process_id: int) -> List[int]:
         """Assignments of this process that another slave took over: the slave must not start them."""
@@ -171,7 +199,7 @@ class ProcessSide:
         proc.running.clear()
         if proc.news is not None:
             proc.news.notify_all()
-        given_up = [task.task_id for task in held if task.assignment in abandoned]
+        given_up = [task.task_id for task in held if task.assignment in abandoned] if reason is None else []
         decision = self._scheduler.on_loss(proc, held, died=reason is not None, abandoned=abandoned)
         for task in reversed(decision.requeue):   # each goes to the front: keep their order
             self._requeue(task)

@@ -73,7 +73,17 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
 #:                                               answered when the job ends, or after ``wait`` s
-CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status"})
+#:
+#: A node agent (``agent.py``) registers its slaves with ``register`` and then speaks
+#: for all of them at once:
+#:
+#: ``agent_exchange([(process_id, Answer)], [(process_id, max_tasks)], wait)``
+#:     ``-> (status, [(process_id, [TaskMessage])], [(process_id, [revoked])], [unknown ids])``
+#: ``agent_watch(agent_id, [(process_id, stats or None)], timeout) -> (status, [unknown ids])``
+#: ``lost(process_id, reason, running=[]) -> bool``  one of its slaves died: reschedule now,
+#:                                               blaming only the assignment it had started
+CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status",
+                   "agent_exchange", "agent_watch", "lost"})
 
 
 class TaskMessage(NamedTuple):

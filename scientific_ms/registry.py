@@ -56,6 +56,7 @@ class Registry:
 
     def __init__(self):
         self._processes: Dict[int, ProcessRecord] = {}
+        self._holders: Dict[int, ProcessRecord] = {}   # may hold unstarted tasks (see holders())
         self._next_id = 1
         self.slave_count = 0
         self._last_check: Optional[float] = None
@@ -74,6 +75,19 @@ class Registry:
         if proc is not None and proc.is_slave:
             self.slave_count -= 1
         return proc
+
+    def may_hold_unstarted(self, proc: ProcessRecord) -> None:
+        """``proc`` was given a task while it held one: a candidate for stealing."""
+        self._holders[proc.process_id] = proc
+
+    def holders(self) -> List[ProcessRecord]:
+        """The slaves holding unstarted tasks, so that stealing does not scan
+        every slave (thousands behind node agents); forgets the others."""
+        gone = [process_id for process_id, proc in self._holders.items()
+                if len(proc.running) < 2 or self._processes.get(process_id) is not proc]
+        for process_id in gone:
+            del self._holders[process_id]
+        return list(self._holders.values())
 
     def get(self, process_id: Optional[int]) -> Optional[ProcessRecord]:
         return self._processes.get(process_id) if process_id is not None else None

@@ -58,6 +58,7 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
             "role": proc.get("role"),
             "host": proc.get("host"),
             "pid": proc.get("pid"),
+            "agent": proc.get("agent"),
             "tags": proc.get("tags"),
             "tasks_done": proc.get("tasks_done", 0),
             "running": [dict(task) for task in proc.get("running", [])],
@@ -76,7 +77,8 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "started_at": _iso(status.get("started_at")),
         "elapsed_seconds": status.get("elapsed_seconds"),
         "active_processes": len(processes),
-        "slaves": sum(1 for proc in processes if proc["role"] != "master"),
+        "slaves": sum(1 for proc in processes if proc["role"] == "slave"),
+        "agents": sum(1 for proc in processes if proc["role"] == "agent"),
         "tasks": {
             "requested": requested,
             "waiting": sum(by_tag["waiting"].values()),
@@ -129,8 +131,11 @@ def format_processes(report: Dict) -> List[str]:
         else:
             current, task_time = "-", "-"
         cpu = proc["cpu_percent"]
-        rows.append([str(proc["id"]), proc["role"] or "?", proc["host"] or "?", str(proc["pid"] or "?"),
-                     str(proc["tasks_done"]) if proc["role"] != "master" else "-",
+        role = proc["role"] or "?"
+        if proc.get("agent") is not None:
+            role += f"@{proc['agent']}"   # a slave behind node agent <id>
+        rows.append([str(proc["id"]), role, proc["host"] or "?", str(proc["pid"] or "?"),
+                     str(proc["tasks_done"]) if proc["role"] == "slave" else "-",
                      current, task_time, _seconds(proc["seconds_since_heartbeat"]),
                      "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"]),
                      "-" if proc["tags"] is None else ",".join(proc["tags"]) or "-"])

@@ -256,17 +256,20 @@ class Scheduler:
         """Decide the fate of the tasks ``proc`` held when it left (``died``: it was lost).
 
         ``held`` is in assignment order; requeued tasks keep that order.
-        ``abandoned``: assignments a slave that said goodbye had started and
-        gave up (a handler ended it): each is a loss, as a death would be.
+        ``abandoned``: assignments it had started and gave up, each a loss as a
+        death would be: named by a slave that said goodbye (a handler ended
+        it), or by the node agent of a slave that died. When they are named,
+        only they are blamed; the rest return without blame.
         """
         requeue: List[Task] = []
         fail: List[Task] = []
+        named = bool(abandoned)
         for task in held:
-            if not died and task.assignment not in abandoned:
-                requeue.append(task)     # a goodbye returns unstarted work without blame
+            if task.assignment not in abandoned and (named or not died):
+                requeue.append(task)     # unstarted work returns without blame
                 continue
             task.suspect = True
-            if died and len(held) > 1:
+            if died and len(held) > 1 and not named:
                 # It died holding a batch: which one was running is unknown, so none
                 # is blamed; each will run alone from now on.
                 requeue.append(task)
@@ -283,10 +286,12 @@ class Waiter:
 
     __slots__ = ("process_id", "tags", "condition", "woken")
 
-    def __init__(self, process_id: int, tags: FrozenSet[str], lock: threading.Lock):
+    def __init__(self, process_id: int, tags: FrozenSet[str], lock: threading.Lock,
+                 condition: Optional[threading.Condition] = None):
         self.process_id = process_id
         self.tags = tags
-        self.condition = threading.Condition(lock)   # on the manager's lock
+        # On the manager's lock; a node agent's call waits for several slaves on one condition.
+        self.condition = condition if condition is not None else threading.Condition(lock)
         self.woken = False    # chosen for a task: it must take it or pass the wake-up on
 
 

@@ -112,6 +112,63 @@ class TaskManagerService:
         terminated, revoked = self._manager.wait_for_news(process_id, max(0.0, min(timeout, 3600.0)))
         return TERMINATED if terminated else REVOKED if revoked else OK
 
+    # -- a node agent speaks for several slaves over one connection (agent.py)
+
+    @Pyro5.server.expose
+    def agent_exchange(self, answers: list, wants: list, wait: float) -> Tuple[str, list, list, list]:
+        """``exchange`` for the slaves behind a node agent, in one call.
+
+        ``answers``: (process_id, answer) pairs; ``wants``: (process_id,
+        max_tasks) pairs, max_tasks 0 to collect only revoked assignments.
+        Returns (status, [(process_id, [TaskMessage])], [(process_id,
+        [revoked assignment])], [unknown process ids]).
+        """
+        by_process: Dict[int, list] = {}
+        for process_id, answer in answers:
+            by_process.setdefault(process_id, []).append(answer)
+        for process_id, batch in by_process.items():
+            self._manager.store_answers(process_id, batch)
+        asking = [(process_id, count) for process_id, count in wants if count > 0]
+        try:
+            assigned, unknown = self._manager.take_tasks_for(asking, wait) if asking else ({}, [])
+        except TaskManagerTermination:
+            return TERMINATED, [], [], []
+        revoked = []
+        for process_id, _ in wants:
+            taken_back = self._manager.take_revoked(process_id)
+            if taken_back:
+                revoked.append((process_id, taken_back))
+        if not asking:
+            unknown = self._manager.heartbeats((process_id, None) for process_id, _ in wants)
+        return OK, [(process_id, tasks_to_wire(tasks)) for process_id, tasks in assigned.items()], revoked, unknown
+
+    @Pyro5.server.expose
+    def agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
+        """``watch`` for a node agent: ``beats`` are (process_id, stats or None) pairs
+        (None: the agent cannot vouch for that slave now, e.g. it is stopped).
+        Returns (status, [unknown process ids]) as soon as there is news, or after ``timeout`` s."""
+        if self._manager.terminated:
+            return TERMINATED, []
+        # Not bound to this connection: the agent and its slaves are bound to the one
+        # they registered on, which the agent closes last, after saying goodbye.
+        unknown = self._manager.heartbeats([(agent_id, {})] + [tuple(beat) for beat in beats])
+        if agent_id in unknown:
+            return UNKNOWN, unknown
+        if unknown:
+            return OK, unknown
+        ids = [agent_id] + [process_id for process_id, _ in beats]
+        terminated, revoked = self._manager.wait_for_news_of(ids, max(0.0, min(timeout, 3600.0)))
+        return (TERMINATED if terminated else REVOKED if revoked else OK), []
+
+    @Pyro5.server.expose
+    def lost(self, process_id: int, reason: str, running: Optional[List[int]] = None) -> bool:
+        """A node agent reports that one of its slaves died (it is the slave's parent);
+        ``running``: the assignment it had started, if any (only that one is blamed)."""
+        with self._lock:
+            for process_ids in self._processes_by_connection.values():
+                process_ids.discard(process_id)
+        return self._manager.process_lost(process_id, reason, running or ())
+
     @Pyro5.server.expose
     def get_data(self, label: str) -> Tuple[bool, object]:
         try:

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import discovery, leaving, rejoin, settings
+from . import agent_link, discovery, leaving, rejoin, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
 from .feed import END, TaskFeed
@@ -117,6 +117,10 @@ class SlaveProcess:
                 "subclass, or do_<tag> functions in the slave script")
         apply_debug_flag()
         tune_allocator()
+        link = agent_link.current()
+        if link is not None:   # started by a node agent: it holds the connection to the master
+            self._serve_agent(handlers, link)
+            return
         self._connection = connect(self.label, self.master_host, key_file=self.key_file,
                                    wait=self.wait, wait_timeout=self.wait_timeout)
         while True:
@@ -126,7 +130,10 @@ class SlaveProcess:
             except ConnectionLostError as error:
                 connection = rejoin.wait_for_restarted_master(self, error)
                 if connection is None:
-                    raise
+                    if str(error).startswith("slave of"):
+                        raise
+                    # lost while registering, before the feed could say so
+                    raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
                 self._connection = connection
 
     def _serve_master(self, handlers: Dict[str, Callable]) -> None:
@@ -166,6 +173,26 @@ class SlaveProcess:
                 self._data_connection.close()
             self.done = True   # the watch thread ends when its long-poll returns
         leaving.announce()   # reached only when serving ended cleanly
+
+    def _serve_agent(self, handlers: Dict[str, Callable], link: "agent_link.AgentLink") -> None:
+        """Serve the tasks a node agent hands over, one at a time, until it says end."""
+        self._data_connection = link   # get_data goes through the agent
+        link.hello(process_info(), sorted(handlers), self.watchdog_period)
+        while True:
+            if self.terminationTest():
+                log.info("terminationTest() is true: this slave of %r leaves", self.label)
+                link.leave([])
+                break
+            message = link.next_message(settings.POLL_SECONDS)
+            if message is None:
+                continue
+            if message[0] != "task":   # ("end",): the job is over, or the agent stops
+                break
+            task = message[1]
+            handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
+            link.answer(self._run(handler, task))
+        self.done = True
+        leaving.announce()
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         self._feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)

@@ -30,6 +30,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
         processes.append({
             "id": proc.process_id, "role": proc.role,
             "host": proc.info.get("host"), "pid": proc.info.get("pid"),
+            "agent": proc.info.get("agent"),   # the id of the node agent it runs behind
             "tags": sorted(proc.tags) if proc.is_slave else None,
             "tasks_done": proc.tasks_done, "running": running,
             "watchdog_period": proc.watchdog_period,

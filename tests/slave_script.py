@@ -35,6 +35,11 @@ def do_fail(message):
     raise ValueError(message)
 
 
+def do_spin(n):
+    """Hold the GIL in C code for a while: sum() over a range never returns to the interpreter."""
+    return sum(range(n))
+
+
 def do_die(code):
     os._exit(code)
 

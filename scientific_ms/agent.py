@@ -1,0 +1,579 @@
+"""A node agent: one process per host between the master and N slave processes.
+
+``task_manager slave LABEL -n N`` runs one. The agent runs no user code. It
+holds the host's connections to the master and speaks for all its slaves
+at once, so the master's cost grows with hosts, not slaves; its slaves are
+its children and talk to it over socket pairs (``agent_link.py``)::
+
+    master  <== agent_exchange ==  fetch thread   answers in, tasks out, batched
+            <== agent_watch =====  watch thread   heartbeats of every slave at once
+            <== register, lost,    main thread    the slaves' lives, and answers
+                unregister,                       while the fetch thread waits
+                agent_exchange                    for work
+                                     |
+                                     +-- socket pair -- slave process 1 (runs handlers)
+                                     +-- socket pair -- slave process N
+
+The master still registers each slave under its own id, so every guarantee
+holds per slave, and the agent knows each one's state:
+
+* a slave that dies is noticed at once (the agent is its parent): its
+  running task alone is blamed, the tasks queued for it go back unblamed,
+  and a fresh slave replaces it;
+* a slave that is stopped (SIGSTOP) gets no heartbeat, so the master
+  declares it dead after the watchdog limit, as for any slave; a slave busy
+  in C code, even holding the GIL, keeps its heartbeats, since they come
+  from the agent;
+* a task past its time limit whose handler does not stop within
+  ``KILL_GRACE_SECONDS`` is answered with TaskTimeLimitError and its slave
+  killed and replaced; the tasks queued for it run at once elsewhere;
+* a killed agent drops its connections: the master reschedules the tasks
+  of all its slaves, which die with it (they are killed when their parent
+  dies);
+* SIGTERM (a batch system's walltime) or Ctrl-C: no new tasks, queued ones
+  go back, running ones get ``STOP_GRACE_SECONDS`` to finish, then the
+  agent says goodbye for every slave and exits (0 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from multiprocessing.connection import Connection, wait as wait_for_any
+from typing import Deque, Dict, List, Optional, Sequence
+
+import psutil
+
+from . import agent_link, settings
+from .client import MasterConnection
+from .errors import ConnectionLostError, ScientificMSError, TaskTimeLimitError
+from .feed import MAX_BATCH, PREFETCH_BELOW, TARGET_QUEUE_SECONDS
+from .machine import ResourceSampler, process_info
+from .payload import dumps_exception
+from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer
+
+log = logging.getLogger(__name__)
+
+#: A handler past its time limit gets this long to stop before its slave is killed.
+KILL_GRACE_SECONDS = 1.0
+#: When the agent is told to stop, running tasks get this long to finish.
+STOP_GRACE_SECONDS = 5.0
+#: Heartbeat period when no slave asked for one (they are registered without a watchdog).
+IDLE_WATCH_SECONDS = settings.POLL_SECONDS
+#: Heartbeat period while some slave has not registered yet.
+STARTING_WATCH_SECONDS = 0.2
+#: Process states in which a slave cannot be vouched for (it would not answer).
+NOT_RUNNING = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP,
+                         psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
+
+class Child:
+    """One slave process behind the agent, as the agent sees it."""
+
+    def __init__(self, process: subprocess.Popen, conn: Connection, restarts_left: int):
+        self.process = process
+        self.conn = conn
+        self.restarts_left = restarts_left
+        self.hello: Optional[tuple] = None     # (info, tags, watchdog_period) once it said hello
+        self.slave_id: Optional[int] = None    # its id at the master (None: not registered now)
+        self.queue: Deque[tuple] = collections.deque()   # fetched for it, not started
+        self.running: Optional[tuple] = None   # the task it runs (TaskMessage fields)
+        self.started = 0.0
+        self.average: Optional[float] = None   # seconds per task
+        self.held: List[tuple] = []            # answers waiting for a slave id
+        self.leaving = False                   # it said it leaves; do not replace it
+        self.stopped = False                   # not runnable at the last heartbeat
+        self.sampler: Optional[ResourceSampler] = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def want(self) -> int:
+        """How many tasks to ask for it now (the rules of the slave's own feed)."""
+        if self.slave_id is None or self.leaving or self.stopped:
+            return 0   # (a stopped slave waiting for work would count as alive at the master)
+        average = self.average
+        if average is None or average >= PREFETCH_BELOW:
+            return 1 if self.running is None and not self.queue else 0
+        target = max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
+        return max(0, target - len(self.queue))
+
+    def runnable(self) -> bool:
+        """Alive and not stopped: running, sleeping, or busy in C code."""
+        try:
+            return psutil.Process(self.pid).status() not in NOT_RUNNING
+        except psutil.Error:
+            return False
+
+    def stats(self) -> dict:
+        if self.sampler is None:
+            self.sampler = ResourceSampler(self.pid)
+        return self.sampler.sample()
+
+
+class NodeAgent:
+    """Runs ``count`` slave processes of ``label`` behind one set of connections.
+
+    ``connection``: an open connection to the master; ``command``: the
+    command that runs one slave (it finds its agent through its
+    environment). :meth:`run` returns the exit code.
+    """
+
+    def __init__(self, label: str, connection: MasterConnection, count: int, command: Sequence[str],
+                 env: Optional[Dict[str, str]] = None, max_restarts: Optional[int] = None,
+                 stop_grace: float = STOP_GRACE_SECONDS):
+        self.label = label
+        self.count = count
+        self._command = list(command)
+        self._env = dict(os.environ if env is None else env)
+        self._max_restarts = settings.slave_restarts(max_restarts)
+        self._stop_grace = stop_grace
+        self._main = connection          # the main thread's
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)   # the fetch thread waits here
+        self._children: Dict[int, Child] = {}   # by fileno of its socket
+        self._outbox: List[tuple] = []          # (slave_id, answer) for the next exchange
+        self._fetch_waiting = False             # the fetch thread is in a call that waits for work
+        self._stopping: Optional[str] = None    # why the agent stops
+        self._stop_deadline: Optional[float] = None
+        self._exit_code = 0
+        self._reregister = False                # a slave was declared dead: register it again
+        self._signalled: Optional[tuple] = None  # (reason, code) from a signal handler
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
+        self.agent_id: Optional[int] = None
+
+    # ------------------------------------------------------------------ main thread
+
+    def run(self) -> int:
+        status, self.agent_id = self._main.call("register", "agent", dict(process_info(), slaves=self.count),
+                                                None, None)
+        if status != OK:
+            log.info("the master of %r has already finished", self.label)
+            return 0
+        log.info("node agent %s for %r at %s: starting %d slaves", self.agent_id, self.label,
+                 self._main.address, self.count)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        threads = [threading.Thread(target=self._fetch_loop, name="scientific_ms-agent-fetch", daemon=True),
+                   threading.Thread(target=self._watch_loop, name="scientific_ms-agent-watch", daemon=True)]
+        try:
+            for _ in range(self.count):
+                self._start_child(self._max_restarts)
+            for thread in threads:
+                thread.start()
+            self._serve_children()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._kill_all()
+            with self._lock:
+                self._changed.notify_all()
+            if self._stopping not in ("terminated", "lost"):
+                self._quietly("unregister", self.agent_id)
+            for thread in threads:
+                thread.join(timeout=1.0)
+        return self._exit_code
+
+    def _on_signal(self, signum, frame) -> None:
+        # The main thread may hold the lock right now: only note it, and wake the loop.
+        self._signalled = ("interrupted", 130) if signum == signal.SIGINT else ("signalled", 0)
+        self._wake()
+
+    def _take_signal(self) -> None:
+        (reason, code), self._signalled = self._signalled, None
+        if self._stopping is None:
+            log.warning("node agent of %r %s: no new tasks; running ones get %.0f s to finish",
+                        self.label, "interrupted" if code else "got SIGTERM", self._stop_grace)
+        self._stop(reason, self._stop_grace, code)
+
+    def _stop(self, reason: str, grace: float, code: int) -> None:
+        with self._lock:
+            if self._stopping is None:
+                self._stopping = reason
+                self._stop_deadline = time.monotonic() + grace
+                self._exit_code = code
+            self._changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"x")
+        except (BlockingIOError, OSError):
+            pass   # a wake-up is already pending
+
+    def _serve_children(self) -> None:
+        while True:
+            with self._lock:
+                conns = [child.conn for child in self._children.values()]
+                if not conns:
+                    if self._stopping is None:
+                        log.error("node agent of %r has no slave processes left", self.label)
+                        self._exit_code = 1
+                    return
+            ready = wait_for_any(conns + [self._wake_reader], self._next_timeout())
+            for conn in ready:
+                if conn is self._wake_reader:
+                    self._wake_reader.recv(4096)
+                    continue
+                child = self._children.get(conn.fileno())
+                if child is None:
+                    continue
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    self._child_ended(child)
+                    continue
+                try:
+                    self._on_message(child, message)
+                except ConnectionLostError as error:
+                    self._master_lost(error)
+            try:
+                if self._signalled is not None:
+                    self._take_signal()
+                self._enforce_time_limits()
+                if self._reregister:
+                    self._register_again()
+                if self._stopping is not None:
+                    self._wind_down()
+            except ConnectionLostError as error:
+                self._master_lost(error)
+
+    def _next_timeout(self) -> float:
+        """Seconds until the next time limit or stop deadline falls due."""
+        now = time.monotonic()
+        due = [now + settings.POLL_SECONDS]
+        with self._lock:
+            for child in self._children.values():
+                if child.running is not None and child.running[4] is not None:
+                    due.append(child.started + child.running[4] + KILL_GRACE_SECONDS)
+            if self._stop_deadline is not None:
+                due.append(self._stop_deadline)
+        return max(0.0, min(due) - now) + 0.001
+
+    def _on_message(self, child: Child, message: tuple) -> None:
+        kind = message[0]
+        if kind == "answer":
+            self._on_answer(child, message[1])
+        elif kind == "hello":
+            child.hello = message[1:]
+            self._register(child)
+        elif kind == "get_data":
+            found, value = self._main.call("get_data", message[1])
+            with self._lock:
+                self._send(child, ("data", found, value))
+        elif kind == "leaving":
+            log.info("slave %s (PID %d) leaves (its terminationTest is true)", child.slave_id, child.pid)
+            with self._lock:
+                child.leaving = True
+                slave_id, child.slave_id = child.slave_id, None
+                child.queue.clear()
+            if slave_id is not None:
+                self._main.call("unregister", slave_id, message[1])
+
+    def _register(self, child: Child) -> None:
+        info, tags, watchdog_period = child.hello
+        status, slave_id = self._main.call("register", "slave", dict(info, agent=self.agent_id),
+                                           tags, watchdog_period)
+        if status != OK:
+            self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
+            return
+        with self._lock:
+            child.slave_id = slave_id
+            held, child.held = child.held, []
+            self._changed.notify_all()
+        log.debug("slave %s is PID %d", slave_id, child.pid)
+        if held:
+            self._deliver([(slave_id, answer) for answer in held])
+
+    def _register_again(self) -> None:
+        """Slaves the master declared dead (stopped, cut off) join again once they run."""
+        self._reregister = False
+        for child in list(self._children.values()):
+            if child.slave_id is None and child.hello is not None and not child.leaving:
+                if child.runnable():
+                    log.warning("the master of %r declared slave PID %d dead; it runs again and "
+                                "joins again", self.label, child.pid)
+                    self._register(child)
+                else:
+                    self._reregister = True   # look again at the next turn
+
+    def _on_answer(self, child: Child, answer: tuple) -> None:
+        """``answer``: the fields of protocol.Answer, as the plain tuple marshal carries."""
+        seconds = answer[5] or 0.0
+        with self._lock:
+            child.running = None
+            child.average = seconds if child.average is None else 0.8 * child.average + 0.2 * seconds
+            self._dispatch(child)
+            slave_id = child.slave_id
+            if slave_id is None:
+                child.held.append(answer)
+                return
+            if not self._fetch_waiting and self._stopping is None:
+                self._outbox.append((slave_id, answer))
+                self._changed.notify_all()
+                return
+            want = child.want() if self._stopping is None else 0
+        # The fetch thread waits for work on its connection: answer now on ours.
+        self._deliver([(slave_id, answer)], [(slave_id, want)])
+
+    def _deliver(self, answers: List[tuple], wants: Sequence[tuple] = ()) -> None:
+        status, tasks, revoked, unknown = self._main.call("agent_exchange", answers, list(wants), 0.0)
+        with self._lock:
+            self._apply(tasks, revoked, unknown)
+        if status == TERMINATED:
+            self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
+
+    def _send(self, child: Child, message: tuple) -> None:
+        try:
+            child.conn.send(message)
+        except OSError:
+            pass   # it died: its end of file is read next
+
+    def _dispatch(self, child: Child) -> None:
+        """Hand an idle slave its next task (with the lock held)."""
+        if child.running is None and child.queue and self._stopping is None:
+            child.running = child.queue.popleft()
+            child.started = time.monotonic()
+            self._send(child, ("task", child.running))
+
+    def _apply(self, tasks: list, revoked: list, unknown: list) -> None:
+        """Take in what an exchange returned (with the lock held)."""
+        by_id = {child.slave_id: child for child in self._children.values() if child.slave_id is not None}
+        for slave_id, batch in tasks:
+            child = by_id.get(slave_id)
+            if child is not None:   # else it died meanwhile: the master requeued these
+                child.queue.extend(batch)
+                self._dispatch(child)
+        for slave_id, assignments in revoked:   # another slave runs them now
+            child = by_id.get(slave_id)
+            if child is not None:
+                dropped = set(assignments)
+                child.queue = collections.deque(t for t in child.queue if t[1] not in dropped)
+        for slave_id in unknown:
+            child = by_id.get(slave_id)
+            if child is not None:   # declared dead: what it held runs elsewhere now
+                child.slave_id = None
+                child.queue.clear()
+                self._reregister = True
+        if unknown:
+            self._wake()
+
+    def _child_ended(self, child: Child) -> None:
+        code = child.process.wait()
+        with self._lock:
+            del self._children[child.conn.fileno()]
+            running, slave_id = child.running, child.slave_id
+            child.conn.close()
+            stopping = self._stopping
+        if child.leaving:
+            return
+        if stopping is not None:
+            if slave_id is not None and stopping not in ("terminated", "lost"):
+                self._quietly("unregister", slave_id, [running[1]] if running else [])
+            return
+        cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if slave_id is not None:
+            self._main.call("lost", slave_id, f"its process {child.pid} ended ({cause})",
+                            [running[1]] if running else [])
+        if child.restarts_left <= 0:
+            log.error("slave process %d died (%s); restart limit of %d reached, not replacing it",
+                      child.pid, cause, self._max_restarts)
+            return
+        log.warning("slave process %d died (%s)%s; starting a replacement", child.pid, cause,
+                    f" while running task {running[0]}" if running else "")
+        self._start_child(child.restarts_left - 1)
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            overdue = [child for child in self._children.values()
+                       if child.running is not None and child.running[4] is not None
+                       and now > child.started + child.running[4] + KILL_GRACE_SECONDS]
+        for child in overdue:
+            task_id, assignment, tag, _, limit = child.running
+            message = (f"task {task_id} (do_{tag}) ran longer than its time limit of {limit:g} s and "
+                       f"did not stop; its slave process {child.pid} was killed and replaced")
+            log.warning("%s", message)
+            child.process.kill()
+            child.process.wait()
+            with self._lock:
+                del self._children[child.conn.fileno()]
+                child.conn.close()
+                slave_id = child.slave_id
+            if slave_id is not None:
+                error = TaskTimeLimitError(message)
+                answer = Answer(task_id, assignment, False, dumps_exception(error),
+                                f"TaskTimeLimitError: {message}\n", now - child.started)
+                self._deliver([(slave_id, tuple(answer))])
+                self._main.call("unregister", slave_id)   # the tasks queued for it run elsewhere
+            if self._stopping is None:
+                self._start_child(child.restarts_left)
+
+    def _wind_down(self) -> None:
+        """While stopping: end idle slaves at once, busy ones when done or at the deadline."""
+        past_deadline = time.monotonic() >= (self._stop_deadline or 0.0)
+        goodbye = self._stopping not in ("terminated", "lost")
+        with self._lock:
+            children = list(self._children.values())
+        for child in children:
+            if child.running is None or past_deadline:
+                with self._lock:
+                    slave_id, child.slave_id = child.slave_id, None
+                    running, child.running = child.running, None
+                    child.queue.clear()
+                    child.leaving = True
+                    if running is None:
+                        self._send(child, ("end",))
+                if running is not None:
+                    log.warning("slave process %d still runs task %s; abandoning it", child.pid, running[0])
+                    child.process.kill()
+                if goodbye and slave_id is not None:
+                    self._quietly("unregister", slave_id, [running[1]] if running else [])
+
+    def _master_lost(self, error: Exception) -> None:
+        if self._stopping is None:
+            log.error("node agent of %r lost its master: %s; stopping its slaves", self.label, error)
+        self._stop("lost", settings.ABANDON_GRACE_SECONDS, 1)
+
+    def _quietly(self, method: str, *args) -> None:
+        try:
+            self._main.call(method, *args, timeout=5.0)
+        except ScientificMSError:
+            pass
+
+    def _start_child(self, restarts_left: int) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(self._env, **{agent_link.ENVIRONMENT: f"{theirs.fileno()},{os.getpid()}"})
+        try:
+            # Its own session: Ctrl-C in the terminal reaches the agent alone, which ends
+            # each slave after its task (agent_link.current() makes it ignore SIGTERM too).
+            process = subprocess.Popen(self._command, env=env, stdin=subprocess.DEVNULL,
+                                       pass_fds=(theirs.fileno(),), start_new_session=True)
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        with self._lock:
+            self._children[conn.fileno()] = Child(process, conn, restarts_left)
+        log.info("started slave process %d", process.pid)
+
+    def _kill_all(self) -> None:
+        """Every slave process ends with the agent (a grace for those told to end)."""
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+        deadline = time.monotonic() + settings.ABANDON_GRACE_SECONDS
+        for child in children:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+            child.conn.close()
+
+    # ------------------------------------------------------------------ fetch thread
+
+    def _fetch_loop(self) -> None:
+        try:
+            connection = self._main.duplicate()
+        except ScientificMSError as error:
+            self._master_lost(error)
+            return
+        try:
+            while True:
+                with self._lock:
+                    while True:
+                        if self._stopping is not None:
+                            return
+                        wants = [(child.slave_id, child.want()) for child in self._children.values()
+                                 if child.slave_id is not None]
+                        asking = any(count for _, count in wants)
+                        if asking or self._outbox:
+                            break
+                        self._changed.wait()
+                    answers, self._outbox = self._outbox, []
+                    # jittered, so that many idle agents do not all call back at once
+                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if asking else 0.0
+                    self._fetch_waiting = wait > 0
+                try:
+                    status, tasks, revoked, unknown = connection.call(
+                        "agent_exchange", answers, wants, wait, timeout=wait + 60.0)
+                except ConnectionLostError as error:
+                    self._master_lost(error)
+                    return
+                except Exception as error:   # a bug here must not leave the slaves waiting
+                    log.exception("the node agent's fetch thread failed")
+                    self._master_lost(error)
+                    return
+                with self._lock:
+                    self._fetch_waiting = False
+                    self._apply(tasks, revoked, unknown)
+                if status == TERMINATED:
+                    self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
+                    return
+        finally:
+            with self._lock:
+                self._fetch_waiting = False
+                answers, self._outbox = self._outbox, []
+            if answers and self._stopping not in ("terminated", "lost"):
+                try:   # hand in what was done before we stopped
+                    connection.call("agent_exchange", answers, [], 0.0, timeout=5.0)
+                except ScientificMSError:
+                    pass
+            connection.close()
+
+    # ------------------------------------------------------------------ watch thread
+
+    def _watch_loop(self) -> None:
+        try:
+            connection = self._main.duplicate()
+        except ScientificMSError as error:
+            self._master_lost(error)
+            return
+        try:
+            while self._stopping is None:
+                with self._lock:
+                    children = [child for child in self._children.values() if child.slave_id is not None]
+                    periods = [child.hello[2] for child in children if child.hello[2]]
+                    starting = len(children) < len(self._children)
+                period = min(periods, default=IDLE_WATCH_SECONDS)
+                if starting:   # a slave about to register may have a short watchdog period
+                    period = min(period, STARTING_WATCH_SECONDS)
+                # Sampled outside the lock: a stopped slave gets no heartbeat, so the
+                # master declares it dead after its watchdog limit, as any slave.
+                for child in children:
+                    child.stopped = not child.runnable()
+                beats = [(child.slave_id, None if child.stopped else child.stats()) for child in children]
+                status, unknown = connection.call("agent_watch", self.agent_id, beats,
+                                                  period * random.uniform(0.75, 1.0), timeout=period + 30.0)
+                if status == TERMINATED:
+                    self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
+                    return
+                if status == UNKNOWN:
+                    raise ConnectionLostError("the master no longer knows this agent")
+                if unknown:
+                    with self._lock:
+                        self._apply([], [], unknown)
+                if status == REVOKED:   # tasks queued here went to idle slaves elsewhere
+                    with self._lock:
+                        ids = [(child.slave_id, 0) for child in self._children.values()
+                               if child.slave_id is not None]
+                    _, _, revoked, unknown = connection.call("agent_exchange", [], ids, 0.0, timeout=30.0)
+                    with self._lock:
+                        self._apply([], revoked, unknown)
+        except ConnectionLostError as error:
+            if self._stopping is None:
+                self._master_lost(error)
+        except Exception as error:   # a bug here must not leave the slaves without heartbeats
+            log.exception("the node agent's watch thread failed")
+            self._master_lost(error)
+        finally:
+            connection.close()

@@ -1,0 +1,245 @@
+"""Node agents (``task_manager slave LABEL -n N``): every guarantee holds per slave.
+
+Each test runs a real master in this process and a real agent process with
+real slave processes behind it; every result must arrive exactly once.
+"""
+
+import collections
+import os
+import re
+import signal
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from scientific_ms import MasterProcess, TaskRaisedException, TaskTimeLimitError
+from conftest import descendants_gone, wait_for
+
+SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
+
+
+@pytest.fixture
+def job():
+    """A master whose stored slave code is slave_script.py; ``job(period)`` sets its watchdog."""
+    masters = []
+
+    def start(label, period=120.0, **options):
+        master = MasterProcess(label, use_name_server=False, port=0, **options)
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label, str(period)])
+        masters.append(master)
+        return master
+
+    yield start
+    for master in masters:
+        master.shutdown()
+
+
+def slaves(master):
+    return [p for p in master.task_manager.status()["processes"] if p["role"] == "slave"]
+
+
+def slave_pids(master):
+    return {p["pid"] for p in slaves(master)}
+
+
+def running_pids(master):
+    return {p["pid"] for p in slaves(master) if p["running"]}
+
+
+def collect(master, count):
+    results = collections.Counter()
+    values = {}
+    for _ in range(count):
+        task_id, tag, value = master.retrieveResult(timeout=60)
+        results[task_id] += 1
+        values[task_id] = value
+    return results, values
+
+
+def start_agent(processes, label, count):
+    agent = processes.task_manager("slave", label, "-n", count, "-v", name=f"agent-{label}")
+    return agent
+
+
+def children(agent):
+    return {child.pid for child in psutil.Process(agent.pid).children()}
+
+
+def test_an_agent_registers_each_slave_and_itself(job, processes):
+    master = job("agent_show")
+    agent = start_agent(processes, "agent_show", 3)
+    wait_for(lambda: len(slaves(master)) == 3, 30, "three slaves")
+    status = master.task_manager.status()
+    [record] = [p for p in status["processes"] if p["role"] == "agent"]
+    assert record["pid"] == agent.pid
+    assert slave_pids(master) == children(agent)
+    ids = [master.requestTask("pid") for _ in range(60)]
+    results, values = collect(master, len(ids))
+    assert set(results) == set(ids) and set(results.values()) == {1}
+    assert set(values.values()) <= children(agent)
+    master.shutdown()
+    pids = children(agent)
+    code, out = processes.finish(agent, 20)
+    assert code == 0, out
+    assert descendants_gone(pids, 5) == []
+
+
+def test_a_killed_slave_behind_an_agent_costs_only_its_task_and_is_replaced(job, processes):
+    master = job("agent_kill_slave")
+    agent = start_agent(processes, "agent_kill_slave", 2)
+    wait_for(lambda: len(slaves(master)) == 2, 30, "two slaves")
+    ids = [master.requestTask("work", 0.4, i) for i in range(8)]
+    victim = wait_for(lambda: next(iter(running_pids(master)), None), 30, "a slave to run a task")
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: master.task_manager.counters["processes_lost"] == 1, 10, "the death to be noticed")
+    results, _ = collect(master, len(ids))
+    assert set(results) == set(ids) and set(results.values()) == {1}
+    assert master.task_manager.counters["rescheduled"] == 1   # its task alone: the queued ones were not blamed
+    wait_for(lambda: len(slaves(master)) == 2 and victim not in slave_pids(master), 30, "a replacement")
+    assert agent.poll() is None
+
+
+def test_a_killed_agent_takes_its_slaves_along_and_their_tasks_run_elsewhere(job, processes):
+    master = job("agent_kill_agent")
+    doomed = start_agent(processes, "agent_kill_agent", 2)
+    wait_for(lambda: len(slaves(master)) == 2, 30, "two slaves")
+    orphans = children(doomed)
+    ids = [master.requestTask("work", 0.4, i) for i in range(6)]
+    wait_for(lambda: running_pids(master) == orphans, 30, "both slaves to run a task")
+    doomed.send_signal(signal.SIGKILL)
+    assert descendants_gone(orphans, 10) == []     # they die with their agent
+    wait_for(lambda: not slaves(master), 10, "the master to notice")
+    start_agent(processes, "agent_kill_agent", 2)
+    results, _ = collect(master, len(ids))
+    assert set(results) == set(ids) and set(results.values()) == {1}
+    assert master.task_manager.counters["rescheduled"] >= 2
+
+
+def test_a_stopped_slave_behind_an_agent_is_declared_dead_after_the_watchdog_limit(job, processes):
+    period = 0.25
+    master = job("agent_stop", period)
+    agent = start_agent(processes, "agent_stop", 2)
+    wait_for(lambda: len(slaves(master)) == 2, 30, "two slaves")
+    task_id = master.requestTask("work", 1.5, "slow")
+    stopped = wait_for(lambda: next(iter(running_pids(master)), None), 30, "a slave to start the task")
+    os.kill(stopped, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_for(lambda: master.task_manager.counters["processes_lost"] == 1, 30, "missed heartbeats")
+        print(f"\nSIGSTOP behind an agent noticed after {time.monotonic() - stopped_at:.2f} s "
+              f"(limit 4 x {period} s)")
+        got_id, tag, (value, pid) = master.retrieveResult(timeout=60)
+        assert (got_id, value) == (task_id, "slow") and pid != stopped
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    # It wakes up, finishes, its late answer is dropped, and it joins again.
+    wait_for(lambda: master.task_manager.counters["duplicates_dropped"] == 1, 30, "the late answer")
+    wait_for(lambda: stopped in slave_pids(master), 30, "the slave to join again")
+    assert master.task_manager.counters["delivered"] == 1
+    assert agent.poll() is None
+
+
+def test_a_handler_holding_the_gil_for_many_watchdog_periods_is_not_declared_dead(job, processes):
+    period = 0.2
+    master = job("agent_gil", period)
+    start_agent(processes, "agent_gil", 2)
+    wait_for(lambda: len(slaves(master)) == 2, 30, "two slaves")
+    n = 10 ** 8     # about 2 s of sum() in C here: 10 watchdog periods, never a heartbeat from the slave
+    started = time.monotonic()
+    task_id = master.requestTask("spin", n)
+    assert master.retrieveResult(timeout=120) == (task_id, "spin", n * (n - 1) // 2)
+    print(f"\nGIL held for {time.monotonic() - started:.1f} s at a {period} s watchdog")
+    counters = master.task_manager.counters
+    assert (counters["processes_lost"], counters["rescheduled"], counters["duplicates_dropped"]) == (0, 0, 0)
+
+
+def test_a_handler_stuck_in_c_past_its_time_limit_is_ended_and_its_slave_replaced(job, processes):
+    master = job("agent_limit")
+    start_agent(processes, "agent_limit", 2)
+    wait_for(lambda: len(slaves(master)) == 2, 30, "two slaves")
+    before = slave_pids(master)
+    started = time.monotonic()
+    stuck = master.request_task("spin", 10 ** 11, time_limit=0.5)   # minutes of C code
+    stuck_pid = wait_for(lambda: next(iter(running_pids(master)), None), 30, "the task to start")
+    with pytest.raises(TaskRaisedException) as caught:
+        master.retrieveResult(timeout=30)
+    reported = time.monotonic() - started
+    error = caught.value
+    assert error.task_id == stuck and isinstance(error.exception, TaskTimeLimitError)
+    assert "was killed and replaced" in str(error.exception)
+    print(f"\nstuck task reported after {reported:.2f} s (limit 0.5 s)")
+    assert descendants_gone([stuck_pid], 10) == []
+    wait_for(lambda: len(slaves(master)) == 2 and stuck_pid not in slave_pids(master), 30, "a replacement")
+    assert len(slave_pids(master) - before) == 1
+    # The next task runs at once.
+    task_id = master.requestTask("pid")
+    assert master.retrieveResult(timeout=30)[0] == task_id
+    assert master.task_manager.counters["processes_lost"] == 0
+
+
+PARTITION_MASTER = textwrap.dedent("""
+    import sys
+    from scientific_ms import initializeMasterProcess
+    master = initializeMasterProcess("agent_cut", use_name_server=False)
+    slave_script = sys.argv[3]
+    with open(slave_script) as source:
+        master.store_slave_code(source.read(), slave_script, [slave_script, "agent_cut", "0.25"])
+    master.wait_for_slaves(3, timeout=60)
+    ids = [master.requestTask("marked_work", 0.3, i, sys.argv[1]) for i in range(int(sys.argv[2]))]
+    for _ in ids:
+        task_id, tag, value = master.retrieveResult()
+        print("RESULT", task_id, value, flush=True)
+    counters = master.task_manager.counters
+    print("COUNTERS", counters["processes_lost"], counters["rescheduled"],
+          counters["duplicates_dropped"], flush=True)
+""")
+
+
+def test_an_agent_host_cut_off_loses_its_tasks_to_others_and_rejoins(hosts, processes, tmp_path):
+    master_host, host_a, host_b = hosts.host("m"), hosts.host("a"), hosts.host("b")
+    hosts.link(master_host, host_a, "10.214.1")
+    hosts.link(master_host, host_b, "10.214.2")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (tmp_path / "master.py").write_text(PARTITION_MASTER)
+    env = {"SCIENTIFIC_MS_SECRET": "agent-partition-secret", "SCIENTIFIC_MS_PORT": "7766"}
+    master = processes.start(hosts.command(master_host, sys.executable, tmp_path / "master.py", markers, 24,
+                                           SLAVE_SCRIPT), env=env, name="master")
+    agent = processes.start(hosts.command(host_a, sys.executable, "-m", "scientific_ms", "slave", "agent_cut",
+                                          "-n", "2"),
+                            env=dict(env, SCIENTIFIC_MS_MASTER="10.214.1.1:7766"), name="agent")
+    other = processes.start(hosts.command(host_b, sys.executable, SLAVE_SCRIPT, "agent_cut", 0.25),
+                            env=dict(env, SCIENTIFIC_MS_MASTER="10.214.2.1:7766"), name="other")
+    behind_agent = wait_for(lambda: children(agent) if len(children(agent)) == 2 else None, 60, "two slaves")
+
+    def started_behind_agent():
+        return [name.rsplit("-", 1)[1] for name in os.listdir(markers)
+                if int(name.split("-")[1]) in behind_agent]
+
+    wait_for(started_behind_agent, 60, "a slave behind the agent to start a task")
+    held = started_behind_agent()
+    hosts.cut(master_host, host_a)
+    # The master stops hearing from both slaves behind the agent (4 x 0.25 s); b runs their task.
+    wait_for(lambda: other.pid in marker_pids(markers, held[-1]), 60, "the other host to take over")
+    hosts.mend(master_host, host_a)
+    code, out = processes.finish(master, 90)
+    assert code == 0, out
+    results = re.findall(r"^RESULT (\S+) (\d+)$", out, re.M)
+    assert len({task_id for task_id, _ in results}) == len(results) == 24, out
+    assert sorted(int(value) for _, value in results) == list(range(24))
+    lost, rescheduled, dropped = map(int, re.search(r"^COUNTERS (\d+) (\d+) (\d+)$", out, re.M).groups())
+    assert lost >= 2 and rescheduled >= 1, out
+    for process in (agent, other):
+        code, out = processes.finish(process, 60)
+        assert code == 0, out
+    assert descendants_gone(behind_agent, 10) == []
+    print(f"\nagent host cut off: {lost} slaves declared dead, {rescheduled} task(s) rescheduled, "
+          f"{dropped} late answer(s) dropped, 24/24 results exactly once")
+
+
+def marker_pids(folder, value):
+    return {int(name.split("-")[1]) for name in os.listdir(folder) if name.endswith(f"-{value}")}
