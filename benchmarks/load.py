@@ -289,9 +289,6 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
                 for n in per_process]
     figures["agents"] = sum(-(-n // per_agent) for n in per_process) if kind == "agent" else 0
 
-    def slave_records():
-        return [p for p in manager.status()["processes"] if p["role"] == "slave"]
-
     # Watch the heartbeats through every phase: the worst silence of any
     # slave, and when (if ever) one was declared dead.
     phase_name = ["connect"]
@@ -301,11 +298,9 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
 
     def monitor():
         while not stop_monitor.wait(0.5):
-            status = manager.status()
-            silences = [p["seconds_since_heartbeat"] for p in status["processes"] if p["role"] == "slave"]
             name = phase_name[0]
-            worst[name] = max([worst.get(name, 0.0), *silences])
-            lost = status["counters"]["processes_lost"]
+            worst[name] = max(worst.get(name, 0.0), manager.longest_silence())
+            lost = manager.counters["processes_lost"]
             if lost and (not losses or losses[-1][2] != lost):
                 losses.append((round(time.monotonic() - started, 2), name, lost))
 
@@ -315,9 +310,9 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     def remaining():
         return max(1.0, end_by - time.monotonic())
 
-    _wait(lambda: len(slave_records()) == slaves or any(c.poll() is not None for c in children),
+    _wait(lambda: manager.slave_count == slaves or any(c.poll() is not None for c in children),
           remaining(), f"{slaves} slaves to register")
-    if len(slave_records()) != slaves:
+    if manager.slave_count != slaves:
         raise AssertionError(f"a slave process ended early (codes {[c.poll() for c in children]})")
     figures["connect_seconds"] = time.monotonic() - started
     log(f"{slaves} slaves registered in {figures['connect_seconds']:.1f} s")
@@ -327,7 +322,7 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     cpu_phase = _cpu_seconds(me)
     hold_limit = hold + deadline
     task_ids = {master.requestTask("hold", i, hold_limit) for i in range(slaves)}
-    _wait(lambda: all(len(p["running"]) == 1 for p in slave_records()), remaining(),
+    _wait(lambda: sum(manager.counts()["running"].values()) == slaves, remaining(),
           "every slave to hold a task")
     figures["all_holding_seconds"] = time.monotonic() - phase
     log(f"all {slaves} slaves hold a task after {figures['all_holding_seconds']:.1f} s")

@@ -237,6 +237,8 @@ class TaskManager(ProcessSide):
                             continue
                         proc.last_seen = now
                         live.append(proc)
+                        if not (self._scheduler.waiting_count or may_steal):
+                            continue   # nothing left to give: the rest only wait
                         tasks = self._assign(proc, count, may_steal)
                         if tasks:
                             assigned[process_id] = tasks
@@ -251,21 +253,21 @@ class TaskManager(ProcessSide):
                         deadline = now + timeout
                     if now >= deadline:
                         return assigned, unknown
-                    # One waiter per process, all on one condition: a task for any wakes us.
-                    condition = threading.Condition(self._lock)
-                    waiters = [Waiter(proc.process_id, proc.tags, self._lock, condition) for proc in live]
-                    for waiter, proc in zip(waiters, live):
-                        self._waiters.add(waiter)
+                    # One waiter for them all: a task that any of them can run wakes us.
+                    tags = live[0].tags if len(live) == 1 else frozenset().union(*(p.tags for p in live))
+                    waiter = Waiter(tuple(proc.process_id for proc in live), tags, self._lock)
+                    self._waiters.add(waiter)
+                    for proc in live:
                         proc.waiting += 1
                     try:
-                        condition.wait(deadline - now)
+                        waiter.condition.wait(deadline - now)
                     finally:
                         now = self._clock()
-                        for waiter, proc in zip(waiters, live):
-                            self._waiters.discard(waiter)
+                        self._waiters.discard(waiter)
+                        for proc in live:
                             proc.waiting -= 1
                             proc.last_seen = now
-                        woken = any(waiter.woken for waiter in waiters)
+                        woken = waiter.woken
             finally:
                 if woken:
                     # Woken for a task but leaving without one (its process left,
@@ -280,27 +282,34 @@ class TaskManager(ProcessSide):
         still taken if they are first. Returns how many were accepted; the
         rest are dropped and logged.
         """
+        return self.store_answers_of([(process_id, answers)])
+
+    def store_answers_of(self, batches: Iterable[Tuple[Optional[int], Iterable]]) -> int:
+        """:meth:`store_answers` for several processes at once (a node agent's slaves):
+        ``batches`` holds (process_id, answers) pairs."""
         accepted = 0
         settled = [] if self.on_answers is not None else None
         with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is not None:
-                proc.last_seen = self._clock()
-            for answer in answers:
-                task_id, assignment, ok, payload, traceback = answer[:5]
+            now = self._clock()
+            for process_id, answers in batches:
+                proc = self._registry.get(process_id)
                 if proc is not None:
-                    proc.running.pop(assignment, None)
-                task = self._results.unanswered(task_id, assignment, process_id)
-                if task is None:
-                    continue
-                if len(answer) > 5 and answer[5] is not None:   # the handler's time
-                    self._scheduler.durations.record(task.tag, answer[5])
-                self._settle(task, ok, payload, traceback)
-                if proc is not None:
-                    proc.tasks_done += 1
-                accepted += 1
-                if settled is not None:
-                    settled.append((task_id, ok, payload, traceback))
+                    proc.last_seen = now
+                for answer in answers:
+                    task_id, assignment, ok, payload, traceback = answer[:5]
+                    if proc is not None:
+                        proc.running.pop(assignment, None)
+                    task = self._results.unanswered(task_id, assignment, process_id)
+                    if task is None:
+                        continue
+                    if len(answer) > 5 and answer[5] is not None:   # the handler's time
+                        self._scheduler.durations.record(task.tag, answer[5])
+                    self._settle(task, ok, payload, traceback)
+                    if proc is not None:
+                        proc.tasks_done += 1
+                    accepted += 1
+                    if settled is not None:
+                        settled.append((task_id, ok, payload, traceback))
             if accepted:
                 self._answer_ready.notify_all()
         if settled:
@@ -404,6 +413,8 @@ class TaskManager(ProcessSide):
             task.process_id = proc.process_id
             task.started = now
             proc.running[task.assignment] = task
+            if task.time_limit is not None:
+                self._registry.time_limits_used = True
         if len(proc.running) > 1:
             self._registry.may_hold_unstarted(proc)
         return tasks

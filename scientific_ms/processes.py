@@ -176,6 +176,17 @@ class ProcessSide:
             revoked, proc.revoked = proc.revoked, []
             return revoked
 
+    @property
+    def slave_count(self) -> int:
+        """How many slaves are registered now."""
+        return self._registry.slave_count
+
+    def longest_silence(self) -> float:
+        """Seconds since the slave heard from least recently last gave a sign of life."""
+        with self._lock:
+            now = self._clock()
+            return max((now - proc.last_seen for proc in self._registry if proc.is_slave), default=0.0)
+
     def slaves_waiting_for_work(self) -> int:
         """How many slave threads are blocked in :meth:`take_tasks` right now."""
         with self._lock:

@@ -57,6 +57,7 @@ class Registry:
     def __init__(self):
         self._processes: Dict[int, ProcessRecord] = {}
         self._holders: Dict[int, ProcessRecord] = {}   # may hold unstarted tasks (see holders())
+        self.time_limits_used = False   # a task with a time limit was handed out (see overdue())
         self._next_id = 1
         self.slave_count = 0
         self._last_check: Optional[float] = None
@@ -100,6 +101,8 @@ class Registry:
 
     def overdue(self, now: float, grace: float) -> List[Tuple[ProcessRecord, Task]]:
         """Running tasks whose time limit passed more than ``grace`` seconds ago."""
+        if not self.time_limits_used:   # most jobs: no scan of every slave's tasks
+            return []
         return [(proc, task) for proc in self._processes.values() for task in proc.running.values()
                 if task.time_limit is not None and task.state is TaskState.RUNNING
                 and now - task.started > task.time_limit + grace]

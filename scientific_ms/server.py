@@ -126,8 +126,8 @@ class TaskManagerService:
         by_process: Dict[int, list] = {}
         for process_id, answer in answers:
             by_process.setdefault(process_id, []).append(answer)
-        for process_id, batch in by_process.items():
-            self._manager.store_answers(process_id, batch)
+        if by_process:
+            self._manager.store_answers_of(by_process.items())
         asking = [(process_id, count) for process_id, count in wants if count > 0]
         try:
             assigned, unknown = self._manager.take_tasks_for(asking, wait) if asking else ({}, [])
