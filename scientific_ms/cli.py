@@ -4,7 +4,7 @@
     task_manager show JOURNAL [-v] [--json]    (a master's journal file: works when it is dead)
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
-    task_manager slave LABEL [-n N]
+    task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -156,6 +156,10 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
 def slave(args) -> int:
     """Run the slave code stored by the master, in the master's working directory (-n N: N slaves)."""
     leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
+    if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n children
+        os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
+    else:
+        settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here, before connecting
     connection = _connect(args)
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
@@ -199,7 +203,7 @@ def _positive(kind: type) -> Callable[[str], object]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
+        if not 0 < value < float("inf"):   # nan and inf too
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     convert.__name__ = kind.__name__
@@ -218,6 +222,9 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 def _slave_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
                         help="start N slave processes and wait for all of them (default 1)")
+    parser.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="leave after SECONDS without work, so that a batch allocation is freed "
+                             "when the queue runs dry (default: SCIENTIFIC_MS_IDLE_TIMEOUT, else never)")
 
 
 class Command(NamedTuple):
