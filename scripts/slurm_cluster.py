@@ -3,7 +3,7 @@
 
     python scripts/slurm_cluster.py [--dir DIR] [--cpus N]   # prints: export SLURM_CONF=...; Ctrl-C stops it
 
-Debian's packages (``slurm-wlm`` 22.05, ``munge``, ``libpmix2``) are
+Debian's packages (``slurm-wlm`` 22.05, ``munge``, ``libpmix2``, ``libpmix-dev``) are
 installed with apt-get when missing, which needs root; so does running the
 daemons. Everything else lives under one folder (a temporary one by
 default): the munge key, socket and PID file, ``slurm.conf``, the state and
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 import signal
@@ -36,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-PACKAGES = ("slurm-wlm", "munge", "libpmix2")
+#: libpmix-dev brings the unversioned libpmix.so that SLURM's mpi/pmix plugin opens
+#: (``srun --mpi=pmix``); without it slurmd and srun say "can not load PMIx library".
+PACKAGES = ("slurm-wlm", "munge", "libpmix2", "libpmix-dev")
 LOCK_FILE = "/tmp/scientific_ms_slurm.lock"
 PORTS = (6817, 6818)
 
@@ -50,8 +53,9 @@ def _run(command: List[str], timeout: float = 60.0, **kwargs) -> subprocess.Comp
 
 
 def install_packages(timeout: float = 600.0) -> None:
-    """``apt-get install`` slurm-wlm, munge and libpmix2 unless slurmctld is already there."""
-    if all(shutil.which(name) for name in ("slurmctld", "slurmd", "munged", "sbatch")):
+    """``apt-get install`` slurm-wlm, munge and PMIx unless they are already there."""
+    if all(shutil.which(name) for name in ("slurmctld", "slurmd", "munged", "sbatch")) and \
+            glob.glob("/usr/lib/*/libpmix.so"):
         return
     if os.geteuid() != 0:
         raise ClusterUnavailable("SLURM is not installed and installing it needs root "

