@@ -174,6 +174,24 @@ def test_array_job_of_slaves_finds_the_master_by_its_label_file_and_leaves_when_
     assert master.task_manager.counters["processes_lost"] == 0
 
 
+def test_a_master_in_a_batch_job_and_an_array_of_slaves_that_wait_for_it(slurm, tmp_path):
+    """sbatch --wrap 'python job.py' (runJob stores the script); sbatch --array task_manager slave -w LABEL."""
+    job_script = tmp_path / "job.py"
+    job_script.write_text(JOB)
+    out = tmp_path / "results.json"
+    # The slaves first: they wait (-w) for the master's label file on the shared registry.
+    slaves = submit(slurm, "--array=0-1", "-o", str(tmp_path / "slave-%A_%a.out"),
+                    "--wrap", " ".join(slave_command("batchmaster", "-w")))
+    master = submit(slurm, "-o", str(tmp_path / "master-%j.out"),
+                    "--wrap", f"{sys.executable} {job_script} batchmaster {out}")
+    wait_done(slurm, master, 60)
+    assert exit_codes(slurm, master) == ["0:0"], (tmp_path / f"master-{master}.out").read_text()
+    results = json.loads(out.read_text())
+    assert sorted(value for value, _ in results.values()) == [i * i for i in range(40)]
+    wait_done(slurm, slaves, 30, count=2)   # the slaves end with their master
+    assert exit_codes(slurm, slaves) == ["0:0", "0:0"]
+
+
 def test_more_array_tasks_join_a_running_job_and_scancel_gives_their_tasks_back(
         slurm, master_with_code, tmp_path):
     """Add slaves with another sbatch --array; scancel one busy array task: no result lost or doubled."""
