@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import discovery, leaving, logs, settings
+from . import departure, discovery, leaving, logs, settings
 from .client import MasterConnection, connect
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from .launch import fetch_stored_code, master_state, run_slave_processes, run_stored_code
@@ -158,9 +159,12 @@ def slave(args) -> int:
     leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
     if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n children
         os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
-    else:
-        settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here, before connecting
-    connection = _connect(args)
+    idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
+    connection = departure.connect_or_leave(
+        functools.partial(connect, args.label, args.master, key_file=args.key_file),
+        args.wait, None, idle_timeout, args.label)
+    if connection is None:   # -w with an idle timeout, and no master came: leave as an idle slave
+        return 0
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
         if code is None:

@@ -53,6 +53,25 @@ REASONS = (IDLE, SIGTERM)
 TERM_GRACE_SECONDS = 20.0
 
 
+def connect_or_leave(connect: Callable[..., object], wait: bool, wait_timeout: Optional[float],
+                     idle_timeout: Optional[float], label: str):
+    """``connect(wait=..., wait_timeout=...)``, where a slave that waits for its master
+    with an idle timeout (and no wait timeout) waits at most that long: waiting is idle
+    too, and an array task started after its master finished must not wait forever.
+    Returns the connection, or None when no master came within the idle timeout (the
+    caller leaves, exit 0); other failures raise as usual."""
+    from .errors import MasterNotFoundError
+    bounded = wait and wait_timeout is None and idle_timeout is not None
+    try:
+        return connect(wait=wait, wait_timeout=idle_timeout if bounded else wait_timeout)
+    except MasterNotFoundError as error:
+        if not bounded:
+            raise
+        log.warning("no master of %r came within the idle timeout (%g s); leaving", label, idle_timeout)
+        log.debug("%s", error)
+        return None
+
+
 class TerminationSignal:
     """Calls ``on_signal()`` on a thread of its own when this process gets SIGTERM.
 

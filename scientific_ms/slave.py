@@ -24,6 +24,7 @@ has been rescheduled, and its late answer counts only if it is the first.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -62,7 +63,8 @@ class SlaveProcess:
     ``HOST:PORT``) skips discovery. ``watchdog_period`` is the heartbeat
     interval in seconds (None: no heartbeats, so a hung slave goes
     unnoticed). With ``wait=True`` a slave started before its master waits
-    for it (at most ``wait_timeout`` seconds, if given). ``rejoin_grace``:
+    for it (at most ``wait_timeout`` seconds, if given; else at most
+    ``idle_timeout`` seconds, if given, after which it returns). ``rejoin_grace``:
     seconds to wait for a master that vanished to be started again under the
     same label (default SCIENTIFIC_MS_REJOIN_GRACE, else 60 s when the master
     keeps a journal and did not start this slave itself, else 0).
@@ -129,8 +131,12 @@ class SlaveProcess:
                 "subclass, or do_<tag> functions in the slave script")
         apply_debug_flag()
         tune_allocator()
-        self._connection = connect(self.label, self.master_host, key_file=self.key_file,
-                                   wait=self.wait, wait_timeout=self.wait_timeout)
+        self._connection = departure.connect_or_leave(
+            functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
+            self.wait, self.wait_timeout, self.idle_timeout, self.label)
+        if self._connection is None:   # waited for a master for the idle timeout: leave
+            leaving.announce()
+            return
         while True:
             try:
                 self._serve_master(handlers)

@@ -146,6 +146,16 @@ def test_idle_slaves_leave_and_show_reports_it(processes, slave_script, tmp_path
         master.shutdown()
 
 
+def test_a_slave_waiting_for_its_master_waits_no_longer_than_its_idle_timeout(processes, slave_script, tmp_path):
+    """An array task that starts after its master finished must not hold its allocation forever."""
+    by_option = processes.task_manager("slave", "gone", "-w", "--idle-timeout", "0.5", name="by_option")
+    by_script = processes.python(slave_script, "gone", env={"SCIENTIFIC_MS_IDLE_TIMEOUT": "0.5"}, name="by_script")
+    for slave in (by_option, by_script):      # the script calls startSlaveProcess(label, wait=True)
+        code, out = processes.finish(slave, 30)
+        assert code == 0, out
+        assert "no master of 'gone' came within the idle timeout (0.5 s); leaving" in out
+
+
 @pytest.mark.parametrize("bad", [-1, 0, "10", float("nan"), True])
 def test_a_bad_idle_timeout_is_refused_naming_it(bad):
     with pytest.raises(ConfigurationError, match="idle_timeout"):

@@ -175,13 +175,15 @@ def test_array_job_of_slaves_finds_the_master_by_its_label_file_and_leaves_when_
 
 
 def test_a_master_in_a_batch_job_and_an_array_of_slaves_that_wait_for_it(slurm, tmp_path):
-    """sbatch --wrap 'python job.py' (runJob stores the script); sbatch --array task_manager slave -w LABEL."""
+    """sbatch --wrap 'python job.py' (runJob stores the script); sbatch --array task_manager slave -w LABEL
+    --idle-timeout 5."""
     job_script = tmp_path / "job.py"
     job_script.write_text(JOB)
     out = tmp_path / "results.json"
-    # The slaves first: they wait (-w) for the master's label file on the shared registry.
+    # The slaves first: they wait (-w) for the master's label file on the shared registry; one
+    # that starts after the master has finished (a short job) waits no longer than its idle timeout.
     slaves = submit(slurm, "--array=0-1", "-o", str(tmp_path / "slave-%A_%a.out"),
-                    "--wrap", " ".join(slave_command("batchmaster", "-w")))
+                    "--wrap", " ".join(slave_command("batchmaster", "-w", "--idle-timeout", "5")))
     master = submit(slurm, "-o", str(tmp_path / "master-%j.out"),
                     "--wrap", f"{sys.executable} {job_script} batchmaster {out}")
     wait_done(slurm, master, 60)
