@@ -64,7 +64,7 @@ def install_packages(timeout: float = 600.0) -> None:
         raise ClusterUnavailable(f"SLURM is not installed and there is no apt-get to install "
                                  f"{' '.join(PACKAGES)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", *PACKAGES]
     result = _run(install, timeout, env=env)
     if result.returncode != 0:   # maybe the package lists are missing or stale
         _run(["apt-get", "update"], timeout, env=env)
