@@ -31,8 +31,12 @@ holds per slave, and the agent knows each one's state:
   of all its slaves, which die with it (they are killed when their parent
   dies);
 * SIGTERM (a batch system's walltime) or Ctrl-C: no new tasks, queued ones
-  go back, running ones get ``STOP_GRACE_SECONDS`` to finish, then the
-  agent says goodbye for every slave and exits (0 for SIGTERM).
+  go back, running ones get ``SCIENTIFIC_MS_TERM_GRACE`` seconds (default
+  20) to finish, then the agent says goodbye for every slave, without
+  blaming the tasks it gives back, and exits (0 for SIGTERM);
+* with an idle timeout (``--idle-timeout``), once none of its slaves has had
+  work for that long the agent says goodbye for all of them and exits 0, so
+  that a batch allocation is freed when the queue runs dry.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from typing import Deque, Dict, List, Optional, Sequence
 
 import psutil
 
-from . import agent_link, settings
+from . import agent_link, departure, settings
 from .client import MasterConnection
 from .errors import ConnectionLostError, ScientificMSError, TaskTimeLimitError
 from .feed import MAX_BATCH, PREFETCH_BELOW, TARGET_QUEUE_SECONDS
@@ -64,8 +68,6 @@ log = logging.getLogger(__name__)
 
 #: A handler past its time limit gets this long to stop before its slave is killed.
 KILL_GRACE_SECONDS = 1.0
-#: When the agent is told to stop, running tasks get this long to finish.
-STOP_GRACE_SECONDS = 5.0
 #: Heartbeat period when no slave asked for one (they are registered without a watchdog).
 IDLE_WATCH_SECONDS = settings.POLL_SECONDS
 #: Heartbeat period while some slave has not registered yet.
@@ -130,13 +132,14 @@ class NodeAgent:
 
     def __init__(self, label: str, connection: MasterConnection, count: int, command: Sequence[str],
                  env: Optional[Dict[str, str]] = None, max_restarts: Optional[int] = None,
-                 stop_grace: float = STOP_GRACE_SECONDS):
+                 idle_timeout: Optional[float] = None):
         self.label = label
         self.count = count
         self._command = list(command)
         self._env = dict(os.environ if env is None else env)
         self._max_restarts = settings.slave_restarts(max_restarts)
-        self._stop_grace = stop_grace
+        self._stop_grace = settings.term_grace()
+        self._idle = departure.IdleClock(idle_timeout)
         self._main = connection          # the main thread's
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)   # the fetch thread waits here
@@ -185,7 +188,7 @@ class NodeAgent:
 
     def _on_signal(self, signum, frame) -> None:
         # The main thread may hold the lock right now: only note it, and wake the loop.
-        self._signalled = ("interrupted", 130) if signum == signal.SIGINT else ("signalled", 0)
+        self._signalled = ("interrupted", 130) if signum == signal.SIGINT else (departure.SIGTERM, 0)
         self._wake()
 
     def _take_signal(self) -> None:
@@ -240,6 +243,7 @@ class NodeAgent:
                 if self._signalled is not None:
                     self._take_signal()
                 self._enforce_time_limits()
+                self._check_idle()
                 if self._reregister:
                     self._register_again()
                 if self._stopping is not None:
@@ -257,6 +261,8 @@ class NodeAgent:
                     due.append(child.started + child.running[4] + KILL_GRACE_SECONDS)
             if self._stop_deadline is not None:
                 due.append(self._stop_deadline)
+            if self._idle.idle_timeout is not None:
+                due.append(self._idle.last_work + self._idle.idle_timeout)
         return max(0.0, min(due) - now) + 0.001
 
     def _on_message(self, child: Child, message: tuple) -> None:
@@ -344,6 +350,8 @@ class NodeAgent:
             child.running = child.queue.popleft()
             child.started = time.monotonic()
             self._send(child, ("task", child.running))
+            if child.running[4] is not None:   # a time limit: the main loop must watch it
+                self._wake()
 
     def _apply(self, tasks: list, revoked: list, unknown: list) -> None:
         """Take in what an exchange returned (with the lock held)."""
@@ -378,7 +386,7 @@ class NodeAgent:
             return
         if stopping is not None:
             if slave_id is not None and stopping not in ("terminated", "lost"):
-                self._quietly("unregister", slave_id, [running[1]] if running else [])
+                self._goodbye(slave_id)
             return
         cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         if slave_id is not None:
@@ -437,7 +445,24 @@ class NodeAgent:
                     log.warning("slave process %d still runs task %s; abandoning it", child.pid, running[0])
                     child.process.kill()
                 if goodbye and slave_id is not None:
-                    self._quietly("unregister", slave_id, [running[1]] if running else [])
+                    self._goodbye(slave_id)
+
+    def _goodbye(self, slave_id: int) -> None:
+        """Unregister a slave as the agent stops: what it held goes back unblamed
+        (the walltime or the user stopped it, not its task), with the reason."""
+        reason = self._stopping if self._stopping in departure.REASONS else None
+        self._quietly("unregister", slave_id, [], reason)
+
+    def _check_idle(self) -> None:
+        if self._idle.idle_timeout is None or self._stopping is not None:
+            return
+        with self._lock:
+            busy = any(child.running is not None or child.queue for child in self._children.values())
+        if busy:
+            self._idle.busy()
+        elif self._idle.expired():
+            log.info("node agent of %r: no work for %g s; its slaves leave", self.label, self._idle.idle_timeout)
+            self._stop(departure.IDLE, 0.0, 0)
 
     def _master_lost(self, error: Exception) -> None:
         if self._stopping is None:

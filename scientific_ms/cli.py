@@ -4,7 +4,7 @@
     task_manager show JOURNAL [-v] [--json]    (a master's journal file: works when it is dead)
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
-    task_manager slave LABEL [-n N]
+    task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import agent_link, discovery, leaving, logs, settings
+from . import agent_link, departure, discovery, leaving, logs, settings
 from .client import MasterConnection, connect
 from .errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from .agent import NodeAgent
@@ -164,7 +165,14 @@ def slave(args) -> int:
         discovery.set_slave_context(discovery.SlaveContext(args.label, None, None, None))
         run_stored_code(code)
         return 0
-    connection = _connect(args)
+    if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n children
+        os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
+    idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
+    connection = departure.connect_or_leave(
+        functools.partial(connect, args.label, args.master, key_file=args.key_file),
+        args.wait, None, idle_timeout, args.label)
+    if connection is None:   # -w with an idle timeout, and no master came: leave as an idle slave
+        return 0
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
         if code is None:
@@ -177,7 +185,8 @@ def slave(args) -> int:
         connection.close()
         raise
     if args.n > 1:
-        agent = NodeAgent(args.label, connection, args.n, slave_command(args.label, args.verbose))
+        agent = NodeAgent(args.label, connection, args.n, slave_command(args.label, args.verbose),
+                          idle_timeout=idle_timeout)
         try:
             return agent.run()
         finally:
@@ -214,7 +223,7 @@ def _positive(kind: type) -> Callable[[str], object]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
+        if not 0 < value < float("inf"):   # nan and inf too
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     convert.__name__ = kind.__name__
@@ -234,6 +243,9 @@ def _slave_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
                         help="run N slave processes behind one node agent, which holds the connection "
                              "to the master and replaces slaves that die (default 1)")
+    parser.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="leave after SECONDS without work, so that a batch allocation is freed "
+                             "when the queue runs dry (default: SCIENTIFIC_MS_IDLE_TIMEOUT, else never)")
 
 
 class Command(NamedTuple):

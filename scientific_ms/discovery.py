@@ -112,6 +112,36 @@ def registry_error(folder: Path, error: OSError) -> ConfigurationError:
                               f"file there: set {settings.PREFIX}REGISTRY to a folder of yours to move it")
 
 
+#: File systems that live on one host: a label file there is seen by that host alone.
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "f2fs",
+                               "vfat", "ramfs", "squashfs", "zfs", "jfs", "reiserfs"})
+
+
+def filesystem_type(path: Path) -> Optional[str]:
+    """The type of the file system holding ``path`` (or its nearest existing parent), or None."""
+    try:
+        import psutil
+        path = Path(os.path.realpath(path))
+        mounts = {Path(part.mountpoint): part.fstype for part in psutil.disk_partitions(all=True)}
+    except (ImportError, OSError):
+        return None
+    for folder in (path, *path.parents):
+        if folder in mounts:
+            return mounts[folder]
+    return None
+
+
+def missing_label_file(label: str) -> str:
+    """Why no label file was found, and what to do when master and slave run on different hosts."""
+    path = label_file(label)
+    kind = filesystem_type(path.parent)
+    where = (f"{path.parent} is on a local {kind} file system of {socket.gethostname()}, which other hosts "
+             f"cannot see" if kind in LOCAL_FILESYSTEMS else f"{path.parent} must be shared with the master's host")
+    return (f"no label file {path} (a master on another host writes its label file on its own host: "
+            f"{where}; on a cluster set {settings.PREFIX}REGISTRY to a folder on a shared file system, "
+            f"such as the shared home, for master and slaves alike, or give the master's address (-m HOST:PORT, master_host=))")
+
+
 def read_label_file(label: str) -> Optional[Dict]:
     path = label_file(label)
     try:
@@ -233,7 +263,7 @@ def candidates(label: str, master_host: Optional[str] = None,
             found.append(Candidate(hosts_of(record), record["port"], file_secret,
                                    f"the label file {label_file(label)}", bool(record.get("tls"))))
         else:
-            notes.append(f"no label file {label_file(label)}")
+            notes.append(missing_label_file(label))
     for candidate in found:
         if candidate.secret is None:
             candidate.secret = user_secret or file_secret

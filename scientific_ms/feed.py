@@ -38,6 +38,8 @@ TARGET_QUEUE_SECONDS = 0.02
 MAX_BATCH = 1024
 
 END = object()
+#: What ``next_task`` returns once :meth:`TaskFeed.leave` was called and no task is left.
+LEAVE = object()
 
 
 class TaskFeed:
@@ -54,6 +56,7 @@ class TaskFeed:
         self._main_idle = False       # the main thread waits in next_task
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
+        self._leaving = False         # leave() was called: fetch nothing, start nothing more
         self._poked = False           # the master has news (revoked tasks): call it now
         self._flush = False           # an answer the master should have at once
         self._waiting_for_work = False   # in a blocking exchange, every answer handed in
@@ -68,12 +71,13 @@ class TaskFeed:
     # ------------------------------------------------------------------ main thread
 
     def next_task(self, timeout: float):
-        """The next task, END when the master finished, None after ``timeout`` s."""
+        """The next task, END when the master finished, LEAVE after :meth:`leave`,
+        None after ``timeout`` s."""
         with self._cond:
             self._main_idle = True
             self._cond.notify_all()
             try:
-                if not self._inbox and self._ended is None:
+                if not self._inbox and self._ended is None and not self._leaving:
                     self._cond.wait(timeout)
             finally:
                 self._main_idle = False
@@ -82,7 +86,24 @@ class TaskFeed:
                 return self._inbox.popleft()
             if self._error is not None:
                 raise self._error
-            return END if self._ended is not None else None
+            if self._ended is not None:
+                return END
+            return LEAVE if self._leaving else None
+
+    def leave(self) -> int:
+        """Fetch no more tasks and drop those held but not started (any thread).
+
+        The master still counts the dropped tasks as this slave's: the goodbye
+        (``unregister``) puts them back at the front of its queue. The main
+        thread's ``next_task`` returns LEAVE at once, or after the running
+        handler. Returns how many tasks were dropped.
+        """
+        with self._cond:
+            self._leaving = True
+            dropped = len(self._inbox)
+            self._inbox.clear()
+            self._cond.notify_all()
+            return dropped
 
     def put_answer(self, answer: Answer) -> None:
         seconds = answer.seconds or 0.0
@@ -141,6 +162,8 @@ class TaskFeed:
     def _should_call(self) -> bool:
         if self._stopping or self._poked or self._flush:
             return True
+        if self._leaving:
+            return False         # the answers go with stop(), which follows
         idle = self._main_idle and not self._inbox
         if idle:
             return True          # hand in answers, fetch (blocking) the next work
@@ -161,7 +184,7 @@ class TaskFeed:
                     self._poked = self._flush = False
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
-                    want = 0 if stopping else (self._want() if (idle or self._prefetching()) else 0)
+                    want = 0 if (stopping or self._leaving) else (self._want() if (idle or self._prefetching()) else 0)
                     # jittered, so that a thousand idle slaves do not all call back at once
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
                     self._waiting_for_work = wait > 0
@@ -179,7 +202,8 @@ class TaskFeed:
                     if revoked:   # another slave runs them now: drop those not started
                         dropped = set(revoked)
                         self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)   # [1]: assignment
-                    self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
+                    if not self._leaving:   # else the goodbye gives them back
+                        self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:
                         self._ended = self._ended or "stopped"

@@ -26,9 +26,38 @@ def getMachineInfo() -> str:
 
 def process_info() -> Dict:
     """What a process tells the task manager about itself when it registers."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
+    info = {"host": socket.gethostname(), "pid": os.getpid(),
             "machine": platform.machine(), "python": platform.python_version(),
             "description": getMachineInfo()}
+    slurm = slurm_job()
+    if slurm is not None:
+        info["slurm"] = slurm
+    return info
+
+
+#: The SLURM variables a slave reports (``task_manager show -v``), and their keys.
+SLURM_VARIABLES = (("job_id", "SLURM_JOB_ID"), ("array_job_id", "SLURM_ARRAY_JOB_ID"),
+                   ("array_task_id", "SLURM_ARRAY_TASK_ID"), ("step_id", "SLURM_STEP_ID"),
+                   ("procid", "SLURM_PROCID"))
+
+
+def slurm_job() -> Optional[Dict[str, str]]:
+    """The SLURM job this process runs in (ids as strings), or None outside SLURM."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    return {key: os.environ[name] for key, name in SLURM_VARIABLES if os.environ.get(name)}
+
+
+def slurm_job_name(slurm: Optional[Dict]) -> Optional[str]:
+    """``12345``, ``12340_7`` for an array task (as squeue writes it), ``12345.0`` in a step."""
+    if not slurm or not slurm.get("job_id"):
+        return None
+    if slurm.get("array_job_id") and slurm.get("array_task_id"):
+        name = f"{slurm['array_job_id']}_{slurm['array_task_id']}"
+    else:
+        name = slurm["job_id"]
+    step = slurm.get("step_id")
+    return f"{name}.{step}" if step and step.isdigit() else name
 
 
 def non_loopback_addresses() -> List[str]:

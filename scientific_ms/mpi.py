@@ -285,6 +285,9 @@ def _wait_and_leave(child: int, where: str) -> NoReturn:
     """The rank's own process: wait for the slave without CPU, then exit with its status."""
     # Ctrl-C reaches the whole process group: the slave decides, the waiter reports.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (a batch system's walltime, scancel) is the slave's to handle: it gives its
+    # tasks back and exits 0 (departure.py); this process passes it on and waits.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _forward(child, signum))
     atexit._clear()  # the script's exit handlers belong to the slave, which ran them
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
@@ -299,6 +302,13 @@ def _wait_and_leave(child: int, where: str) -> NoReturn:
         _leave(0, f"scientific_ms: {where}: the slave process {child} was killed by {name}; "
                   f"its tasks run again on other slaves", run_exit_handlers=False)
     _leave(code, run_exit_handlers=False)
+
+
+def _forward(child: int, signum: int) -> None:
+    try:
+        os.kill(child, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _leave(code: int, message: Optional[str] = None, *, run_exit_handlers: bool = True) -> NoReturn:

@@ -15,6 +15,7 @@ import time
 from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple
 
 from .errors import ConfigurationError, SlaveLostError, TaskTimeLimitError, UnknownProcessError
+from .departure import REASONS
 from .registry import ProcessRecord
 from .tasks import TaskState
 
@@ -43,15 +44,20 @@ class ProcessSide:
             log.debug("registered %s %s, tags %s", role, proc.process_id, sorted(tagset or ()))
             return proc.process_id
 
-    def unregister_process(self, process_id: int, abandoned: Iterable[int] = ()) -> None:
+    def unregister_process(self, process_id: int, abandoned: Iterable[int] = (),
+                           reason: Optional[str] = None) -> None:
         """A process leaves cleanly; tasks it still holds go back to the queue front.
 
         ``abandoned``: assignments it had started and gives up as it leaves
         (a handler ended the slave). Each counts as a loss of its task, as a
         death would; the tasks it holds but never started are returned without blame.
+        ``reason``: why a slave leaves on its own (``departure.IDLE`` or
+        ``SIGTERM``); counted as ``left_idle`` / ``left_sigterm``, others ignored.
         """
         with self._lock:
-            self._remove_process(process_id, reason=None, abandoned=frozenset(abandoned))
+            if self._remove_process(process_id, reason=None, abandoned=frozenset(abandoned)) and \
+                    reason in REASONS:
+                self.counters[f"left_{reason}"] += 1
 
     def process_lost(self, process_id: int, reason: str, running: Iterable[int] = ()) -> bool:
         """Declare a process dead (connection dropped, missed heartbeats).

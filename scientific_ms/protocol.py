@@ -65,8 +65,11 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 #: The calls a master serves (``server.TaskManagerService``):
 #:
 #: ``register(role, info, tags, watchdog_period) -> (status, process_id)``
-#: ``unregister(process_id, abandoned=[])``     a goodbye: held tasks go back unblamed, except
-#:                                               the assignments it started and gave up (a loss each)
+#: ``unregister(process_id, abandoned=[], reason=None)``   a goodbye: held tasks go back
+#:     unblamed, except the assignments it started and gave up (a loss each); ``reason``:
+#:     "idle" or "sigterm" when a slave leaves on its own (``departure.py``), counted in the
+#:     status as ``left_idle`` / ``left_sigterm``; older slaves send one or two arguments
+#: ``register`` info: ``machine.process_info()``, with ``slurm`` (job ids) in a SLURM job
 #: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
 #: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end or a revocation

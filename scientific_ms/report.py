@@ -10,6 +10,7 @@ import datetime
 import math
 from typing import Dict, List, Optional, Tuple
 
+from .machine import slurm_job_name
 from .progress import format_bar, format_bytes, format_duration
 
 #: Version of the JSON documents printed by ``show --json`` and ``list --json``.
@@ -59,6 +60,8 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
             "host": proc.get("host"),
             "pid": proc.get("pid"),
             "agent": proc.get("agent"),
+            "slurm_job": slurm_job_name(proc.get("slurm")),
+            "slurm": proc.get("slurm"),
             "tags": proc.get("tags"),
             "tasks_done": proc.get("tasks_done", 0),
             "running": [dict(task) for task in proc.get("running", [])],
@@ -92,6 +95,7 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         },
         "tasks_by_tag": by_tag,
         "processes_lost": counters.get("processes_lost", 0),
+        "slaves_left": {"idle": counters.get("left_idle", 0), "sigterm": counters.get("left_sigterm", 0)},
         "throughput_per_second": status.get("throughput_per_second", 0.0),
         "progress": round(retrieved / requested, 4) if requested else None,
         "unserved_tags": list(status.get("unserved_tags", [])),
@@ -135,12 +139,14 @@ def format_processes(report: Dict) -> List[str]:
         if proc.get("agent") is not None:
             role += f"@{proc['agent']}"   # a slave behind node agent <id>
         rows.append([str(proc["id"]), role, proc["host"] or "?", str(proc["pid"] or "?"),
+                     proc.get("slurm_job") or "-",
                      str(proc["tasks_done"]) if proc["role"] == "slave" else "-",
                      current, task_time, _seconds(proc["seconds_since_heartbeat"]),
                      "-" if cpu is None else f"{cpu:.1f}", format_bytes(proc["rss_bytes"]),
                      "-" if proc["tags"] is None else ",".join(proc["tags"]) or "-"])
-    header = ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT", "CORE%", "RSS", "TAGS"]
-    return format_table(header, rows, right=(0, 3, 4, 6, 7, 8, 9))
+    header = ["ID", "ROLE", "HOST", "PID", "SLURM JOB", "DONE", "CURRENT TASK", "FOR", "HEARTBEAT",
+              "CORE%", "RSS", "TAGS"]
+    return format_table(header, rows, right=(0, 3, 5, 7, 8, 9, 10))
 
 
 def format_status(report: Dict, verbose: bool = False) -> str:
@@ -164,6 +170,10 @@ def format_status(report: Dict, verbose: bool = False) -> str:
                  f"{tasks['failed']} failed, {tasks['retrieved']} results retrieved")
     lines.append(f"{_plural(tasks['rescheduled'], 'task')} rescheduled, "
                  f"{_plural(report['processes_lost'], 'slave')} lost")
+    left = report.get("slaves_left") or {}
+    if left.get("idle") or left.get("sigterm"):
+        lines.append(f"{_plural(left.get('idle', 0), 'slave')} left when idle, "
+                     f"{left.get('sigterm', 0)} on SIGTERM")
     lines.append(f"throughput: {report['throughput_per_second']:.2f} tasks/s over the last minute")
     for tag in report["unserved_tags"]:
         lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")

@@ -73,12 +73,14 @@ class TaskManagerService:
         return OK, process_id
 
     @Pyro5.server.expose
-    def unregister(self, process_id: int, abandoned: Optional[List[int]] = None) -> None:
-        """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each)."""
+    def unregister(self, process_id: int, abandoned: Optional[List[int]] = None,
+                   reason: Optional[str] = None) -> None:
+        """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each);
+        ``reason``: why a slave leaves on its own (``departure.REASONS``), counted in the status."""
         with self._lock:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
-        self._manager.unregister_process(process_id, abandoned=abandoned or ())
+        self._manager.unregister_process(process_id, abandoned=abandoned or (), reason=reason)
 
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,

@@ -205,3 +205,31 @@ def rejoin_grace(explicit=None, journaled: bool = False) -> float:
             raise ConfigurationError(f"rejoin_grace must be a number of seconds >= 0, got {explicit!r}")
         return float(explicit)
     return number("REJOIN_GRACE", JOURNALED_REJOIN_GRACE if journaled else 0.0)
+
+
+def idle_timeout(explicit=None) -> Optional[float]:
+    """Seconds without work after which a slave leaves (``idle_timeout=``, else
+    ``SCIENTIFIC_MS_IDLE_TIMEOUT``); None: it never leaves for idleness."""
+    if explicit is None:
+        text = raw("IDLE_TIMEOUT")
+        if text is None:
+            return None
+        where = f"{PREFIX}IDLE_TIMEOUT={text!r}"
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigurationError(f"{where}: expected a number of seconds > 0") from None
+    else:
+        where, value = f"idle_timeout={explicit!r}", explicit
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigurationError(f"{where}: expected a number of seconds > 0 (or None)")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigurationError(f"{where}: expected a number of seconds > 0")
+    return float(value)
+
+
+def term_grace() -> float:
+    """Seconds a slave that got SIGTERM lets its running handler go on
+    (``SCIENTIFIC_MS_TERM_GRACE``, default ``departure.TERM_GRACE_SECONDS``)."""
+    from .departure import TERM_GRACE_SECONDS
+    return number("TERM_GRACE", TERM_GRACE_SECONDS)

@@ -12,6 +12,11 @@ Three threads, each with its own connection:
   about a second. A broken connection means the master died: the slave
   tries to reach it again for a while (a cut link may heal) and then exits.
 
+A slave leaves on its own, as a goodbye the master acts on at once, when it
+gets SIGTERM (a batch system's walltime: the running handler gets
+``SCIENTIFIC_MS_TERM_GRACE`` seconds to finish) or when it had no work for
+``idle_timeout`` seconds (``departure.py``); either way it exits 0.
+
 A slave that the master declared dead (stopped, or cut off, for too long)
 and that comes back registers again under a new id; whatever it was running
 has been rescheduled, and its late answer counts only if it is the first.
@@ -19,6 +24,7 @@ has been rescheduled, and its late answer counts only if it is the first.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -28,10 +34,10 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import agent_link, discovery, leaving, rejoin, settings
+from . import agent_link, departure, discovery, leaving, rejoin, settings
 from .client import MasterConnection, connect
 from .errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
-from .feed import END, TaskFeed
+from .feed import END, LEAVE, TaskFeed
 from .limits import check_result
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
@@ -57,16 +63,22 @@ class SlaveProcess:
     ``HOST:PORT``) skips discovery. ``watchdog_period`` is the heartbeat
     interval in seconds (None: no heartbeats, so a hung slave goes
     unnoticed). With ``wait=True`` a slave started before its master waits
-    for it (at most ``wait_timeout`` seconds, if given). ``rejoin_grace``:
+    for it (at most ``wait_timeout`` seconds, if given; else at most
+    ``idle_timeout`` seconds, if given, after which it returns). ``rejoin_grace``:
     seconds to wait for a master that vanished to be started again under the
     same label (default SCIENTIFIC_MS_REJOIN_GRACE, else 60 s when the master
     keeps a journal and did not start this slave itself, else 0).
+    ``idle_timeout``: leave after that many seconds without a task (default
+    SCIENTIFIC_MS_IDLE_TIMEOUT, else never), so that a batch allocation is
+    freed when the queue runs dry. SIGTERM makes the slave leave too: see
+    ``departure.py``.
     """
 
     def __init__(self, label: str, master_host: Optional[str] = None,
                  watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
                  wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
-                 hard_exit: bool = True, rejoin_grace: Optional[float] = None):
+                 hard_exit: bool = True, rejoin_grace: Optional[float] = None,
+                 idle_timeout: Optional[float] = None):
         self.label = discovery.check_label(label)
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
@@ -79,6 +91,8 @@ class SlaveProcess:
         self.hard_exit = hard_exit
         self.rejoin_grace = None if rejoin_grace is None else settings.rejoin_grace(rejoin_grace)
         self._rejoin_grace = 0.0   # what applies to the current master (see rejoin.py)
+        self.idle_timeout = settings.idle_timeout(idle_timeout)
+        self._leave_reason: Optional[str] = None   # departure.IDLE or SIGTERM once leaving on our own
         self.done = False
         self.process_id: Optional[int] = None
         self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
@@ -121,8 +135,12 @@ class SlaveProcess:
         if link is not None:   # started by a node agent: it holds the connection to the master
             self._serve_agent(handlers, link)
             return
-        self._connection = connect(self.label, self.master_host, key_file=self.key_file,
-                                   wait=self.wait, wait_timeout=self.wait_timeout)
+        self._connection = departure.connect_or_leave(
+            functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
+            self.wait, self.wait_timeout, self.idle_timeout, self.label)
+        if self._connection is None:   # waited for a master for the idle timeout: leave
+            leaving.announce()
+            return
         while True:
             try:
                 self._serve_master(handlers)
@@ -138,13 +156,23 @@ class SlaveProcess:
 
     def _serve_master(self, handlers: Dict[str, Callable]) -> None:
         """Register with the master at ``self._connection`` and serve it until it ends."""
-        self._registration = (process_info(), sorted(handlers), self.watchdog_period)
-        status, self.process_id = self._connection.call("register", "slave", *self._registration)
-        if status != OK:
-            log.info("the master of %r has already finished", self.label)
-            self._connection.close()
-            leaving.announce()
-            return
+        # SIGTERM from here on is a goodbye (before, there is nothing to give back).
+        termination = departure.TerminationSignal(self._on_sigterm)
+        termination.install()
+        try:
+            self._registration = (process_info(), sorted(handlers), self.watchdog_period)
+            status, self.process_id = self._connection.call("register", "slave", *self._registration)
+            if status != OK:
+                log.info("the master of %r has already finished", self.label)
+                self._main_done.set()
+                self._connection.close()
+                leaving.announce()
+                return
+            self._serve_registered(handlers)
+        finally:
+            termination.uninstall()
+
+    def _serve_registered(self, handlers: Dict[str, Callable]) -> None:
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
         self._rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
@@ -160,11 +188,7 @@ class SlaveProcess:
             if clean or isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
                 # Say goodbye before closing, so that no closing connection reads as a death;
                 # name the task a handler was running when it ended the slave: that one is lost.
-                abandoned = [self._abandoned] if self._abandoned else []
-                try:
-                    self._connection.call("unregister", self.process_id, *abandoned, timeout=5.0)
-                except ScientificMSError:
-                    pass
+                self._goodbye(self._connection)
             self._main_done.set()
             self._connection.close()
             if self._busy_connection is not None:
@@ -194,22 +218,46 @@ class SlaveProcess:
         self.done = True
         leaving.announce()
 
+    def _goodbye(self, connection: MasterConnection) -> None:
+        """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
+        arguments = [self._abandoned] if self._abandoned else []
+        if self._leave_reason is not None:
+            arguments = [self._abandoned, self._leave_reason]
+        try:
+            connection.call("unregister", self.process_id, *arguments, timeout=5.0)
+        except ScientificMSError:
+            pass
+
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         self._feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
+        if self._leave_reason is not None:   # SIGTERM came before the feed existed
+            feed.leave()
+        idle = departure.IdleClock(self.idle_timeout)
         feed.start()
         try:
             while True:
                 if self.terminationTest():
                     log.info("terminationTest() is true: slave %s stops", self.process_id)
                     return
-                task = feed.next_task(settings.POLL_SECONDS)
+                task = feed.next_task(idle.wait(settings.POLL_SECONDS))
                 if task is None:
+                    if idle.expired():
+                        self._leave_reason = departure.IDLE
+                        log.warning("slave %s of %r had no work for %g s (idle timeout): it leaves",
+                                    self.process_id, self.label, self.idle_timeout)
+                        return
                     continue
                 if task is END:
                     log.info("the master of %r finished; slave %s exits", self.label, self.process_id)
                     return
+                if task is LEAVE:
+                    log.warning("slave %s of %r got SIGTERM: it gave its unstarted tasks back and leaves",
+                                self.process_id, self.label)
+                    return
                 handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
                 feed.put_answer(self._run(handler, task))
+                if self.idle_timeout is not None:
+                    idle.busy()
         except ConnectionLostError as error:
             if self._master_gone is not None:
                 raise ConnectionLostError(self._master_gone) from None
@@ -336,6 +384,33 @@ class SlaveProcess:
             pause = min(1.0, 2 * pause)
         return None
 
+    def _on_sigterm(self) -> None:
+        """On the signal thread: stop taking tasks; abandon the running one after the grace."""
+        self._leave_reason = departure.SIGTERM
+        feed = self._feed
+        dropped = feed.leave() if feed is not None else 0
+        grace = settings.term_grace()
+        task = self._current_task
+        log.warning("slave %s of %r got SIGTERM: giving back %d unstarted task(s)%s", self.process_id,
+                    self.label, dropped, f", letting task {task} run for up to {grace:g} s" if task else "")
+        if self._main_done.wait(grace):
+            return
+        message = (f"slave {self.process_id} of {self.label!r} got SIGTERM; task {self._current_task} "
+                   f"ran {grace:g} s longer: abandoning it (it runs again elsewhere) and exiting")
+        if self.hard_exit:
+            try:
+                connection = self._connection.duplicate()
+            except ScientificMSError:
+                connection = None
+            if connection is not None:   # the main thread still runs the handler: a connection of our own
+                self._goodbye(connection)
+            leaving.announce()
+            log.warning("%s", message)
+            sys.stderr.write(f"scientific_ms: {message}\n")
+            sys.stderr.flush()
+            os._exit(0)
+        log.warning("%s", message)
+
     def _master_finished(self) -> None:
         if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
             return
@@ -364,12 +439,14 @@ class SlaveProcess:
 
 def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = None, *,
                       wait: bool = False, wait_timeout: Optional[float] = None,
-                      watchdog_period: Optional[float] = 120.0) -> None:
+                      watchdog_period: Optional[float] = 120.0,
+                      idle_timeout: Optional[float] = None) -> None:
     """Serve the ``do_<tag>`` functions of the calling script as a slave.
 
     Call it at the end of a slave script. ``label`` may be omitted when the
-    script runs through ``task_manager slave LABEL``. Errors end the process
-    with a message and exit code 1.
+    script runs through ``task_manager slave LABEL``. ``idle_timeout``: leave
+    after that many seconds without work (see :class:`SlaveProcess`). Errors
+    end the process with a message and exit code 1.
     """
     context = discovery.current_slave_context()
     if label is None:
@@ -379,7 +456,8 @@ def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = 
         label = context.label
     namespace = vars(sys.modules["__main__"])
     try:
-        SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout).start(namespace)
+        SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout,
+                     idle_timeout=idle_timeout).start(namespace)
     except ScientificMSError as error:
         sys.stderr.write(f"scientific_ms: {error}\n")
         raise SystemExit(1) from None

@@ -13,7 +13,7 @@ from .tasks import ANY_TAG
 
 #: Counters that the status always reports (0 until they first move).
 STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
-                   "duplicates_dropped", "processes_lost", "stolen")
+                   "duplicates_dropped", "processes_lost", "stolen", "left_idle", "left_sigterm")
 
 
 def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
@@ -31,6 +31,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
             "id": proc.process_id, "role": proc.role,
             "host": proc.info.get("host"), "pid": proc.info.get("pid"),
             "agent": proc.info.get("agent"),   # the id of the node agent it runs behind
+            "slurm": proc.info.get("slurm"),
             "tags": sorted(proc.tags) if proc.is_slave else None,
             "tasks_done": proc.tasks_done, "running": running,
             "watchdog_period": proc.watchdog_period,

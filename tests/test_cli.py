@@ -59,10 +59,10 @@ def master():
     end(master)
 
 
-def fake_slave(master, host="node", pid=1, tags=("work",)):
+def fake_slave(master, host="node", pid=1, tags=("work",), slurm=None):
     """A slave registered straight with the TaskManager; the test plays its part."""
-    process_id = master.task_manager.register_process("slave", {"host": host, "pid": pid}, tags=tags,
-                                                      watchdog_period=None)
+    info = {"host": host, "pid": pid, **({"slurm": slurm} if slurm else {})}
+    process_id = master.task_manager.register_process("slave", info, tags=tags, watchdog_period=None)
     master.__dict__.setdefault("fake_slaves", []).append(process_id)
     return process_id
 
@@ -74,6 +74,10 @@ def end(master):
     master.shutdown()
 
 
+#: The busy slave of craft() runs as task 7 of SLURM array job 1200 (job id 1207).
+BUSY_SLURM = {"job_id": "1207", "array_job_id": "1200", "array_task_id": "7"}
+
+
 def craft(master):
     """A known state: 8 requested, 5 waiting (2 of an unserved tag), 1 running,
     1 finished and retrieved, 1 failed and waiting, 1 rescheduled after a lost slave."""
@@ -82,7 +86,7 @@ def craft(master):
         master.requestTask("work", 1.0, i)
     for i in range(2):
         master.requestTask("other", i)
-    busy = fake_slave(master, "node1", 4242)
+    busy = fake_slave(master, "node1", 4242, slurm=BUSY_SLURM)
     doomed = fake_slave(master, "node2", 4343)
     manager.heartbeat(busy, {"cpu_percent": 97.5, "rss_bytes": 50 * 1024 * 1024})
     manager.expect_duration("work", 0.0)     # short: a slave may take a batch
@@ -127,13 +131,13 @@ def test_show_verbose_adds_tags_and_one_line_per_process(master):
     assert "5 waiting tasks\n  other: 2\n  work: 3\n1 running tasks\n  work: 1\n" \
            "1 results waiting to be retrieved\n  work: 1\n" in out
     table = out.split("processes:\n", 1)[1].splitlines()
-    assert table[0].split() == ["ID", "ROLE", "HOST", "PID", "DONE", "CURRENT", "TASK", "FOR",
+    assert table[0].split() == ["ID", "ROLE", "HOST", "PID", "SLURM", "JOB", "DONE", "CURRENT", "TASK", "FOR",
                                 "HEARTBEAT", "CORE%", "RSS", "TAGS"]
     master_row, slave_row = table[1].split(), table[2].split()
-    assert master_row[:4] == ["1", "master", socket.gethostname(), str(os.getpid())]
-    assert slave_row[:6] == [str(ids["busy"]), "slave", "node1", "4242", "2", ids["running"]]
-    assert re.fullmatch(r"\d+\.\ds", slave_row[6]) and re.fullmatch(r"\d+\.\ds", slave_row[7])
-    assert slave_row[8:11] == ["97.5", "50.0", "MiB"] and master_row[-1] == "-"
+    assert master_row[:5] == ["1", "master", socket.gethostname(), str(os.getpid()), "-"]
+    assert slave_row[:7] == [str(ids["busy"]), "slave", "node1", "4242", "1200_7", "2", ids["running"]]
+    assert re.fullmatch(r"\d+\.\ds", slave_row[7]) and re.fullmatch(r"\d+\.\ds", slave_row[8])
+    assert slave_row[9:12] == ["97.5", "50.0", "MiB"] and master_row[-1] == "-"
     # Options may also come before the command, as in the original.
     def steady(text):  # throughput and ages move between two runs
         return [line for line in text.splitlines()[1:] if not line.startswith(("throughput", "   "))]
@@ -143,11 +147,12 @@ def test_show_verbose_adds_tags_and_one_line_per_process(master):
 #: The documented keys (docs/task_manager.md); adding one is fine, changing these is not.
 REPORT_KEYS = {"schema", "label", "address", "terminated", "started_at", "elapsed_seconds",
                "active_processes", "slaves", "agents", "tasks", "tasks_by_tag", "processes_lost",
-               "throughput_per_second", "progress", "unserved_tags", "processes"}
+               "throughput_per_second", "progress", "unserved_tags", "processes", "slaves_left"}
 TASK_KEYS = {"requested", "waiting", "running", "results_waiting", "finished", "failed",
              "retrieved", "rescheduled", "duplicates_dropped"}
 PROCESS_KEYS = {"id", "role", "host", "pid", "agent", "tags", "tasks_done", "running", "connected_seconds",
-                "seconds_since_heartbeat", "watchdog_period", "cpu_percent", "rss_bytes"}
+                "seconds_since_heartbeat", "watchdog_period", "cpu_percent", "rss_bytes",
+                "slurm_job", "slurm"}
 
 
 def test_show_json_has_the_documented_keys_and_the_same_facts(master):
@@ -167,6 +172,7 @@ def test_show_json_has_the_documented_keys_and_the_same_facts(master):
     assert report["tasks_by_tag"] == {"waiting": {"other": 2, "work": 3}, "running": {"work": 1},
                                       "results_waiting": {"work": 1}}
     assert report["processes_lost"] == 1 and report["progress"] == 0.125
+    assert report["slaves_left"] == {"idle": 0, "sigterm": 0}
     assert report["throughput_per_second"] > 0 and report["unserved_tags"] == ["other"]
     by_role = {proc["role"]: proc for proc in report["processes"]}
     assert all(set(proc) == PROCESS_KEYS for proc in report["processes"])
@@ -176,6 +182,8 @@ def test_show_json_has_the_documented_keys_and_the_same_facts(master):
         (ids["busy"], "node1", 4242, ["work"], 2)
     assert [task["task_id"] for task in slave["running"]] == [ids["running"]]
     assert slave["cpu_percent"] == 97.5 and slave["rss_bytes"] == 50 * 1024 * 1024
+    assert slave["slurm_job"] == "1200_7" and slave["slurm"] == BUSY_SLURM
+    assert by_role["master"]["slurm_job"] is None and by_role["master"]["slurm"] is None
 
 
 def test_show_with_real_slaves_reports_their_health(master, processes):
@@ -202,8 +210,8 @@ def test_show_with_real_slaves_reports_their_health(master, processes):
     assert proc["seconds_since_heartbeat"] < 10 and proc["watchdog_period"] == 0.2
     human = run_cli("show", "cli", "-v").stdout
     row = next(line.split() for line in human.splitlines() if f" {slave.pid} " in line)
-    assert row[1:6] == ["slave", socket.gethostname(), str(slave.pid), "4", long_task] and row[-2] == "MiB"
-    assert row[-1] == "die,fail,logged_work,marked_work,pid,spin,work"
+    assert row[1:7] == ["slave", socket.gethostname(), str(slave.pid), "-", "4", long_task] and row[-2] == "MiB"
+    assert row[-1] == "die,fail,logged_work,marked_work,pid,work"
     master.shutdown()
     assert processes.finish(slave, 10)[0] == 0
 

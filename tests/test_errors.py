@@ -74,6 +74,22 @@ def test_unknown_label_names_every_place_it_looked():
     assert "start the master first" in message
 
 
+def test_a_label_file_on_a_local_disk_is_diagnosed_with_its_path_and_the_fix(tmp_path, monkeypatch):
+    """A slave on another node cannot see a label file on the master's local disk: say so, and what to do."""
+    from scientific_ms import discovery
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("SCIENTIFIC_MS_REGISTRY", str(registry))
+    with pytest.raises(MasterNotFoundError) as caught:
+        SlaveProcess("elsewhere").start({"do_f": lambda: 0})
+    message = str(caught.value)
+    assert f"no label file {registry / 'elsewhere.json'}" in message
+    assert "SCIENTIFIC_MS_REGISTRY to a folder on a shared file system" in message
+    assert "-m HOST:PORT" in message
+    kind = discovery.filesystem_type(registry)
+    if kind in discovery.LOCAL_FILESYSTEMS:
+        assert f"{registry} is on a local {kind} file system" in message
+
+
 def test_slave_without_handlers():
     with pytest.raises(ConfigurationError, match="no task handlers"):
         SlaveProcess("errors").start({})

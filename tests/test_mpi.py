@@ -423,3 +423,29 @@ def test_under_a_launcher_without_mpi4py_the_error_says_so(tmp_path):
     assert process.returncode == 1
     assert "ConfigurationError" in process.stderr
     assert "started by an MPI launcher (PMI_RANK=1) but mpi4py is not installed" in process.stderr
+
+
+# ------------------------------------------------------------------ SIGTERM to a slave rank (walltime, scancel)
+
+@needs_mpi
+@needs_hydra
+def test_sigterm_to_a_slave_rank_is_passed_to_its_slave_which_leaves_cleanly(processes, tmp_path, tagged):
+    """The rank's own process passes SIGTERM on; the slave gives its task back, says goodbye, exits 0."""
+    script = tmp_path / "job.py"
+    script.write_text(KILL_JOB)
+    starts = tmp_path / "starts.log"
+    tasks = 200
+    env = job_environment(tagged, tmp_path, JOB_TASKS=tasks, JOB_SECONDS=0.03, SCIENTIFIC_MS_TERM_GRACE=0)
+    command = mpi_command((1, rank0_reporting(script)), (2, [sys.executable, script]),
+                          flags=["-disable-auto-cleanup"])
+    job = processes.start(command, env=env, cwd=tmp_path)
+    wait_for(lambda: len(result_lines(live_output(job))) >= 30, 60, "30 results")
+    slave = int(starts.read_text().splitlines()[-1].split()[2])
+    rank_process = psutil.Process(slave).ppid()
+    os.kill(rank_process, signal.SIGTERM)
+    code, out = processes.finish(job, 60)
+    assert "RANK0 EXIT 0" in out and code == 0, out
+    assert "DUPLICATE" not in out and f"DONE {tasks}" in out, out
+    assert sorted(i for i, _ in result_lines(out)) == list(range(tasks))
+    assert "got SIGTERM" in out and "was killed by" not in out, out
+    no_leftovers(tagged)
