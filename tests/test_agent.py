@@ -210,7 +210,7 @@ def test_an_agent_host_cut_off_loses_its_tasks_to_others_and_rejoins(hosts, proc
     master = processes.start(hosts.command(master_host, sys.executable, tmp_path / "master.py", markers, 24,
                                            SLAVE_SCRIPT), env=env, name="master")
     agent = processes.start(hosts.command(host_a, sys.executable, "-m", "scientific_ms", "slave", "agent_cut",
-                                          "-n", "2"),
+                                          "-n", "2", "-w"),   # -w: the master may not listen yet
                             env=dict(env, SCIENTIFIC_MS_MASTER="10.214.1.1:7766"), name="agent")
     other = processes.start(hosts.command(host_b, sys.executable, SLAVE_SCRIPT, "agent_cut", 0.25),
                             env=dict(env, SCIENTIFIC_MS_MASTER="10.214.2.1:7766"), name="other")

@@ -211,7 +211,7 @@ def test_show_with_real_slaves_reports_their_health(master, processes):
     human = run_cli("show", "cli", "-v").stdout
     row = next(line.split() for line in human.splitlines() if f" {slave.pid} " in line)
     assert row[1:7] == ["slave", socket.gethostname(), str(slave.pid), "-", "4", long_task] and row[-2] == "MiB"
-    assert row[-1] == "die,fail,logged_work,marked_work,pid,work"
+    assert row[-1] == "die,fail,logged_work,marked_work,pid,spin,work"
     master.shutdown()
     assert processes.finish(slave, 10)[0] == 0
 
