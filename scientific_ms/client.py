@@ -14,7 +14,7 @@ import Pyro5.errors
 from . import auth, discovery, tls
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
                      MasterNotFoundError)
-from .protocol import CALLS, object_name
+from .protocol import CALLS, PACKED_CALLS, object_name, pack_arguments
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class MasterConnection:
     def call(self, method: str, *args, timeout: Optional[float] = None):
         """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
         self._proxy._pyroTimeout = timeout
+        if method in PACKED_CALLS:
+            args = (pack_arguments(args),)
         try:
             return getattr(self._proxy, method)(*args)
         except Pyro5.errors.TimeoutError:

@@ -45,6 +45,7 @@ keeps the tasks it receives as such tuples.
 
 from __future__ import annotations
 
+import marshal
 import os
 from typing import Dict, Iterable, List, NamedTuple, Optional
 
@@ -87,6 +88,25 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 #:                                               blaming only the assignment it had started
 CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status",
                    "agent_exchange", "agent_watch", "lost"})
+
+#: Calls whose arguments travel packed into one marshal string (:func:`pack_arguments`):
+#: Pyro5 rebuilds every list, tuple and dict of a call's arguments element by element
+#: after unmarshalling them (to revive classes, which these calls never carry); for
+#: the calls that carry every answer that walk cost the master more per task than
+#: storing the answer. One bytes argument is passed through as it is.
+PACKED_CALLS = frozenset({"exchange", "agent_exchange"})
+
+
+def pack_arguments(arguments: tuple) -> bytes:
+    return marshal.dumps(arguments)
+
+
+def unpack_arguments(packed: bytes) -> tuple:
+    """The arguments of a packed call (the connection is authenticated before any byte
+    is read, and Pyro5 itself unmarshals every message: the same trust)."""
+    if not isinstance(packed, bytes):
+        raise TypeError(f"a packed call takes one bytes argument, got {type(packed).__name__}")
+    return marshal.loads(packed)
 
 
 class TaskMessage(NamedTuple):

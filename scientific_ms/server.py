@@ -29,7 +29,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire
+from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire, unpack_arguments
 from .unserved import UnservedTags
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,12 @@ class TaskManagerService:
         self._manager.unregister_process(process_id, abandoned=abandoned or (), reason=reason)
 
     @Pyro5.server.expose
-    def exchange(self, process_id: int, answers: list, max_tasks: int,
-                 wait: float) -> Tuple[str, list, list]:
-        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
+    def exchange(self, packed: bytes) -> Tuple[str, list, list]:
+        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
+
+        ``packed``: (process_id, answers, max_tasks, wait), see ``protocol.PACKED_CALLS``.
+        """
+        process_id, answers, max_tasks, wait = unpack_arguments(packed)
         if answers:
             self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
         self._bind(process_id)
@@ -117,14 +120,16 @@ class TaskManagerService:
     # -- a node agent speaks for several slaves over one connection (agent.py)
 
     @Pyro5.server.expose
-    def agent_exchange(self, answers: list, wants: list, wait: float) -> Tuple[str, list, list, list]:
+    def agent_exchange(self, packed: bytes) -> Tuple[str, list, list, list]:
         """``exchange`` for the slaves behind a node agent, in one call.
 
+        ``packed``: (answers, wants, wait), see ``protocol.PACKED_CALLS``.
         ``answers``: (process_id, answer) pairs; ``wants``: (process_id,
         max_tasks) pairs, max_tasks 0 to collect only revoked assignments.
         Returns (status, [(process_id, [TaskMessage])], [(process_id,
         [revoked assignment])], [unknown process ids]).
         """
+        answers, wants, wait = unpack_arguments(packed)
         by_process: Dict[int, list] = {}
         for process_id, answer in answers:
             by_process.setdefault(process_id, []).append(answer)

@@ -21,6 +21,7 @@ try to hold the master's threads.
 """
 
 import json
+import marshal
 import os
 import pickle
 import socket
@@ -208,9 +209,9 @@ def pyro_frame(payload, msgtype=4, serializer=2, claimed_size=None, annotations=
 
 def evil_exchange_call(master, task_id="work_1"):
     """A genuine-looking Pyro5 'exchange' call whose answer is a malicious pickle."""
-    import marshal
     answer = (task_id, 1, True, pickle.dumps(Evil(master.marker), protocol=5), "")
-    body = marshal.dumps((f"TaskManager.{LABEL}", "exchange", [2, [answer], 0, 0.0], {}))
+    packed = marshal.dumps((2, [answer], 0, 0.0))   # exchange's arguments travel packed (protocol.py)
+    body = marshal.dumps((f"TaskManager.{LABEL}", "exchange", [packed], {}))
     return pyro_frame(body)
 
 
@@ -263,7 +264,7 @@ def record_a_genuine_conversation(master):
 EXPOSED = {
     "register": ("slave", {"pid": 666}, ["work"], None),
     "unregister": (1,),
-    "exchange": (2, [], 1, 0.0),
+    "exchange": (marshal.dumps((2, [], 1, 0.0)),),
     "watch": (2, {}, 0.0),
     "get_data": ("slave_code",),
     "status": (),
