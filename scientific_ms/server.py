@@ -1,7 +1,8 @@
 """Serve a TaskManager over Pyro5: authentication, disconnects, the reaper.
 
 Slave traffic is a few coarse calls (``protocol.CALLS``): one
-``exchange`` carries a batch of answers in and a batch of tasks out, and a
+``exchange`` carries a batch of answers in and a batch of tasks out (their
+large buffers right behind the message, ``wire.py``), and a
 ``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
 at once that the master finished. Payloads are pickled bytes carried by
 Pyro5's marshal serializer, which passes bytes through without base64.
@@ -29,8 +30,9 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire
+from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire
 from .unserved import UnservedTags
+from .wire import carry_buffers, records_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,15 @@ class TaskManagerService:
     @Pyro5.server.expose
     def exchange(self, process_id: int, answers: list, max_tasks: int,
                  wait: float) -> Tuple[str, list, list]:
-        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s)."""
+        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
+
+        Large buffers of answers follow the request on the socket, those of
+        tasks follow the reply (``wire.py``).
+        """
+        connection = current_context.client
         if answers:
+            if connection is not None:   # first of all: the buffers wait on the socket
+                answers = records_from_wire(answers, ANSWER_PAYLOAD, connection.sock)
             self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
         self._bind(process_id)
         tasks = []
@@ -95,7 +104,10 @@ class TaskManagerService:
                 return TERMINATED, [], []
             except UnknownProcessError:
                 return UNKNOWN, [], []
-        return OK, tasks_to_wire(tasks), self._manager.take_revoked(process_id)
+        records, buffers = tasks_to_wire(tasks)
+        if buffers:
+            connection.trailer = buffers   # sent right after the reply (wire.BufferConnection)
+        return OK, records, self._manager.take_revoked(process_id)
 
     @Pyro5.server.expose
     def watch(self, process_id: int, stats: dict, timeout: float) -> str:
@@ -195,6 +207,7 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         if not auth.server_handshake(conn.sock, self._secret, self._label):
             log.info("rejected a connection that failed authentication")
             return False
+        carry_buffers(conn)
         with self._connections_lock:
             self._connections.add(conn)
         return True
