@@ -95,7 +95,7 @@ class MasterConnection:
         try:
             status, tasks, revoked = self.call("exchange", process_id, records, max_tasks, wait)
         finally:
-            connection.trailer = []    # not sent if the call failed before sending
+            connection.trailer = ()    # not sent if the call failed before sending
         if any(type(task[TASK_PAYLOAD]) is tuple for task in tasks):
             try:
                 tasks = records_from_wire(tasks, TASK_PAYLOAD, connection.sock)

@@ -18,12 +18,14 @@ value                      pickling side            unpickling side
 bytes                      none (a reference)       none (received into the
                                                     very object returned)
 bytearray, numpy array,    one: a snapshot, so      none (received into the
-writable memoryview        that a change after      bytearray the value is
-                           ``requestTask`` (or by   built on)
+memoryview                 that a change after      bytearray or bytes the
+                           ``requestTask`` (or by   value is built on)
                            the next handler call)
                            is not sent
-read-only memoryview       one (a snapshot)         none
 =========================  =======================  ========================
+
+(Before, each side made two or three: pickle, marshal, and the joining
+of Pyro5's header to the message, or marshal and unpickle.)
 
 Smaller buffers, non-contiguous arrays and object arrays go inside the
 pickle as before (one copy each side).
@@ -130,18 +132,24 @@ class _OutOfBandPickler(pickle.Pickler):
 
     def persistent_id(self, obj: Any):
         kind = type(obj)
-        if (kind is bytes or kind is bytearray) and len(obj) >= OUT_OF_BAND_BYTES:
-            pid = self._ids.get(id(obj))
-            if pid is None:   # the pickler memoizes this tuple: a second mention reads the first
-                pid = self._ids[id(obj)] = (_BYTES if kind is bytes else _BYTEARRAY), pickle.PickleBuffer(obj)
-            return pid
+        if kind is bytes or kind is bytearray:
+            return self._buffer_id(obj)
         return None
+
+    def _buffer_id(self, obj):
+        """The persistent id of a large bytes or bytearray (None: a small one, pickled in band)."""
+        if len(obj) < OUT_OF_BAND_BYTES:
+            return None
+        pid = self._ids.get(id(obj))
+        if pid is None:   # the pickler memoizes this tuple: a second mention reads the first
+            kind = _BYTES if type(obj) is bytes else _BYTEARRAY
+            pid = self._ids[id(obj)] = kind, pickle.PickleBuffer(obj)
+        return pid
 
     def reducer_override(self, obj: Any):
         if type(obj) is memoryview:
             return _reduce_memoryview(obj)
         return NotImplemented
-
 
 
 def _keep(buffers: list, buffer: pickle.PickleBuffer) -> bool:
@@ -199,13 +207,16 @@ class _ParameterPickler(_OutOfBandPickler):
         super().__init__(file)
         self._known_state = known_state
 
-    def persistent_id(self, obj: Any):
-        if type(obj) is GlobalStateValue:
+    def persistent_id(self, obj: Any):   # called for every object: one call, no super()
+        kind = type(obj)
+        if kind is GlobalStateValue:
             if self._known_state is not None and not self._known_state(obj):
                 raise ConfigurationError(f"{obj!r} names a global state value that was deleted or never "
                                          f"set (setGlobalState returns the state ids)")
             return obj.label
-        return super().persistent_id(obj)
+        if kind is bytes or kind is bytearray:
+            return self._buffer_id(obj)
+        return None
 
 
 class _ParameterUnpickler(pickle.Unpickler):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Iterable, List, Tuple, Union
+from typing import Iterable, List, Sequence, Union
 
 from Pyro5 import errors as pyro_errors
 from Pyro5.socketutil import SocketConnection
@@ -42,13 +42,13 @@ class BufferConnection(SocketConnection):
     :func:`carry_buffers`); Pyro5 writes every message through ``send``.
     """
 
-    trailer: List[Union[bytes, bytearray]] = []
+    trailer: Sequence[Union[bytes, bytearray]] = ()
 
     def send(self, data: bytes) -> None:
         trailer = self.trailer
         if not trailer:
             return super().send(data)
-        self.trailer = []
+        self.trailer = ()
         send_buffers(self.sock, [data, *trailer])
 
 

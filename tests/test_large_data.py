@@ -165,3 +165,24 @@ def test_an_unpicklable_parameter_still_fails_at_request_task(farm):
 def test_an_exception_with_a_large_buffer_reaches_the_master(farm):
     with pytest.raises(TaskRaisedException):
         round_trip(farm, "add_one", os.urandom(MB))        # bytes += 1: a TypeError in the slave
+
+
+def test_a_slave_killed_while_large_values_flow_loses_nothing(processes):
+    """SIGKILL a slave while 4 MB values stream both ways: every task answered once, intact."""
+    master = MasterProcess("large-kill", use_name_server=False, port=0)
+    try:
+        victim = processes.python(SLAVE_SCRIPT, "large-kill")
+        processes.python(SLAVE_SCRIPT, "large-kill")
+        master.wait_for_slaves(2, timeout=60)
+        sent = {}
+        for _ in range(30):
+            data = os.urandom(4 * MB)
+            sent[master.requestTask("echo", data)] = data
+        answers = [master.retrieveResult(timeout=60)]
+        victim.kill()
+        answers += [master.retrieveResult(timeout=60) for _ in range(29)]
+        assert sorted(task_id for task_id, _, _ in answers) == sorted(sent)
+        assert all(result == (sent[task_id],) for task_id, _, result in answers)
+        assert master.task_manager.counters["delivered"] == 30
+    finally:
+        master.shutdown()
