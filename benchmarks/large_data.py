@@ -3,7 +3,9 @@
     python benchmarks/large_data.py [--repeat N] [--only W2 W7]
 
 W2 = 200 tasks sending 1 MB of bytes and returning them; W7 = 200 tasks
-sending a numpy array of 8 MB (float64) and returning it. Each system has
+sending a numpy array of 8 MB (float64) and returning it; W7r = W7 with a
+read-only array, which scientific_ms sends from its own memory instead of
+a snapshot (the others treat both alike). Each system has
 2 workers; each figure is the best (and the median) of N runs, start-up
 excluded: the clock runs from the first request to the last result. The
 systems take turns within each repeat, so a busy moment on the machine
@@ -33,7 +35,13 @@ WORKERS = 2
 WORKLOADS = {
     "W2": lambda: [bytes(MB)] * 200,
     "W7": lambda: [numpy.ones(MB)] * 200,   # 8 MB each
+    "W7r": lambda: [read_only(numpy.ones(MB))] * 200,
 }
+
+
+def read_only(array):
+    array.flags.writeable = False
+    return array
 
 
 def run_scientific_ms(master, parameters):

@@ -15,14 +15,19 @@ and out of the socket not counted):
 =========================  =======================  ========================
 value                      pickling side            unpickling side
 =========================  =======================  ========================
-bytes                      none (a reference)       none (received into the
-                                                    very object returned)
-bytearray, numpy array,    one: a snapshot, so      none (received into the
-memoryview                 that a change after      bytearray or bytes the
-                           ``requestTask`` (or by   value is built on)
+bytes; read-only numpy     none (a reference)       none (received into the
+array or memoryview                                 very object returned, or
+                                                    the bytes it is built on)
+bytearray; writable numpy  one: a snapshot, so      none (received into the
+array or memoryview        that a change after      bytearray the value is
+                           ``requestTask`` (or by   built on)
                            the next handler call)
                            is not sent
 =========================  =======================  ========================
+
+A read-only array is sent from its own memory: whoever made it read-only
+promises not to change it (through another, writable view) until the
+task is done.
 
 (Before, each side made two or three: pickle, marshal, and the joining
 of Pyro5's header to the message, or marshal and unpickle.)
@@ -56,14 +61,15 @@ _CASTABLE = frozenset("bBhHiIlLqQnNfde?c")
 class Pickled:
     """A pickle (``head``) and the large buffers that travel beside it, in order.
 
-    Each buffer is a ``bytes`` (read-only: the value's own object, or a
-    snapshot) or a ``bytearray`` (writable). ``len()`` is the total size,
-    as the memory budget and the size limits count it.
+    Each buffer is a ``bytes`` or a read-only ``memoryview`` of format "B"
+    (read-only: the value's own memory) or a ``bytearray`` (writable: a
+    snapshot, or what was received). ``len()`` is the total size, as the
+    memory budget and the size limits count it.
     """
 
     __slots__ = ("head", "buffers", "size")
 
-    def __init__(self, head: bytes, buffers: List[Union[bytes, bytearray]]):
+    def __init__(self, head: bytes, buffers: List[Union[bytes, bytearray, memoryview]]):
         self.head = head
         self.buffers = buffers
         self.size = len(head) + sum(len(buffer) for buffer in buffers)
@@ -72,7 +78,7 @@ class Pickled:
         return self.size
 
     def __reduce__(self):   # the journal pickles payloads (buffers in band there)
-        return Pickled, (self.head, self.buffers)
+        return Pickled, (self.head, [bytes(b) if type(b) is memoryview else b for b in self.buffers])
 
     def __repr__(self) -> str:
         return f"Pickled({len(self.head)} bytes + {len(self.buffers)} buffers, {self.size} bytes)"
@@ -123,7 +129,7 @@ class _OutOfBandPickler(pickle.Pickler):
     """A protocol-5 pickler that keeps large buffers out of the stream, in ``self.buffers``."""
 
     def __init__(self, file):
-        self.buffers: List[Union[bytes, bytearray]] = []
+        self.buffers: List[Union[bytes, bytearray, memoryview]] = []
         # The callback must not refer to the pickler: a cycle would leave the pickler's memo,
         # which holds PickleBuffers, to the garbage collector, and clearing a memoryview
         # before the PickleBuffer exported from it fails (BufferError, then worse).
@@ -154,15 +160,17 @@ class _OutOfBandPickler(pickle.Pickler):
 
 def _keep(buffers: list, buffer: pickle.PickleBuffer) -> bool:
     """Keep a large buffer beside the stream (False); a small one goes in band (True)."""
-    with buffer.raw() as view:
-        if view.nbytes < OUT_OF_BAND_BYTES:
-            return True
-        if type(view.obj) is bytes and view.nbytes == len(view.obj):
-            buffers.append(view.obj)       # immutable: send the object itself
-        elif view.readonly:
-            buffers.append(bytes(view))    # a snapshot: its owner may still change it
-        else:
-            buffers.append(bytearray(view))
+    view = buffer.raw()   # contiguous, format "B"
+    if view.nbytes < OUT_OF_BAND_BYTES:
+        view.release()
+        return True
+    if type(view.obj) is bytes and view.nbytes == len(view.obj):
+        buffers.append(view.obj)          # immutable: send the object itself
+    elif view.readonly:
+        buffers.append(view)              # read-only (an array whose flags say so): as it is
+    else:
+        buffers.append(bytearray(view))  # writable: a snapshot, its owner may change it later
+        view.release()
     return False
 
 

@@ -42,7 +42,7 @@ class BufferConnection(SocketConnection):
     :func:`carry_buffers`); Pyro5 writes every message through ``send``.
     """
 
-    trailer: Sequence[Union[bytes, bytearray]] = ()
+    trailer: Sequence[Union[bytes, bytearray, memoryview]] = ()
 
     def send(self, data: bytes) -> None:
         trailer = self.trailer
@@ -87,7 +87,7 @@ def records_from_wire(records: Iterable[tuple], field: int, sock: socket.socket)
 
 # ---------------------------------------------------------------- the socket
 
-def send_buffers(sock: socket.socket, buffers: List[Union[bytes, bytearray]]) -> None:
+def send_buffers(sock: socket.socket, buffers: List[Union[bytes, bytearray, memoryview]]) -> None:
     """Send ``buffers`` in order, each copied once by the kernel; raises Pyro5's errors."""
     try:
         if isinstance(sock, ssl.SSLSocket):   # TLS encrypts each buffer anyway: no gather write

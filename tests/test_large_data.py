@@ -151,6 +151,18 @@ def test_buffers_stay_out_of_the_pickle_and_are_snapshots_only_when_mutable():
     assert loads_answer(result, "t") == [data]
 
 
+@needs_numpy
+def test_a_read_only_array_is_sent_from_its_own_memory_a_writable_one_from_a_snapshot():
+    array = numpy.arange(MB, dtype=numpy.float64)
+    frozen = array.copy()
+    frozen.flags.writeable = False
+    writable, read_only = dumps_parameters("t", (array,)).buffers[0], dumps_parameters("t", (frozen,)).buffers[0]
+    assert not numpy.shares_memory(numpy.frombuffer(writable, numpy.uint8), array)
+    assert numpy.shares_memory(numpy.frombuffer(read_only, numpy.uint8), frozen)
+    back = loads_answer(pickle.loads(pickle.dumps(dumps_result(frozen))), "t")   # as the journal keeps it
+    assert (back == frozen).all() and not back.flags.writeable
+
+
 def test_the_journal_keeps_payloads_with_buffers():
     payload = dumps_parameters("t", (os.urandom(MB),))
     again = pickle.loads(pickle.dumps(payload, protocol=5))
