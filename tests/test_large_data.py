@@ -15,6 +15,7 @@ import pytest
 from scientific_ms import MasterProcess, TaskRaisedException
 from scientific_ms.errors import SerializationError
 from scientific_ms.payload import Pickled, dumps_parameters, dumps_result, loads_answer, loads_parameters
+import large_values
 from large_values import MB, describe, numpy, same
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "large_data_slave.py")
@@ -60,7 +61,7 @@ def numpy_values():
     big = rng.random(MB // 8)
     frozen = big.copy()
     frozen.flags.writeable = False
-    tagged = big.reshape(512, 256).view(__import__("large_values").Tagged)
+    tagged = big.reshape(512, 256).view(large_values.Tagged)
     tagged.tag = "kept"
     return {
         "float64": big,
