@@ -332,7 +332,7 @@ class NodeAgent:
         self._deliver([(slave_id, answer)], [(slave_id, want)])
 
     def _deliver(self, answers: List[tuple], wants: Sequence[tuple] = ()) -> None:
-        status, tasks, revoked, unknown = self._main.call("agent_exchange", answers, list(wants), 0.0)
+        status, tasks, revoked, unknown = self._main.agent_exchange(answers, list(wants), 0.0)
         with self._lock:
             self._apply(tasks, revoked, unknown)
         if status == TERMINATED:
@@ -529,8 +529,8 @@ class NodeAgent:
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if asking else 0.0
                     self._fetch_waiting = wait > 0
                 try:
-                    status, tasks, revoked, unknown = connection.call(
-                        "agent_exchange", answers, wants, wait, timeout=wait + 60.0)
+                    status, tasks, revoked, unknown = connection.agent_exchange(
+                        answers, wants, wait, timeout=wait + 60.0)
                 except ConnectionLostError as error:
                     self._master_lost(error)
                     return
@@ -550,7 +550,7 @@ class NodeAgent:
                 answers, self._outbox = self._outbox, []
             if answers and self._stopping not in ("terminated", "lost"):
                 try:   # hand in what was done before we stopped
-                    connection.call("agent_exchange", answers, [], 0.0, timeout=5.0)
+                    connection.agent_exchange(answers, [], 0.0, timeout=5.0)
                 except ScientificMSError:
                     pass
             connection.close()
@@ -591,7 +591,7 @@ class NodeAgent:
                     with self._lock:
                         ids = [(child.slave_id, 0) for child in self._children.values()
                                if child.slave_id is not None]
-                    _, _, revoked, unknown = connection.call("agent_exchange", [], ids, 0.0, timeout=30.0)
+                    _, _, revoked, unknown = connection.agent_exchange([], ids, 0.0, timeout=30.0)
                     with self._lock:
                         self._apply([], revoked, unknown)
         except ConnectionLostError as error:

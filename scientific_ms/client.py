@@ -6,7 +6,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import Pyro5.client
 import Pyro5.errors
@@ -14,7 +14,8 @@ import Pyro5.errors
 from . import auth, discovery, tls
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
                      MasterNotFoundError)
-from .protocol import CALLS, PACKED_CALLS, object_name, pack_arguments
+from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack_arguments
+from .wire import carry_buffers, records_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class MasterConnection:
             raise
         self._proxy._pyroSerializer = "marshal"
         self._proxy._pyroMethods = set(CALLS)
+        carry_buffers(self._proxy._pyroConnection)
 
     @property
     def address(self) -> str:
@@ -80,6 +82,53 @@ class MasterConnection:
                                       f"(it ended, or died)") from None
         except (Pyro5.errors.CommunicationError, OSError) as error:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+
+    def exchange(self, process_id: int, answers: List[Answer], max_tasks: int,
+                 wait: float) -> Tuple[str, List[tuple], list]:
+        """The ``exchange`` call: answers in, tasks out, their large buffers beside the messages.
+
+        Returns (status, tasks as tuples with the fields of TaskMessage, revoked assignments).
+        """
+        records, buffers = answers_to_wire(answers)
+        connection = self._proxy._pyroConnection
+        if connection is None:   # released by an earlier failure
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        connection.trailer = buffers   # sent right after the request
+        try:
+            status, tasks, revoked = self.call("exchange", process_id, records, max_tasks, wait)
+        finally:
+            connection.trailer = ()    # not sent if the call failed before sending
+        if any(type(task[TASK_PAYLOAD]) is tuple for task in tasks):
+            try:
+                tasks = records_from_wire(tasks, TASK_PAYLOAD, connection.sock)
+            except Pyro5.errors.CommunicationError as error:
+                self.close()   # the rest of a buffer may still come: this socket is done
+                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+        return status, tasks, revoked
+
+    def agent_exchange(self, answers: List[tuple], wants: List[tuple], wait: float,
+                       timeout: Optional[float] = None) -> Tuple[str, list, list, list]:
+        """A node agent's ``agent_exchange``: (slave id, Answer) pairs in, tasks out per
+        slave, their large buffers beside the messages as for :meth:`exchange`."""
+        records, buffers = answers_to_wire(answer for _, answer in answers)
+        connection = self._proxy._pyroConnection
+        if connection is None:
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        connection.trailer = buffers
+        try:
+            status, handed, revoked, unknown = self.call(
+                "agent_exchange", [(process_id, record) for (process_id, _), record in zip(answers, records)],
+                wants, wait, timeout=timeout)
+        finally:
+            connection.trailer = ()
+        if any(type(task[TASK_PAYLOAD]) is tuple for _, tasks in handed for task in tasks):
+            try:
+                handed = [(process_id, records_from_wire(tasks, TASK_PAYLOAD, connection.sock))
+                          for process_id, tasks in handed]
+            except Pyro5.errors.CommunicationError as error:
+                self.close()
+                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+        return status, handed, revoked, unknown
 
     def status(self, timeout: float, wait: float = 0.0) -> dict:
         """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""

@@ -27,7 +27,7 @@ from typing import Callable, Deque, List, Optional
 from . import settings
 from .client import MasterConnection
 from .errors import ConnectionLostError
-from .protocol import TERMINATED, UNKNOWN, Answer, answers_to_wire
+from .protocol import TERMINATED, UNKNOWN, Answer
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,7 @@ class TaskFeed:
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
-                status, tasks, revoked = self._connection.call(
-                    "exchange", process_id, answers_to_wire(answers), want, wait)
+                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait)
                 with self._cond:
                     self._waiting_for_work = False
                     if status == TERMINATED:

@@ -65,7 +65,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
-from .payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value
+from .payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value, payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
                 digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
     """The matching key of a request: a hash of its tag and its parameters.
 
-    ``payload`` is the pickled parameters. When they hold GlobalStateValue
+    ``payload`` is the pickled parameters (bytes or a payload.Pickled). When they hold GlobalStateValue
     placeholders, pass ``parameters`` and ``digest_of`` (state label ->
     hash of the stored value): they are pickled again with each placeholder
     replaced by that hash, so a placeholder matches by the value it stands
@@ -123,7 +123,7 @@ def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
         buffer = io.BytesIO()
         _KeyPickler(buffer, digest_of).dump(parameters)
         payload = buffer.getvalue()
-    return hashlib.blake2b(tag.encode() + b"\x00" + payload, digest_size=16).digest()
+    return hashlib.blake2b(tag.encode() + b"\x00" + payload_bytes(payload), digest_size=16).digest()
 
 
 def value_digest(data: bytes) -> bytes:

@@ -100,6 +100,9 @@ class ResourceSampler:
 
 _allocator_tuned = False
 
+#: Allocations below this come from the heap (glibc's maximum, on 64-bit Linux).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+
 
 def tune_allocator() -> None:
     """Keep glibc from returning freed memory to the OS after every message.
@@ -118,7 +121,11 @@ def tune_allocator() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return  # not glibc
-    M_TOP_PAD = -2
+    M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
     if mallopt(M_TOP_PAD, ctypes.c_int(pad)) == 1:
         _allocator_tuned = True
         log.debug("malloc top pad set to %d bytes", pad)
+    # Setting the pad also freezes glibc's mmap threshold at 128 KiB, so every larger
+    # buffer would be mapped afresh (a page fault per 4 KiB). Up to glibc's largest
+    # threshold (32 MiB), large buffers come from the heap, where freed ones are reused.
+    mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD))

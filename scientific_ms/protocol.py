@@ -40,14 +40,18 @@ Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
 marshal serializer, which passes bytes through without base64; marshal
 carries plain tuples, so the records below travel as tuples with their
 fields in order (:func:`tasks_to_wire`, :func:`answers_to_wire`); a slave
-keeps the tasks it receives as such tuples.
+keeps the tasks it receives as such tuples. Large buffers of a payload
+(``payload.Pickled``) travel out of band, right after the ``exchange``
+message that names them (``wire.py``).
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-from typing import Dict, Iterable, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+from .wire import payload_to_wire
 
 #: The Pyro5 object name of a master's task manager is this prefix plus its label.
 OBJECT_PREFIX = "TaskManager."
@@ -114,7 +118,7 @@ class TaskMessage(NamedTuple):
     task_id: str
     assignment: int              # this hand-out's number; its answer names it
     tag: str
-    payload: bytes               # pickled parameters
+    payload: bytes               # pickled parameters (a payload.Pickled when buffers travel beside)
     time_limit: Optional[float]  # seconds, or None
 
 
@@ -123,19 +127,31 @@ class Answer(NamedTuple):
     task_id: str
     assignment: int
     ok: bool          # False: payload is a pickled exception
-    payload: bytes    # pickled result or exception
+    payload: bytes    # pickled result or exception (a payload.Pickled when buffers travel beside)
     traceback: str    # the remote traceback as text ("" for a result)
     seconds: Optional[float] = None   # how long the handler ran (None: not measured)
 
 
-def tasks_to_wire(tasks: Iterable) -> List[tuple]:
-    """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal."""
-    return [(t.task_id, t.assignment, t.tag, t.payload, t.time_limit) for t in tasks]
+#: Where the payload is in a TaskMessage and in an Answer.
+TASK_PAYLOAD = 3
+ANSWER_PAYLOAD = 3
 
 
-def answers_to_wire(answers: Iterable[Answer]) -> List[tuple]:
-    """:class:`Answer` records as plain tuples for marshal (``Answer(*fields)`` reads them)."""
-    return [tuple(answer) for answer in answers]
+def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
+    """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal,
+    and the out-of-band buffers that follow them (``wire.py``)."""
+    buffers: list = []
+    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit)
+               for t in tasks]
+    return records, buffers
+
+
+def answers_to_wire(answers: Iterable[Answer]) -> Tuple[List[tuple], list]:
+    """:class:`Answer` records as plain tuples for marshal (``Answer(*fields)`` reads them),
+    and the out-of-band buffers that follow them."""
+    buffers: list = []
+    records = [(a[0], a[1], a[2], payload_to_wire(a[3], buffers), *a[4:]) for a in answers]   # or plain tuples
+    return records, buffers
 
 
 # ---------------------------------------------------------------- stored slave code

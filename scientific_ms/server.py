@@ -1,7 +1,8 @@
 """Serve a TaskManager over Pyro5: authentication, disconnects, the reaper.
 
 Slave traffic is a few coarse calls (``protocol.CALLS``): one
-``exchange`` carries a batch of answers in and a batch of tasks out, and a
+``exchange`` carries a batch of answers in and a batch of tasks out (their
+large buffers right behind the message, ``wire.py``), and a
 ``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
 at once that the master finished. Payloads are pickled bytes carried by
 Pyro5's marshal serializer, which passes bytes through without base64.
@@ -29,8 +30,9 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire, unpack_arguments
+from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire, unpack_arguments
 from .unserved import UnservedTags
+from .wire import carry_buffers, records_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,14 @@ class TaskManagerService:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
 
         ``packed``: (process_id, answers, max_tasks, wait), see ``protocol.PACKED_CALLS``.
+        Large buffers of answers follow the request on the socket, those of
+        tasks follow the reply (``wire.py``).
         """
         process_id, answers, max_tasks, wait = unpack_arguments(packed)
+        connection = current_context.client
         if answers:
+            if connection is not None:   # first of all: the buffers wait on the socket
+                answers = records_from_wire(answers, ANSWER_PAYLOAD, connection.sock)
             self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
         self._bind(process_id)
         tasks = []
@@ -100,7 +107,10 @@ class TaskManagerService:
                 return TERMINATED, [], []
             except UnknownProcessError:
                 return UNKNOWN, [], []
-        return OK, tasks_to_wire(tasks), self._manager.take_revoked(process_id)
+        records, buffers = tasks_to_wire(tasks)
+        if buffers:
+            connection.trailer = buffers   # sent right after the reply (wire.BufferConnection)
+        return OK, records, self._manager.take_revoked(process_id)
 
     @Pyro5.server.expose
     def watch(self, process_id: int, stats: dict, timeout: float) -> str:
@@ -130,10 +140,14 @@ class TaskManagerService:
         [revoked assignment])], [unknown process ids]).
         """
         answers, wants, wait = unpack_arguments(packed)
-        by_process: Dict[int, list] = {}
-        for process_id, answer in answers:
-            by_process.setdefault(process_id, []).append(answer)
-        if by_process:
+        connection = current_context.client
+        if answers:
+            records = [answer for _, answer in answers]
+            if connection is not None:   # first of all: the buffers wait on the socket
+                records = records_from_wire(records, ANSWER_PAYLOAD, connection.sock)
+            by_process: Dict[int, list] = {}
+            for (process_id, _), record in zip(answers, records):
+                by_process.setdefault(process_id, []).append(record)
             self._manager.store_answers_of(by_process.items())
         asking = [(process_id, count) for process_id, count in wants if count > 0]
         try:
@@ -147,7 +161,15 @@ class TaskManagerService:
                 revoked.append((process_id, taken_back))
         if not asking:
             unknown = self._manager.heartbeats((process_id, None) for process_id, _ in wants)
-        return OK, [(process_id, tasks_to_wire(tasks)) for process_id, tasks in assigned.items()], revoked, unknown
+        batches = list(assigned.items())
+        records, buffers = tasks_to_wire([task for _, tasks in batches for task in tasks])
+        if buffers:
+            connection.trailer = buffers   # sent right after the reply, in the tasks' order
+        handed, start = [], 0
+        for process_id, tasks in batches:
+            handed.append((process_id, records[start:start + len(tasks)]))
+            start += len(tasks)
+        return OK, handed, revoked, unknown
 
     @Pyro5.server.expose
     def agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
@@ -259,6 +281,7 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         if not auth.server_handshake(conn.sock, self._secret, self._label):
             log.info("rejected a connection that failed authentication")
             return False
+        carry_buffers(conn)
         with self._connections_lock:
             self._connections.add(conn)
         return True

@@ -41,7 +41,7 @@ from .feed import END, LEAVE, TaskFeed
 from .limits import check_result
 from .logs import apply_debug_flag
 from .machine import ResourceSampler, process_info, tune_allocator
-from .payload import dumps_exception, dumps_value, format_exception, loads_parameters, loads_value
+from .payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
 from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, TaskMessage
 from .tasks import ANY_TAG
 from .timelimit import time_limit
@@ -299,9 +299,10 @@ class SlaveProcess:
         finally:
             self._current_task = None
 
-    def _dump_result(self, result: object) -> bytes:
-        """Pickle a handler's result for the master (a subclass may pickle more kinds of values)."""
-        return dumps_value(result)
+    def _dump_result(self, result: object) -> Payload:
+        """Pickle a handler's result for the master, large buffers out of band
+        (a subclass may pickle more kinds of values)."""
+        return dumps_result(result)
 
     def _rejoin(self, old_process_id: int, connection: MasterConnection) -> int:
         """Register again after the master declared us dead; returns the current id.

@@ -102,3 +102,17 @@ def test_half_a_tls_configuration_is_refused(tmp_path):
     cert, _ = make_certificate(tmp_path, "lonely")
     with pytest.raises(ConfigurationError, match="both a certificate and its key"):
         MasterProcess("halftls", use_name_server=False, port=0, tls_cert=cert)
+
+
+def test_large_buffers_travel_over_tls(tls_master, processes):
+    """Out-of-band buffers follow their message through the TLS socket too (no gather write there)."""
+    master, cert = tls_master
+    env = {"SCIENTIFIC_MS_TLS_CA": cert, "SCIENTIFIC_MS_MASTER": f"127.0.0.1:{master.port}"}
+    processes.python(os.path.join(os.path.dirname(__file__), "large_data_slave.py"), "tls", env=env)
+    values = (os.urandom(1 << 20), bytearray(os.urandom(1 << 20)), memoryview(os.urandom(1 << 18)))
+    for _ in range(3):
+        master.requestTask("echo", *values)
+    for _ in range(3):
+        back = master.retrieveResult(timeout=60)[2]
+        assert back[:2] == values[:2] and type(back[1]) is bytearray
+        assert back[2].tobytes() == values[2].tobytes() and back[2].readonly
