@@ -70,6 +70,15 @@ log = logging.getLogger(__name__)
 KILL_GRACE_SECONDS = 1.0
 #: Heartbeat period when no slave asked for one (they are registered without a watchdog).
 IDLE_WATCH_SECONDS = settings.POLL_SECONDS
+#: An answer waits at most this long for others to go with it (or, while the fetch
+#: thread's call waits for work, for that call to end); then it goes on its own.
+ANSWER_DELAY_SECONDS = 0.01
+#: ... unless this many answers are waiting.
+ANSWERS_PER_CALL = 64
+#: Short tasks without time limits sent to a slave before it answered the first ...
+SEND_AHEAD = 4
+#: ... as long as their parameters together stay this small.
+SEND_AHEAD_BYTES = 32 * 1024
 #: Heartbeat period while some slave has not registered yet.
 STARTING_WATCH_SECONDS = 0.2
 #: Process states in which a slave cannot be vouched for (it would not answer).
@@ -87,8 +96,8 @@ class Child:
         self.hello: Optional[tuple] = None     # (info, tags, watchdog_period) once it said hello
         self.slave_id: Optional[int] = None    # its id at the master (None: not registered now)
         self.queue: Deque[tuple] = collections.deque()   # fetched for it, not started
-        self.running: Optional[tuple] = None   # the task it runs (TaskMessage fields)
-        self.started = 0.0
+        self.sent: Deque[tuple] = collections.deque()   # sent to it, not answered: it runs the first
+        self.started = 0.0                     # when the first of them started
         self.average: Optional[float] = None   # seconds per task
         self.held: List[tuple] = []            # answers waiting for a slave id
         self.leaving = False                   # it said it leaves; do not replace it
@@ -99,15 +108,37 @@ class Child:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def running(self) -> Optional[tuple]:
+        """The task it runs (TaskMessage fields), or None when idle."""
+        return self.sent[0] if self.sent else None
+
+    def ahead(self) -> int:
+        """How many tasks it may hold at once: a few while its tasks are short, small and
+        have no time limit (the round trip through the agent is then hidden), else one.
+
+        Small, so that they always fit in the socket's buffer: the agent must never
+        block writing to a slave that is itself blocked writing an answer to the agent.
+        """
+        short = self.average is not None and self.average < PREFETCH_BELOW
+        if not short or not self.queue:
+            return 1
+        held = list(self.sent) + [self.queue[0]]
+        if all(task[4] is None for task in held) and sum(len(task[3]) for task in held) <= SEND_AHEAD_BYTES:
+            return SEND_AHEAD
+        return 1
+
     def want(self) -> int:
         """How many tasks to ask for it now (the rules of the slave's own feed)."""
         if self.slave_id is None or self.leaving or self.stopped:
             return 0   # (a stopped slave waiting for work would count as alive at the master)
         average = self.average
         if average is None or average >= PREFETCH_BELOW:
-            return 1 if self.running is None and not self.queue else 0
+            return 1 if not self.sent and not self.queue else 0
         target = max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
-        return max(0, target - len(self.queue))
+        if len(self.queue) > target // 2:
+            return 0   # refill at half: one call per half a queue, not one per task run
+        return target - len(self.queue)
 
     def runnable(self) -> bool:
         """Alive and not stopped: running, sleeping, or busy in C code."""
@@ -145,7 +176,8 @@ class NodeAgent:
         self._changed = threading.Condition(self._lock)   # the fetch thread waits here
         self._children: Dict[int, Child] = {}   # by fileno of its socket
         self._outbox: List[tuple] = []          # (slave_id, answer) for the next exchange
-        self._fetch_waiting = False             # the fetch thread is in a call that waits for work
+        self._outbox_since = 0.0                # when its oldest answer came
+        self._fetch_waiting: Optional[float] = None   # since when the fetch thread waits for work
         self._stopping: Optional[str] = None    # why the agent stops
         self._stop_deadline: Optional[float] = None
         self._exit_code = 0
@@ -243,6 +275,7 @@ class NodeAgent:
                 if self._signalled is not None:
                     self._take_signal()
                 self._enforce_time_limits()
+                self._flush_answers()
                 self._check_idle()
                 if self._reregister:
                     self._register_again()
@@ -263,6 +296,8 @@ class NodeAgent:
                 due.append(self._stop_deadline)
             if self._idle.idle_timeout is not None:
                 due.append(self._idle.last_work + self._idle.idle_timeout)
+            if self._outbox and self._fetch_waiting is not None:
+                due.append(self._fetch_waiting + ANSWER_DELAY_SECONDS)
         return max(0.0, min(due) - now) + 0.001
 
     def _on_message(self, child: Child, message: tuple) -> None:
@@ -316,20 +351,39 @@ class NodeAgent:
         """``answer``: the fields of protocol.Answer, as the plain tuple marshal carries."""
         seconds = answer[5] or 0.0
         with self._lock:
-            child.running = None
+            now = time.monotonic()
+            if child.sent and child.sent[0][1] == answer[1]:
+                child.sent.popleft()
+                child.started = now   # the next one sent starts now
+            else:   # (not expected: answers come in the order the tasks were sent)
+                child.sent = collections.deque(t for t in child.sent if t[1] != answer[1])
             child.average = seconds if child.average is None else 0.8 * child.average + 0.2 * seconds
             self._dispatch(child)
             slave_id = child.slave_id
             if slave_id is None:
                 child.held.append(answer)
                 return
-            if not self._fetch_waiting and self._stopping is None:
+            if self._stopping is None:
+                if not self._outbox:
+                    self._outbox_since = time.monotonic()
                 self._outbox.append((slave_id, answer))
-                self._changed.notify_all()
+                if len(self._outbox) >= ANSWERS_PER_CALL or child.want():
+                    self._changed.notify_all()
+                return   # with the fetch thread's next call, or _flush_answers if that waits long
+        self._deliver([(slave_id, answer)])
+
+    def _flush_answers(self) -> None:
+        """Answers that wait while the fetch thread's call waits for work (the master has
+        none for now) go out on the main connection, ``ANSWER_DELAY_SECONDS`` at most late."""
+        with self._lock:
+            since = self._fetch_waiting
+            if not self._outbox or since is None or time.monotonic() - since < ANSWER_DELAY_SECONDS:
                 return
-            want = child.want() if self._stopping is None else 0
-        # The fetch thread waits for work on its connection: answer now on ours.
-        self._deliver([(slave_id, answer)], [(slave_id, want)])
+            answers, self._outbox = self._outbox, []
+            wanting = {slave_id for slave_id, _ in answers}
+            wants = [(child.slave_id, child.want()) for child in self._children.values()
+                     if child.slave_id in wanting]
+        self._deliver(answers, wants)
 
     def _deliver(self, answers: List[tuple], wants: Sequence[tuple] = ()) -> None:
         status, tasks, revoked, unknown = self._main.agent_exchange(answers, list(wants), 0.0)
@@ -346,11 +400,15 @@ class NodeAgent:
 
     def _dispatch(self, child: Child) -> None:
         """Hand an idle slave its next task (with the lock held)."""
-        if child.running is None and child.queue and self._stopping is None:
-            child.running = child.queue.popleft()
-            child.started = time.monotonic()
-            self._send(child, ("task", child.running))
-            if child.running[4] is not None:   # a time limit: the main loop must watch it
+        if self._stopping is not None:
+            return
+        while child.queue and len(child.sent) < child.ahead():
+            task = child.queue.popleft()
+            if not child.sent:
+                child.started = time.monotonic()
+            child.sent.append(task)
+            self._send(child, ("task", task))
+            if task[4] is not None:   # a time limit: the main loop must watch it
                 self._wake()
 
     def _apply(self, tasks: list, revoked: list, unknown: list) -> None:
@@ -436,7 +494,8 @@ class NodeAgent:
             if child.running is None or past_deadline:
                 with self._lock:
                     slave_id, child.slave_id = child.slave_id, None
-                    running, child.running = child.running, None
+                    running = child.running
+                    child.sent.clear()
                     child.queue.clear()
                     child.leaving = True
                     if running is None:
@@ -457,7 +516,7 @@ class NodeAgent:
         if self._idle.idle_timeout is None or self._stopping is not None:
             return
         with self._lock:
-            busy = any(child.running is not None or child.queue for child in self._children.values())
+            busy = any(child.sent or child.queue for child in self._children.values())
         if busy:
             self._idle.busy()
         elif self._idle.expired():
@@ -521,13 +580,19 @@ class NodeAgent:
                         wants = [(child.slave_id, child.want()) for child in self._children.values()
                                  if child.slave_id is not None]
                         asking = any(count for _, count in wants)
-                        if asking or self._outbox:
+                        if asking or len(self._outbox) >= ANSWERS_PER_CALL:
                             break
-                        self._changed.wait()
+                        if self._outbox:   # a few answers: they wait a little for company
+                            late = time.monotonic() - self._outbox_since
+                            if late >= ANSWER_DELAY_SECONDS:
+                                break
+                            self._changed.wait(ANSWER_DELAY_SECONDS - late)
+                        else:
+                            self._changed.wait()
                     answers, self._outbox = self._outbox, []
                     # jittered, so that many idle agents do not all call back at once
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if asking else 0.0
-                    self._fetch_waiting = wait > 0
+                    self._fetch_waiting = time.monotonic() if wait > 0 else None
                 try:
                     status, tasks, revoked, unknown = connection.agent_exchange(
                         answers, wants, wait, timeout=wait + 60.0)
@@ -539,14 +604,14 @@ class NodeAgent:
                     self._master_lost(error)
                     return
                 with self._lock:
-                    self._fetch_waiting = False
+                    self._fetch_waiting = None
                     self._apply(tasks, revoked, unknown)
                 if status == TERMINATED:
                     self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
                     return
         finally:
             with self._lock:
-                self._fetch_waiting = False
+                self._fetch_waiting = None
                 answers, self._outbox = self._outbox, []
             if answers and self._stopping not in ("terminated", "lost"):
                 try:   # hand in what was done before we stopped
