@@ -43,117 +43,31 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
-import random
 import signal
 import socket
 import subprocess
 import threading
 import time
 from multiprocessing.connection import Connection, wait as wait_for_any
-from typing import Deque, Dict, List, Optional, Sequence
-
-import psutil
+from typing import Dict, List, Optional, Sequence
 
 from . import agent_link, departure, settings
 from .client import MasterConnection
 from .errors import ConnectionLostError, ScientificMSError, TaskTimeLimitError
-from .feed import MAX_BATCH, PREFETCH_BELOW, TARGET_QUEUE_SECONDS
-from .machine import ResourceSampler, process_info
+from .agent_child import Child
+from .agent_master import ANSWER_DELAY_SECONDS, ANSWERS_PER_CALL, MasterSide
+from .machine import process_info
 from .payload import dumps_exception
-from .protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer
+from .protocol import OK, TERMINATED, Answer
 
 log = logging.getLogger(__name__)
 
 #: A handler past its time limit gets this long to stop before its slave is killed.
 KILL_GRACE_SECONDS = 1.0
-#: Heartbeat period when no slave asked for one (they are registered without a watchdog).
-IDLE_WATCH_SECONDS = settings.POLL_SECONDS
-#: An answer waits at most this long for others to go with it (or, while the fetch
-#: thread's call waits for work, for that call to end); then it goes on its own.
-ANSWER_DELAY_SECONDS = 0.01
-#: ... unless this many answers are waiting.
-ANSWERS_PER_CALL = 64
-#: Short tasks without time limits sent to a slave before it answered the first ...
-SEND_AHEAD = 4
-#: ... as long as their parameters together stay this small.
-SEND_AHEAD_BYTES = 32 * 1024
-#: Heartbeat period while some slave has not registered yet.
-STARTING_WATCH_SECONDS = 0.2
-#: Process states in which a slave cannot be vouched for (it would not answer).
-NOT_RUNNING = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP,
-                         psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
 
 
-class Child:
-    """One slave process behind the agent, as the agent sees it."""
-
-    def __init__(self, process: subprocess.Popen, conn: Connection, restarts_left: int):
-        self.process = process
-        self.conn = conn
-        self.restarts_left = restarts_left
-        self.hello: Optional[tuple] = None     # (info, tags, watchdog_period) once it said hello
-        self.slave_id: Optional[int] = None    # its id at the master (None: not registered now)
-        self.queue: Deque[tuple] = collections.deque()   # fetched for it, not started
-        self.sent: Deque[tuple] = collections.deque()   # sent to it, not answered: it runs the first
-        self.started = 0.0                     # when the first of them started
-        self.average: Optional[float] = None   # seconds per task
-        self.held: List[tuple] = []            # answers waiting for a slave id
-        self.leaving = False                   # it said it leaves; do not replace it
-        self.stopped = False                   # not runnable at the last heartbeat
-        self.sampler: Optional[ResourceSampler] = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> Optional[tuple]:
-        """The task it runs (TaskMessage fields), or None when idle."""
-        return self.sent[0] if self.sent else None
-
-    def ahead(self) -> int:
-        """How many tasks it may hold at once: a few while its tasks are short, small and
-        have no time limit (the round trip through the agent is then hidden), else one.
-
-        Small, so that they always fit in the socket's buffer: the agent must never
-        block writing to a slave that is itself blocked writing an answer to the agent.
-        """
-        short = self.average is not None and self.average < PREFETCH_BELOW
-        if not short or not self.queue:
-            return 1
-        held = list(self.sent) + [self.queue[0]]
-        if all(task[4] is None for task in held) and sum(len(task[3]) for task in held) <= SEND_AHEAD_BYTES:
-            return SEND_AHEAD
-        return 1
-
-    def want(self) -> int:
-        """How many tasks to ask for it now (the rules of the slave's own feed)."""
-        if self.slave_id is None or self.leaving or self.stopped:
-            return 0   # (a stopped slave waiting for work would count as alive at the master)
-        average = self.average
-        if average is None or average >= PREFETCH_BELOW:
-            return 1 if not self.sent and not self.queue else 0
-        target = max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
-        if len(self.queue) > target // 2:
-            return 0   # refill at half: one call per half a queue, not one per task run
-        return target - len(self.queue)
-
-    def runnable(self) -> bool:
-        """Alive and not stopped: running, sleeping, or busy in C code."""
-        try:
-            return psutil.Process(self.pid).status() not in NOT_RUNNING
-        except psutil.Error:
-            return False
-
-    def stats(self) -> dict:
-        if self.sampler is None:
-            self.sampler = ResourceSampler(self.pid)
-        return self.sampler.sample()
-
-
-class NodeAgent:
+class NodeAgent(MasterSide):
     """Runs ``count`` slave processes of ``label`` behind one set of connections.
 
     ``connection``: an open connection to the master; ``command``: the
@@ -562,108 +476,3 @@ class NodeAgent:
                 child.process.kill()
                 child.process.wait()
             child.conn.close()
-
-    # ------------------------------------------------------------------ fetch thread
-
-    def _fetch_loop(self) -> None:
-        try:
-            connection = self._main.duplicate()
-        except ScientificMSError as error:
-            self._master_lost(error)
-            return
-        try:
-            while True:
-                with self._lock:
-                    while True:
-                        if self._stopping is not None:
-                            return
-                        wants = [(child.slave_id, child.want()) for child in self._children.values()
-                                 if child.slave_id is not None]
-                        asking = any(count for _, count in wants)
-                        if asking or len(self._outbox) >= ANSWERS_PER_CALL:
-                            break
-                        if self._outbox:   # a few answers: they wait a little for company
-                            late = time.monotonic() - self._outbox_since
-                            if late >= ANSWER_DELAY_SECONDS:
-                                break
-                            self._changed.wait(ANSWER_DELAY_SECONDS - late)
-                        else:
-                            self._changed.wait()
-                    answers, self._outbox = self._outbox, []
-                    # jittered, so that many idle agents do not all call back at once
-                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if asking else 0.0
-                    self._fetch_waiting = time.monotonic() if wait > 0 else None
-                try:
-                    status, tasks, revoked, unknown = connection.agent_exchange(
-                        answers, wants, wait, timeout=wait + 60.0)
-                except ConnectionLostError as error:
-                    self._master_lost(error)
-                    return
-                except Exception as error:   # a bug here must not leave the slaves waiting
-                    log.exception("the node agent's fetch thread failed")
-                    self._master_lost(error)
-                    return
-                with self._lock:
-                    self._fetch_waiting = None
-                    self._apply(tasks, revoked, unknown)
-                if status == TERMINATED:
-                    self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
-                    return
-        finally:
-            with self._lock:
-                self._fetch_waiting = None
-                answers, self._outbox = self._outbox, []
-            if answers and self._stopping not in ("terminated", "lost"):
-                try:   # hand in what was done before we stopped
-                    connection.agent_exchange(answers, [], 0.0, timeout=5.0)
-                except ScientificMSError:
-                    pass
-            connection.close()
-
-    # ------------------------------------------------------------------ watch thread
-
-    def _watch_loop(self) -> None:
-        try:
-            connection = self._main.duplicate()
-        except ScientificMSError as error:
-            self._master_lost(error)
-            return
-        try:
-            while self._stopping is None:
-                with self._lock:
-                    children = [child for child in self._children.values() if child.slave_id is not None]
-                    periods = [child.hello[2] for child in children if child.hello[2]]
-                    starting = len(children) < len(self._children)
-                period = min(periods, default=IDLE_WATCH_SECONDS)
-                if starting:   # a slave about to register may have a short watchdog period
-                    period = min(period, STARTING_WATCH_SECONDS)
-                # Sampled outside the lock: a stopped slave gets no heartbeat, so the
-                # master declares it dead after its watchdog limit, as any slave.
-                for child in children:
-                    child.stopped = not child.runnable()
-                beats = [(child.slave_id, None if child.stopped else child.stats()) for child in children]
-                status, unknown = connection.call("agent_watch", self.agent_id, beats,
-                                                  period * random.uniform(0.75, 1.0), timeout=period + 30.0)
-                if status == TERMINATED:
-                    self._stop("terminated", settings.ABANDON_GRACE_SECONDS, 0)
-                    return
-                if status == UNKNOWN:
-                    raise ConnectionLostError("the master no longer knows this agent")
-                if unknown:
-                    with self._lock:
-                        self._apply([], [], unknown)
-                if status == REVOKED:   # tasks queued here went to idle slaves elsewhere
-                    with self._lock:
-                        ids = [(child.slave_id, 0) for child in self._children.values()
-                               if child.slave_id is not None]
-                    _, _, revoked, unknown = connection.agent_exchange([], ids, 0.0, timeout=30.0)
-                    with self._lock:
-                        self._apply([], revoked, unknown)
-        except ConnectionLostError as error:
-            if self._stopping is None:
-                self._master_lost(error)
-        except Exception as error:   # a bug here must not leave the slaves without heartbeats
-            log.exception("the node agent's watch thread failed")
-            self._master_lost(error)
-        finally:
-            connection.close()
