@@ -77,12 +77,22 @@ class _LeanCondition(threading.Condition):
         return self._lock._is_owned()
 
 
+_PENDING = concurrent.futures._base.PENDING
+
+
 class Future(concurrent.futures.Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` withdraws its task from the farm."""
 
     def __init__(self, executor: "Executor"):
-        super().__init__()
+        # The fields of concurrent.futures.Future.__init__, set here rather than by it:
+        # it builds a threading.Condition that _LeanCondition would replace at once
+        # (measured: a fifth of the master's time in a map of small chunks).
         self._condition = _LeanCondition()
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
         self._executor = executor
         self.task_id: Optional[str] = None   # set by submit
 

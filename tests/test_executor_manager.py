@@ -110,3 +110,10 @@ def test_the_lean_condition_of_futures_behaves_as_a_condition_on_an_rlock():
     condition.release()
     thread.join(30)
     assert woken == [True]
+
+
+def test_our_future_sets_every_field_of_a_concurrent_futures_future():
+    """Future.__init__ sets the base class's fields itself (see its comment): none may be missing."""
+    import concurrent.futures
+    from scientific_ms.executor import Future
+    assert set(vars(concurrent.futures.Future())) <= set(vars(Future(None)))
