@@ -87,6 +87,8 @@ class TaskManager(ProcessSide):
         self._budget = MemoryBudget(memory_budget)
         self._room = threading.Condition(self._lock)   # a request waits here for the budget
         self._room_waiting = 0
+        self._task_started = threading.Condition(self._lock)   # wait_for_running waits here
+        self._task_started_waiting = 0
         self._data = SharedData()
         self._started = clock()
         self.data_fetches = self._data.fetches     # label -> times retrieved
@@ -344,6 +346,7 @@ class TaskManager(ProcessSide):
                     proc.news.notify_all()
             self._answer_ready.notify_all()
             self._slaves_changed.notify_all()
+            self._task_started.notify_all()
 
     @property
     def terminated(self) -> bool:
@@ -359,6 +362,22 @@ class TaskManager(ProcessSide):
         """Tasks per state and tag: {"waiting": {tag: n}, "running": ..., "finished": ..., "failed": ...}."""
         with self._lock:
             return self._tasks.counts()
+
+    def wait_for_running(self, count: int = 1, timeout: Optional[float] = None) -> bool:
+        """Block until at least ``count`` tasks are running on slaves; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._task_started_waiting += 1
+            try:
+                while sum(self._tasks.counts().get("running", {}).values()) < count:
+                    self._check_running()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._task_started.wait(remaining)
+                return True
+            finally:
+                self._task_started_waiting -= 1
 
     def status(self) -> dict:
         """A snapshot of everything ``task_manager show`` reports (plain data)."""
@@ -399,6 +418,8 @@ class TaskManager(ProcessSide):
             self._budget.waiting_bytes -= len(task.payload or b"")
         if tasks:
             self._make_room()
+            if self._task_started_waiting:
+                self._task_started.notify_all()
         if not tasks and may_steal:
             stolen = self._scheduler.steal(proc, self._registry.holders(), self._clock())
             if stolen is not None:

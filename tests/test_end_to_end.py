@@ -126,10 +126,7 @@ MASTER_ENDINGS = textwrap.dedent("""
             for _ in ids:
                 self.retrieveResult("work")
             self.requestTask("work", 60.0, "long")       # keeps one slave busy
-            deadline = time.monotonic() + 60
-            while not self.task_manager.counts()["running"]:   # the long task has started
-                assert time.monotonic() < deadline, "the long task never started"
-                time.sleep(0.01)
+            assert self.task_manager.wait_for_running(1, timeout=60), "the long task never started"
             print("READY", flush=True)
             ending = sys.argv[1]
             if ending == "raise":

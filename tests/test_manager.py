@@ -495,3 +495,15 @@ def test_a_task_requested_while_a_slave_waits_is_not_prefetched_by_a_busy_one(cl
     assert manager.take_tasks(busy, 10) == []           # the busy slave asks first ...
     waiting.join(10)
     assert [t.task_id for t in got[0]] == [new]          # ... the idle one gets it
+
+
+def test_wait_for_running_returns_once_a_slave_has_taken_a_task(manager):
+    slave = manager.register_process("slave", {}, tags=["t"], watchdog_period=None)
+    assert manager.wait_for_running(1, timeout=0.01) is False   # nothing runs yet
+    manager.add_task("t", b"")
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(manager.wait_for_running(1, timeout=30)))
+    waiter.start()
+    [task] = manager.take_tasks(slave, 1)
+    waiter.join(30)
+    assert waited == [True] and task.state is TaskState.RUNNING

@@ -74,10 +74,7 @@ def test_slaves_on_another_host_exit_when_the_master_is_killed(hosts, processes,
         master = initializeMasterProcess("remote", use_name_server=False)
         master.requestTask("work", 60.0, "busy")
         master.wait_for_slaves(2, timeout=60)
-        deadline = time.monotonic() + 60
-        while not master.task_manager.counts()["running"]:   # one slave has taken the task
-            assert time.monotonic() < deadline, "the task never started"
-            time.sleep(0.01)
+        assert master.task_manager.wait_for_running(1, timeout=60), "the task never started"
         print("READY", flush=True)
         time.sleep(600)
     """))
