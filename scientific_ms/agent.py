@@ -208,7 +208,7 @@ class NodeAgent(MasterSide):
                     due.append(child.started + child.running[4] + KILL_GRACE_SECONDS)
             if self._stop_deadline is not None:
                 due.append(self._stop_deadline)
-            if self._idle.idle_timeout is not None:
+            if self._idle.idle_timeout is not None and self._stopping is None:
                 due.append(self._idle.last_work + self._idle.idle_timeout)
             if self._outbox and self._fetch_waiting is not None:
                 due.append(self._fetch_waiting + ANSWER_DELAY_SECONDS)
@@ -405,6 +405,8 @@ class NodeAgent(MasterSide):
         with self._lock:
             children = list(self._children.values())
         for child in children:
+            if child.leaving and child.running is None:
+                continue   # told to end already (or leaving on its own): its exit is awaited
             if child.running is None or past_deadline:
                 with self._lock:
                     slave_id, child.slave_id = child.slave_id, None
