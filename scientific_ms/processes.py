@@ -72,14 +72,7 @@ class ProcessSide:
 
     def heartbeat(self, process_id: int, stats: Optional[dict] = None) -> bool:
         """Record a sign of life; False if the process is unknown (declared dead)."""
-        with self._lock:
-            proc = self._registry.get(process_id)
-            if proc is None:
-                return False
-            proc.last_seen = self._clock()
-            if stats:
-                proc.stats = dict(stats)
-            return True
+        return not self.heartbeats([(process_id, stats or {})])
 
     def check_liveness(self, expected_interval: Optional[float] = None) -> List[int]:
         """Declare dead every process that missed too many heartbeats; returns their ids.

@@ -17,6 +17,7 @@ import pytest
 
 from scientific_ms import MasterProcess, TaskRaisedException, TaskTimeLimitError
 from conftest import descendants_gone, wait_for
+from test_partition import marker_pids
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 
@@ -239,7 +240,3 @@ def test_an_agent_host_cut_off_loses_its_tasks_to_others_and_rejoins(hosts, proc
     assert descendants_gone(behind_agent, 10) == []
     print(f"\nagent host cut off: {lost} slaves declared dead, {rescheduled} task(s) rescheduled, "
           f"{dropped} late answer(s) dropped, 24/24 results exactly once")
-
-
-def marker_pids(folder, value):
-    return {int(name.split("-")[1]) for name in os.listdir(folder) if name.endswith(f"-{value}")}
