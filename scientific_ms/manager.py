@@ -103,20 +103,30 @@ class TaskManager(ProcessSide):
 
         ``time_limit``: seconds its handler may run (None: no limit).
         """
+        return self.add_tasks(tag, [payload], time_limit)[0]
+
+    def add_tasks(self, tag: str, payloads: Iterable[bytes], time_limit: Optional[float] = None) -> List[str]:
+        """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
+
+        One lock for all of them: an Executor's map queues its chunks so.
+        """
         check_request(tag, time_limit)
+        task_ids = []
         with self._lock:
-            self._check_running()
-            while self._budget.requests_wait(len(payload)):
-                self._room_waiting += 1
-                try:
-                    self._room.wait()
-                finally:
-                    self._room_waiting -= 1
+            for payload in payloads:
                 self._check_running()
-            task = self._tasks.new(tag, payload, time_limit)
-            self._enqueue(task, front=False)
-            self.counters["requested"] += 1
-            return task.task_id
+                while self._budget.requests_wait(len(payload)):
+                    self._room_waiting += 1
+                    try:
+                        self._room.wait()
+                    finally:
+                        self._room_waiting -= 1
+                    self._check_running()
+                task = self._tasks.new(tag, payload, time_limit)
+                self._enqueue(task, front=False)
+                self.counters["requested"] += 1
+                task_ids.append(task.task_id)
+        return task_ids
 
     def add_answered_task(self, tag: str, ok: bool, answer: bytes, traceback: str = "") -> str:
         """Add a task whose answer is already known (journaled); it is never run.
@@ -159,19 +169,32 @@ class TaskManager(ProcessSide):
         terminated, NoTasksPendingError if nothing matching is outstanding,
         TimeoutError after ``timeout`` seconds.
         """
+        return self.get_answers(1, tag, timeout)[0]
+
+    def get_answers(self, limit: int, tag: Optional[str] = None, timeout: Optional[float] = None) -> List[Outcome]:
+        """Up to ``limit`` of the oldest answers, oldest first: ``get_answer`` for all there are.
+
+        Waits (and raises) as ``get_answer`` does until there is one; then
+        takes what else is there without waiting.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
                 budget = self._budget
                 held_back = budget.results_full()
-                outcome = self._results.deliver(tag)
-                if outcome is not None:
+                outcomes = []
+                while len(outcomes) < limit:
+                    outcome = self._results.deliver(tag)
+                    if outcome is None:
+                        break
                     budget.result_bytes -= len(outcome.payload)
+                    outcomes.append(outcome)
+                if outcomes:
                     if self._room_waiting:
                         self._room.notify_all()
                     if held_back and not budget.results_full():
                         self._pass_wake_up_on(None)   # slaves held back may take tasks again
-                    return outcome
+                    return outcomes
                 self._check_running()
                 if not self._tasks.outstanding(tag):
                     what = "no task" if tag is None else f"no task with tag {tag!r}"

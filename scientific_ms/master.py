@@ -19,6 +19,7 @@ from .logs import apply_debug_flag
 from .limits import check_state
 from .machine import process_info, tune_allocator
 from .manager import TaskManager
+from .results import Outcome
 from .protocol import slave_environment
 from .payload import (GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label,
                       unreadable_answer)
@@ -172,8 +173,11 @@ class MasterProcess:
             outcome = self.task_manager.get_answer(tag, timeout)
         except TaskManagerTermination:
             return None, None, None
-        if self._progress is not None:
-            self._progress.update_counters(self.task_manager.counters)
+        self.count_delivered()
+        return outcome.task_id, outcome.tag, self.read_answer(outcome)
+
+    def read_answer(self, outcome: Outcome) -> Any:
+        """The result of a task the task manager delivered; raises TaskRaisedException if it failed."""
         try:
             value = loads_answer(outcome.payload, outcome.task_id)
         except Exception as error:
@@ -181,7 +185,12 @@ class MasterProcess:
             raise TaskRaisedException(outcome.task_id, outcome.tag, exception, remote_traceback) from error
         if not outcome.ok:
             raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
-        return outcome.task_id, outcome.tag, value
+        return value
+
+    def count_delivered(self) -> None:
+        """Show results retrieved (by retrieveResult or an Executor) on the progress bar."""
+        if self._progress is not None:
+            self._progress.update_counters(self.task_manager.counters)
 
     # ------------------------------------------------------------------ journal
 

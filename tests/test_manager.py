@@ -201,6 +201,22 @@ def test_retrieve_by_tag(manager):
         manager.get_answer("g")
 
 
+def test_tasks_added_together_keep_their_order_and_answers_come_back_together(manager):
+    slave = manager.register_process("slave", tags=["f"])
+    ids = manager.add_tasks("f", [b"a", b"b", b"c"])
+    assert len(set(ids)) == 3 and manager.counters["requested"] == 3
+    tasks = manager.take_tasks(slave, 3)
+    assert [t.task_id for t in tasks] == ids and [t.payload for t in tasks] == [b"a", b"b", b"c"]
+    manager.store_answers(slave, [answer(t, t.payload) for t in tasks])
+    first_two = manager.get_answers(2)
+    assert [o.task_id for o in first_two] == ids[:2]          # oldest first, no more than asked
+    assert [o.task_id for o in manager.get_answers(10)] == ids[2:]   # what there is, without waiting
+    with pytest.raises(NoTasksPendingError):
+        manager.get_answers(10)
+    with pytest.raises(ConfigurationError, match="tag"):
+        manager.add_tasks("not a tag", [b""])
+
+
 def test_retrieving_with_nothing_outstanding_fails_instead_of_hanging(manager):
     with pytest.raises(NoTasksPendingError, match="wait forever"):
         manager.get_answer()
