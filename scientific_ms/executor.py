@@ -4,16 +4,18 @@
 
     user threads                     TaskManager (in this process)     slaves
     ------------                     -----------------------------     ------
-    submit(fn, *args) --add_task---> waiting queue, tag = fn's name --> FunctionSlave
+    submit(fn, *args) --add_tasks--> waiting queue, tag = fn's name --> FunctionSlave
         returns a Future  (stored in _slots by task id)                   runs fn
-    collector thread <--retrieveResult-- answers <------------------------+
-        completes the Future (set_result / set_exception)
+    map(fn, items): the same, in batches, a MapSlot per task
+    collector thread <--get_answers---- answers <-------------------------+
+        settles the Future or MapSlot (result or exception)
 
-One collector thread completes every future; submit takes no lock. A task
-id and its future meet in ``_slots`` through ``dict.setdefault``, which is
-atomic: whichever of submit (the future) and the collector (the answer)
-comes second completes the future, so an answer that arrives before
-submit has stored its future is never lost.
+One collector thread completes every future (a map's tasks have lighter
+slots: see ``futures``); submit takes no lock. A task id and its slot meet
+in ``_slots`` through ``dict.setdefault``, which is atomic: whichever of
+submit (the slot) and the collector (the answer) comes second settles the
+slot, so an answer that arrives before submit has stored its slot is
+never lost.
 
 Cancelling a future withdraws its task from the manager's queue; that
 only succeeds while no slave has started it, and a withdrawn task yields
@@ -23,7 +25,6 @@ no answer, so a cancelled future is never completed afterwards.
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import itertools
 import logging
@@ -37,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from . import calls, mpi
 from .errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
                      TaskRaisedException)
+from .futures import Future, MapResults
 from .master import MasterProcess
 
 log = logging.getLogger(__name__)
@@ -44,64 +46,15 @@ log = logging.getLogger(__name__)
 #: More distinct functions than this in one Executor is probably a function made per submit.
 MANY_FUNCTIONS = 1000
 
+#: A map queues its tasks in batches of 1, 2, 4, ... up to this many: the first
+#: reach the slaves at once, the rest cost one lock of the task manager per batch.
+MAP_BATCH = 64
+
+#: The collector takes up to this many answers from the task manager at once.
+ANSWERS_AT_ONCE = 256
+
 #: Set once rank 0 has handed the MPI ranks to an Executor (they serve one master only).
 _mpi_ranks_taken = False
-
-
-class _LeanCondition(threading.Condition):
-    """A ``threading.Condition`` on an RLock, as a Future's, with fewer objects.
-
-    ``Condition.__init__`` binds five methods of its lock to each instance:
-    objects that the garbage collector scans again and again while a
-    future is pending (measured: about a sixth of the Executor's time with
-    20,000 futures pending). Here they are methods of the class.
-    """
-
-    def __init__(self):   # not Condition.__init__: see above
-        self._lock = threading.RLock()
-        self._waiters = collections.deque()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def _release_save(self):
-        return self._lock._release_save()
-
-    def _acquire_restore(self, state) -> None:
-        self._lock._acquire_restore(state)
-
-    def _is_owned(self) -> bool:
-        return self._lock._is_owned()
-
-
-_PENDING = concurrent.futures._base.PENDING
-
-
-class Future(concurrent.futures.Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` withdraws its task from the farm."""
-
-    def __init__(self, executor: "Executor"):
-        # The fields of concurrent.futures.Future.__init__, set here rather than by it:
-        # it builds a threading.Condition that _LeanCondition would replace at once
-        # (measured: a fifth of the master's time in a map of small chunks).
-        self._condition = _LeanCondition()
-        self._state = _PENDING
-        self._result = None
-        self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
-        self._executor = executor
-        self.task_id: Optional[str] = None   # set by submit
-
-    def cancel(self) -> bool:
-        """Cancel the call if no slave has started it; True if it is (now) cancelled."""
-        with self._condition:
-            if self._state == "PENDING" and not self._executor._withdraw(self):
-                return False
-        return super().cancel()
 
 
 class Executor(concurrent.futures.Executor):
@@ -213,9 +166,9 @@ class Executor(concurrent.futures.Executor):
         """
         self._shutting_down = True
         if cancel_futures:
-            for future in reversed(list(self._slots.values())):   # newest first: each withdrawal is O(1)
-                if isinstance(future, Future):
-                    future.cancel()
+            for slot in reversed(list(self._slots.values())):   # newest first: each withdrawal is O(1)
+                if type(slot) is not tuple:   # not an answer waiting for its slot
+                    slot.cancel()
         self._wakeup.set()
         if wait:
             self._collector.join()
@@ -256,24 +209,9 @@ class Executor(concurrent.futures.Executor):
         return label, tag
 
     def _submit(self, function: Tuple[str, str], call: tuple, time_limit: Optional[float]) -> Future:
-        if self._shutting_down:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         label, tag = function
-        payload = calls.dumps_call(tag, (label, *call))
         future = Future(self)
-        try:
-            task_id = self.master.task_manager.add_task(tag, payload, time_limit=time_limit)
-        except TaskManagerTermination:
-            raise RuntimeError("cannot schedule new futures after shutdown") from None
-        future.task_id = task_id
-        slot = self._slots.setdefault(task_id, future)
-        if slot is not future:   # its answer came first
-            del self._slots[task_id]
-            _settle(future, *slot)
-        if self._collector_idle:
-            self._wakeup.set()
-        if self._closed:   # the collector ended meanwhile: nobody else will complete it
-            self._fail_leftovers()
+        self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], time_limit)
         return future
 
     def _map(self, fn: Callable, iterables: Tuple[Iterable, ...], timeout: Optional[float],
@@ -281,27 +219,44 @@ class Executor(concurrent.futures.Executor):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
-        function = self._function(fn)
+        label, tag = self._function(fn)
         tasks = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
             calls.chunks(iterables, chunksize)
-        futures: List[Future] = []
+        results = MapResults(self._withdraw)
         try:
-            for task in tasks:
-                futures.append(self._submit(function, task, time_limit))
+            for batch in _batches(tasks, MAP_BATCH):
+                payloads = [calls.dumps_call(tag, (label, *task)) for task in batch]
+                self._queue(tag, payloads, results.new_slots(len(payloads)), time_limit)
         except BaseException:   # e.g. an item that cannot be pickled: nothing of this map runs
-            for future in reversed(futures):
-                future.cancel()
+            results.cancel()
             raise
-        if chunksize == 1:
-            return _results(futures, end)
-        # Items are taken from each chunk's list by C code: no Python frame per item.
-        return itertools.chain.from_iterable(_results(futures, end))
+        return results.iterator(end, chunked=chunksize > 1)
 
-    def _withdraw(self, future: Future) -> bool:
-        """Take a waiting task back from the manager (called by Future.cancel)."""
-        if future.task_id is None or not self.master.task_manager.cancel_task(future.task_id):
+    def _queue(self, tag: str, payloads: List[bytes], slots: list, time_limit: Optional[float]) -> None:
+        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it."""
+        if self._shutting_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        try:
+            task_ids = self.master.task_manager.add_tasks(tag, payloads, time_limit=time_limit)
+        except TaskManagerTermination:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        table = self._slots
+        for task_id, slot in zip(task_ids, slots):
+            slot.task_id = task_id
+            early = table.setdefault(task_id, slot)
+            if early is not slot:   # its answer came first
+                del table[task_id]
+                slot._settle(*early)
+        if self._collector_idle:
+            self._wakeup.set()
+        if self._closed:   # the collector ended meanwhile: nobody else will settle them
+            self._fail_leftovers()
+
+    def _withdraw(self, slot) -> bool:
+        """Take a waiting task back from the manager (called by a slot's ``cancel``)."""
+        if slot.task_id is None or not self.master.task_manager.cancel_task(slot.task_id):
             return False
-        self._slots.pop(future.task_id, None)
+        self._slots.pop(slot.task_id, None)
         return True
 
     # ------------------------------------------------------------------ the collector thread
@@ -324,10 +279,10 @@ class Executor(concurrent.futures.Executor):
         master, slots = self.master, self._slots
         while True:
             try:
-                task_id, _, value = master.retrieveResult()
-                ok = True
-            except TaskRaisedException as error:
-                task_id, value, ok = error.task_id, _remote(error), False
+                outcomes = master.task_manager.get_answers(ANSWERS_AT_ONCE)
+            except TaskManagerTermination:
+                log.warning("the task manager of Executor %r ended; failing the calls not done", self.label)
+                return
             except NoTasksPendingError:
                 if self._shutting_down:
                     return
@@ -339,13 +294,16 @@ class Executor(concurrent.futures.Executor):
                 self._wakeup.clear()
                 self._collector_idle = False
                 continue
-            if task_id is None:   # the task manager was terminated under us
-                log.warning("the task manager of Executor %r ended; failing the calls not done", self.label)
-                return
-            slot = slots.setdefault(task_id, (ok, value))
-            if type(slot) is not tuple:   # the future is there: complete it (else submit will)
-                del slots[task_id]
-                _settle(slot, ok, value)
+            master.count_delivered()
+            for outcome in outcomes:
+                try:
+                    ok, value = True, master.read_answer(outcome)
+                except TaskRaisedException as error:
+                    ok, value = False, _remote(error)
+                slot = slots.setdefault(outcome.task_id, (ok, value))
+                if type(slot) is not tuple:   # the slot is there: settle it (else submit will)
+                    del slots[outcome.task_id]
+                    slot._settle(ok, value)
 
     def _fail_leftovers(self, error: Optional[BaseException] = None) -> None:
         error = error or RuntimeError("the executor was shut down before this call was done")
@@ -354,8 +312,8 @@ class Executor(concurrent.futures.Executor):
                 _, slot = self._slots.popitem()
             except KeyError:
                 return
-            if isinstance(slot, Future) and slot.set_running_or_notify_cancel():
-                slot.set_exception(error)
+            if type(slot) is not tuple:
+                slot._settle(False, error)
 
 
 class CallOptions:
@@ -374,14 +332,6 @@ class CallOptions:
         return self._executor._map(fn, iterables, timeout, chunksize, self.time_limit)
 
 
-def _settle(future: Future, ok: bool, value: Any) -> None:
-    if future.set_running_or_notify_cancel():
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
 def _remote(error: TaskRaisedException) -> BaseException:
     """The exception a call raised on its slave, with the slave's traceback as its cause."""
     exception = error.exception
@@ -389,17 +339,15 @@ def _remote(error: TaskRaisedException) -> BaseException:
     return exception
 
 
-def _results(futures: List[Future], end: Optional[float]) -> Iterator:
-    """Yield the futures' results in order; cancel the rest if the caller stops early
-    (or drops the iterator: the generator is closed when it is collected)."""
-    try:
-        futures.reverse()   # pop() from the end: no reference kept to results already yielded
-        while futures:
-            future = futures.pop()
-            yield future.result() if end is None else future.result(end - time.monotonic())
-    finally:
-        for future in futures:
-            future.cancel()
+def _batches(items: Iterator, largest: int) -> Iterator[list]:
+    """Lists of 1, 2, 4, ... up to ``largest`` items from ``items``."""
+    size = 1
+    while True:
+        batch = list(itertools.islice(items, size))
+        if not batch:
+            return
+        yield batch
+        size = min(2 * size, largest)
 
 
 def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:

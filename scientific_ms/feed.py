@@ -12,7 +12,12 @@ While tasks are short (under ``PREFETCH_BELOW`` seconds on average) the
 feed keeps about ``TARGET_QUEUE_SECONDS`` of work queued, so the handler
 never waits for a round trip and one call carries many answers. Long tasks
 are fetched one at a time, only when the slave is idle: a slave never sits
-on a long task that another, idle slave could run.
+on a long task that another, idle slave could run. An answer waits at most
+``ANSWER_DELAY`` for others to travel with it: the master, or a reader of
+results in order, is never kept waiting for a whole queue's worth.
+
+The two threads wake each other only when the other has something to do:
+not once per task.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 import random
 import threading
+import time
 from typing import Callable, Deque, List, Optional
 
 from . import settings
@@ -36,6 +42,8 @@ PREFETCH_BELOW = 0.05
 #: How much work (seconds) to keep queued while prefetching.
 TARGET_QUEUE_SECONDS = 0.02
 MAX_BATCH = 1024
+#: Longest an answer is held back so that more travel in the same call.
+ANSWER_DELAY = 0.005
 
 END = object()
 #: What ``next_task`` returns once :meth:`TaskFeed.leave` was called and no task is left.
@@ -54,6 +62,8 @@ class TaskFeed:
         self._inbox: Deque[tuple] = collections.deque()   # the fields of protocol.TaskMessage
         self._outbox: List[Answer] = []
         self._main_idle = False       # the main thread waits in next_task
+        self._feed_idle = False       # the feed thread waits for something to do
+        self._answers_since = 0.0     # when the oldest answer in the outbox came
         self._server_drained = False  # the last non-blocking fetch found nothing
         self._stopping = False
         self._leaving = False         # leave() was called: fetch nothing, start nothing more
@@ -82,8 +92,10 @@ class TaskFeed:
             finally:
                 self._main_idle = False
             if self._inbox:
-                self._cond.notify_all()   # the queue shrank: maybe time to fetch
-                return self._inbox.popleft()
+                task = self._inbox.popleft()
+                if self._feed_idle and self._should_call():
+                    self._cond.notify_all()   # the queue shrank: time to fetch
+                return task
             if self._error is not None:
                 raise self._error
             if self._ended is not None:
@@ -108,6 +120,9 @@ class TaskFeed:
     def put_answer(self, answer: Answer) -> None:
         seconds = answer.seconds or 0.0
         with self._cond:
+            if not self._outbox:
+                self._answers_since = time.monotonic()
+                self._cond.notify_all()   # the feed thread sends it within ANSWER_DELAY
             self._outbox.append(answer)
             if seconds * 10 >= TARGET_QUEUE_SECONDS:
                 # We hold one task less: the master, which caps queued work by time, may
@@ -167,11 +182,19 @@ class TaskFeed:
         idle = self._main_idle and not self._inbox
         if idle:
             return True          # hand in answers, fetch (blocking) the next work
+        if self._outbox and time.monotonic() >= self._answers_since + ANSWER_DELAY:
+            return True          # answers held long enough
         if not self._prefetching():
             return False         # long tasks: answer and fetch together, once idle
         if not self._server_drained and len(self._inbox) < self._want():
             return True          # top up the queue while the handler runs
         return len(self._outbox) >= self._want()
+
+    def _answers_due_in(self) -> Optional[float]:
+        """Seconds until the held answers must go (None: none held, or they go with the goodbye)."""
+        if not self._outbox or self._leaving:
+            return None
+        return max(0.0, self._answers_since + ANSWER_DELAY - time.monotonic())
 
     def _run(self) -> None:
         try:
@@ -179,7 +202,9 @@ class TaskFeed:
             while True:
                 with self._cond:
                     while not self._should_call():
-                        self._cond.wait()
+                        self._feed_idle = True
+                        self._cond.wait(self._answers_due_in())
+                    self._feed_idle = False
                     answers, self._outbox = self._outbox, []
                     self._poked = self._flush = False
                     stopping = self._stopping

@@ -34,6 +34,14 @@ def wait_for_file(path, marker=None, timeout=60.0):
     return "released"
 
 
+def add_or_block(x, fifo=None):
+    """``x``, or with ``fifo``: what the test writes into that named pipe (it blocks until then)."""
+    if fifo is None:
+        return x
+    with open(fifo) as pipe:
+        return pipe.read()
+
+
 def touch(path):
     Path(path).touch()
     return path

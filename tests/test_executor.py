@@ -92,6 +92,48 @@ def test_a_map_that_fails_in_the_middle_of_submitting_withdraws_what_it_queued()
         assert counters["requested"] == counters["cancelled"] == 3      # ... and were withdrawn
 
 
+def test_a_map_left_early_or_timed_out_withdraws_its_waiting_calls():
+    with Executor(slaves=0, use_name_server=False) as ex:
+        counters = ex.master.task_manager.counters
+        in_order = ex.map(fx.add, range(4))
+        in_order.close()                                   # stopped before reading anything
+        assert counters["cancelled"] == 4
+        chunked = ex.map(fx.add, range(10), chunksize=2)
+        del chunked                                        # dropped: its generator is closed
+        assert counters["cancelled"] == 4 + 5
+        with pytest.raises(TimeoutError):
+            next(ex.map(fx.add, range(3), timeout=0.05))   # no slave: the first result never comes
+        assert counters["cancelled"] == 9 + 3              # the one waited for included
+        assert ex.master.task_manager.counts()["waiting"] == {}
+
+
+def test_shutdown_cancel_futures_cancels_a_pending_map():
+    ex = Executor(slaves=0, use_name_server=False)
+    results = ex.map(fx.add, range(6), chunksize=2)
+    ex.shutdown(wait=True, cancel_futures=True)
+    with pytest.raises(concurrent.futures.CancelledError):
+        next(results)
+    assert ex.master.task_manager.counters["cancelled"] == 3
+
+
+def test_a_slave_busy_with_a_long_call_hands_in_the_answers_it_has(tmp_path):
+    """Answers of short calls do not wait in the slave for the long call queued behind them."""
+    release = tmp_path / "release"
+    os.mkfifo(release)
+    with Executor(slaves=1, use_name_server=False) as ex:
+        assert list(ex.map(fx.add_or_block, range(200))) == list(range(200))   # durations measured: short
+        short = [ex.submit(fx.add_or_block, i) for i in range(300)]
+        long = ex.submit(fx.add_or_block, -1, str(release))   # same function: the slave may queue it
+        try:
+            done, _ = concurrent.futures.wait(short, timeout=30)
+            assert len(done) == len(short), "the answers of short calls stayed in the slave"
+        finally:
+            with open(release, "w") as fifo:   # unblocks the long call, whatever happened
+                fifo.write("go")
+        assert long.result(timeout=60) == "go"
+        assert [f.result() for f in short] == list(range(300))
+
+
 def test_time_limit_raises_a_timeout_error(executor):
     future = executor.options(time_limit=0.5).submit(time.sleep, 60)
     with pytest.raises(TaskTimeLimitError, match="time limit of 0.5 s") as caught:
