@@ -14,7 +14,7 @@ import Pyro5.errors
 from . import auth, discovery, tls
 from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
                      MasterNotFoundError)
-from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack_arguments
+from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
 from .wire import carry_buffers, records_from_wire
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,12 @@ class MasterConnection:
     def call(self, method: str, *args, timeout: Optional[float] = None):
         """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
         self._proxy._pyroTimeout = timeout
-        if method in PACKED_CALLS:
-            args = (pack_arguments(args),)
+        packed = method in PACKED_CALLS
+        if packed:
+            args = (pack(args),)
         try:
-            return getattr(self._proxy, method)(*args)
+            reply = getattr(self._proxy, method)(*args)
+            return unpack(reply) if packed else reply
         except Pyro5.errors.TimeoutError:
             raise ConnectionLostError(f"the master at {self.address} did not answer within {timeout:g} s") from None
         except Pyro5.errors.ConnectionClosedError:

@@ -93,23 +93,24 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status",
                    "agent_exchange", "agent_watch", "lost"})
 
-#: Calls whose arguments travel packed into one marshal string (:func:`pack_arguments`):
-#: Pyro5 rebuilds every list, tuple and dict of a call's arguments element by element
-#: after unmarshalling them (to revive classes, which these calls never carry); for
-#: the calls that carry every answer that walk cost the master more per task than
-#: storing the answer. One bytes argument is passed through as it is.
+#: Calls whose arguments, and reply, travel packed into one marshal string (:func:`pack`):
+#: Pyro5 rebuilds every list, tuple and dict of a message element by element after
+#: unmarshalling it (to revive classes, which these calls never carry); for the calls
+#: that carry every answer and every task that walk cost more per task than storing
+#: the answer (the master's side) or running a small task (the slave's). One bytes
+#: value is passed through as it is.
 PACKED_CALLS = frozenset({"exchange", "agent_exchange"})
 
 
-def pack_arguments(arguments: tuple) -> bytes:
-    return marshal.dumps(arguments)
+def pack(values: tuple) -> bytes:
+    return marshal.dumps(values)
 
 
-def unpack_arguments(packed: bytes) -> tuple:
-    """The arguments of a packed call (the connection is authenticated before any byte
-    is read, and Pyro5 itself unmarshals every message: the same trust)."""
+def unpack(packed: bytes) -> tuple:
+    """The arguments or reply of a packed call (the connection is authenticated before
+    any byte is read, and Pyro5 itself unmarshals every message: the same trust)."""
     if not isinstance(packed, bytes):
-        raise TypeError(f"a packed call takes one bytes argument, got {type(packed).__name__}")
+        raise TypeError(f"a packed call carries one bytes value, got {type(packed).__name__}")
     return marshal.loads(packed)
 
 

@@ -30,7 +30,7 @@ from Pyro5.callcontext import current_context
 from . import auth, settings, tls
 from .errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from .manager import TaskManager
-from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, tasks_to_wire, unpack_arguments
+from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, pack, tasks_to_wire, unpack
 from .unserved import UnservedTags
 from .wire import carry_buffers, records_from_wire
 
@@ -85,14 +85,17 @@ class TaskManagerService:
         self._manager.unregister_process(process_id, abandoned=abandoned or (), reason=reason)
 
     @Pyro5.server.expose
-    def exchange(self, packed: bytes) -> Tuple[str, list, list]:
+    def exchange(self, packed: bytes) -> bytes:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
 
-        ``packed``: (process_id, answers, max_tasks, wait), see ``protocol.PACKED_CALLS``.
+        ``packed``: (process_id, answers, max_tasks, wait); the reply, packed
+        too (see ``protocol.PACKED_CALLS``): (status, tasks, revoked assignments).
         Large buffers of answers follow the request on the socket, those of
         tasks follow the reply (``wire.py``).
         """
-        process_id, answers, max_tasks, wait = unpack_arguments(packed)
+        return pack(self._exchange(*unpack(packed)))
+
+    def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float) -> Tuple[str, list, list]:
         connection = current_context.client
         if answers:
             if connection is not None:   # first of all: the buffers wait on the socket
@@ -130,16 +133,18 @@ class TaskManagerService:
     # -- a node agent speaks for several slaves over one connection (agent.py)
 
     @Pyro5.server.expose
-    def agent_exchange(self, packed: bytes) -> Tuple[str, list, list, list]:
+    def agent_exchange(self, packed: bytes) -> bytes:
         """``exchange`` for the slaves behind a node agent, in one call.
 
         ``packed``: (answers, wants, wait), see ``protocol.PACKED_CALLS``.
         ``answers``: (process_id, answer) pairs; ``wants``: (process_id,
         max_tasks) pairs, max_tasks 0 to collect only revoked assignments.
-        Returns (status, [(process_id, [TaskMessage])], [(process_id,
-        [revoked assignment])], [unknown process ids]).
+        The reply, packed too: (status, [(process_id, [TaskMessage])],
+        [(process_id, [revoked assignment])], [unknown process ids]).
         """
-        answers, wants, wait = unpack_arguments(packed)
+        return pack(self._agent_exchange(*unpack(packed)))
+
+    def _agent_exchange(self, answers: list, wants: list, wait: float) -> Tuple[str, list, list, list]:
         connection = current_context.client
         if answers:
             records = [answer for _, answer in answers]
