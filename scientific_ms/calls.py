@@ -25,6 +25,7 @@ import functools
 import itertools
 import logging
 import os
+import pickle
 import re
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -118,6 +119,13 @@ class FunctionSlave(SlaveProcess):
         if kind == MAP:
             return list(map(function, arguments))
         return list(itertools.starmap(function, arguments))
+
+    def _load_parameters(self, payload) -> tuple:
+        # An Executor pickles its calls with the standard pickler or cloudpickle (dumps_call):
+        # no persistent ids, no out-of-band buffers, so the C unpickler needs no Python hooks.
+        if type(payload) is bytes:
+            return pickle.loads(payload)
+        return super()._load_parameters(payload)
 
     def _dump_result(self, result: object) -> bytes:
         # by value if need be: e.g. an instance of a class that came by value with its function
