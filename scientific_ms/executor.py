@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import hashlib
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import calls, mpi
+from . import calls, mpi, settings
 from .errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
                      TaskRaisedException)
 from .futures import Future, MapResults
@@ -69,7 +70,11 @@ class Executor(concurrent.futures.Executor):
     ``options``: those of :class:`MasterProcess` (``use_name_server``,
     ``host``, ``port``, ``secret``, ``missed_heartbeats``,
     ``max_slave_losses``, ``progress``, ``slave_restarts``,
-    ``task_time_limit``, ``tls_cert``, ``tls_key``).
+    ``task_time_limit``, ``tls_cert``, ``tls_key``, ``journal``,
+    ``keep_journal``). With a journal, an Executor killed and started again
+    delivers the calls answered before from it, without running them (a
+    call matches by its function's pickle and its arguments); without a
+    ``label``, it takes one named after the journal file.
 
     Each distinct function is pickled once (cloudpickle: by reference when
     importable, by value when defined in ``__main__``, a lambda or a
@@ -94,13 +99,12 @@ class Executor(concurrent.futures.Executor):
             raise ConfigurationError(
                 "under mpiexec the other ranks serve the script's first Executor only; keep one "
                 "Executor for the whole script, or give this one slaves=N")
-        self.label = label if label is not None else f"executor-{os.getpid()}-{secrets.token_hex(4)}"
+        self.label = label if label is not None else _fresh_label(settings.journal(options.get("journal")))
         try:
             self.master = MasterProcess(self.label, **options)
         except TypeError as error:
             raise ConfigurationError(f"Executor: {error} (the options are those of MasterProcess)") from None
         self._functions: Dict[Any, Tuple[Any, str, str]] = {}   # key -> (function, data label, tag)
-        self._function_numbers = itertools.count(1)
         self._slots: Dict[str, Any] = {}   # task id -> Future, or an answer that came first
         self._wakeup = threading.Event()
         self._collector_idle = False
@@ -199,8 +203,10 @@ class Executor(concurrent.futures.Executor):
         known = self._functions.get(key)
         if known is not None:
             return known[1], known[2]
-        label = f"{calls.FUNCTION_PREFIX}{next(self._function_numbers)}"
-        self.master.task_manager.store_data(label, calls.dumps_function(fn))
+        pickled = calls.dumps_function(fn)
+        # Named by its pickle, the same in every run: a journal then matches its calls again.
+        label = f"{calls.FUNCTION_PREFIX}{hashlib.blake2b(pickled, digest_size=8).hexdigest()}"
+        self.master.task_manager.store_data(label, pickled)
         tag = calls.tag_for(fn)
         self._functions[key] = (fn, label, tag)   # holds fn, so that its id is not reused
         if len(self._functions) == MANY_FUNCTIONS:
@@ -237,7 +243,7 @@ class Executor(concurrent.futures.Executor):
         if self._shutting_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:
-            task_ids = self.master.task_manager.add_tasks(tag, payloads, time_limit=time_limit)
+            task_ids = self.master.add_pickled_tasks(tag, payloads, time_limit)
         except TaskManagerTermination:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         table = self._slots
@@ -337,6 +343,14 @@ def _remote(error: TaskRaisedException) -> BaseException:
     exception = error.exception
     exception.__cause__ = RemoteTraceback(error.traceback)
     return exception
+
+
+def _fresh_label(journal: Optional[str]) -> str:
+    """A label of its own; with a journal, the same one each run (a journal belongs to one label)."""
+    if journal is None:
+        return f"executor-{os.getpid()}-{secrets.token_hex(4)}"
+    path = os.path.abspath(journal)
+    return f"executor-{hashlib.blake2b(path.encode(), digest_size=4).hexdigest()}"
 
 
 def _batches(items: Iterator, largest: int) -> Iterator[list]:

@@ -160,6 +160,18 @@ class MasterProcess:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
+    def add_pickled_tasks(self, tag: str, payloads: List[bytes], time_limit: Optional[float]) -> List[str]:
+        """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
+
+        With a journal, each is matched by its tag and pickled parameters as
+        ``requestTask`` matches its requests: one answered before is delivered
+        from the journal and not run again.
+        """
+        if self._journal is None:
+            return self.task_manager.add_tasks(tag, payloads, time_limit)
+        return [self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, time_limit)
+                for payload in payloads]
+
     def retrieveResult(self, tag: Optional[str] = None, *,
                        timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[str], Any]:
         """Wait for a result (of a task with ``tag``, if given): ``(task_id, tag, result)``.

@@ -98,6 +98,25 @@ def test_kill_9_of_the_master_halfway_then_the_same_command_resumes(processes, t
           f"{len(twice)} tasks ran twice")
 
 
+def test_an_executor_killed_halfway_resumes_its_map_from_the_journal(processes, tmp_path):
+    tasks = 1000
+    journal, side = tmp_path / "map.db", tmp_path / "executions"
+    command = [HERE / "journal_executor_job.py", journal, tasks, 0.001, side]
+    first = processes.python(*command, name="first", cwd=tmp_path)
+    slaves = kill_master_halfway(processes, side, tasks, tasks // 2)
+    first.wait(30)
+    assert descendants_gone(slaves, 30) == [], "the Executor's slaves outlived it"
+    executed = set(int(line) for line in lines(side))
+    answered = {r.parameters[2][0] for r in read_journal(journal)}   # (function, CALL, args, kwargs)
+    assert tasks // 4 < len(answered) < tasks
+
+    second = processes.python(*command, name="second", cwd=tmp_path)
+    code, out = processes.finish(second, 120)
+    assert code == 0, out
+    twice = check_second_run(out, tasks, side, answered, executed)
+    print(f"\nExecutor: {len(answered)} answers journaled at the kill, {len(twice)} calls ran twice")
+
+
 def test_kills_while_commits_are_in_progress_leave_a_journal_that_opens(processes, tmp_path):
     tasks = 3000
     journal, side = tmp_path / "job.db", tmp_path / "executions"
