@@ -9,7 +9,6 @@ for an idle allocation to be released) are printed: ``pytest -s``.
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
