@@ -147,7 +147,8 @@ class Executor(concurrent.futures.Executor):
         ``chunksize`` > 1 sends that many calls as one task (its time limit
         covers the whole chunk). Iterating raises TimeoutError if a result
         is not there ``timeout`` seconds after this call, and the first
-        exception a call raised.
+        exception a call raised. The iterator's ``close()`` (or dropping
+        it, or either error) withdraws the calls no slave has started.
         """
         return self._map(fn, iterables, timeout, chunksize, self.master.task_time_limit)
 
@@ -215,6 +216,8 @@ class Executor(concurrent.futures.Executor):
         return label, tag
 
     def _submit(self, function: Tuple[str, str], call: tuple, time_limit: Optional[float]) -> Future:
+        if self._shutting_down:   # before pickling: after shutdown, that is the error to see
+            raise RuntimeError("cannot schedule new futures after shutdown")
         label, tag = function
         future = Future(self)
         self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], time_limit)
