@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from executions import record
 from scientific_ms import Executor
 
 JOURNAL, TASKS, SECONDS, SIDE = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
@@ -17,11 +18,7 @@ JOURNAL, TASKS, SECONDS, SIDE = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]
 
 def square(i, seconds, side):
     time.sleep(seconds)
-    fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{i}\n".encode())
-    finally:
-        os.close(fd)
+    record(side, i)
     return i * i
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from executions import record
 from scientific_ms import MasterProcess, SlaveProcess, runJob
 
 LABEL, JOURNAL, TASKS, SECONDS, SIDE = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
@@ -41,11 +42,7 @@ class Master(MasterProcess):
 class Slave(SlaveProcess):
     def do_square(self, i, seconds):
         time.sleep(seconds)
-        fd = os.open(SIDE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{i}\n".encode())
-        finally:
-            os.close(fd)
+        record(SIDE, i)
         return i * i
 
 
