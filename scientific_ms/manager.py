@@ -388,17 +388,11 @@ class TaskManager(ProcessSide):
 
     def wait_for_running(self, count: int = 1, timeout: Optional[float] = None) -> bool:
         """Block until at least ``count`` tasks are running on slaves; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._task_started_waiting += 1
             try:
-                while sum(self._tasks.counts().get("running", {}).values()) < count:
-                    self._check_running()
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._task_started.wait(remaining)
-                return True
+                return self._wait_until(
+                    self._task_started, lambda: sum(self._tasks.counts()["running"].values()) >= count, timeout)
             finally:
                 self._task_started_waiting -= 1
 

@@ -106,24 +106,30 @@ class ProcessSide:
 
     def wait_for_slaves(self, count: int, timeout: Optional[float] = None) -> bool:
         """Block until at least ``count`` slaves are registered; False on timeout."""
-        return self._wait_for_slave_count(lambda n: n >= count, timeout, check_terminated=True)
+        with self._lock:
+            return self._wait_until(self._slaves_changed, lambda: self._registry.slave_count >= count, timeout)
 
     def wait_until_no_slaves(self, timeout: float) -> bool:
         """Block until every slave has left; False on timeout."""
-        return self._wait_for_slave_count(lambda n: n == 0, timeout, check_terminated=False)
-
-    def _wait_for_slave_count(self, done: Callable[[int], bool], timeout: Optional[float],
-                              check_terminated: bool) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while not done(self._registry.slave_count):
-                if check_terminated:
-                    self._check_running()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._slaves_changed.wait(remaining)
-            return True
+            return self._wait_until(self._slaves_changed, lambda: self._registry.slave_count == 0, timeout,
+                                    check_terminated=False)
+
+    def _wait_until(self, condition: threading.Condition, done: Callable[[], bool], timeout: Optional[float],
+                    check_terminated: bool = True) -> bool:
+        """Wait on ``condition`` (under the lock) until ``done()``; False after ``timeout`` seconds.
+
+        ``check_terminated``: raise TaskManagerTermination once terminated.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            if check_terminated:
+                self._check_running()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            condition.wait(remaining)
+        return True
 
     def heartbeats(self, beats: Iterable[Tuple[int, Optional[dict]]]) -> List[int]:
         """Signs of life of several processes (a node agent's slaves); returns the unknown ids.
