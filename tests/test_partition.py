@@ -29,6 +29,15 @@ def marker_pids(folder, value):
     return {int(name.split("-")[1]) for name in os.listdir(folder) if name.endswith(f"-{value}")}
 
 
+def results_exactly_once(out, count):
+    """Check a partition master's output: ``count`` results, each once and right.
+    Returns its COUNTERS line: (slaves lost, tasks rescheduled, late answers dropped)."""
+    results = re.findall(r"^RESULT (\S+) (\d+)$", out, re.M)
+    assert len(results) == count and len({task_id for task_id, _ in results}) == count, out
+    assert sorted(int(value) for _, value in results) == list(range(count))
+    return tuple(map(int, re.search(r"^COUNTERS (\d+) (\d+) (\d+)$", out, re.M).groups()))
+
+
 def test_a_cut_link_reschedules_and_duplicates_nothing(hosts, processes, tmp_path):
     master_host, host_a, host_b = hosts.host("m"), hosts.host("a"), hosts.host("b")
     hosts.link(master_host, host_a, "10.213.1")
@@ -53,10 +62,7 @@ def test_a_cut_link_reschedules_and_duplicates_nothing(hosts, processes, tmp_pat
     hosts.mend(master_host, host_a)
     code, out = processes.finish(master, 90)
     assert code == 0, out
-    results = re.findall(r"^RESULT (\S+) (\d+)$", out, re.M)
-    assert len(results) == 24 and len({task_id for task_id, _ in results}) == 24, out
-    assert sorted(int(value) for _, value in results) == list(range(24))
-    lost, rescheduled, dropped = map(int, re.search(r"^COUNTERS (\d+) (\d+) (\d+)$", out, re.M).groups())
+    lost, rescheduled, dropped = results_exactly_once(out, 24)
     assert lost >= 1 and rescheduled >= 1, out
     for slave in (slave_a, slave_b):
         code, out = processes.finish(slave, 60)
