@@ -8,7 +8,11 @@ replayed.
 
     master -> slave   MAGIC | server nonce (32) | len (2) | label
     slave  -> master  client nonce (32) | HMAC(secret, "client" | sn | cn)
-    master -> slave   HMAC(secret, "server" | sn | cn)      (or close)
+    master -> slave   ACCEPTED | HMAC(secret, "server" | sn | cn)
+                      or REJECTED, then close
+
+The verdict byte lets a slave tell a wrong secret (final) from a connection
+that a busy master dropped before it had checked the proof (worth a retry).
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import os
 import secrets
 import socket
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from .errors import AuthenticationError, MasterNotFoundError
 
-MAGIC = b"SCIENTIFIC_MS/1\n"
+PROTOCOL = b"SCIENTIFIC_MS/"
+MAGIC = PROTOCOL + b"2\n"
+ACCEPTED = b"\x01"
+REJECTED = b"\x00"
 NONCE_SIZE = 32
 MAC_SIZE = 32
 #: Seconds a new connection has, in all, to prove it knows the secret; it
@@ -57,11 +64,14 @@ def _recv_exact(sock: socket.socket, size: int, deadline: Optional[float] = None
 
 
 def server_handshake(sock: socket.socket, secret: bytes, label: str,
-                     timeout: Optional[float] = None) -> bool:
+                     timeout: Optional[float] = None,
+                     on_proved: Optional[Callable[[], None]] = None) -> bool:
     """Authenticate a client that just connected; False means: close it.
 
     ``timeout`` (default ``HANDSHAKE_SECONDS``) bounds the whole handshake,
     not each read: a peer trickling a byte at a time cannot stretch it.
+    ``on_proved`` is called once the client's proof holds, before the
+    master answers with its own.
     """
     timeout = HANDSHAKE_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
@@ -74,8 +84,11 @@ def server_handshake(sock: socket.socket, secret: bytes, label: str,
         reply = _recv_exact(sock, NONCE_SIZE + MAC_SIZE, deadline)
         client_nonce, proof = reply[:NONCE_SIZE], reply[NONCE_SIZE:]
         if not hmac.compare_digest(proof, _mac(secret, b"client", server_nonce, client_nonce)):
+            sock.sendall(REJECTED)
             return False
-        sock.sendall(_mac(secret, b"server", server_nonce, client_nonce))
+        if on_proved is not None:
+            on_proved()
+        sock.sendall(ACCEPTED + _mac(secret, b"server", server_nonce, client_nonce))
         return True
     except (OSError, ConnectionError):
         return False
@@ -87,9 +100,18 @@ def server_handshake(sock: socket.socket, secret: bytes, label: str,
 
 
 def read_greeting(sock: socket.socket) -> Optional[Tuple[bytes, str]]:
-    """The master's greeting: (its nonce, the label it serves), or None if it is not one."""
+    """The master's greeting: (its nonce, the label it serves), or None if it is not one.
+
+    Raises MasterNotFoundError for a master of another scientific_ms version.
+    """
     header = _recv_exact(sock, len(MAGIC) + NONCE_SIZE + 2)
     if not header.startswith(MAGIC):
+        if header.startswith(PROTOCOL):
+            theirs = header[len(PROTOCOL):len(MAGIC)].strip().decode(errors="replace")
+            ours = MAGIC[len(PROTOCOL):].strip().decode()
+            raise MasterNotFoundError(
+                f"the master speaks version {theirs} of the scientific_ms protocol, this process "
+                f"version {ours}: install the same scientific_ms release on the master and its slaves")
         return None
     served = _recv_exact(sock, int.from_bytes(header[-2:], "big")).decode(errors="replace")
     return header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served
@@ -104,7 +126,10 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
     """
     sock.settimeout(timeout)
     try:
-        greeting = read_greeting(sock)
+        try:
+            greeting = read_greeting(sock)
+        except MasterNotFoundError as error:
+            raise MasterNotFoundError(f"{where}: {error}") from None
         if greeting is None:
             raise MasterNotFoundError(f"{where} is not a scientific_ms master (wrong greeting)")
         server_nonce, served = greeting
@@ -113,16 +138,20 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
                 f"the master at {where} serves label {served!r}, not {label!r}")
         client_nonce = os.urandom(NONCE_SIZE)
         sock.sendall(client_nonce + _mac(secret, b"client", server_nonce, client_nonce))
-        try:
-            proof = _recv_exact(sock, MAC_SIZE)
-        except ConnectionError:
+        verdict = _recv_exact(sock, len(ACCEPTED))
+        if verdict != ACCEPTED:
             raise AuthenticationError(
                 f"the master at {where} rejected our secret: the secret this process uses "
-                f"(SCIENTIFIC_MS_SECRET, a key file, or the label file) is not the master's") from None
+                f"(SCIENTIFIC_MS_SECRET, a key file, or the label file) is not the master's")
+        proof = _recv_exact(sock, MAC_SIZE)
         if not hmac.compare_digest(proof, _mac(secret, b"server", server_nonce, client_nonce)):
             raise AuthenticationError(f"the master at {where} failed to prove it knows the secret")
     except socket.timeout:
         raise MasterNotFoundError(f"{where} did not answer the authentication within {timeout:g} s "
                                   f"(if the master uses TLS, set SCIENTIFIC_MS_TLS_CA)") from None
     except ConnectionError as error:
-        raise MasterNotFoundError(f"{where} closed the connection during authentication: {error}") from None
+        # Before its verdict: the master ended, or it was too busy (it drops the oldest
+        # of too many connections still authenticating). Worth another try.
+        dropped = MasterNotFoundError(f"{where} closed the connection during authentication: {error}")
+        dropped.dropped = True
+        raise dropped from None

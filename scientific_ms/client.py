@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 #: How often a slave that waits for its master says so in its log.
 WAIT_NOTE_SECONDS = 300.0
+#: Times a connection is tried again that the master closed before its verdict on our
+#: secret: a master drops the oldest of too many connections still authenticating.
+DROPPED_RETRIES = 3
+
+
 class MasterConnection:
     """One authenticated connection; use it from the thread that made it."""
 
@@ -28,33 +33,52 @@ class MasterConnection:
                  tls_context: Optional[ssl.SSLContext] = None):
         self.host, self.port, self.secret, self.label = host, port, secret, label
         self.tls_context = tls_context
-        where = f"{host}:{port}"
+        pause = 0.05
+        for attempt in range(DROPPED_RETRIES + 1):
+            try:
+                self._proxy = self._open(timeout)
+                break
+            except MasterNotFoundError as error:
+                if not getattr(error, "dropped", False) or attempt == DROPPED_RETRIES:
+                    raise
+                log.info("%s; trying again", error)
+                time.sleep(pause)   # a busy master: give it a moment
+                pause *= 2
+        self._proxy._pyroSerializer = "marshal"
+        self._proxy._pyroMethods = set(CALLS)
+        carry_buffers(self._proxy._pyroConnection)
+
+    def _open(self, timeout: float) -> Pyro5.client.Proxy:
+        where = self.address
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as error:
             failure = MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}")
             failure.refused = isinstance(error, ConnectionRefusedError)   # nobody listens there now
             raise failure from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls_context is not None:
+            if self.tls_context is not None:
                 try:
-                    sock = tls_context.wrap_socket(sock)
+                    sock = self.tls_context.wrap_socket(sock)
                 except ssl.SSLCertVerificationError as error:
                     raise AuthenticationError(f"the master at {where} presented a TLS certificate that "
                                               f"SCIENTIFIC_MS_TLS_CA does not vouch for: {error.verify_message}") from None
                 except (OSError, ssl.SSLError) as error:
                     raise MasterNotFoundError(f"TLS handshake with {where} failed ({error}); "
                                               f"does the master use TLS?") from None
-            auth.client_handshake(sock, secret, label, where, timeout)
+            auth.client_handshake(sock, self.secret, self.label, where, timeout)
             sock.settimeout(None)
-            self._proxy = Pyro5.client.Proxy(object_name(label), connected_socket=sock)
+            try:
+                return Pyro5.client.Proxy(object_name(self.label), connected_socket=sock)
+            except Pyro5.errors.CommunicationError as error:
+                dropped = MasterNotFoundError(f"{where} closed the connection right after "
+                                              f"authentication (it ended, or died): {error}")
+                dropped.dropped = True
+                raise dropped from None
         except BaseException:
             sock.close()
             raise
-        self._proxy._pyroSerializer = "marshal"
-        self._proxy._pyroMethods = set(CALLS)
-        carry_buffers(self._proxy._pyroConnection)
 
     @property
     def address(self) -> str:

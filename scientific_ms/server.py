@@ -239,7 +239,9 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
     Every connection holds a pool thread while it authenticates, so at most a
     quarter of the pool may be mid-handshake: beyond that the oldest pending
     connection is dropped. A genuine handshake takes milliseconds and is
-    never the oldest; silent strangers cannot fill the pool and lock slaves out.
+    seldom the oldest; silent strangers cannot fill the pool and lock slaves
+    out. A slave dropped all the same sees the connection close before the
+    master's verdict and tries again (``client.DROPPED_RETRIES``).
     """
 
     def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int,
@@ -262,8 +264,12 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         try:
             return self._authenticate(conn)
         finally:
-            with self._connections_lock:
-                self._pending.pop(conn, None)
+            self._proved(conn)
+
+    def _proved(self, conn) -> None:
+        """``conn`` is no longer pending: it proved the secret (or failed)."""
+        with self._connections_lock:
+            self._pending.pop(conn, None)
 
     def _admit(self, conn) -> None:
         with self._connections_lock:
@@ -283,7 +289,10 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
             except (OSError, ValueError) as error:
                 log.info("rejected a connection whose TLS handshake failed: %s", error)
                 return False
-        if not auth.server_handshake(conn.sock, self._secret, self._label):
+        # Out of the pending set as soon as its proof holds: a connection that
+        # proved the secret is never dropped as one still authenticating.
+        if not auth.server_handshake(conn.sock, self._secret, self._label,
+                                     on_proved=lambda: self._proved(conn)):
             log.info("rejected a connection that failed authentication")
             return False
         carry_buffers(conn)

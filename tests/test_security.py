@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from scientific_ms import AuthenticationError, MasterProcess
+from scientific_ms import AuthenticationError, MasterNotFoundError, MasterProcess
 from scientific_ms import auth, discovery
 from scientific_ms.client import MasterConnection
 from conftest import wait_for
@@ -30,6 +30,69 @@ def test_right_secret_gets_in(master):
     connection = MasterConnection("127.0.0.1", master.port, b"correct horse", "secure")
     assert connection.call("status")["processes"][0]["role"] == "master"
     connection.close()
+
+
+def test_a_connection_dropped_before_the_verdict_is_tried_again(master):
+    """A busy master may close a connection still authenticating; that is not a wrong secret."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+
+    def pump(source, target):
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                target.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def relay():
+        # First connection: the master's greeting goes through, the slave's proof
+        # is read and the connection closed, as a master dropping it would.
+        client, _ = listener.accept()
+        accepted.append(client)
+        with socket.create_connection(("127.0.0.1", master.port)) as upstream:
+            client.sendall(upstream.recv(len(auth.MAGIC) + auth.NONCE_SIZE + 2 + len("secure")))
+            client.recv(4096)   # the slave's proof, never passed on
+        client.close()
+        # Second connection: relayed whole.
+        client, _ = listener.accept()
+        accepted.append(client)
+        upstream = socket.create_connection(("127.0.0.1", master.port))
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    connection = MasterConnection("127.0.0.1", listener.getsockname()[1], b"correct horse", "secure")
+    assert connection.call("status")["processes"][0]["role"] == "master"
+    connection.close()
+    thread.join(10)
+    listener.close()
+    assert len(accepted) == 2
+
+
+def test_a_master_of_another_version_is_named_as_such():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def old_master():
+        client, _ = listener.accept()
+        client.sendall(auth.PROTOCOL + b"1\n" + os.urandom(auth.NONCE_SIZE) + b"\x00\x06secure")
+        client.close()
+
+    thread = threading.Thread(target=old_master, daemon=True)
+    thread.start()
+    with pytest.raises(MasterNotFoundError, match="version 1 of the scientific_ms protocol, this process version 2"):
+        MasterConnection("127.0.0.1", listener.getsockname()[1], b"correct horse", "secure")
+    thread.join(10)
+    listener.close()
 
 
 class Evil:
@@ -58,7 +121,7 @@ def test_garbage_drops_only_that_connection(master, garbage):
                 after += chunk
         except OSError:                              # ... or resets it, with garbage unread
             pass
-    assert after == b""                              # it said nothing after its greeting
+    assert after in (b"", auth.REJECTED)             # it said at most "no" after its greeting
     assert not os.path.exists("/tmp/scientific_ms_pwned")
     test_right_secret_gets_in(master)
 
@@ -81,12 +144,15 @@ def test_a_replayed_authentication_is_refused(master):
         client_nonce = os.urandom(auth.NONCE_SIZE)
         recorded = client_nonce + auth._mac(secret, b"client", server_nonce, client_nonce)
         sock.sendall(recorded)
-        assert len(sock.recv(4096)) == auth.MAC_SIZE
+        accepted = b""
+        while len(accepted) < len(auth.ACCEPTED) + auth.MAC_SIZE:
+            accepted += sock.recv(4096)
+        assert accepted.startswith(auth.ACCEPTED)
     # ... and replay it on a new connection: the master's nonce differs, so it fails.
     with socket.create_connection(("127.0.0.1", master.port), timeout=5) as sock:
         sock.recv(4096)
         sock.sendall(recorded)
-        assert sock.recv(4096) == b""
+        assert sock.recv(4096) == auth.REJECTED
 
 
 def test_the_secret_never_crosses_the_wire(master):
