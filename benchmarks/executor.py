@@ -2,7 +2,11 @@
 
     python benchmarks/executor.py [--repeat N] [--tasks 20000] [--chunksize 64]
 
-Three figures, each the best of N runs, with 2 workers everywhere:
+Three figures, each the best and the median of N rounds, with 2 workers
+everywhere. In each round every pool is started, measured and shut down in
+turn: only one runs at a time (a pool's idle threads cannot slow another's
+master), and a slow spell of the machine falls on all of them rather than
+on one:
 
 * submit: ``--tasks`` calls ``x + 1`` submitted one by one, results taken
   with ``as_completed`` (Pool has no futures: its figure is
@@ -22,6 +26,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,10 +38,6 @@ sys.path.insert(0, str(HERE))
 from workloads import inc  # noqa: E402
 
 WORKERS = 2
-
-
-def best_of(repeat, run):
-    return min(run() for _ in range(repeat))
 
 
 def timed(function):
@@ -62,7 +63,7 @@ def pool_unordered(pool, tasks):
 
 
 def startup(make, first):
-    """Seconds from creating a pool to its first result, and the pool's shutdown."""
+    """Seconds from creating a pool to its first result, and the pool."""
     started = time.perf_counter()
     pool = make()
     first(pool)
@@ -70,41 +71,36 @@ def startup(make, first):
     return seconds, pool
 
 
-def measure_executor(executor, args, figures, name):
-    executor.submit(inc, 0).result()   # every worker warmed up by the runs below
-    figures["submit", name] = best_of(args.repeat, lambda: timed(lambda: submit_as_completed(executor, args.tasks)))
-    figures["map", name] = best_of(args.repeat, lambda: timed(
-        lambda: map_in_order(executor.map, 10 * args.tasks, args.chunksize)))
+def executor_round(make, args):
+    """Start a concurrent.futures executor, measure it once, shut it down: {kind: seconds}."""
+    seconds, executor = startup(make, lambda ex: ex.submit(inc, 0).result())
+    with executor:
+        return {"startup": seconds,
+                "submit": timed(lambda: submit_as_completed(executor, args.tasks)),
+                "map": timed(lambda: map_in_order(executor.map, 10 * args.tasks, args.chunksize))}
+
+
+def pool_round(args):
+    seconds, pool = startup(lambda: multiprocessing.Pool(WORKERS), lambda p: p.apply(inc, (0,)))
+    with pool:
+        return {"startup": seconds,
+                "submit": timed(lambda: pool_unordered(pool, args.tasks)),
+                "map": timed(lambda: map_in_order(pool.imap, 10 * args.tasks, args.chunksize))}
+
+
+def record(figures, system, seconds_by_kind):
+    for kind, seconds in seconds_by_kind.items():
+        figures.setdefault((kind, system), []).append(seconds)
 
 
 def run_local(args, figures):
     from scientific_ms import Executor
-
-    def ours():
-        return Executor(slaves=WORKERS, use_name_server=False)
-
     for _ in range(args.repeat):
-        seconds, executor = startup(ours, lambda ex: ex.submit(inc, 0).result())
-        figures["startup", "scientific_ms"] = min(seconds, figures.get(("startup", "scientific_ms"), 1e9))
-        executor.shutdown()
-        seconds, pool = startup(lambda: concurrent.futures.ProcessPoolExecutor(WORKERS),
-                                lambda ex: ex.submit(inc, 0).result())
-        figures["startup", "ProcessPoolExecutor"] = min(seconds, figures.get(("startup", "ProcessPoolExecutor"), 1e9))
-        pool.shutdown()
-        seconds, pool = startup(lambda: multiprocessing.Pool(WORKERS), lambda p: p.apply(inc, (0,)))
-        figures["startup", "Pool"] = min(seconds, figures.get(("startup", "Pool"), 1e9))
-        pool.terminate()
-        pool.join()
-
-    with ours() as executor:
-        measure_executor(executor, args, figures, "scientific_ms")
-    with concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
-        measure_executor(executor, args, figures, "ProcessPoolExecutor")
-    with multiprocessing.Pool(WORKERS) as pool:
-        pool.apply(inc, (0,))
-        figures["submit", "Pool"] = best_of(args.repeat, lambda: timed(lambda: pool_unordered(pool, args.tasks)))
-        figures["map", "Pool"] = best_of(args.repeat, lambda: timed(
-            lambda: map_in_order(pool.imap, 10 * args.tasks, args.chunksize)))
+        record(figures, "scientific_ms",
+               executor_round(lambda: Executor(slaves=WORKERS, use_name_server=False), args))
+        record(figures, "ProcessPoolExecutor",
+               executor_round(lambda: concurrent.futures.ProcessPoolExecutor(WORKERS), args))
+        record(figures, "Pool", pool_round(args))
 
 
 def run_mpi4py(args, figures):
@@ -125,8 +121,8 @@ def run_mpi4py(args, figures):
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return f"mpiexec exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"
-    for key, seconds in json.loads(lines[-1]).items():
-        figures[tuple(key.split("/"))] = seconds
+    for key, runs in json.loads(lines[-1]).items():
+        figures[tuple(key.split("/"))] = runs
     return None
 
 
@@ -134,37 +130,40 @@ def mpi4py_child(args):
     """Rank 0 of ``mpiexec -n 3 python -m mpi4py.futures``: measure MPIPoolExecutor, print JSON."""
     from mpi4py.futures import MPIPoolExecutor
     figures = {}
-    seconds, executor = startup(lambda: MPIPoolExecutor(WORKERS), lambda ex: ex.submit(inc, 0).result())
-    figures["startup", "mpi4py.futures"] = seconds
-    with executor:
-        measure_executor(executor, args, figures, "mpi4py.futures")
+    for round in range(args.repeat):
+        runs = executor_round(lambda: MPIPoolExecutor(WORKERS), args)
+        if round:   # under python -m mpi4py.futures the workers outlive an executor: only the first starts them
+            del runs["startup"]
+        record(figures, "mpi4py.futures", runs)
     print(json.dumps({"/".join(key): value for key, value in figures.items()}))
 
 
 def report(args, figures, skipped):
-    print(f"{WORKERS} workers, best of {args.repeat} runs, Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores")
+    print(f"{WORKERS} workers, {args.repeat} rounds (each pool started, measured once, shut down, in turn), "
+          f"best and median, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     if skipped:
         print(f"mpi4py.futures skipped: {skipped}")
     peers = ["ProcessPoolExecutor", "Pool", "mpi4py.futures"]
     rows = [("submit", f"submit {args.tasks} x+1, as_completed (Pool: imap_unordered chunksize 1)", args.tasks),
-            ("map", f"map {10 * args.tasks} x+1, chunksize {args.chunksize} (Pool: imap)", 10 * args.tasks)]
+            ("map", f"map {10 * args.tasks} x+1, chunksize {args.chunksize} (Pool: imap)", 10 * args.tasks),
+            ("startup", "start-up to the first result", None)]
     for kind, title, count in rows:
-        print(f"\n{title}")
+        print(f"\n{title}\n  {'':20} {'best':>9} {'median':>9}")
         ours = figures[kind, "scientific_ms"]
         for system in ["scientific_ms"] + peers:
             if (kind, system) not in figures:
                 continue
-            seconds = figures[kind, system]
-            ratio = "" if system == "scientific_ms" else f"   scientific_ms is {seconds / ours:.2f}x as fast"
-            print(f"  {system:20} {seconds:7.3f} s {count / seconds:9.0f} tasks/s{ratio}")
-    print("\nstart-up to the first result")
-    ours = figures["startup", "scientific_ms"]
-    for system in ["scientific_ms"] + peers:
-        if ("startup", system) in figures:
-            seconds = figures["startup", system]
-            ratio = "" if system == "scientific_ms" else f"   ratio {ours / seconds:.2f} (scientific_ms / peer)"
-            print(f"  {system:20} {seconds:7.3f} s{ratio}")
+            runs = figures[kind, system]
+            best, median = min(runs), statistics.median(runs)
+            line = f"  {system:20} {best:7.3f} s {median:7.3f} s"
+            if count:
+                line += f" {count / best:9.0f} tasks/s (best)"
+            if system != "scientific_ms":
+                # A ratio above 1 says scientific_ms took less time.
+                line += (f"   scientific_ms is {best / min(ours):.2f}x (best), "
+                         f"{median / statistics.median(ours):.2f}x (median) as fast")
+            print(line)
 
 
 def main():

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +29,23 @@ def wait_for(predicate, timeout=10.0, what="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         pause.wait(0.01)
+
+
+def pump(source, target, keep=None):
+    """Copy ``source`` to ``target`` until ``source`` ends (a relay's half), keeping a copy in
+    ``keep`` (a bytearray) if given; then end ``target``'s writing side. Either may close first."""
+    try:
+        while data := source.recv(65536):
+            if keep is not None:
+                keep.extend(data)
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 class FakeClock:

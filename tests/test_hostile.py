@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scientific_ms import auth
-from conftest import ROOT, wait_for
+from conftest import ROOT, pump, wait_for
 
 SLAVE_SCRIPT = ROOT / "tests" / "slave_script.py"
 LABEL = "hostile"
@@ -227,20 +227,6 @@ def record_a_genuine_conversation(master):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     sent = bytearray()
-
-    def pump(source, target, keep):
-        try:
-            while data := source.recv(65536):
-                if keep is not None:
-                    keep.extend(data)
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                target.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     def relay():
         client, _ = listener.accept()

@@ -11,7 +11,7 @@ import pytest
 from scientific_ms import AuthenticationError, MasterNotFoundError, MasterProcess
 from scientific_ms import auth, discovery
 from scientific_ms.client import MasterConnection
-from conftest import wait_for
+from conftest import pump, wait_for
 
 
 @pytest.fixture
@@ -38,18 +38,6 @@ def test_a_connection_dropped_before_the_verdict_is_tried_again(master):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     accepted = []
-
-    def pump(source, target):
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                target.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     def relay():
         # First connection: the master's greeting goes through, the slave's proof
@@ -162,17 +150,11 @@ def test_the_secret_never_crosses_the_wire(master):
     listener.listen()
     captured = bytearray()
 
-    def pump(source, target):
-        while data := source.recv(65536):
-            captured.extend(data)
-            target.sendall(data)
-        target.shutdown(socket.SHUT_WR)
-
     def relay():
         client, _ = listener.accept()
         upstream = socket.create_connection(("127.0.0.1", master.port))
-        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-        pump(client, upstream)
+        threading.Thread(target=pump, args=(upstream, client, captured), daemon=True).start()
+        pump(client, upstream, captured)
 
     threading.Thread(target=relay, daemon=True).start()
     connection = MasterConnection("127.0.0.1", listener.getsockname()[1], b"correct horse", "secure")
