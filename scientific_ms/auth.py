@@ -25,10 +25,11 @@ import socket
 import time
 from typing import Callable, Optional, Tuple
 
-from .errors import AuthenticationError, MasterNotFoundError
+from .errors import AuthenticationError, ConnectionDroppedError, MasterNotFoundError
 
 PROTOCOL = b"SCIENTIFIC_MS/"
-MAGIC = PROTOCOL + b"2\n"
+VERSION = "2"   # one character: the greeting's header has a fixed length
+MAGIC = PROTOCOL + VERSION.encode() + b"\n"
 ACCEPTED = b"\x01"
 REJECTED = b"\x00"
 NONCE_SIZE = 32
@@ -99,22 +100,15 @@ def server_handshake(sock: socket.socket, secret: bytes, label: str,
             pass
 
 
-def read_greeting(sock: socket.socket) -> Optional[Tuple[bytes, str]]:
-    """The master's greeting: (its nonce, the label it serves), or None if it is not one.
-
-    Raises MasterNotFoundError for a master of another scientific_ms version.
-    """
+def read_greeting(sock: socket.socket) -> Optional[Tuple[str, bytes, str]]:
+    """The master's greeting: (its protocol version, its nonce, the label it serves),
+    or None if it is not a scientific_ms master of any version."""
     header = _recv_exact(sock, len(MAGIC) + NONCE_SIZE + 2)
-    if not header.startswith(MAGIC):
-        if header.startswith(PROTOCOL):
-            theirs = header[len(PROTOCOL):len(MAGIC)].strip().decode(errors="replace")
-            ours = MAGIC[len(PROTOCOL):].strip().decode()
-            raise MasterNotFoundError(
-                f"the master speaks version {theirs} of the scientific_ms protocol, this process "
-                f"version {ours}: install the same scientific_ms release on the master and its slaves")
+    if not header.startswith(PROTOCOL) or header[len(MAGIC) - 1:len(MAGIC)] != b"\n":
         return None
+    version = header[len(PROTOCOL):len(MAGIC) - 1].decode(errors="replace")
     served = _recv_exact(sock, int.from_bytes(header[-2:], "big")).decode(errors="replace")
-    return header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served
+    return version, header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served
 
 
 def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
@@ -126,13 +120,14 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
     """
     sock.settimeout(timeout)
     try:
-        try:
-            greeting = read_greeting(sock)
-        except MasterNotFoundError as error:
-            raise MasterNotFoundError(f"{where}: {error}") from None
+        greeting = read_greeting(sock)
         if greeting is None:
             raise MasterNotFoundError(f"{where} is not a scientific_ms master (wrong greeting)")
-        server_nonce, served = greeting
+        version, server_nonce, served = greeting
+        if version != VERSION:
+            raise MasterNotFoundError(
+                f"the master at {where} speaks version {version} of the scientific_ms protocol, this "
+                f"process version {VERSION}: install the same scientific_ms release on the master and its slaves")
         if served != label:
             raise MasterNotFoundError(
                 f"the master at {where} serves label {served!r}, not {label!r}")
@@ -149,9 +144,5 @@ def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,
     except socket.timeout:
         raise MasterNotFoundError(f"{where} did not answer the authentication within {timeout:g} s "
                                   f"(if the master uses TLS, set SCIENTIFIC_MS_TLS_CA)") from None
-    except ConnectionError as error:
-        # Before its verdict: the master ended, or it was too busy (it drops the oldest
-        # of too many connections still authenticating). Worth another try.
-        dropped = MasterNotFoundError(f"{where} closed the connection during authentication: {error}")
-        dropped.dropped = True
-        raise dropped from None
+    except ConnectionError as error:   # before the verdict: worth another try
+        raise ConnectionDroppedError(f"{where} closed the connection during authentication: {error}") from None

@@ -12,8 +12,8 @@ import Pyro5.client
 import Pyro5.errors
 
 from . import auth, discovery, tls
-from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError,
-                     MasterNotFoundError)
+from .errors import (AuthenticationError, ConfigurationError, ConnectionDroppedError,
+                     ConnectionLostError, MasterNotFoundError)
 from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
 from .wire import carry_buffers, records_from_wire
 
@@ -38,8 +38,8 @@ class MasterConnection:
             try:
                 self._proxy = self._open(timeout)
                 break
-            except MasterNotFoundError as error:
-                if not getattr(error, "dropped", False) or attempt == DROPPED_RETRIES:
+            except ConnectionDroppedError as error:
+                if attempt == DROPPED_RETRIES:
                     raise
                 log.info("%s; trying again", error)
                 time.sleep(pause)   # a busy master: give it a moment
@@ -72,10 +72,8 @@ class MasterConnection:
             try:
                 return Pyro5.client.Proxy(object_name(self.label), connected_socket=sock)
             except Pyro5.errors.CommunicationError as error:
-                dropped = MasterNotFoundError(f"{where} closed the connection right after "
-                                              f"authentication (it ended, or died): {error}")
-                dropped.dropped = True
-                raise dropped from None
+                raise ConnectionDroppedError(f"{where} closed the connection right after "
+                                             f"authentication (it ended, or died): {error}") from None
         except BaseException:
             sock.close()
             raise

@@ -82,6 +82,11 @@ class MasterNotFoundError(ScientificMSError):
     """No master could be found for a label, or it cannot be reached."""
 
 
+class ConnectionDroppedError(MasterNotFoundError):
+    """The master closed a new connection before its verdict on our secret: it ended,
+    or it was too busy (it drops the oldest of too many connections still authenticating)."""
+
+
 class AuthenticationError(ScientificMSError):
     """The peer does not know this master's secret (or is not a master)."""
 

@@ -264,10 +264,9 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         try:
             return self._authenticate(conn)
         finally:
-            self._proved(conn)
+            self._leave_pending(conn)
 
-    def _proved(self, conn) -> None:
-        """``conn`` is no longer pending: it proved the secret (or failed)."""
+    def _leave_pending(self, conn) -> None:
         with self._connections_lock:
             self._pending.pop(conn, None)
 
@@ -292,7 +291,7 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         # Out of the pending set as soon as its proof holds: a connection that
         # proved the secret is never dropped as one still authenticating.
         if not auth.server_handshake(conn.sock, self._secret, self._label,
-                                     on_proved=lambda: self._proved(conn)):
+                                     on_proved=lambda: self._leave_pending(conn)):
             log.info("rejected a connection that failed authentication")
             return False
         carry_buffers(conn)
