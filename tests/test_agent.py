@@ -8,7 +8,6 @@ import collections
 import os
 import signal
 import sys
-import textwrap
 import time
 
 import psutil
@@ -16,7 +15,7 @@ import pytest
 
 from scientific_ms import MasterProcess, TaskRaisedException, TaskTimeLimitError
 from conftest import descendants_gone, wait_for
-from test_partition import marker_pids, results_exactly_once
+from test_partition import cut_until_taken_over, start_partition_master
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 
@@ -181,34 +180,10 @@ def test_a_handler_stuck_in_c_past_its_time_limit_is_ended_and_its_slave_replace
     assert master.task_manager.counters["processes_lost"] == 0
 
 
-PARTITION_MASTER = textwrap.dedent("""
-    import sys
-    from scientific_ms import initializeMasterProcess
-    master = initializeMasterProcess("agent_cut", use_name_server=False)
-    slave_script = sys.argv[3]
-    with open(slave_script) as source:
-        master.store_slave_code(source.read(), slave_script, [slave_script, "agent_cut", "0.25"])
-    master.wait_for_slaves(3, timeout=60)
-    ids = [master.requestTask("marked_work", 0.3, i, sys.argv[1]) for i in range(int(sys.argv[2]))]
-    for _ in ids:
-        task_id, tag, value = master.retrieveResult()
-        print("RESULT", task_id, value, flush=True)
-    counters = master.task_manager.counters
-    print("COUNTERS", counters["processes_lost"], counters["rescheduled"],
-          counters["duplicates_dropped"], flush=True)
-""")
-
-
 def test_an_agent_host_cut_off_loses_its_tasks_to_others_and_rejoins(hosts, processes, tmp_path):
-    master_host, host_a, host_b = hosts.host("m"), hosts.host("a"), hosts.host("b")
-    hosts.link(master_host, host_a, "10.214.1")
-    hosts.link(master_host, host_b, "10.214.2")
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    (tmp_path / "master.py").write_text(PARTITION_MASTER)
     env = {"SCIENTIFIC_MS_SECRET": "agent-partition-secret", "SCIENTIFIC_MS_PORT": "7766"}
-    master = processes.start(hosts.command(master_host, sys.executable, tmp_path / "master.py", markers, 24,
-                                           SLAVE_SCRIPT), env=env, name="master")
+    master_host, host_a, host_b, markers, master = start_partition_master(
+        hosts, processes, tmp_path, "10.214", env, "agent_cut", 3, SLAVE_SCRIPT)
     agent = processes.start(hosts.command(host_a, sys.executable, "-m", "scientific_ms", "slave", "agent_cut",
                                           "-n", "2", "-w"),   # -w: the master may not listen yet
                             env=dict(env, SCIENTIFIC_MS_MASTER="10.214.1.1:7766"), name="agent")
@@ -222,17 +197,10 @@ def test_an_agent_host_cut_off_loses_its_tasks_to_others_and_rejoins(hosts, proc
 
     wait_for(started_behind_agent, 60, "a slave behind the agent to start a task")
     held = started_behind_agent()
-    hosts.cut(master_host, host_a)
-    # The master stops hearing from both slaves behind the agent (4 x 0.25 s); b runs their task.
-    wait_for(lambda: other.pid in marker_pids(markers, held[-1]), 60, "the other host to take over")
-    hosts.mend(master_host, host_a)
-    code, out = processes.finish(master, 90)
-    assert code == 0, out
-    lost, rescheduled, dropped = results_exactly_once(out, 24)
+    # Both slaves behind the agent go silent for the master at once.
+    lost, rescheduled, dropped, out = cut_until_taken_over(hosts, processes, master_host, host_a, markers,
+                                                           held[-1], other, master, (agent, other))
     assert lost >= 2 and rescheduled >= 1, out
-    for process in (agent, other):
-        code, out = processes.finish(process, 60)
-        assert code == 0, out
     assert descendants_gone(behind_agent, 10) == []
     print(f"\nagent host cut off: {lost} slaves declared dead, {rescheduled} task(s) rescheduled, "
           f"{dropped} late answer(s) dropped, 24/24 results exactly once")

@@ -9,13 +9,19 @@ from conftest import wait_for
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 SECRET = "partition-test-secret"
 
+#: A master of LABEL that waits for SLAVES slaves, then runs 24 marked tasks; with a
+#: SLAVE_SCRIPT, it stores that as the slave code (for a node agent's slaves).
 MASTER = textwrap.dedent("""
-    import sys, time
+    import sys
     from scientific_ms import initializeMasterProcess
-    master = initializeMasterProcess("partition", use_name_server=False)
-    master.wait_for_slaves(2, timeout=60)
-    ids = [master.requestTask("marked_work", 0.3, i, sys.argv[1]) for i in range(int(sys.argv[2]))]
-    print("REQUESTED", flush=True)
+    markers, label, slaves = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    master = initializeMasterProcess(label, use_name_server=False)
+    if len(sys.argv) > 4:
+        slave_script = sys.argv[4]
+        with open(slave_script) as source:
+            master.store_slave_code(source.read(), slave_script, [slave_script, label, "0.25"])
+    master.wait_for_slaves(slaves, timeout=60)
+    ids = [master.requestTask("marked_work", 0.3, i, markers) for i in range(24)]
     for _ in ids:
         task_id, tag, value = master.retrieveResult()
         print("RESULT", task_id, value, flush=True)
@@ -38,16 +44,41 @@ def results_exactly_once(out, count):
     return tuple(map(int, re.search(r"^COUNTERS (\d+) (\d+) (\d+)$", out, re.M).groups()))
 
 
-def test_a_cut_link_reschedules_and_duplicates_nothing(hosts, processes, tmp_path):
+def start_partition_master(hosts, processes, tmp_path, subnet, env, *arguments):
+    """Hosts m, a and b, a and b linked to m on ``subnet``.1 and .2, and MASTER on m
+    (``arguments``: LABEL SLAVES [SLAVE_SCRIPT]). Returns (m, a, b, markers, master)."""
     master_host, host_a, host_b = hosts.host("m"), hosts.host("a"), hosts.host("b")
-    hosts.link(master_host, host_a, "10.213.1")
-    hosts.link(master_host, host_b, "10.213.2")
+    hosts.link(master_host, host_a, f"{subnet}.1")
+    hosts.link(master_host, host_b, f"{subnet}.2")
     markers = tmp_path / "markers"
     markers.mkdir()
     (tmp_path / "master.py").write_text(MASTER)
+    master = processes.start(hosts.command(master_host, os.sys.executable, tmp_path / "master.py", markers,
+                                           *arguments), env=env, name="master")
+    return master_host, host_a, host_b, markers, master
+
+
+def cut_until_taken_over(hosts, processes, master_host, cut_host, markers, task, taker, master, others):
+    """Cut ``cut_host`` off the master until ``taker`` runs ``task`` instead, mend the link,
+    and let the job end: 24 results, each exactly once; each of ``others`` exits cleanly.
+    Returns (slaves lost, tasks rescheduled, late answers dropped, the master's output)."""
+    hosts.cut(master_host, cut_host)
+    # The master stops hearing from the cut host (4 x 0.25 s); the taker runs its task.
+    wait_for(lambda: taker.pid in marker_pids(markers, task), 60, f"another host to take over task {task}")
+    hosts.mend(master_host, cut_host)
+    code, out = processes.finish(master, 90)
+    assert code == 0, out
+    counters = results_exactly_once(out, 24)
+    for process in others:
+        code, output = processes.finish(process, 60)
+        assert code == 0, output
+    return (*counters, out)
+
+
+def test_a_cut_link_reschedules_and_duplicates_nothing(hosts, processes, tmp_path):
     env = {"SCIENTIFIC_MS_SECRET": SECRET, "SCIENTIFIC_MS_PORT": "7766"}
-    master = processes.start(hosts.command(master_host, os.sys.executable, tmp_path / "master.py", markers, 24),
-                             env=env, name="master")
+    master_host, host_a, host_b, markers, master = start_partition_master(
+        hosts, processes, tmp_path, "10.213", env, "partition", 2)
     slave_a = processes.start(hosts.command(host_a, os.sys.executable, SLAVE_SCRIPT, "partition", 0.25),
                               env=dict(env, SCIENTIFIC_MS_MASTER="10.213.1.1:7766"), name="slave_a")
     slave_b = processes.start(hosts.command(host_b, os.sys.executable, SLAVE_SCRIPT, "partition", 0.25),
@@ -56,17 +87,9 @@ def test_a_cut_link_reschedules_and_duplicates_nothing(hosts, processes, tmp_pat
     wait_for(lambda: any(name.startswith(f"started-{slave_a.pid}-") for name in os.listdir(markers)),
              60, "slave a to start a task")
     held = [name.rsplit("-", 1)[1] for name in os.listdir(markers) if name.startswith(f"started-{slave_a.pid}-")]
-    hosts.cut(master_host, host_a)
-    # The master stops hearing from a (4 x 0.25 s) and b runs a's task.
-    wait_for(lambda: slave_b.pid in marker_pids(markers, held[-1]), 60, "slave b to take over a's task")
-    hosts.mend(master_host, host_a)
-    code, out = processes.finish(master, 90)
-    assert code == 0, out
-    lost, rescheduled, dropped = results_exactly_once(out, 24)
+    lost, rescheduled, dropped, out = cut_until_taken_over(hosts, processes, master_host, host_a, markers,
+                                                           held[-1], slave_b, master, (slave_a, slave_b))
     assert lost >= 1 and rescheduled >= 1, out
-    for slave in (slave_a, slave_b):
-        code, out = processes.finish(slave, 60)
-        assert code == 0, out
     print(f"\npartition: {lost} slave declared dead, {rescheduled} task(s) rescheduled, "
           f"{dropped} late answer(s) dropped, 24/24 results exactly once")
 
