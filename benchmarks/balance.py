@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workloads import inc, nap  # noqa: E402
+from workloads import inc, nap, time_executor, time_pool  # noqa: E402
 
 from scientific_ms import MasterProcess  # noqa: E402
 
@@ -115,20 +115,6 @@ def call(item):
     return FUNCTIONS[tag](parameter)
 
 
-def run_pool(pool, tasks):
-    started = time.perf_counter()
-    for _ in pool.imap_unordered(call, tasks, chunksize=1):
-        pass
-    return time.perf_counter() - started
-
-
-def run_executor(executor, tasks):
-    started = time.perf_counter()
-    for future in concurrent.futures.as_completed([executor.submit(call, item) for item in tasks]):
-        future.result()
-    return time.perf_counter() - started
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
@@ -142,8 +128,9 @@ def main():
             tasks = WORKLOADS[name]()
             runs = [run_scientific_ms(name, tasks) for _ in range(args.repeat)]
             best = min(runs, key=lambda run: run[0] / ideal(name, tasks, run[3]))
-            pool_s = None if name == "W6" else min(run_pool(pool, tasks) for _ in range(args.repeat))
-            executor_s = None if name == "W6" else min(run_executor(executor, tasks) for _ in range(args.repeat))
+            pool_s = None if name == "W6" else min(time_pool(pool, call, tasks) for _ in range(args.repeat))
+            executor_s = None if name == "W6" else min(time_executor(executor, call, tasks)
+                                                       for _ in range(args.repeat))
             rows.append((name, ideal(name, tasks, best[3]), best[:3], pool_s, executor_s, best[3]))
     print(f"{WORKERS} workers, best of {args.repeat} runs, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores; makespan in seconds, and its ratio to the ideal")

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from throughput import start_master  # noqa: E402
-from workloads import MB, echo  # noqa: E402
+from workloads import MB, echo, time_executor, time_pool  # noqa: E402
 
 WORKERS = 2
 #: name -> parameters of each task (all tasks echo their parameter)
@@ -53,20 +53,6 @@ def run_scientific_ms(master, parameters):
     return time.perf_counter() - started
 
 
-def run_pool(pool, parameters):
-    started = time.perf_counter()
-    for _ in pool.imap_unordered(echo, parameters, chunksize=1):
-        pass
-    return time.perf_counter() - started
-
-
-def run_executor(executor, parameters):
-    started = time.perf_counter()
-    for future in concurrent.futures.as_completed([executor.submit(echo, value) for value in parameters]):
-        future.result()
-    return time.perf_counter() - started
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -80,8 +66,8 @@ def main():
         with multiprocessing.Pool(WORKERS) as pool, \
                 concurrent.futures.ProcessPoolExecutor(WORKERS) as executor:
             runs = {"scientific_ms": lambda p: run_scientific_ms(master, p),
-                    "Pool": lambda p: run_pool(pool, p),
-                    "ProcessPoolExecutor": lambda p: run_executor(executor, p)}
+                    "Pool": lambda p: time_pool(pool, echo, p),
+                    "ProcessPoolExecutor": lambda p: time_executor(executor, echo, p)}
             for name in args.only:
                 parameters = WORKLOADS[name]()
                 for _ in range(args.repeat):

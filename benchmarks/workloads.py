@@ -1,5 +1,7 @@
-"""The benchmark workloads, shared by every system measured (module-level, so Pool can pickle them)."""
+"""The benchmark workloads, shared by every system measured (module-level, so Pool can pickle
+them), and the timed loops that run a workload on Pool and on a concurrent.futures executor."""
 
+import concurrent.futures
 import time
 
 
@@ -23,3 +25,20 @@ WORKLOADS = {
     "W2": (echo, lambda: [bytes(MB)] * 200, None),
     "W3": (nap, lambda: [0.01] * 400, 2.0),
 }
+
+
+def time_pool(pool, function, parameters):
+    """Seconds for ``pool.imap_unordered`` (chunksize 1) to run ``function`` on each parameter."""
+    started = time.perf_counter()
+    for _ in pool.imap_unordered(function, parameters, chunksize=1):
+        pass
+    return time.perf_counter() - started
+
+
+def time_executor(executor, function, parameters):
+    """Seconds for ``executor`` to run ``function`` on each parameter, submitted one by one,
+    results taken with ``as_completed``."""
+    started = time.perf_counter()
+    for future in concurrent.futures.as_completed([executor.submit(function, value) for value in parameters]):
+        future.result()
+    return time.perf_counter() - started
