@@ -52,7 +52,7 @@ def release(runs: int) -> None:
 
 
 def status_cost() -> None:
-    from scientific_ms.manager import TaskManager
+    from scientific_ms.core.manager import TaskManager
     for slaves in (10, 1000, 10000):
         manager = TaskManager()
         for pid in range(slaves):

@@ -101,9 +101,9 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 window.release()
 
     def light_slave():
-        from scientific_ms.client import MasterConnection
-        from scientific_ms.payload import dumps_value, loads_parameters
-        from scientific_ms.protocol import OK, TERMINATED
+        from scientific_ms.wire.client import MasterConnection
+        from scientific_ms.wire.payload import dumps_value, loads_parameters
+        from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
         try:
             connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
@@ -139,10 +139,10 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
     def light_agent(size):
         """A node agent for ``size`` light slaves, speaking the agent protocol directly:
         its slaves are slots that answer at once (or hold until released)."""
-        from scientific_ms.client import MasterConnection
-        from scientific_ms.feed import MAX_BATCH
-        from scientific_ms.payload import dumps_value, loads_parameters
-        from scientific_ms.protocol import OK, TERMINATED
+        from scientific_ms.wire.client import MasterConnection
+        from scientific_ms.slave.feed import MAX_BATCH
+        from scientific_ms.wire.payload import dumps_value, loads_parameters
+        from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
         secret = os.environb[b"SCIENTIFIC_MS_SECRET"]
         try:

@@ -9,13 +9,13 @@ from .errors import (AuthenticationError, ConfigurationError, ConnectionLostErro
                      ScientificMSError, SerializationError, SlaveLostError, TaskManagerTermination,
                      TaskRaisedException, TaskTimeLimitError)
 from .job import initializeMasterProcess, runJob
-from .journal_file import JournalError
-from .journal_report import JournalRecord, read_journal
+from .master.journal_file import JournalError
+from .master.journal_report import JournalRecord, read_journal
 from .machine import getMachineInfo
-from .manager import TaskManager
-from .master import MasterProcess
-from .payload import GlobalStateValue
-from .slave import SlaveProcess, startSlaveProcess
+from .core.manager import TaskManager
+from .master.master import MasterProcess
+from .wire.payload import GlobalStateValue
+from .slave.slave import SlaveProcess, startSlaveProcess
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,7 @@ debug = False
 def __getattr__(name: str):
     # Imported on first use: slave processes start faster without concurrent.futures.
     if name == "Executor":
-        from .executor import Executor
+        from .executor.executor import Executor
         return Executor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

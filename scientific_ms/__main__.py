@@ -3,11 +3,11 @@ runs a script whose Executor is served by the other ranks under mpiexec."""
 
 import sys
 
-from .script import is_script, run
+from .executor.script import is_script, run
 
 if is_script(sys.argv[1:]):
     sys.exit(run(sys.argv[1:]))
 
-from .cli import main  # noqa: E402
+from .cli.commands import main  # noqa: E402
 
 sys.exit(main())

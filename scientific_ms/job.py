@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Type
 
-from . import discovery, mpi
+from .wire import discovery
+
+from . import mpi
 from .errors import ConfigurationError
-from .launch import main_script, start_script_master
-from .master import MasterProcess
-from .slave import SlaveProcess
+from .master.launch import main_script, start_script_master
+from .master.master import MasterProcess
+from .slave.slave import SlaveProcess
 
 log = logging.getLogger(__name__)
 

@@ -231,5 +231,5 @@ def idle_timeout(explicit=None) -> Optional[float]:
 def term_grace() -> float:
     """Seconds a slave that got SIGTERM lets its running handler go on
     (``SCIENTIFIC_MS_TERM_GRACE``, default ``departure.TERM_GRACE_SECONDS``)."""
-    from .departure import TERM_GRACE_SECONDS
+    from .slave.departure import TERM_GRACE_SECONDS
     return number("TERM_GRACE", TERM_GRACE_SECONDS)

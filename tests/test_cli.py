@@ -27,9 +27,11 @@ import threading
 import psutil
 import pytest
 
-from scientific_ms import MasterProcess, discovery
+from scientific_ms import MasterProcess
+
+from scientific_ms.wire import discovery
 from scientific_ms.cli import main
-from scientific_ms.payload import dumps_value
+from scientific_ms.wire.payload import dumps_value
 from scientific_ms.progress import LiveView, ProgressBar, format_bar, format_bytes, format_duration
 from conftest import descendants_gone, wait_for
 
@@ -526,7 +528,7 @@ def test_slave_n_interrupted_stops_every_slave(processes):
 PROGRESS_MASTER = textwrap.dedent("""
     import sys
     from scientific_ms import MasterProcess, initializeMasterProcess
-    from scientific_ms.payload import dumps_value
+    from scientific_ms.wire.payload import dumps_value
     if sys.argv[1] == "keyword":
         master = MasterProcess("bar", use_name_server=False, port=0, progress=True)
     else:

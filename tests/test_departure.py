@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from scientific_ms import ConfigurationError, MasterProcess, SlaveProcess, startSlaveProcess
-from scientific_ms.departure import IdleClock
+from scientific_ms.slave.departure import IdleClock
 from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)

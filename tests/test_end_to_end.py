@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from scientific_ms import ConfigurationError, MasterProcess, discovery
+from scientific_ms import ConfigurationError, MasterProcess
+
+from scientific_ms.wire import discovery
 from conftest import EXAMPLES, descendants_gone, wait_for
 
 HERE = os.path.dirname(__file__)

@@ -9,8 +9,9 @@ import pytest
 
 import scientific_ms
 from scientific_ms import (ConfigurationError, LabelInUseError, MasterNotFoundError, MasterProcess,
-                           NoTasksPendingError, SerializationError, SlaveProcess, discovery)
+                           NoTasksPendingError, SerializationError, SlaveProcess)
 from scientific_ms.logs import apply_debug_flag
+from scientific_ms.wire import discovery
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_unknown_label_names_every_place_it_looked():
 
 def test_a_label_file_on_a_local_disk_is_diagnosed_with_its_path_and_the_fix(tmp_path, monkeypatch):
     """A slave on another node cannot see a label file on the master's local disk: say so, and what to do."""
-    from scientific_ms import discovery
+    from scientific_ms.wire import discovery
     registry = tmp_path / "registry"
     monkeypatch.setenv("SCIENTIFIC_MS_REGISTRY", str(registry))
     with pytest.raises(MasterNotFoundError) as caught:

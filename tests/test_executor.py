@@ -288,7 +288,7 @@ def test_importable_functions_go_by_reference_unless_registered_by_value():
     import pickle
 
     import cloudpickle
-    from scientific_ms import calls
+    from scientific_ms.executor import calls
     by_reference = pickle.dumps(fx.add, protocol=5)
     assert calls.dumps_function(fx.add) == by_reference
     cloudpickle.register_pickle_by_value(fx)

@@ -35,7 +35,7 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from scientific_ms import auth
+from scientific_ms.wire import auth
 from conftest import ROOT, pump, wait_for
 
 SLAVE_SCRIPT = ROOT / "tests" / "slave_script.py"
@@ -47,7 +47,8 @@ GREETING_SIZE = len(auth.MAGIC) + auth.NONCE_SIZE + 2 + len(LABEL)
 MASTER = r'''
 import json, sys, threading
 import Pyro5.protocol
-from scientific_ms import MasterProcess, auth
+from scientific_ms import MasterProcess
+from scientific_ms.wire import auth
 
 parsed = []                       # peer port of every message the daemon parsed
 _recv_stub = Pyro5.protocol.recv_stub
@@ -222,7 +223,7 @@ def forged_proof():
 
 def record_a_genuine_conversation(master):
     """Relay a real slave connection (register, exchange, status) and keep what it sent."""
-    from scientific_ms.client import MasterConnection
+    from scientific_ms.wire.client import MasterConnection
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -443,7 +444,7 @@ def _readable(sock, timeout):
 
 def test_silent_connections_cannot_lock_out_slaves(processes, tmp_path):
     """With the pool full of silent strangers, a slave with the secret must still get in."""
-    from scientific_ms.client import MasterConnection
+    from scientific_ms.wire.client import MasterConnection
     pool = 80                     # the smallest pool a master has (Pyro5's default size)
     master = HostileMaster(processes, tmp_path, handshake_seconds=5.0, slaves=1,
                            env={"SCIENTIFIC_MS_MAX_CONNECTIONS": "8"})

@@ -14,9 +14,9 @@ import textwrap
 import pytest
 
 from scientific_ms import GlobalStateValue, JournalError, TaskManager, read_journal
-from scientific_ms.journal import Journal, request_key, value_digest
-from scientific_ms.journal_report import journal_progress
-from scientific_ms.payload import dumps_exception, dumps_parameters, dumps_value
+from scientific_ms.master.journal import Journal, request_key, value_digest
+from scientific_ms.master.journal_report import journal_progress
+from scientific_ms.wire.payload import dumps_exception, dumps_parameters, dumps_value
 from conftest import wait_for
 
 
@@ -91,7 +91,7 @@ def test_the_nth_identical_request_matches_the_nth_journaled_one_and_new_ones_ru
     ran = answer_all(manager, slave, lambda p: p[0] ** 2)
     assert ran == 2
     assert journal.unrequested() == 1          # the third 7
-    with caplog.at_level(logging.WARNING, logger="scientific_ms.journal"):
+    with caplog.at_level(logging.WARNING, logger="scientific_ms.master.journal"):
         journal.close()
     assert "1 journaled tasks were not requested by this run" in caplog.text
     records = list(read_journal(path))
@@ -208,7 +208,7 @@ def test_a_journal_in_use_by_a_live_master_is_refused_until_that_process_dies(tm
     path = tmp_path / "job.db"
     holder = processes.python("-c", textwrap.dedent(f"""
         import time
-        from scientific_ms.journal import Journal
+        from scientific_ms.master.journal import Journal
         journal = Journal({str(path)!r}, "job")
         print("HOLDING", flush=True)
         time.sleep(3600)
@@ -229,7 +229,7 @@ def test_a_full_disk_while_writing_is_reported_naming_the_file_and_the_fix(tmp_p
     # Simulate a full disk: SQLite refuses to grow the file past its current size.
     pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
     journal._db.execute(f"PRAGMA max_page_count = {pages}")
-    with caplog.at_level(logging.ERROR, logger="scientific_ms.journal"):
+    with caplog.at_level(logging.ERROR, logger="scientific_ms.master.journal"):
         for i in range(200):
             request(journal, manager, "square", "x" * 10_000, i)
         assert answer_all(manager, slave, lambda p: 0) == 200    # the job itself goes on

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from scientific_ms import GlobalStateValue, MasterProcess, initializeMasterProcess, read_journal
-from scientific_ms.journal import Journal
+from scientific_ms.master.journal import Journal
 from conftest import descendants_gone, wait_for
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,7 @@ import pytest
 
 from scientific_ms import MasterProcess, TaskRaisedException
 from scientific_ms.errors import SerializationError
-from scientific_ms.payload import Pickled, dumps_parameters, dumps_result, loads_answer, loads_parameters
+from scientific_ms.wire.payload import Pickled, dumps_parameters, dumps_result, loads_answer, loads_parameters
 import large_values
 from large_values import MB, describe, numpy, same
 

@@ -7,8 +7,8 @@ import pytest
 
 from scientific_ms.errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
                                   TaskManagerTermination, UnknownProcessError)
-from scientific_ms.manager import TaskManager
-from scientific_ms.tasks import TaskState
+from scientific_ms.core.manager import TaskManager
+from scientific_ms.core.tasks import TaskState
 
 from conftest import wait_for
 

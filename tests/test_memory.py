@@ -25,7 +25,7 @@ def test_requests_wait_for_slaves_once_waiting_parameters_exceed_the_budget(proc
     try:
         requester = threading.Thread(
             target=lambda: requested.extend(master.requestTask("work", 0.0, bytes(BLOB)) for _ in range(12)))
-        with caplog.at_level(logging.WARNING, logger="scientific_ms.manager"):
+        with caplog.at_level(logging.WARNING, logger="scientific_ms.core.manager"):
             requester.start()
             wait_for(lambda: "requestTask waits" in caplog.text, 30, "the request to wait")
         assert counts(master, "waiting") == 3 and requester.is_alive()   # no slave: nothing moves
@@ -44,7 +44,7 @@ def test_slaves_get_no_new_tasks_while_unretrieved_results_exceed_the_budget(pro
     try:
         processes.python(SLAVE_SCRIPT, "results")
         master.wait_for_slaves(1, timeout=60)
-        with caplog.at_level(logging.WARNING, logger="scientific_ms.manager"):
+        with caplog.at_level(logging.WARNING, logger="scientific_ms.core.manager"):
             # each result is 300 KB; requests never wait while results are over budget
             ids = [master.requestTask("work", 0.0, bytes(BLOB)) for _ in range(30)]
             wait_for(lambda: "slaves get no new tasks" in caplog.text, 60, "the slave to be held back")
@@ -62,7 +62,7 @@ def test_large_parameters_are_named_once_per_tag(caplog):
     master = MasterProcess("large", use_name_server=False, port=0)
     try:
         big = bytes(MasterProcess.LARGE_PARAMETERS + 1)
-        with caplog.at_level(logging.WARNING, logger="scientific_ms.master"):
+        with caplog.at_level(logging.WARNING, logger="scientific_ms.master.master"):
             master.requestTask("big", big)
             master.requestTask("big", big)
             master.requestTask("small", b"")

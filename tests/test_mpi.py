@@ -21,7 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scientific_ms import discovery, mpi
+from scientific_ms.wire import discovery
+
+from scientific_ms import mpi
 from conftest import EXAMPLES, wait_for
 
 pytestmark = pytest.mark.timeout(90)

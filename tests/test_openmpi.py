@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from scientific_ms import discovery
+from scientific_ms.wire import discovery
 from conftest import wait_for
 from test_mpi import KILL_JOB, job_environment, live_output, no_leftovers, result_lines, tagged  # noqa: F401
 

@@ -8,8 +8,8 @@ import textwrap
 import psutil
 import pytest
 
-from scientific_ms import (MasterProcess, RemoteError, SerializationError, TaskRaisedException,
-                           discovery)
+from scientific_ms import MasterProcess, RemoteError, SerializationError, TaskRaisedException
+from scientific_ms.wire import discovery
 from conftest import descendants_gone, wait_for
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
@@ -392,7 +392,7 @@ def test_watch_ends_with_the_final_state_not_the_last_sample(processes):
 
 
 def test_the_unserved_tags_warning_comes_after_a_delay_then_ever_less_often(caplog):
-    from scientific_ms.unserved import FIRST_WARNING_SECONDS, REPEAT_SECONDS, UnservedTags
+    from scientific_ms.core.unserved import FIRST_WARNING_SECONDS, REPEAT_SECONDS, UnservedTags
     now = [0.0]
     report = {"terminated": False, "unserved_tags": ["hits"], "tasks": {"waiting": {"hits": 2}},
               "processes": [{"role": "master", "tags": None}, {"role": "slave", "tags": ["hit"]}]}
@@ -409,7 +409,7 @@ def test_the_unserved_tags_warning_comes_after_a_delay_then_ever_less_often(capl
     assert "2 with tag 'hits'" in message and "handle 'hit'" in message and "task_manager slave typo" in message
     report = dict(report, unserved_tags=[])
     now[0] += 1
-    with caplog.at_level("WARNING", logger="scientific_ms.unserved"):
+    with caplog.at_level("WARNING", logger="scientific_ms.core.unserved"):
         assert notice.check(lambda: report) is None
     assert "now has a slave" in caplog.text
 

@@ -3,7 +3,7 @@
 import threading
 
 from scientific_ms import MasterProcess
-from scientific_ms.client import MasterConnection
+from scientific_ms.wire.client import MasterConnection
 
 SLAVES = 320
 

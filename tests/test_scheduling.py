@@ -2,11 +2,11 @@
 
 import pytest
 
-from scientific_ms.registry import Registry
-from scientific_ms.results import ResultStore
-from scientific_ms.scheduling import (BATCH_PAYLOAD_LIMIT, IDLE_FIRST_BEYOND, QUEUE_SECONDS, STEAL_AFTER,
+from scientific_ms.core.registry import Registry
+from scientific_ms.core.results import ResultStore
+from scientific_ms.core.scheduling import (BATCH_PAYLOAD_LIMIT, IDLE_FIRST_BEYOND, QUEUE_SECONDS, STEAL_AFTER,
                                       Durations, Scheduler)
-from scientific_ms.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
+from scientific_ms.core.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
 
 
 def make_tasks(count, tag="f", payload=b"", start=1):

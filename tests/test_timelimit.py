@@ -9,7 +9,7 @@ import pytest
 
 from scientific_ms import MasterProcess, SlaveProcess, TaskRaisedException, TaskTimeLimitError
 from scientific_ms.errors import ConfigurationError
-from scientific_ms.timelimit import time_limit
+from scientific_ms.slave.timelimit import time_limit
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 
@@ -70,7 +70,7 @@ def test_a_slow_task_is_reported_and_the_slave_goes_on(processes):
 
 def test_the_master_reports_a_task_whose_slave_cannot_stop_it(monkeypatch):
     """A slave that ignores its limit (here: a thread slave whose handler blocks in C) is overtaken."""
-    import scientific_ms.processes as processes_module
+    import scientific_ms.core.processes as processes_module
     monkeypatch.setattr(processes_module, "TIME_LIMIT_GRACE", 0.3)
     master = MasterProcess("stuck", use_name_server=False, port=0)
     release = threading.Event()

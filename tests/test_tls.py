@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from scientific_ms import AuthenticationError, ConfigurationError, MasterProcess, MasterNotFoundError
-from scientific_ms.client import MasterConnection
-from scientific_ms.tls import client_context
+from scientific_ms.wire.client import MasterConnection
+from scientific_ms.wire.tls import client_context
 from conftest import wait_for
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
@@ -85,7 +85,7 @@ def test_a_certificate_from_elsewhere_is_refused(tls_master, tmp_path):
 
 
 def test_the_label_file_says_tls_is_needed(tls_master):
-    from scientific_ms.client import connect
+    from scientific_ms.wire.client import connect
     with pytest.raises(ConfigurationError, match="uses TLS: set SCIENTIFIC_MS_TLS_CA"):
         connect("tls")
 

@@ -1,0 +1,336 @@
+"""The ``task_manager`` command: inspect a running job, watch it, list jobs, run slaves.
+
+    task_manager show LABEL [-v] [--json]      (alias: status)
+    task_manager show JOURNAL [-v] [--json]    (a master's journal file: works when it is dead)
+    task_manager watch LABEL [-v] [--interval SECONDS]
+    task_manager list [-v] [--json]
+    task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
+
+Options common to the commands that take a label, accepted before or after
+the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
+``-v/--verbose``, ``-k/--key-file FILE``. Exit codes: 0 success, 1 the
+master cannot be found, reached or authenticated (a message on stderr says
+where it looked), 2 usage errors, 130 interrupted. docs/task_manager.md
+describes the output and the JSON keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from ..slave import agent_link, departure, leaving
+
+from ..wire import discovery
+
+from .. import logs, settings
+from ..wire.client import MasterConnection, connect
+from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
+from ..slave.agent import NodeAgent
+from ..master.launch import fetch_stored_code, master_state, run_stored_code, slave_command
+from .listing import list_managers
+from ..progress import LiveView, format_duration
+from .report import build_report, format_status, progress_line
+
+log = logging.getLogger(__name__)
+
+#: How long one status call may take before the command gives up.
+STATUS_TIMEOUT = 30.0
+
+#: After the master stops answering, ``watch`` waits this long for it to withdraw its label file or die.
+WATCH_ENDING_SECONDS = 5.0
+
+#: ``watch`` asks for the status at least this often (seconds), whatever its interval.
+WATCH_POLL_SECONDS = 0.5
+
+
+def _connect(args) -> MasterConnection:
+    return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
+
+
+# ------------------------------------------------------------------ show
+
+def show(args) -> int:
+    """Print the state of one task manager (add -v for tags and processes, --json for scripts)."""
+    if os.path.isfile(args.label):
+        return show_journal(args)
+    connection = _connect(args)
+    try:
+        status = connection.status(STATUS_TIMEOUT)
+    finally:
+        connection.close()
+    report = build_report(args.label, connection.address, status)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report, args.verbose))
+    return 0
+
+
+def show_journal(args) -> int:
+    """``show`` given a journal file: the job's progress read from it, master alive or not."""
+    from ..master.journal_report import format_journal_progress, journal_progress
+    report = journal_progress(args.label)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_journal_progress(report, args.verbose))
+    return 0
+
+
+# ------------------------------------------------------------------ watch
+
+def watch(args) -> int:
+    """Show the state of one task manager, refreshed in place until the job ends."""
+    connection = _connect(args)
+    view = LiveView(sys.stdout)
+    # Poll more often than the view is redrawn, so that the last view and the
+    # final line are at most this old when the master goes away.
+    poll = min(args.interval, WATCH_POLL_SECONDS)
+    report: Optional[Dict] = None
+    drawn: Optional[Dict] = None
+    next_draw = 0.0
+    ended = None
+    wait = 0.0   # the first status at once; then each call returns early when the job ends
+
+    def draw(report: Dict) -> None:
+        header, *rest = format_status(report, args.verbose).splitlines()
+        lines = [header, progress_line(report)] + rest
+        if view.terminal:
+            lines.append(f"(refreshed every {args.interval:g} s at {time.strftime('%H:%M:%S')}; Ctrl-C to stop)")
+        view.show(lines)
+
+    try:
+        while True:
+            try:
+                status = connection.status(STATUS_TIMEOUT, wait=wait)
+            except ConnectionLostError as error:
+                log.info("%s", error)
+                break
+            wait = poll
+            report = build_report(args.label, connection.address, status)
+            if time.monotonic() >= next_draw or report["terminated"]:
+                draw(report)
+                drawn, next_draw = report, time.monotonic() + args.interval
+            if report["terminated"]:
+                break
+        if report is not None and report is not drawn:
+            draw(report)
+        code, ended = _watch_ending(args, connection, report)
+    finally:
+        connection.close()
+        view.close(ended)
+    return code
+
+
+def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) -> Tuple[int, str]:
+    """Exit code and final line once the master stopped answering (or said it terminated)."""
+    where = f"task manager {args.label!r} at {connection.address}"
+    if report is not None:
+        tasks = report["tasks"]
+        summary = (f"{tasks['retrieved']} of {tasks['requested']} results retrieved, "
+                   f"{tasks['failed']} failed, {format_duration(report['elapsed_seconds'])} elapsed")
+    else:
+        summary = "no status was received"
+    if report is not None and report["terminated"]:
+        return 0, f"{where} has finished; last status: {summary}"
+    # A master that finishes closes its port, then removes its label file; one
+    # that dies leaves the file behind. Give it a moment to do either.
+    deadline = time.monotonic() + WATCH_ENDING_SECONDS
+    while True:
+        record = discovery.read_label_file(args.label)
+        if record is None or record.get("port") != connection.port:
+            return 0, f"{where} has finished; last status: {summary}"
+        state, reason = master_state(record)
+        if state == "dead":
+            return 1, f"{where} died ({reason}; it left its label file); last status: {summary}"
+        if time.monotonic() >= deadline:
+            return 1, (f"{where} stopped answering (PID {record.get('pid')} on {record.get('hostname')} "
+                       f"still holds its label file); last status: {summary}")
+        time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
+
+
+# ------------------------------------------------------------------ slave
+
+def slave(args) -> int:
+    """Run the slave code stored by the master, in the master's working directory
+    (-n N: N slave processes behind one node agent)."""
+    leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
+    link = agent_link.current()
+    if link is not None:   # a node agent started this slave: the code comes through it
+        code = fetch_stored_code(link, STATUS_TIMEOUT)
+        discovery.set_slave_context(discovery.SlaveContext(args.label, None, None, None))
+        run_stored_code(code)
+        return 0
+    if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n children
+        os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
+    idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
+    connection = departure.connect_or_leave(
+        functools.partial(connect, args.label, args.master, key_file=args.key_file),
+        args.wait, None, idle_timeout, args.label)
+    if connection is None:   # -w with an idle timeout, and no master came: leave as an idle slave
+        return 0
+    try:
+        code = fetch_stored_code(connection, STATUS_TIMEOUT)
+        if code is None:
+            print(f"task_manager: the master of {args.label!r} stored no slave code "
+                  f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
+                  f"run your slave script directly instead", file=sys.stderr)
+            connection.close()
+            return 1
+    except BaseException:
+        connection.close()
+        raise
+    if args.n > 1:
+        agent = NodeAgent(args.label, connection, args.n, slave_command(args.label, args.verbose),
+                          idle_timeout=idle_timeout)
+        try:
+            return agent.run()
+        finally:
+            connection.close()
+    connection.close()
+    discovery.set_slave_context(discovery.SlaveContext(
+        args.label, connection.host, connection.port, connection.secret))
+    run_stored_code(code)
+    return 0
+
+
+# ------------------------------------------------------------------ main
+
+def _label(text: str) -> str:
+    if os.path.isfile(text):
+        return text   # a journal file (show); the other commands reject it as a label
+    try:
+        return discovery.check_label(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _master_address(text: str) -> str:
+    try:
+        settings.parse_host_port(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _positive(kind: type) -> Callable[[str], object]:
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0 < value < float("inf"):   # nan and inf too
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object (keys: docs/task_manager.md)")
+
+
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--interval", type=_positive(float), default=2.0, metavar="SECONDS",
+                        help="seconds between refreshes (default 2)")
+
+
+def _slave_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
+                        help="run N slave processes behind one node agent, which holds the connection "
+                             "to the master and replaces slaves that die (default 1)")
+    parser.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="leave after SECONDS without work, so that a batch allocation is freed "
+                             "when the queue runs dry (default: SCIENTIFIC_MS_IDLE_TIMEOUT, else never)")
+
+
+class Command(NamedTuple):
+    run: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    takes_label: bool = True
+    aliases: Tuple[str, ...] = ()
+
+
+#: The commands, written once: the parser and the dispatch are built from this.
+COMMANDS: Dict[str, Command] = {
+    "show": Command(show, _json_option, aliases=("status",)),
+    "watch": Command(watch, _watch_options),
+    "list": Command(list_managers, _json_option, takes_label=False),
+    "slave": Command(slave, _slave_options),
+}
+
+
+def _add_common_options(parser: argparse.ArgumentParser, suppress: bool, takes_label: bool = True) -> None:
+    # Accepted before and after the command name; after it, an option that is
+    # not given must not overwrite one given before it (hence SUPPRESS).
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+    if takes_label:
+        parser.add_argument("-m", "--master", metavar="HOST[:PORT]", type=_master_address, default=default(None),
+                            help="address of the master (default: environment, name server or label file)")
+        parser.add_argument("-w", "--wait", action="store_true", default=default(False),
+                            help="wait for the master to start")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="more detail")
+    parser.add_argument("-k", "--key-file", metavar="FILE", default=default(None),
+                        help="file holding the master's secret (default: SCIENTIFIC_MS_KEY_FILE, "
+                             "SCIENTIFIC_MS_SECRET or the label file)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task_manager",
+        description="Inspect scientific_ms task managers and run slaves for them.",
+        epilog="Exit codes: 0 success, 1 master not found, unreachable or wrong secret, "
+               "2 usage error, 130 interrupted. See docs/task_manager.md.")
+    _add_common_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        summary = command.run.__doc__.splitlines()[0]
+        sub = commands.add_parser(name, aliases=list(command.aliases), help=summary, description=summary)
+        _add_common_options(sub, suppress=True, takes_label=command.takes_label)
+        if command.takes_label:
+            sub.add_argument("label", type=_label, help="the task manager's label")
+        command.options(sub)
+        sub.set_defaults(run=command.run, takes_label=command.takes_label)
+    return parser
+
+
+def _program() -> str:
+    # A slave that a master spawned runs this command too, but nobody typed it.
+    return "scientific_ms" if leaving.spawned_by_master() else "task_manager"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.takes_label and (args.master or args.wait):
+        parser.error(f"{args.command} takes no -m/--master or -w/--wait")
+    logs.configure(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        logs.apply_debug_flag()
+        return args.run(args)
+    except AuthenticationError as error:
+        print(f"{_program()}: wrong secret: {error}", file=sys.stderr)
+        return 1
+    except ScientificMSError as error:
+        print(f"{_program()}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``task_manager show x | head -1``).
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

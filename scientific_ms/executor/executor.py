@@ -1,0 +1,375 @@
+"""A ``concurrent.futures.Executor`` on the fault-tolerant farm.
+
+::
+
+    user threads                     TaskManager (in this process)     slaves
+    ------------                     -----------------------------     ------
+    submit(fn, *args) --add_tasks--> waiting queue, tag = fn's name --> FunctionSlave
+        returns a Future  (stored in _slots by task id)                   runs fn
+    map(fn, items): the same, in batches, a MapSlot per task
+    collector thread <--get_answers---- answers <-------------------------+
+        settles the Future or MapSlot (result or exception)
+
+One collector thread completes every future (a map's tasks have lighter
+slots: see ``futures``); submit takes no lock. A task id and its slot meet
+in ``_slots`` through ``dict.setdefault``, which is atomic: whichever of
+submit (the slot) and the collector (the answer) comes second settles the
+slot, so an answer that arrives before submit has stored its slot is
+never lost.
+
+Cancelling a future withdraws its task from the manager's queue; that
+only succeeds while no slave has started it, and a withdrawn task yields
+no answer, so a cancelled future is never completed afterwards.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import hashlib
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from . import calls
+
+from .. import mpi, settings
+from ..errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
+                     TaskRaisedException)
+from .futures import Future, MapResults
+from ..master.master import MasterProcess
+
+log = logging.getLogger(__name__)
+
+#: More distinct functions than this in one Executor is probably a function made per submit.
+MANY_FUNCTIONS = 1000
+
+#: A map queues its tasks in batches of 1, 2, 4, ... up to this many: the first
+#: reach the slaves at once, the rest cost one lock of the task manager per batch.
+MAP_BATCH = 64
+
+#: The collector takes up to this many answers from the task manager at once.
+ANSWERS_AT_ONCE = 256
+
+#: Set once rank 0 has handed the MPI ranks to an Executor (they serve one master only).
+_mpi_ranks_taken = False
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run on scientific_ms slaves.
+
+    ``label``: the job's label (None: a fresh unique one; see ``label``).
+    ``slaves``: how many slaves to start on this machine (supervised: one
+    that dies is replaced). More can join at any time from anywhere with
+    ``task_manager slave LABEL``; under mpiexec, the other ranks serve.
+    ``watchdog_period``: the slaves' heartbeat interval in seconds (see
+    :class:`SlaveProcess`; ranks under mpiexec keep the default).
+    ``options``: those of :class:`MasterProcess` (``use_name_server``,
+    ``host``, ``port``, ``secret``, ``missed_heartbeats``,
+    ``max_slave_losses``, ``progress``, ``slave_restarts``,
+    ``task_time_limit``, ``tls_cert``, ``tls_key``, ``journal``,
+    ``keep_journal``). With a journal, an Executor killed and started again
+    delivers the calls answered before from it, without running them (a
+    call matches by its function's pickle and its arguments); without a
+    ``label``, it takes one named after the journal file.
+
+    Each distinct function is pickled once (cloudpickle: by reference when
+    importable, by value when defined in ``__main__``, a lambda or a
+    closure) and fetched once by each slave; later changes to it (or to the
+    ``__main__`` globals it uses, or to a callable object's attributes) do
+    not reach the slaves: pass what changes as arguments. Per-call options
+    go through :meth:`options`.
+    """
+
+    def __init__(self, label: Optional[str] = None, slaves: int = 0, *,
+                 watchdog_period: Optional[float] = 120.0, **options: Any):
+        global _mpi_ranks_taken
+        if isinstance(slaves, bool) or not isinstance(slaves, int) or slaves < 0:
+            raise ConfigurationError(f"Executor(slaves=...): a whole number >= 0, got {slaves!r}")
+        if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
+            raise ConfigurationError(f"Executor(watchdog_period=...): a positive number of seconds or None, "
+                                     f"got {watchdog_period!r}")
+        under_mpi = mpi.runs_under_mpi()
+        if under_mpi and mpi.rank() != 0:
+            mpi.serve_as_function_rank(calls.serve_functions)   # a script run directly by mpiexec
+        if under_mpi and _mpi_ranks_taken and not slaves:
+            raise ConfigurationError(
+                "under mpiexec the other ranks serve the script's first Executor only; keep one "
+                "Executor for the whole script, or give this one slaves=N")
+        self.label = label if label is not None else _fresh_label(settings.journal(options.get("journal")))
+        try:
+            self.master = MasterProcess(self.label, **options)
+        except TypeError as error:
+            raise ConfigurationError(f"Executor: {error} (the options are those of MasterProcess)") from None
+        self._functions: Dict[Any, Tuple[Any, str, str]] = {}   # key -> (function, data label, tag)
+        self._slots: Dict[str, Any] = {}   # task id -> Future, or an answer that came first
+        self._wakeup = threading.Event()
+        self._collector_idle = False
+        self._shutting_down = False
+        self._closed = False
+        try:
+            source = calls.runner_source(*calls.import_paths(), watchdog_period)
+            self.master.store_slave_code(source, None, ["executor-slave"])
+            if slaves:
+                self.master.launchSlaveJobs(slaves)
+            served_by_ranks = under_mpi and not _mpi_ranks_taken and mpi.size() > 1
+            if under_mpi and not _mpi_ranks_taken:
+                _mpi_ranks_taken = True
+                mpi.announce_master(self.master)
+            if not slaves and not served_by_ranks:
+                log.warning("Executor %r has no slaves yet: its calls wait until one joins "
+                            "(task_manager slave %s, or Executor(slaves=N))", self.label, self.label)
+        except BaseException:
+            self.master.shutdown()
+            raise
+        self._collector = threading.Thread(target=self._collect, name=f"scientific_ms-collector-{self.label}",
+                                           daemon=True)
+        self._collector.start()
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        log.info("Executor %r started (%d local slaves)", self.label, slaves)
+
+    # ------------------------------------------------------------------ the public face
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future.
+
+        An argument that cannot be pickled raises SerializationError here.
+        """
+        return self._submit(self._function(fn), (calls.CALL, args, kwargs), self.master.task_time_limit)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator:
+        """Like the builtin ``map``, in order; every call is submitted at once.
+
+        ``chunksize`` > 1 sends that many calls as one task (its time limit
+        covers the whole chunk). Iterating raises TimeoutError if a result
+        is not there ``timeout`` seconds after this call, and the first
+        exception a call raised. The iterator's ``close()`` (or dropping
+        it, or either error) withdraws the calls no slave has started.
+        """
+        return self._map(fn, iterables, timeout, chunksize, self.master.task_time_limit)
+
+    def options(self, *, time_limit: Optional[float] = None) -> "CallOptions":
+        """``submit`` and ``map`` with options: ``ex.options(time_limit=60).submit(fn, x)``.
+
+        ``time_limit``: seconds each call (each chunk of a map) may run; a
+        call that runs longer raises TaskTimeLimitError (a TimeoutError).
+        """
+        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+            raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
+                                     f"got {time_limit!r}")
+        return CallOptions(self, time_limit)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more calls; the master and its slaves end once every future is done.
+
+        ``cancel_futures``: cancel every call that no slave has started.
+        ``wait``: return only when everything has ended.
+        """
+        self._shutting_down = True
+        if cancel_futures:
+            for slot in reversed(list(self._slots.values())):   # newest first: each withdrawal is O(1)
+                if type(slot) is not tuple:   # not an answer waiting for its slot
+                    slot.cancel()
+        self._wakeup.set()
+        if wait:
+            self._collector.join()
+
+    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:
+            # Leaving on an error or Ctrl-C: do not wait for calls that may run for hours.
+            # The master ends now, its slaves exit, the calls not done fail.
+            self.shutdown(wait=False, cancel_futures=True)
+            self.master.shutdown()
+            self._collector.join()
+        return False
+
+    # ------------------------------------------------------------------ submitting
+
+    def _function(self, fn: Callable) -> Tuple[str, str]:
+        """(data label, tag) of ``fn``, storing it on the first call."""
+        known = self._functions.get(id(fn))
+        if known is not None and known[0] is fn:
+            return known[1], known[2]
+        if not callable(fn):
+            raise TypeError(f"submit/map need a callable, got {type(fn).__name__} {fn!r}")
+        # A bound method is a new object at each attribute access: know it by its object and function.
+        own = getattr(fn, "__self__", None)
+        key = (id(own), id(fn.__func__)) if own is not None and hasattr(fn, "__func__") else id(fn)
+        known = self._functions.get(key)
+        if known is not None:
+            return known[1], known[2]
+        pickled = calls.dumps_function(fn)
+        # Named by its pickle, the same in every run: a journal then matches its calls again.
+        label = f"{calls.FUNCTION_PREFIX}{hashlib.blake2b(pickled, digest_size=8).hexdigest()}"
+        self.master.task_manager.store_data(label, pickled)
+        tag = calls.tag_for(fn)
+        self._functions[key] = (fn, label, tag)   # holds fn, so that its id is not reused
+        if len(self._functions) == MANY_FUNCTIONS:
+            log.warning("Executor %r has stored %d distinct functions (each is kept until shutdown): "
+                        "define functions once rather than per call", self.label, MANY_FUNCTIONS)
+        return label, tag
+
+    def _submit(self, function: Tuple[str, str], call: tuple, time_limit: Optional[float]) -> Future:
+        if self._shutting_down:   # before pickling: after shutdown, that is the error to see
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        label, tag = function
+        future = Future(self)
+        self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], time_limit)
+        return future
+
+    def _map(self, fn: Callable, iterables: Tuple[Iterable, ...], timeout: Optional[float],
+             chunksize: int, time_limit: Optional[float]) -> Iterator:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        label, tag = self._function(fn)
+        tasks = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
+            calls.chunks(iterables, chunksize)
+        results = MapResults(self._withdraw)
+        try:
+            for batch in _batches(tasks, MAP_BATCH):
+                payloads = [calls.dumps_call(tag, (label, *task)) for task in batch]
+                self._queue(tag, payloads, results.new_slots(len(payloads)), time_limit)
+        except BaseException:   # e.g. an item that cannot be pickled: nothing of this map runs
+            results.cancel()
+            raise
+        return results.iterator(end, chunked=chunksize > 1)
+
+    def _queue(self, tag: str, payloads: List[bytes], slots: list, time_limit: Optional[float]) -> None:
+        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it."""
+        if self._shutting_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        try:
+            task_ids = self.master.add_pickled_tasks(tag, payloads, time_limit)
+        except TaskManagerTermination:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        table = self._slots
+        for task_id, slot in zip(task_ids, slots):
+            slot.task_id = task_id
+            early = table.setdefault(task_id, slot)
+            if early is not slot:   # its answer came first
+                del table[task_id]
+                slot._settle(*early)
+        if self._collector_idle:
+            self._wakeup.set()
+        if self._closed:   # the collector ended meanwhile: nobody else will settle them
+            self._fail_leftovers()
+
+    def _withdraw(self, slot) -> bool:
+        """Take a waiting task back from the manager (called by a slot's ``cancel``)."""
+        if slot.task_id is None or not self.master.task_manager.cancel_task(slot.task_id):
+            return False
+        self._slots.pop(slot.task_id, None)
+        return True
+
+    # ------------------------------------------------------------------ the collector thread
+
+    def _collect(self) -> None:
+        failure: BaseException = RuntimeError("the executor was shut down before this call was done")
+        try:
+            self._collect_answers()
+        except BaseException as error:   # a bug here must not leave futures waiting for ever
+            log.exception("the collector of Executor %r failed", self.label)
+            failure = error
+        finally:
+            try:
+                self.master.shutdown()
+            finally:
+                self._closed = True
+                self._fail_leftovers(failure)
+
+    def _collect_answers(self) -> None:
+        master, slots = self.master, self._slots
+        while True:
+            try:
+                outcomes = master.task_manager.get_answers(ANSWERS_AT_ONCE)
+            except TaskManagerTermination:
+                log.warning("the task manager of Executor %r ended; failing the calls not done", self.label)
+                return
+            except NoTasksPendingError:
+                if self._shutting_down:
+                    return
+                if not self._collector_idle:
+                    self._collector_idle = True   # say so, then look once more before waiting
+                    continue
+                log.debug("Executor %r: no calls outstanding; waiting for one", self.label)
+                self._wakeup.wait()
+                self._wakeup.clear()
+                self._collector_idle = False
+                continue
+            master.count_delivered()
+            for outcome in outcomes:
+                try:
+                    ok, value = True, master.read_answer(outcome)
+                except TaskRaisedException as error:
+                    ok, value = False, _remote(error)
+                slot = slots.setdefault(outcome.task_id, (ok, value))
+                if type(slot) is not tuple:   # the slot is there: settle it (else submit will)
+                    del slots[outcome.task_id]
+                    slot._settle(ok, value)
+
+    def _fail_leftovers(self, error: Optional[BaseException] = None) -> None:
+        error = error or RuntimeError("the executor was shut down before this call was done")
+        while True:
+            try:
+                _, slot = self._slots.popitem()
+            except KeyError:
+                return
+            if type(slot) is not tuple:
+                slot._settle(False, error)
+
+
+class CallOptions:
+    """``submit`` and ``map`` of an Executor with per-call options (see ``Executor.options``)."""
+
+    def __init__(self, executor: Executor, time_limit: Optional[float]):
+        self._executor = executor
+        self.time_limit = time_limit
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        executor = self._executor
+        return executor._submit(executor._function(fn), (calls.CALL, args, kwargs), self.time_limit)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator:
+        return self._executor._map(fn, iterables, timeout, chunksize, self.time_limit)
+
+
+def _remote(error: TaskRaisedException) -> BaseException:
+    """The exception a call raised on its slave, with the slave's traceback as its cause."""
+    exception = error.exception
+    exception.__cause__ = RemoteTraceback(error.traceback)
+    return exception
+
+
+def _fresh_label(journal: Optional[str]) -> str:
+    """A label of its own; with a journal, the same one each run (a journal belongs to one label)."""
+    if journal is None:
+        return f"executor-{os.getpid()}-{secrets.token_hex(4)}"
+    path = os.path.abspath(journal)
+    return f"executor-{hashlib.blake2b(path.encode(), digest_size=4).hexdigest()}"
+
+
+def _batches(items: Iterator, largest: int) -> Iterator[list]:
+    """Lists of 1, 2, 4, ... up to ``largest`` items from ``items``."""
+    size = 1
+    while True:
+        batch = list(itertools.islice(items, size))
+        if not batch:
+            return
+        yield batch
+        size = min(2 * size, largest)
+
+
+def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:
+    executor = reference()
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,395 @@
+"""The master process: owns the TaskManager, serves it, and starts slaves."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import signal
+import os
+import socket
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..wire import auth, discovery, tls
+
+from . import launch
+
+from .. import settings
+from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
+from .journal import Journal, request_key, value_digest
+from ..logs import apply_debug_flag
+from ..wire.limits import check_state
+from ..machine import process_info, tune_allocator
+from ..core.manager import TaskManager
+from ..core.results import Outcome
+from ..wire.protocol import slave_environment
+from ..wire.payload import (GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label,
+                      unreadable_answer)
+from ..progress import master_progress
+from ..wire.server import MasterServer
+from .supervisor import SlaveSupervisor
+
+log = logging.getLogger(__name__)
+
+#: How long shutdown() waits for slaves to leave before it closes their connections.
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class MasterProcess:
+    """Master process in a master-slave setup.
+
+    Subclass it and override :meth:`run`, which calls :meth:`requestTask` and
+    :meth:`retrieveResult`; then call :meth:`start`. Creating the object
+    starts the task manager and publishes ``label`` (label file, and the
+    Pyro5 name server if ``use_name_server`` and one is reachable).
+
+    Keyword options: ``host`` (interface to listen on, default all, or
+    SCIENTIFIC_MS_HOST), ``port`` (default 7766 when free, else any, or
+    SCIENTIFIC_MS_PORT), ``secret`` (default SCIENTIFIC_MS_SECRET, a key
+    file, or a fresh random one), ``missed_heartbeats`` (4) and
+    ``max_slave_losses`` (3), see :class:`TaskManager`; ``slave_restarts``
+    (how often each slave started by :meth:`launchSlaveJobs` is replaced when
+    it dies; default 5, or SCIENTIFIC_MS_SLAVE_RESTARTS) and
+    ``task_time_limit`` (seconds a handler may run; default None: no limit;
+    see :meth:`request_task`); ``tls_cert`` and ``tls_key`` (files; or
+    SCIENTIFIC_MS_TLS_CERT/KEY) put every connection under TLS.
+    ``progress=True``
+    (or SCIENTIFIC_MS_PROGRESS=1) draws a bar of results retrieved against
+    tasks requested on stderr, when stderr is a terminal.
+    ``memory_budget`` (bytes, or text such as ``"8G"``; default
+    SCIENTIFIC_MS_MEMORY_BUDGET, else a quarter of this machine's memory)
+    bounds the parameters of waiting tasks (``requestTask`` then waits for
+    slaves to take some) and the results not yet retrieved (slaves then get
+    no new tasks until ``retrieveResult`` is called); nothing is lost.
+    ``journal`` (a file name, or SCIENTIFIC_MS_JOURNAL) keeps every accepted
+    answer, with its request, in an SQLite journal: a master killed and
+    started again with the same journal resumes, answering the requests
+    already answered from it (see README, "Resuming a sweep"). ``keep_journal`` (default True, or
+    SCIENTIFIC_MS_KEEP_JOURNAL): False removes the journal when the job ends
+    cleanly (run() returned and every result was retrieved).
+    """
+
+    #: One task's parameters above this size get a warning (once per tag).
+    LARGE_PARAMETERS = 16 * 1024 * 1024
+
+    def __init__(self, label: str, use_name_server: bool = True, *, host: Optional[str] = None,
+                 port: Optional[int] = None, secret: Optional[bytes] = None,
+                 missed_heartbeats: float = 4, max_slave_losses: int = 3,
+                 progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
+                 task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
+                 keep_journal: Optional[bool] = None):
+        self.label = discovery.check_label(label)
+        self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
+        apply_debug_flag()
+        tune_allocator()
+        self.task_manager = TaskManager(missed_heartbeats=missed_heartbeats,
+                                        max_slave_losses=max_slave_losses,
+                                        memory_budget=settings.memory_budget(memory_budget))
+        self._large_tags: set = set()
+        self.process_id = self.task_manager.register_process("master", process_info())
+        if isinstance(secret, str):
+            secret = secret.encode()
+        secret = secret or settings.secret_from_environment()
+        self._journal = self._open_journal(settings.journal(journal), secret)
+        self.keep_journal = settings.keep_journal(keep_journal)
+        self._run_failed = False
+        self._state_digests: Dict[str, bytes] = {}
+        self.secret: bytes = secret or (self._journal.secret if self._journal else None) or auth.new_secret()
+        self.host = host or settings.bind_host()
+        self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
+        tls_context = tls.server_context(self.tls_cert, tls_key)
+        try:
+            self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
+                                        tls_context=tls_context)
+        except BaseException:
+            if self._journal is not None:
+                self._journal.close()
+            raise
+        try:
+            self._publication = launch.publish(label, self._server.port, self.secret, self.host,
+                                                  settings.use_name_server(use_name_server),
+                                                  tls=tls_context is not None)
+        except BaseException:
+            self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
+            self._server.close()
+            if self._journal is not None:
+                self._journal.close()
+            raise
+        self.global_states: Dict[int, List[str]] = {}
+        self._state_numbers = itertools.count(1)
+        self.slave_restarts = settings.slave_restarts(slave_restarts)
+        self.task_time_limit = task_time_limit
+        self._supervisor: Optional[SlaveSupervisor] = None
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+        log.info("master of %r listening on %s:%d", label, self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The TCP port the task manager listens on."""
+        return self._server.port
+
+    # ------------------------------------------------------------------ tasks
+
+    def requestTask(self, tag: str, *parameters: Any) -> str:
+        """Queue a task for a slave's ``do_<tag>(*parameters)``; returns its id.
+
+        Parameters are pickled here, so an unpicklable one raises
+        SerializationError at this call. Task order is not defined.
+        """
+        return self.request_task(tag, *parameters)
+
+    def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None) -> str:
+        """``requestTask`` with options.
+
+        ``time_limit``: seconds the handler may run (default: the master's
+        ``task_time_limit``). A handler that runs longer is interrupted on the
+        slave, which goes on with other tasks; the task is *reported*, not
+        rescheduled: ``retrieveResult`` raises TaskRaisedException whose
+        exception is a TaskTimeLimitError. If the slave cannot interrupt the
+        handler (it is stuck inside C code, or the slave hangs), the master
+        reports the task anyway a few seconds later.
+        """
+        limit = self.task_time_limit if time_limit is None else time_limit
+        if self._journal is None:
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            self._warn_if_large(tag, payload)
+            task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
+        else:
+            task_id = self._journaled_request(tag, parameters, limit)
+        if self._progress is not None:
+            self._progress.update_counters(self.task_manager.counters)
+        return task_id
+
+    def add_pickled_tasks(self, tag: str, payloads: List[bytes], time_limit: Optional[float]) -> List[str]:
+        """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
+
+        With a journal, each is matched by its tag and pickled parameters as
+        ``requestTask`` matches its requests: one answered before is delivered
+        from the journal and not run again.
+        """
+        if self._journal is None:
+            return self.task_manager.add_tasks(tag, payloads, time_limit)
+        return [self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, time_limit)
+                for payload in payloads]
+
+    def retrieveResult(self, tag: Optional[str] = None, *,
+                       timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[str], Any]:
+        """Wait for a result (of a task with ``tag``, if given): ``(task_id, tag, result)``.
+
+        Raises TaskRaisedException if the handler raised (or the task kept
+        losing its slaves), NoTasksPendingError if no matching task is
+        outstanding, TimeoutError after ``timeout`` seconds. Returns
+        ``(None, None, None)`` once the task manager is terminated.
+        """
+        try:
+            outcome = self.task_manager.get_answer(tag, timeout)
+        except TaskManagerTermination:
+            return None, None, None
+        self.count_delivered()
+        return outcome.task_id, outcome.tag, self.read_answer(outcome)
+
+    def read_answer(self, outcome: Outcome) -> Any:
+        """The result of a task the task manager delivered; raises TaskRaisedException if it failed."""
+        try:
+            value = loads_answer(outcome.payload, outcome.task_id)
+        except Exception as error:
+            exception, remote_traceback = unreadable_answer(outcome.ok, outcome.traceback, error)
+            raise TaskRaisedException(outcome.task_id, outcome.tag, exception, remote_traceback) from error
+        if not outcome.ok:
+            raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
+        return value
+
+    def count_delivered(self) -> None:
+        """Show results retrieved (by retrieveResult or an Executor) on the progress bar."""
+        if self._progress is not None:
+            self._progress.update_counters(self.task_manager.counters)
+
+    # ------------------------------------------------------------------ journal
+
+    def _open_journal(self, path: Optional[str], secret: Optional[bytes]) -> Optional[Journal]:
+        """Open (or create) the journal before the master is published: a bad one fails first."""
+        if path is None:
+            return None
+        journal = Journal(path, self.label, secret or auth.new_secret())
+        self.task_manager.on_answers = journal.answers
+        # Slaves read this to know that a vanished master may come back (rejoin_grace).
+        self.task_manager.store_data("journaled_master", dumps_value(
+            {"pid": os.getpid(), "host": socket.gethostname(), "journal": str(journal.path)}))
+        return journal
+
+    def _warn_if_large(self, tag: str, payload: bytes) -> None:
+        if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
+            self._large_tags.add(tag)
+            log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
+                        "by the master until a slave takes it. Values shared by many tasks belong in "
+                        "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
+
+    def _journaled_request(self, tag: str, parameters: tuple, limit: Optional[float]) -> str:
+        if not self._state_digests:   # no global state set: no placeholder to look for
+            payload = dumps_parameters(tag, parameters, self._state_is_stored)
+            self._warn_if_large(tag, payload)
+            return self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, limit)
+        states: List[GlobalStateValue] = []
+
+        def known_state(value: GlobalStateValue) -> bool:
+            states.append(value)
+            return self._state_is_stored(value)
+
+        payload = dumps_parameters(tag, parameters, known_state)
+        self._warn_if_large(tag, payload)
+        key = request_key(tag, payload, parameters if states else None, self._state_digests.__getitem__)
+        return self._journal.request(tag, key, payload, self.task_manager, limit)
+
+    def _close_journal(self) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        counters = self.task_manager.counters
+        clean = not self._run_failed and counters["requested"] == counters["delivered"]
+        if journal.replayed:
+            log.info("journal %s: %d of %d requests were answered from the journal",
+                     journal.path, journal.replayed, counters["requested"])
+        journal.close(remove=clean and not self.keep_journal)
+
+    # ------------------------------------------------------------------ shared state
+
+    def setGlobalState(self, **values: Any) -> int:
+        """Store values once; returns a state id for ``GlobalStateValue(state_id, name)``."""
+        if not values:
+            raise ConfigurationError("setGlobalState() needs at least one name=value")
+        state_id = next(self._state_numbers)
+        for name, value in values.items():
+            try:
+                data = dumps_value(value)
+            except Exception as error:
+                raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
+            check_state(name, len(data))
+            self.task_manager.store_data(state_label(state_id, name), data)
+            if self._journal is not None:
+                self._state_digests[state_label(state_id, name)] = value_digest(data)
+        self.global_states[state_id] = list(values)
+        return state_id
+
+    def _state_is_stored(self, value: GlobalStateValue) -> bool:
+        return value.name in self.global_states.get(value.state_id, ())
+
+    def deleteGlobalState(self, state_id: int) -> None:
+        """Drop the values stored under ``state_id``.
+
+        Tasks requested afterwards may not refer to them (``requestTask``
+        raises ConfigurationError); slaves drop nothing they already fetched.
+        """
+        try:
+            names = self.global_states.pop(state_id)
+        except KeyError:
+            raise ConfigurationError(f"no global state with id {state_id!r}") from None
+        for name in names:
+            self.task_manager.delete_data(state_label(state_id, name))
+
+    # ------------------------------------------------------------------ slaves
+
+    def store_slave_code(self, source: str, script: Optional[str] = None,
+                         argv: Optional[List[str]] = None) -> None:
+        """Keep the slaves' code so that ``task_manager slave LABEL`` and spawned slaves can run it."""
+        launch.store_slave_code(self.task_manager, source, script, argv)
+
+    def launchSlaveJobs(self, n: int = 1) -> None:
+        """Start ``n`` slave processes on this machine, running the stored slave code.
+
+        They are supervised: one that dies while the job runs is replaced (up
+        to ``slave_restarts`` times each), and all are reaped at shutdown.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
+        cwd = launch.stored_cwd(self.task_manager)
+        if cwd is None:
+            raise ConfigurationError(
+                "launchSlaveJobs() needs the slaves' code: use runJob(), or "
+                "initializeMasterProcess(label, slave_script=... or slave_module=...)")
+        if self._supervisor is None:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
+            # the master's certificate is the right CA for a self-signed one
+            env = slave_environment(host, self.port, self.secret, tls_ca=self.tls_cert)
+            self._supervisor = SlaveSupervisor(launch.slave_command(self.label), env, cwd,
+                                               self.slave_restarts,
+                                               job_over=lambda: self.task_manager.terminated)
+        self._supervisor.launch(n)
+
+    @property
+    def spawned_slaves(self) -> List[int]:
+        """PIDs of the slave processes started by :meth:`launchSlaveJobs` that run now."""
+        return self._supervisor.pids if self._supervisor is not None else []
+
+    @property
+    def slave_replacements(self) -> int:
+        """How many spawned slaves that died were replaced so far."""
+        return self._supervisor.restarts if self._supervisor is not None else 0
+
+    def wait_for_slaves(self, count: int = 1, timeout: Optional[float] = None) -> None:
+        """Block until at least ``count`` slaves are connected.
+
+        Raises TimeoutError after ``timeout`` seconds, TaskManagerTermination
+        once the master is shut down.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigurationError(f"wait_for_slaves(count): a whole number >= 0, got {count!r}")
+        if not self.task_manager.wait_for_slaves(count, timeout):
+            raise TimeoutError(f"fewer than {count} slaves connected within {timeout} s")
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> None:
+        """The master's work; override it in a subclass."""
+        raise NotImplementedError("subclass MasterProcess and override run()")
+
+    def start(self) -> None:
+        """Run :meth:`run`, then :meth:`shutdown` (also when run() raises or is interrupted)."""
+        with terminate_on_sigterm():
+            try:
+                self.run()
+            except BaseException:
+                self._run_failed = True   # the journal is kept, whatever keep_journal says
+                raise
+            finally:
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        """Terminate the task manager: slaves exit, the label is withdrawn. Idempotent."""
+        with self._shutdown_lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        self.task_manager.terminate()
+        if self._progress is not None:
+            self._progress.close()
+        if not self.task_manager.wait_until_no_slaves(SHUTDOWN_GRACE_SECONDS):
+            log.warning("some slaves did not leave within %.0f s; closing their connections",
+                        SHUTDOWN_GRACE_SECONDS)
+        if self._supervisor is not None:
+            self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        self._server.close()
+        self._close_journal()
+        self._publication.withdraw()
+        log.info("master of %r shut down", self.label)
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+    """Turn SIGTERM into SystemExit so that a terminated master still cleans up."""
+    installed = False
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def handler(signum, frame):
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGTERM, handler)
+        installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

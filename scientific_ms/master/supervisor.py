@@ -1,0 +1,123 @@
+"""Slave processes that the master starts on its own machine, replaced when they die.
+
+Each child has a thread blocked in ``wait()`` (no polling). A child that
+dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
+replaced, at most ``max_restarts`` times per slot, so a job keeps its
+workers without looping forever on a slave that cannot start. A child that
+said it leaves on purpose (``terminationTest``; see ``leaving.py``) is not
+replaced; exit status 0 alone proves nothing, since a handler may call
+``sys.exit(0)`` or ``os._exit(0)``. Nor is one that ends once the job is over.
+
+Each child runs in its own session: Ctrl-C in the master's terminal reaches
+the master alone, whose shutdown then ends the slaves, instead of killing
+them all at once and having them replaced while the master shuts down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, List, Sequence
+
+from ..slave.leaving import LeavingChannel
+
+log = logging.getLogger(__name__)
+
+
+class SlaveSupervisor:
+    """Starts ``command`` as slave processes and keeps them running until ``stop()``."""
+
+    def __init__(self, command: Sequence[str], env: Dict[str, str], cwd: str, max_restarts: int,
+                 job_over: Callable[[], bool] = lambda: False):
+        self._job_over = job_over   # once true, children that end are not replaced
+        self._command = list(command)
+        self._env = env
+        self._cwd = cwd
+        self.max_restarts = max_restarts
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._children: List[subprocess.Popen] = []
+        self._threads: List[threading.Thread] = []
+        self.restarts = 0
+
+    def launch(self, count: int) -> None:
+        for _ in range(count):
+            self._start(restarts_left=self.max_restarts)
+
+    @property
+    def pids(self) -> List[int]:
+        with self._lock:
+            return [child.pid for child in self._children if child.returncode is None]
+
+    def _start(self, restarts_left: int) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            channel = LeavingChannel()
+            try:
+                child = subprocess.Popen(self._command, cwd=self._cwd, env=channel.child_environment(self._env),
+                                         stdin=subprocess.DEVNULL, pass_fds=channel.pass_fds,
+                                         start_new_session=True)
+            except BaseException:
+                channel.close()
+                raise
+            channel.started()
+            self._children.append(child)
+            thread = threading.Thread(target=self._supervise, args=(child, restarts_left, channel),
+                                      name=f"scientific_ms-supervise-{child.pid}", daemon=True)
+            self._threads.append(thread)
+        log.info("started slave process %d", child.pid)
+        thread.start()
+
+    def _supervise(self, child: subprocess.Popen, restarts_left: int, channel: LeavingChannel) -> None:
+        code = child.wait()
+        on_purpose = channel.left_on_purpose()
+        with self._lock:
+            if self._stopping or self._job_over():
+                return
+        if on_purpose:
+            log.info("slave process %d left (exit status %d); not replacing it", child.pid, code)
+            return
+        cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if code == 0:
+            cause += " without leaving on purpose: a handler ended the process?"
+        if restarts_left <= 0:
+            log.error("slave process %d died (%s); restart limit of %d reached, not replacing it",
+                      child.pid, cause, self.max_restarts)
+            return
+        log.warning("slave process %d died (%s); starting a replacement", child.pid, cause)
+        with self._lock:
+            self.restarts += 1
+        self._start(restarts_left - 1)
+
+    def stop(self, timeout: float) -> None:
+        """Stop replacing; give the children ``timeout`` s to exit, then terminate them."""
+        with self._lock:
+            self._stopping = True
+            children = list(self._children)
+        stop_processes(children, timeout, interrupt=False)
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+
+
+def stop_processes(children: List[subprocess.Popen], grace: float, interrupt: bool) -> None:
+    """Let ``children`` exit within ``grace`` s (sent SIGINT first if ``interrupt``),
+    then SIGTERM the stragglers, then SIGKILL them; every child is reaped."""
+    steps = ((signal.SIGINT if interrupt else None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None))
+    for sig, timeout in steps:
+        alive = [child for child in children if child.poll() is None]
+        if not alive:
+            return
+        if sig in (signal.SIGTERM, signal.SIGKILL):
+            log.warning("%d slave process(es) still running; sending %s", len(alive), sig.name)
+        for child in alive if sig is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for child in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(None if deadline is None else max(0.05, deadline - time.monotonic()))

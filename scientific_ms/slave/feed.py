@@ -1,0 +1,249 @@
+"""A slave's supply of tasks: network calls on their own thread, off the handler's path.
+
+::
+
+    main thread                      feed thread (owns the connection)
+    -----------                      --------------------------------
+    next_task()  <-- inbox <-------  exchange(answers, want) --> master
+    run handler
+    put_answer() --> outbox ------>  (sent with the next exchange)
+
+While tasks are short (under ``PREFETCH_BELOW`` seconds on average) the
+feed keeps about ``TARGET_QUEUE_SECONDS`` of work queued, so the handler
+never waits for a round trip and one call carries many answers. Long tasks
+are fetched one at a time, only when the slave is idle: a slave never sits
+on a long task that another, idle slave could run. An answer waits at most
+``ANSWER_DELAY`` for others to travel with it: the master, or a reader of
+results in order, is never kept waiting for a whole queue's worth.
+
+The two threads wake each other only when the other has something to do:
+not once per task.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+import threading
+import time
+from typing import Callable, Deque, List, Optional
+
+from .. import settings
+from ..wire.client import MasterConnection
+from ..errors import ConnectionLostError
+from ..wire.protocol import TERMINATED, UNKNOWN, Answer
+
+log = logging.getLogger(__name__)
+
+#: Tasks shorter than this on average are prefetched.
+PREFETCH_BELOW = 0.05
+#: How much work (seconds) to keep queued while prefetching.
+TARGET_QUEUE_SECONDS = 0.02
+MAX_BATCH = 1024
+#: Longest an answer is held back so that more travel in the same call.
+ANSWER_DELAY = 0.005
+
+END = object()
+#: What ``next_task`` returns once :meth:`TaskFeed.leave` was called and no task is left.
+LEAVE = object()
+
+
+class TaskFeed:
+    """Fetches tasks and returns answers for one slave; see the module docstring."""
+
+    def __init__(self, connection: MasterConnection, process_id: int,
+                 rejoin: Callable[[int, MasterConnection], int]):
+        self._connection = connection
+        self.process_id = process_id
+        self._rejoin = rejoin
+        self._cond = threading.Condition()
+        self._inbox: Deque[tuple] = collections.deque()   # the fields of protocol.TaskMessage
+        self._outbox: List[Answer] = []
+        self._main_idle = False       # the main thread waits in next_task
+        self._feed_idle = False       # the feed thread waits for something to do
+        self._answers_since = 0.0     # when the oldest answer in the outbox came
+        self._server_drained = False  # the last non-blocking fetch found nothing
+        self._stopping = False
+        self._leaving = False         # leave() was called: fetch nothing, start nothing more
+        self._poked = False           # the master has news (revoked tasks): call it now
+        self._flush = False           # an answer the master should have at once
+        self._waiting_for_work = False   # in a blocking exchange, every answer handed in
+        self._ended: Optional[str] = None
+        self._error: Optional[BaseException] = None
+        self._seconds_per_task: Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name="scientific_ms-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ------------------------------------------------------------------ main thread
+
+    def next_task(self, timeout: float):
+        """The next task, END when the master finished, LEAVE after :meth:`leave`,
+        None after ``timeout`` s."""
+        with self._cond:
+            self._main_idle = True
+            self._cond.notify_all()
+            try:
+                if not self._inbox and self._ended is None and not self._leaving:
+                    self._cond.wait(timeout)
+            finally:
+                self._main_idle = False
+            if self._inbox:
+                task = self._inbox.popleft()
+                if self._feed_idle and self._should_call():
+                    self._cond.notify_all()   # the queue shrank: time to fetch
+                return task
+            if self._error is not None:
+                raise self._error
+            if self._ended is not None:
+                return END
+            return LEAVE if self._leaving else None
+
+    def leave(self) -> int:
+        """Fetch no more tasks and drop those held but not started (any thread).
+
+        The master still counts the dropped tasks as this slave's: the goodbye
+        (``unregister``) puts them back at the front of its queue. The main
+        thread's ``next_task`` returns LEAVE at once, or after the running
+        handler. Returns how many tasks were dropped.
+        """
+        with self._cond:
+            self._leaving = True
+            dropped = len(self._inbox)
+            self._inbox.clear()
+            self._cond.notify_all()
+            return dropped
+
+    def put_answer(self, answer: Answer) -> None:
+        seconds = answer.seconds or 0.0
+        with self._cond:
+            if not self._outbox:
+                self._answers_since = time.monotonic()
+                self._cond.notify_all()   # the feed thread sends it within ANSWER_DELAY
+            self._outbox.append(answer)
+            if seconds * 10 >= TARGET_QUEUE_SECONDS:
+                # We hold one task less: the master, which caps queued work by time, may
+                # give more now. (Tiny tasks are never capped that way: no call per answer.)
+                self._server_drained = False
+            average = self._seconds_per_task
+            self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
+            if seconds > TARGET_QUEUE_SECONDS and self._inbox:
+                # A long task ended with more queued: tell the master now, so that it
+                # knows which task runs and never hands the next one to another slave.
+                self._flush = True
+                self._cond.notify_all()
+            elif self._prefetching() and len(self._outbox) >= self._want():
+                self._cond.notify_all()
+
+    def poke(self) -> None:
+        """Call the master soon even with nothing to say: it revoked some of our tasks."""
+        with self._cond:
+            self._poked = True
+            self._cond.notify_all()
+
+    def stop(self, timeout: float) -> bool:
+        """Send the answers still held and end the feed thread; True if it ended in time.
+
+        A feed thread still blocked after ``timeout`` is waiting for work,
+        which it only does once every answer has been handed in.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            if self._waiting_for_work and self._ended is None:
+                return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def ended(self) -> Optional[str]:
+        return self._ended
+
+    # ------------------------------------------------------------------ feed thread
+
+    def _want(self) -> int:
+        average = self._seconds_per_task
+        if average is None or average >= PREFETCH_BELOW:
+            return 1
+        return max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
+
+    def _prefetching(self) -> bool:
+        average = self._seconds_per_task
+        return average is not None and average < PREFETCH_BELOW
+
+    def _should_call(self) -> bool:
+        if self._stopping or self._poked or self._flush:
+            return True
+        if self._leaving:
+            return False         # the answers go with stop(), which follows
+        idle = self._main_idle and not self._inbox
+        if idle:
+            return True          # hand in answers, fetch (blocking) the next work
+        if self._outbox and time.monotonic() >= self._answers_since + ANSWER_DELAY:
+            return True          # answers held long enough
+        if not self._prefetching():
+            return False         # long tasks: answer and fetch together, once idle
+        if not self._server_drained and len(self._inbox) < self._want():
+            return True          # top up the queue while the handler runs
+        return len(self._outbox) >= self._want()
+
+    def _answers_due_in(self) -> Optional[float]:
+        """Seconds until the held answers must go (None: none held, or they go with the goodbye)."""
+        if not self._outbox or self._leaving:
+            return None
+        return max(0.0, self._answers_since + ANSWER_DELAY - time.monotonic())
+
+    def _run(self) -> None:
+        try:
+            self._connection.claim()     # this thread makes every call from now on
+            while True:
+                with self._cond:
+                    while not self._should_call():
+                        self._feed_idle = True
+                        self._cond.wait(self._answers_due_in())
+                    self._feed_idle = False
+                    answers, self._outbox = self._outbox, []
+                    self._poked = self._flush = False
+                    stopping = self._stopping
+                    idle = self._main_idle and not self._inbox
+                    want = 0 if (stopping or self._leaving) else (self._want() if (idle or self._prefetching()) else 0)
+                    # jittered, so that a thousand idle slaves do not all call back at once
+                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
+                    self._waiting_for_work = wait > 0
+                process_id = self.process_id
+                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait)
+                with self._cond:
+                    self._waiting_for_work = False
+                    if status == TERMINATED:
+                        self._ended = "terminated"
+                    elif status == UNKNOWN and self._stopping:
+                        self._ended = "stopped"         # we said goodbye: do not come back
+                    elif status == UNKNOWN:
+                        self.process_id = self._rejoin(process_id, self._connection)
+                    if revoked:   # another slave runs them now: drop those not started
+                        dropped = set(revoked)
+                        self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)   # [1]: assignment
+                    if not self._leaving:   # else the goodbye gives them back
+                        self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
+                    self._server_drained = want > 0 and not tasks
+                    if stopping and not self._outbox:
+                        self._ended = self._ended or "stopped"
+                    self._cond.notify_all()
+                    if self._ended is not None:
+                        return
+        except ConnectionLostError as error:
+            with self._cond:
+                self._waiting_for_work = False
+                self._error = error
+                self._ended = "lost"
+                self._cond.notify_all()
+        except BaseException as error:  # a bug here must not leave the main thread waiting
+            log.exception("the task feed failed")
+            with self._cond:
+                self._waiting_for_work = False
+                self._error = error
+                self._ended = "failed"
+                self._cond.notify_all()

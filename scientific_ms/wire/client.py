@@ -1,0 +1,224 @@
+"""Authenticated connections from slaves and the command line to a master."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from typing import List, Optional, Tuple
+
+import Pyro5.client
+import Pyro5.errors
+
+from . import auth, discovery, tls
+from ..errors import (AuthenticationError, ConfigurationError, ConnectionDroppedError,
+                     ConnectionLostError, MasterNotFoundError)
+from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
+from .buffers import carry_buffers, records_from_wire
+
+log = logging.getLogger(__name__)
+
+#: How often a slave that waits for its master says so in its log.
+WAIT_NOTE_SECONDS = 300.0
+#: Times a connection is tried again that the master closed before its verdict on our
+#: secret: a master drops the oldest of too many connections still authenticating.
+DROPPED_RETRIES = 3
+
+
+class MasterConnection:
+    """One authenticated connection; use it from the thread that made it."""
+
+    def __init__(self, host: str, port: int, secret: bytes, label: str, timeout: float = 5.0,
+                 tls_context: Optional[ssl.SSLContext] = None):
+        self.host, self.port, self.secret, self.label = host, port, secret, label
+        self.tls_context = tls_context
+        pause = 0.05
+        for attempt in range(DROPPED_RETRIES + 1):
+            try:
+                self._proxy = self._open(timeout)
+                break
+            except ConnectionDroppedError as error:
+                if attempt == DROPPED_RETRIES:
+                    raise
+                log.info("%s; trying again", error)
+                time.sleep(pause)   # a busy master: give it a moment
+                pause *= 2
+        self._proxy._pyroSerializer = "marshal"
+        self._proxy._pyroMethods = set(CALLS)
+        carry_buffers(self._proxy._pyroConnection)
+
+    def _open(self, timeout: float) -> Pyro5.client.Proxy:
+        where = self.address
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except OSError as error:
+            failure = MasterNotFoundError(f"cannot connect to {where}: {error.strerror or error}")
+            failure.refused = isinstance(error, ConnectionRefusedError)   # nobody listens there now
+            raise failure from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_context is not None:
+                try:
+                    sock = self.tls_context.wrap_socket(sock)
+                except ssl.SSLCertVerificationError as error:
+                    raise AuthenticationError(f"the master at {where} presented a TLS certificate that "
+                                              f"SCIENTIFIC_MS_TLS_CA does not vouch for: {error.verify_message}") from None
+                except (OSError, ssl.SSLError) as error:
+                    raise MasterNotFoundError(f"TLS handshake with {where} failed ({error}); "
+                                              f"does the master use TLS?") from None
+            auth.client_handshake(sock, self.secret, self.label, where, timeout)
+            sock.settimeout(None)
+            try:
+                return Pyro5.client.Proxy(object_name(self.label), connected_socket=sock)
+            except Pyro5.errors.CommunicationError as error:
+                raise ConnectionDroppedError(f"{where} closed the connection right after "
+                                             f"authentication (it ended, or died): {error}") from None
+        except BaseException:
+            sock.close()
+            raise
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def duplicate(self) -> "MasterConnection":
+        """A second connection to the same master (each thread needs its own)."""
+        return MasterConnection(self.host, self.port, self.secret, self.label, tls_context=self.tls_context)
+
+    def claim(self) -> None:
+        """Let the calling thread use this connection from now on."""
+        self._proxy._pyroClaimOwnership()
+
+    def call(self, method: str, *args, timeout: Optional[float] = None):
+        """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
+        self._proxy._pyroTimeout = timeout
+        packed = method in PACKED_CALLS
+        if packed:
+            args = (pack(args),)
+        try:
+            reply = getattr(self._proxy, method)(*args)
+            return unpack(reply) if packed else reply
+        except Pyro5.errors.TimeoutError:
+            raise ConnectionLostError(f"the master at {self.address} did not answer within {timeout:g} s") from None
+        except Pyro5.errors.ConnectionClosedError:
+            raise ConnectionLostError(f"the master at {self.address} closed the connection "
+                                      f"(it ended, or died)") from None
+        except (Pyro5.errors.CommunicationError, OSError) as error:
+            raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+
+    def exchange(self, process_id: int, answers: List[Answer], max_tasks: int,
+                 wait: float) -> Tuple[str, List[tuple], list]:
+        """The ``exchange`` call: answers in, tasks out, their large buffers beside the messages.
+
+        Returns (status, tasks as tuples with the fields of TaskMessage, revoked assignments).
+        """
+        records, buffers = answers_to_wire(answers)
+        connection = self._proxy._pyroConnection
+        if connection is None:   # released by an earlier failure
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        connection.trailer = buffers   # sent right after the request
+        try:
+            status, tasks, revoked = self.call("exchange", process_id, records, max_tasks, wait)
+        finally:
+            connection.trailer = ()    # not sent if the call failed before sending
+        if any(type(task[TASK_PAYLOAD]) is tuple for task in tasks):
+            try:
+                tasks = records_from_wire(tasks, TASK_PAYLOAD, connection.sock)
+            except Pyro5.errors.CommunicationError as error:
+                self.close()   # the rest of a buffer may still come: this socket is done
+                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+        return status, tasks, revoked
+
+    def agent_exchange(self, answers: List[tuple], wants: List[tuple], wait: float,
+                       timeout: Optional[float] = None) -> Tuple[str, list, list, list]:
+        """A node agent's ``agent_exchange``: (slave id, Answer) pairs in, tasks out per
+        slave, their large buffers beside the messages as for :meth:`exchange`."""
+        records, buffers = answers_to_wire(answer for _, answer in answers)
+        connection = self._proxy._pyroConnection
+        if connection is None:
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        connection.trailer = buffers
+        try:
+            status, handed, revoked, unknown = self.call(
+                "agent_exchange", [(process_id, record) for (process_id, _), record in zip(answers, records)],
+                wants, wait, timeout=timeout)
+        finally:
+            connection.trailer = ()
+        if any(type(task[TASK_PAYLOAD]) is tuple for _, tasks in handed for task in tasks):
+            try:
+                handed = [(process_id, records_from_wire(tasks, TASK_PAYLOAD, connection.sock))
+                          for process_id, tasks in handed]
+            except Pyro5.errors.CommunicationError as error:
+                self.close()
+                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+        return status, handed, revoked, unknown
+
+    def status(self, timeout: float, wait: float = 0.0) -> dict:
+        """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
+        if wait > 0:
+            return self.call("status", wait, timeout=timeout + wait)
+        return self.call("status", timeout=timeout)
+
+    def close(self) -> None:
+        try:
+            self._proxy._pyroRelease()
+        except Exception:
+            pass
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional[str] = None,
+            wait: bool = False, wait_timeout: Optional[float] = None) -> MasterConnection:
+    """Find the master of ``label`` and connect to it.
+
+    With ``wait``, keep looking until the master appears (or ``wait_timeout``
+    seconds pass). A wrong secret fails at once: waiting would not fix it.
+    """
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    delay = 0.1
+    tls_context = tls.client_context()
+    next_note = time.monotonic()   # a wait that may last forever says why, now and then
+    while True:
+        tried: List[str] = []
+        candidates, notes = discovery.candidates(label, master_host, key_file)
+        for candidate in candidates:
+            if candidate.secret is None:
+                # Only an address where something listens is "found"; a dead one is a miss.
+                if not any(_listening(host, candidate.port) for host in candidate.hosts):
+                    tried.append(f"{candidate.source}: nothing listens at "
+                                 f"{'/'.join(candidate.hosts)}:{candidate.port}")
+                    continue
+                raise ConfigurationError(
+                    f"found the master of {label!r} through {candidate.source} but no secret: set "
+                    f"SCIENTIFIC_MS_SECRET or SCIENTIFIC_MS_KEY_FILE (or --key-file) to the master's secret")
+            if candidate.tls and tls_context is None:
+                raise ConfigurationError(
+                    f"the master of {label!r} ({candidate.source}) uses TLS: set SCIENTIFIC_MS_TLS_CA to "
+                    f"its certificate (or the CA that signed it)")
+            for host in candidate.hosts:
+                try:
+                    connection = MasterConnection(host, candidate.port, candidate.secret, label,
+                                                  tls_context=tls_context)
+                    log.debug("connected to %s via %s", connection.address, candidate.source)
+                    return connection
+                except AuthenticationError:
+                    raise
+                except MasterNotFoundError as error:
+                    tried.append(f"{candidate.source}: {error}")
+        looked = "; ".join(tried + notes)
+        if not wait or (deadline is not None and time.monotonic() >= deadline):
+            hint = "start the master first, pass the master's HOST:PORT, or wait for it (-w / wait=True)"
+            raise MasterNotFoundError(f"no master found for label {label!r} ({looked}); {hint}")
+        if time.monotonic() >= next_note:
+            log.warning("waiting for a master of %r to start (asked to wait; looked at: %s)", label, looked)
+            next_note = time.monotonic() + WAIT_NOTE_SECONDS
+        time.sleep(delay)  # polling for a master that does not exist yet
+        delay = min(1.0, delay * 2)

@@ -1,0 +1,183 @@
+"""What crosses the wire between a master and its slaves: names, statuses, records.
+
+The whole path of one task, master to slave and back::
+
+  master process                                        slave process
+  ==============                                        =============
+  MasterProcess.requestTask(tag, *params)
+    payload.dumps_parameters()   pickle, here, so a
+    |                            bad parameter fails here
+    TaskManager.add_task()  -->  scheduling.Scheduler.enqueue()
+                                 (WAITING; wakes a waiting slave thread)
+                                                        feed.TaskFeed._run()   feed thread
+                                   <--- exchange(answers, want, wait) ---  client.MasterConnection.call()
+    server.TaskManagerService.exchange()
+      TaskManager.store_answers()   (answers of earlier tasks)
+      TaskManager.take_tasks()  --> Scheduler.select()  (RUNNING)
+                                   --- [TaskMessage, ...] -------------->  TaskFeed inbox
+                                                        SlaveProcess._serve()   main thread
+                                                          payload.loads_parameters()
+                                                          (GlobalStateValue -> get_data, once)
+                                                          do_<tag>(*params)
+                                                          Answer(ok, pickled result or exception)
+                                                        TaskFeed.put_answer() -> outbox
+                                   <--- exchange([Answer, ...], ...) ----  (with the next call)
+      TaskManager.store_answers()  first answer wins
+        results.ResultStore.add()  (FINISHED or FAILED)
+  MasterProcess.retrieveResult()
+    TaskManager.get_answer() --> ResultStore.pop()  (DELIVERED)
+    payload.loads_answer()  -> (task_id, tag, result), or TaskRaisedException
+
+  Beside it: the slave's watch thread calls ``watch`` (the heartbeat, which
+  also returns at once when the master ends, or REVOKED when an idle slave
+  took over a task this one held unstarted: the feed then calls exchange
+  and drops the revoked assignments it lists); the server's reaper calls
+  TaskManager.check_liveness(); a dropped connection calls
+  TaskManager.process_lost(); either requeues the tasks of a dead slave.
+
+Every call is authenticated before Pyro5 reads a byte (``auth.py``).
+Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
+marshal serializer, which passes bytes through without base64; marshal
+carries plain tuples, so the records below travel as tuples with their
+fields in order (:func:`tasks_to_wire`, :func:`answers_to_wire`); a slave
+keeps the tasks it receives as such tuples. Large buffers of a payload
+(``payload.Pickled``) travel out of band, right after the ``exchange``
+message that names them (``wire.py``).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+from .buffers import payload_to_wire
+
+#: The Pyro5 object name of a master's task manager is this prefix plus its label.
+OBJECT_PREFIX = "TaskManager."
+
+
+def object_name(label: str) -> str:
+    return OBJECT_PREFIX + label
+
+
+# Statuses returned to slaves (exceptions do not cross marshal cleanly).
+OK = "ok"
+TERMINATED = "terminated"   # the master has finished: the slave exits
+UNKNOWN = "unknown"         # the master declared this process dead: register again
+REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle one: exchange now
+
+#: The calls a master serves (``server.TaskManagerService``):
+#:
+#: ``register(role, info, tags, watchdog_period) -> (status, process_id)``
+#: ``unregister(process_id, abandoned=[], reason=None)``   a goodbye: held tasks go back
+#:     unblamed, except the assignments it started and gave up (a loss each); ``reason``:
+#:     "idle" or "sigterm" when a slave leaves on its own (``departure.py``), counted in the
+#:     status as ``left_idle`` / ``left_sigterm``; older slaves send one or two arguments
+#: ``register`` info: ``machine.process_info()``, with ``slurm`` (job ids) in a SLURM job
+#: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
+#:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
+#: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end or a revocation
+#: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
+#: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
+#:                                               answered when the job ends, or after ``wait`` s
+#:
+#: A node agent (``agent.py``) registers its slaves with ``register`` and then speaks
+#: for all of them at once:
+#:
+#: ``agent_exchange([(process_id, Answer)], [(process_id, max_tasks)], wait)``
+#:     ``-> (status, [(process_id, [TaskMessage])], [(process_id, [revoked])], [unknown ids])``
+#: ``agent_watch(agent_id, [(process_id, stats or None)], timeout) -> (status, [unknown ids])``
+#: ``lost(process_id, reason, running=[]) -> bool``  one of its slaves died: reschedule now,
+#:                                               blaming only the assignment it had started
+CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status",
+                   "agent_exchange", "agent_watch", "lost"})
+
+#: Calls whose arguments, and reply, travel packed into one marshal string (:func:`pack`):
+#: Pyro5 rebuilds every list, tuple and dict of a message element by element after
+#: unmarshalling it (to revive classes, which these calls never carry); for the calls
+#: that carry every answer and every task that walk cost more per task than storing
+#: the answer (the master's side) or running a small task (the slave's). One bytes
+#: value is passed through as it is.
+PACKED_CALLS = frozenset({"exchange", "agent_exchange"})
+
+
+def pack(values: tuple) -> bytes:
+    return marshal.dumps(values)
+
+
+def unpack(packed: bytes) -> tuple:
+    """The arguments or reply of a packed call (the connection is authenticated before
+    any byte is read, and Pyro5 itself unmarshals every message: the same trust)."""
+    if not isinstance(packed, bytes):
+        raise TypeError(f"a packed call carries one bytes value, got {type(packed).__name__}")
+    return marshal.loads(packed)
+
+
+class TaskMessage(NamedTuple):
+    """A task as the master sends it to a slave."""
+    task_id: str
+    assignment: int              # this hand-out's number; its answer names it
+    tag: str
+    payload: bytes               # pickled parameters (a payload.Pickled when buffers travel beside)
+    time_limit: Optional[float]  # seconds, or None
+
+
+class Answer(NamedTuple):
+    """A slave's answer to one task."""
+    task_id: str
+    assignment: int
+    ok: bool          # False: payload is a pickled exception
+    payload: bytes    # pickled result or exception (a payload.Pickled when buffers travel beside)
+    traceback: str    # the remote traceback as text ("" for a result)
+    seconds: Optional[float] = None   # how long the handler ran (None: not measured)
+
+
+#: Where the payload is in a TaskMessage and in an Answer.
+TASK_PAYLOAD = 3
+ANSWER_PAYLOAD = 3
+
+
+def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
+    """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal,
+    and the out-of-band buffers that follow them (``wire.py``)."""
+    buffers: list = []
+    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit)
+               for t in tasks]
+    return records, buffers
+
+
+def answers_to_wire(answers: Iterable[Answer]) -> Tuple[List[tuple], list]:
+    """:class:`Answer` records as plain tuples for marshal (``Answer(*fields)`` reads them),
+    and the out-of-band buffers that follow them."""
+    buffers: list = []
+    records = [(a[0], a[1], a[2], payload_to_wire(a[3], buffers), *a[4:]) for a in answers]   # or plain tuples
+    return records, buffers
+
+
+# ---------------------------------------------------------------- stored slave code
+
+#: Shared-data keys under which a master keeps the slaves' code, so that
+#: spawned slaves and ``task_manager slave LABEL`` can run it.
+SLAVE_CODE = "slave_code"       # the source text
+SLAVE_SCRIPT = "slave_script"   # its file name (for tracebacks), or None
+SLAVE_CWD = "cwd"               # the master's working directory
+SLAVE_ARGV = "argv"             # sys.argv for the slave
+STORED_CODE_KEYS = (SLAVE_CODE, SLAVE_SCRIPT, SLAVE_CWD, SLAVE_ARGV)
+
+
+# ---------------------------------------------------------------- spawned slaves
+
+#: Environment variables that tell a spawned slave where its master is.
+MASTER_VARIABLE = "SCIENTIFIC_MS_MASTER"
+SECRET_VARIABLE = "SCIENTIFIC_MS_SECRET"
+TLS_CA_VARIABLE = "SCIENTIFIC_MS_TLS_CA"
+
+
+def slave_environment(host: str, port: int, secret: bytes,
+                      tls_ca: Optional[str] = None) -> Dict[str, str]:
+    """The environment of a slave process spawned for the master at host:port."""
+    env = dict(os.environ, **{MASTER_VARIABLE: f"{host}:{port}", SECRET_VARIABLE: secret.decode()})
+    if tls_ca and not env.get(TLS_CA_VARIABLE):
+        env[TLS_CA_VARIABLE] = tls_ca
+    return env

@@ -1,0 +1,402 @@
+"""Serve a TaskManager over Pyro5: authentication, disconnects, the reaper.
+
+Slave traffic is a few coarse calls (``protocol.CALLS``): one
+``exchange`` carries a batch of answers in and a batch of tasks out (their
+large buffers right behind the message, ``wire.py``), and a
+``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
+at once that the master finished. Payloads are pickled bytes carried by
+Pyro5's marshal serializer, which passes bytes through without base64.
+
+Each connection runs in its own thread of Pyro5's thread-pool server, sized
+for thousands of slaves rather than Pyro5's default 80. A connection is
+authenticated (``auth.server_handshake``) before Pyro5 reads anything from
+it. When a connection that a slave used drops, the slave is declared dead at
+once unless it said goodbye first.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+from typing import Dict, List, Optional, Set, Tuple
+
+from Pyro5 import config as pyro_config
+import Pyro5.core
+import Pyro5.server
+from Pyro5.callcontext import current_context
+
+from . import auth, tls
+
+from .. import settings
+from ..errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
+from ..core.manager import TaskManager
+from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, pack, tasks_to_wire, unpack
+from ..core.unserved import UnservedTags
+from .buffers import carry_buffers, records_from_wire
+
+log = logging.getLogger(__name__)
+
+class TaskManagerService:
+    """The remote face of a TaskManager; every caller is already authenticated."""
+
+    def __init__(self, manager: TaskManager):
+        self._manager = manager
+        self._lock = threading.Lock()
+        self._processes_by_connection: Dict[object, Set[int]] = {}
+        self._status_waits = 0        # status(wait=) calls not yet answered
+        self._status_waits_done = threading.Condition(self._lock)
+
+    # -- bookkeeping of which connection speaks for which process
+
+    def _bind(self, process_id: int) -> None:
+        connection = current_context.client
+        if connection is None:
+            return
+        with self._lock:
+            self._processes_by_connection.setdefault(connection, set()).add(process_id)
+
+    def connection_closed(self, connection) -> None:
+        with self._lock:
+            process_ids = self._processes_by_connection.pop(connection, ())
+        for process_id in process_ids:
+            if self._manager.process_lost(process_id, "its connection dropped"):
+                log.debug("process %s declared dead: connection closed", process_id)
+
+    # -- the exposed calls
+
+    @Pyro5.server.expose
+    def register(self, role: str, info: dict, tags: List[str],
+                 watchdog_period: Optional[float]) -> Tuple[str, int]:
+        try:
+            process_id = self._manager.register_process(role, info, tags, watchdog_period)
+        except TaskManagerTermination:
+            return TERMINATED, 0
+        self._bind(process_id)
+        return OK, process_id
+
+    @Pyro5.server.expose
+    def unregister(self, process_id: int, abandoned: Optional[List[int]] = None,
+                   reason: Optional[str] = None) -> None:
+        """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each);
+        ``reason``: why a slave leaves on its own (``departure.REASONS``), counted in the status."""
+        with self._lock:
+            for process_ids in self._processes_by_connection.values():
+                process_ids.discard(process_id)
+        self._manager.unregister_process(process_id, abandoned=abandoned or (), reason=reason)
+
+    @Pyro5.server.expose
+    def exchange(self, packed: bytes) -> bytes:
+        """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
+
+        ``packed``: (process_id, answers, max_tasks, wait); the reply, packed
+        too (see ``protocol.PACKED_CALLS``): (status, tasks, revoked assignments).
+        Large buffers of answers follow the request on the socket, those of
+        tasks follow the reply (``wire.py``).
+        """
+        return pack(self._exchange(*unpack(packed)))
+
+    def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float) -> Tuple[str, list, list]:
+        connection = current_context.client
+        if answers:
+            if connection is not None:   # first of all: the buffers wait on the socket
+                answers = records_from_wire(answers, ANSWER_PAYLOAD, connection.sock)
+            self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
+        self._bind(process_id)
+        tasks = []
+        if max_tasks > 0:
+            try:
+                tasks = self._manager.take_tasks(process_id, max_tasks, wait)
+            except TaskManagerTermination:
+                return TERMINATED, [], []
+            except UnknownProcessError:
+                return UNKNOWN, [], []
+        records, buffers = tasks_to_wire(tasks)
+        if buffers:
+            connection.trailer = buffers   # sent right after the reply (wire.BufferConnection)
+        return OK, records, self._manager.take_revoked(process_id)
+
+    @Pyro5.server.expose
+    def watch(self, process_id: int, stats: dict, timeout: float) -> str:
+        """Heartbeat, then wait up to ``timeout`` s for the end of the job or a revocation.
+
+        It also returns as soon as this process is declared dead or says
+        goodbye, so that the thread and socket of a killed slave are let go.
+        """
+        if self._manager.terminated:
+            return TERMINATED
+        self._bind(process_id)
+        if not self._manager.heartbeat(process_id, stats):
+            return UNKNOWN
+        terminated, revoked = self._manager.wait_for_news(process_id, max(0.0, min(timeout, 3600.0)))
+        return TERMINATED if terminated else REVOKED if revoked else OK
+
+    # -- a node agent speaks for several slaves over one connection (agent.py)
+
+    @Pyro5.server.expose
+    def agent_exchange(self, packed: bytes) -> bytes:
+        """``exchange`` for the slaves behind a node agent, in one call.
+
+        ``packed``: (answers, wants, wait), see ``protocol.PACKED_CALLS``.
+        ``answers``: (process_id, answer) pairs; ``wants``: (process_id,
+        max_tasks) pairs, max_tasks 0 to collect only revoked assignments.
+        The reply, packed too: (status, [(process_id, [TaskMessage])],
+        [(process_id, [revoked assignment])], [unknown process ids]).
+        """
+        return pack(self._agent_exchange(*unpack(packed)))
+
+    def _agent_exchange(self, answers: list, wants: list, wait: float) -> Tuple[str, list, list, list]:
+        connection = current_context.client
+        if answers:
+            records = [answer for _, answer in answers]
+            if connection is not None:   # first of all: the buffers wait on the socket
+                records = records_from_wire(records, ANSWER_PAYLOAD, connection.sock)
+            by_process: Dict[int, list] = {}
+            for (process_id, _), record in zip(answers, records):
+                by_process.setdefault(process_id, []).append(record)
+            self._manager.store_answers_of(by_process.items())
+        asking = [(process_id, count) for process_id, count in wants if count > 0]
+        try:
+            assigned, unknown = self._manager.take_tasks_for(asking, wait) if asking else ({}, [])
+        except TaskManagerTermination:
+            return TERMINATED, [], [], []
+        revoked = []
+        for process_id, _ in wants:
+            taken_back = self._manager.take_revoked(process_id)
+            if taken_back:
+                revoked.append((process_id, taken_back))
+        if not asking:
+            unknown = self._manager.heartbeats((process_id, None) for process_id, _ in wants)
+        batches = list(assigned.items())
+        records, buffers = tasks_to_wire([task for _, tasks in batches for task in tasks])
+        if buffers:
+            connection.trailer = buffers   # sent right after the reply, in the tasks' order
+        handed, start = [], 0
+        for process_id, tasks in batches:
+            handed.append((process_id, records[start:start + len(tasks)]))
+            start += len(tasks)
+        return OK, handed, revoked, unknown
+
+    @Pyro5.server.expose
+    def agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
+        """``watch`` for a node agent: ``beats`` are (process_id, stats or None) pairs
+        (None: the agent cannot vouch for that slave now, e.g. it is stopped).
+        Returns (status, [unknown process ids]) as soon as there is news, or after ``timeout`` s."""
+        if self._manager.terminated:
+            return TERMINATED, []
+        # Not bound to this connection: the agent and its slaves are bound to the one
+        # they registered on, which the agent closes last, after saying goodbye.
+        unknown = self._manager.heartbeats([(agent_id, {})] + [tuple(beat) for beat in beats])
+        if agent_id in unknown:
+            return UNKNOWN, unknown
+        if unknown:
+            return OK, unknown
+        ids = [agent_id] + [process_id for process_id, _ in beats]
+        terminated, revoked = self._manager.wait_for_news_of(ids, max(0.0, min(timeout, 3600.0)))
+        return (TERMINATED if terminated else REVOKED if revoked else OK), []
+
+    @Pyro5.server.expose
+    def lost(self, process_id: int, reason: str, running: Optional[List[int]] = None) -> bool:
+        """A node agent reports that one of its slaves died (it is the slave's parent);
+        ``running``: the assignment it had started, if any (only that one is blamed)."""
+        with self._lock:
+            for process_ids in self._processes_by_connection.values():
+                process_ids.discard(process_id)
+        return self._manager.process_lost(process_id, reason, running or ())
+
+    @Pyro5.server.expose
+    def get_data(self, label: str) -> Tuple[bool, object]:
+        try:
+            return True, self._manager.retrieve_data(label)
+        except KeyError as error:
+            return False, str(error.args[0])
+
+    @Pyro5.server.expose
+    def status(self, wait: float = 0.0) -> dict:
+        """The manager's status; with ``wait`` > 0, after waiting up to that many seconds
+        for the job to end, so that a watcher reads the final state, not the one before it."""
+        if wait <= 0:
+            return self._manager.status()
+        with self._lock:
+            self._status_waits += 1
+        try:
+            self._manager.wait_terminated(min(float(wait), 60.0))
+            return self._manager.status()
+        finally:
+            with self._lock:
+                self._status_waits -= 1
+                self._status_waits_done.notify_all()
+
+    def answer_status_waits(self, timeout: float) -> None:
+        """Let the status(wait=) calls woken by the end of the job return before their
+        connections close (Pyro5's shutdown then leaves their replies time to go out)."""
+        with self._lock:
+            self._status_waits_done.wait_for(lambda: not self._status_waits, timeout)
+
+
+class _AuthenticatingDaemon(Pyro5.server.Daemon):
+    """A Pyro5 daemon that runs our challenge-response instead of Pyro's handshake.
+
+    Every connection holds a pool thread while it authenticates, so at most a
+    quarter of the pool may be mid-handshake: beyond that the oldest pending
+    connection is dropped. A genuine handshake takes milliseconds and is
+    seldom the oldest; silent strangers cannot fill the pool and lock slaves
+    out. A slave dropped all the same sees the connection close before the
+    master's verdict and tries again (``client.DROPPED_RETRIES``).
+    """
+
+    def __init__(self, service: TaskManagerService, secret: bytes, label: str, host: str, port: int,
+                 tls_context=None):
+        self._service = service
+        self._tls_context = tls_context
+        self._secret = secret
+        self._label = label
+        self._connections: Set[object] = set()
+        self._connections_lock = threading.Lock()
+        self._pending: "collections.OrderedDict[object, None]" = collections.OrderedDict()
+        self._pending_limit = max(8, pyro_config.THREADPOOL_SIZE // 4)
+        super().__init__(host=host, port=port)
+
+    def _handshake(self, conn, denied_reason=None):
+        if denied_reason:
+            log.warning("refused a connection: %s", denied_reason)
+            return False
+        self._admit(conn)
+        try:
+            return self._authenticate(conn)
+        finally:
+            self._leave_pending(conn)
+
+    def _leave_pending(self, conn) -> None:
+        with self._connections_lock:
+            self._pending.pop(conn, None)
+
+    def _admit(self, conn) -> None:
+        with self._connections_lock:
+            self._pending[conn] = None
+            while len(self._pending) > self._pending_limit:
+                oldest, _ = self._pending.popitem(last=False)
+                log.warning("too many connections still authenticating; dropping the oldest")
+                _shutdown(oldest)
+
+    def _authenticate(self, conn) -> bool:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls_context is not None:
+            try:
+                conn.sock.settimeout(tls.HANDSHAKE_TIMEOUT)
+                conn.sock = self._tls_context.wrap_socket(conn.sock, server_side=True)
+                conn.sock.settimeout(None)
+            except (OSError, ValueError) as error:
+                log.info("rejected a connection whose TLS handshake failed: %s", error)
+                return False
+        # Out of the pending set as soon as its proof holds: a connection that
+        # proved the secret is never dropped as one still authenticating.
+        if not auth.server_handshake(conn.sock, self._secret, self._label,
+                                     on_proved=lambda: self._leave_pending(conn)):
+            log.info("rejected a connection that failed authentication")
+            return False
+        carry_buffers(conn)
+        with self._connections_lock:
+            self._connections.add(conn)
+        return True
+
+    def clientDisconnect(self, conn):
+        with self._connections_lock:
+            self._connections.discard(conn)
+        self._service.connection_closed(conn)
+
+    def close_connections(self) -> None:
+        """Close every client connection, waking the threads that serve them."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            _shutdown(conn)
+
+
+def _shutdown(conn) -> None:
+    """Wake the thread serving a connection by shutting its socket down."""
+    try:
+        conn.sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+def _configure_pyro() -> None:
+    # Pyro5 reads these globals when a daemon is created and whenever a
+    # connection arrives; the master process needs a thread per connection.
+    _raise_file_limit(settings.max_connections() + 256)
+    pyro_config.SERVERTYPE = "thread"
+    pyro_config.THREADPOOL_SIZE = max(pyro_config.THREADPOOL_SIZE, settings.max_connections())
+    pyro_config.THREADPOOL_SIZE_MIN = max(pyro_config.THREADPOOL_SIZE_MIN, 8)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Lift the soft limit on open files toward ``wanted`` (a slave holds 2-3 connections).
+
+    The common default of 1,024 would refuse a few hundred slaves.
+    """
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, error)
+
+
+class MasterServer:
+    """Runs the daemon and the liveness reaper for one TaskManager."""
+
+    def __init__(self, manager: TaskManager, label: str, secret: bytes,
+                 host: str, port: Optional[int], reaper_interval: float = 0.25, tls_context=None):
+        _configure_pyro()
+        self.manager = manager
+        self.service = TaskManagerService(manager)
+        self._tls_context = tls_context
+        self.daemon = self._bind(host, port, label, secret)
+        self.daemon.register(self.service, object_name(label))
+        self.port = self.daemon.sock.getsockname()[1]
+        self.host = host
+        self._stop = threading.Event()
+        self._reaper_interval = reaper_interval
+        self._unserved = UnservedTags(label)   # warns in the master's log about tasks no slave can run
+        self._threads = [
+            threading.Thread(target=self.daemon.requestLoop, name=f"scientific_ms-daemon-{label}", daemon=True),
+            threading.Thread(target=self._reap, name=f"scientific_ms-reaper-{label}", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _bind(self, host: str, port: Optional[int], label: str, secret: bytes) -> _AuthenticatingDaemon:
+        if port is not None:
+            try:
+                return _AuthenticatingDaemon(self.service, secret, label, host, port, self._tls_context)
+            except OSError as error:
+                raise ConfigurationError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        try:
+            return _AuthenticatingDaemon(self.service, secret, label, host, settings.DEFAULT_PORT,
+                                         self._tls_context)
+        except OSError:
+            return _AuthenticatingDaemon(self.service, secret, label, host, 0, self._tls_context)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(self._reaper_interval):
+            try:
+                self.manager.check_liveness(expected_interval=self._reaper_interval)
+                self.manager.check_time_limits()
+                self._unserved.check(self.manager.status)
+            except Exception:  # never let the reaper die silently
+                log.exception("liveness check failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.service.answer_status_waits(1.0)   # watchers get the final state
+        self.daemon.shutdown()
+        self.daemon.close_connections()
+        for thread in self._threads:
+            thread.join(timeout=5)
