@@ -1,6 +1,6 @@
 """Answers waiting for the master: the first answer wins, each is delivered once.
 
-Pure logic; the :class:`~scientific_ms.manager.TaskManager` holds the lock.
+Pure logic; the :class:`~scientific_ms.core.manager.TaskManager` holds the lock.
 An answered task sits in two ordered indexes, all tags and its own tag, so
 that ``retrieveResult()`` and ``retrieveResult(tag)`` both take the oldest
 in O(1); a task delivered through one index is dropped from the other when

@@ -1,6 +1,6 @@
 """Who gets which task: the waiting queues and every rule of assignment.
 
-Pure and lock-free: the :class:`~scientific_ms.manager.TaskManager` holds
+Pure and lock-free: the :class:`~scientific_ms.core.manager.TaskManager` holds
 its lock around every call and applies the decisions (state moves,
 assignment numbers, wake-ups). To change the scheduling policy, change this
 module and its tests (``tests/test_scheduling.py``).
