@@ -41,9 +41,23 @@ from .shared_data import SharedData
 from .signals import Signals
 from .status import snapshot
 from .tasks import Task, check_request
-from .traffic import Settled, TaskTraffic
+from .traffic import Settled, TaskTraffic, Want
 
 __all__ = ["TaskManager", "Outcome", "TIME_LIMIT_GRACE"]
+
+
+def check_options(missed_heartbeats: float, max_slave_losses: int) -> None:
+    """Raise ConfigurationError, saying why, unless the manager's options make sense."""
+    if missed_heartbeats <= 0:
+        raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats!r}")
+    if int(max_slave_losses) < 1:
+        raise ConfigurationError(f"max_slave_losses must be >= 1, got {max_slave_losses!r}")
+
+
+def check_duration(seconds: object) -> None:
+    """Raise ConfigurationError unless ``seconds`` can be an expected task duration."""
+    if not (isinstance(seconds, (int, float)) and seconds >= 0):
+        raise ConfigurationError(f"expect_duration: seconds must be a number >= 0, got {seconds!r}")
 
 
 class TaskManager:
@@ -51,24 +65,20 @@ class TaskManager:
 
     Keyword options:
         clock: time source for liveness (default ``time.monotonic``).
-        missed_heartbeats: a process whose last sign of life is older than
-            this many of its watchdog periods is declared dead (default 4).
+        missed_heartbeats: a process whose last sign of life is older than this many of its
+            watchdog periods is declared dead (default 4).
         max_slave_losses: a task that lost this many slaves is answered with
             :class:`SlaveLostError` instead of being run again (default 3).
-        memory_budget: bytes of parameters of waiting tasks beyond which
-            :meth:`add_task` waits for slaves to take some, and of answers
-            not yet retrieved beyond which slaves get no new tasks (None:
-            no bound). Neither waits while the other side is over budget,
-            so the two cannot wait for each other.
+        memory_budget: bytes of parameters of waiting tasks beyond which :meth:`add_task` waits
+            for slaves to take some, and of answers not yet retrieved beyond which slaves get no
+            new tasks (None: no bound). Neither waits while the other side is over budget, so
+            the two cannot wait for each other.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  missed_heartbeats: float = 4, max_slave_losses: int = 3,
                  memory_budget: Optional[int] = None):
-        if missed_heartbeats <= 0:
-            raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats!r}")
-        if int(max_slave_losses) < 1:
-            raise ConfigurationError(f"max_slave_losses must be >= 1, got {max_slave_losses!r}")
+        check_options(missed_heartbeats, max_slave_losses)
         self.missed_heartbeats = missed_heartbeats
         self.max_slave_losses = int(max_slave_losses)
         self._clock = clock
@@ -111,8 +121,8 @@ class TaskManager:
     def add_answered_task(self, tag: str, ok: bool, answer: bytes, traceback: str = "") -> str:
         """Add a task whose answer is already known (journaled); it is never run.
 
-        It counts as requested and then finished (or failed), and
-        ``get_answer`` delivers it like any other. Returns its id.
+        It counts as requested and then finished (or failed), and ``get_answer`` delivers it like
+        any other. Returns its id.
         """
         with self._lock:
             return self._traffic.add_answered(tag, ok, answer, traceback)
@@ -120,8 +130,8 @@ class TaskManager:
     def cancel_task(self, task_id: str) -> bool:
         """Withdraw a task that no slave has started; False if it runs, is answered or is unknown.
 
-        A withdrawn task is forgotten: it yields no answer, and a late answer
-        for it (from a slave presumed dead) is dropped.
+        A withdrawn task is forgotten: it yields no answer, and a late answer for it (from a slave
+        presumed dead) is dropped.
         """
         with self._lock:
             return self._traffic.cancel(task_id)
@@ -129,17 +139,16 @@ class TaskManager:
     def get_answer(self, tag: Optional[str] = None, timeout: Optional[float] = None) -> Outcome:
         """Remove and return the oldest finished or failed task (with ``tag``, if given).
 
-        Blocks until one is there. Raises TaskManagerTermination once
-        terminated, NoTasksPendingError if nothing matching is outstanding,
-        TimeoutError after ``timeout`` seconds.
+        Blocks until one is there. Raises TaskManagerTermination once terminated,
+        NoTasksPendingError if nothing matching is outstanding, TimeoutError after ``timeout`` seconds.
         """
         return self.get_answers(1, tag, timeout)[0]
 
     def get_answers(self, limit: int, tag: Optional[str] = None, timeout: Optional[float] = None) -> List[Outcome]:
         """Up to ``limit`` of the oldest answers, oldest first: ``get_answer`` for all there are.
 
-        Waits (and raises) as ``get_answer`` does until there is one; then
-        takes what else is there without waiting.
+        Waits (and raises) as ``get_answer`` does until there is one; then takes what else is there
+        without waiting.
         """
         with self._lock:
             return self._traffic.deliver(limit, tag, timeout)
@@ -147,11 +156,10 @@ class TaskManager:
     def expect_duration(self, tag: str, seconds: float) -> None:
         """Tell the scheduler how long tasks of ``tag`` take until it has measured them.
 
-        Without a hint a new tag counts as long: its tasks go one at a time
-        to idle slaves until the first answers say how long they take.
+        Without a hint a new tag counts as long: its tasks go one at a time to idle slaves until
+        the first answers say how long they take.
         """
-        if not (isinstance(seconds, (int, float)) and seconds >= 0):
-            raise ConfigurationError(f"expect_duration: seconds must be a number >= 0, got {seconds!r}")
+        check_duration(seconds)
         with self._lock:
             self._scheduler.durations.expect(tag, float(seconds))
 
@@ -161,10 +169,9 @@ class TaskManager:
                    timeout: float = 0.0) -> List[Task]:
         """Assign up to ``max_tasks`` tasks that the process can run.
 
-        Waits up to ``timeout`` seconds for the first one. The caller reads
-        each task's ``task_id``, ``assignment``, ``tag``, ``payload`` and
-        ``time_limit``. Raises TaskManagerTermination, or UnknownProcessError
-        if the process is unknown (declared dead: it should register again).
+        Waits up to ``timeout`` seconds for the first one. The caller reads each task's ``task_id``,
+        ``assignment``, ``tag``, ``payload`` and ``time_limit``. Raises TaskManagerTermination,
+        or UnknownProcessError if the process is unknown (declared dead: it should register again).
         """
         assigned, unknown = self.take_tasks_for([(process_id, max_tasks)], timeout)
         if unknown:
@@ -176,22 +183,20 @@ class TaskManager:
                        timeout: float = 0.0) -> Tuple[Dict[int, List[Task]], List[int]]:
         """Assign tasks to several processes at once (the slaves behind a node agent).
 
-        ``wants``: (process_id, max_tasks) pairs. Waits up to ``timeout``
-        seconds until at least one of them gets a task. Returns
-        ({process_id: tasks}, [ids of unknown processes]); raises
-        TaskManagerTermination.
+        ``wants``: (process_id, max_tasks) pairs. Waits up to ``timeout`` seconds until at least
+        one of them gets a task. Returns ({process_id: tasks}, [ids of unknown processes]);
+        raises TaskManagerTermination.
         """
-        wants = [(process_id, max(1, int(count))) for process_id, count in wants]
+        asked = [Want(process_id, max(1, int(count))) for process_id, count in wants]
         with self._lock:
-            return self._traffic.take(wants, timeout)
+            return self._traffic.take(asked, timeout)
 
     def store_answers(self, process_id: Optional[int], answers: Iterable) -> int:
         """Store results and exceptions; the first answer for a task wins.
 
-        ``answers``: :class:`~scientific_ms.wire.protocol.Answer` records (or
-        tuples in that order). Answers from a process declared dead are
-        still taken if they are first. Returns how many were accepted; the
-        rest are dropped and logged.
+        ``answers``: :class:`~scientific_ms.wire.protocol.Answer` records (or tuples in that order).
+        Answers from a process declared dead are still taken if they are first. Returns how many
+        were accepted; the rest are dropped and logged.
         """
         return self.store_answers_of([(process_id, answers)])
 
@@ -218,11 +223,10 @@ class TaskManager:
                            reason: Optional[str] = None) -> None:
         """A process leaves cleanly; tasks it still holds go back to the queue front.
 
-        ``abandoned``: assignments it had started and gives up as it leaves
-        (a handler ended the slave). Each counts as a loss of its task, as a
-        death would; the tasks it holds but never started are returned without blame.
-        ``reason``: why a slave leaves on its own (``departure.IDLE`` or
-        ``SIGTERM``); counted as ``left_idle`` / ``left_sigterm``, others ignored.
+        ``abandoned``: assignments it had started and gives up as it leaves (a handler ended the
+        slave). Each counts as a loss of its task, as a death would; the tasks it holds but never
+        started are returned without blame. ``reason``: why a slave leaves on its own
+        (``departure.IDLE`` or ``SIGTERM``); counted as ``left_idle`` / ``left_sigterm``, others ignored.
         """
         with self._lock:
             self._traffic.take_back(self._processes.leave(process_id, frozenset(abandoned), reason))
@@ -230,10 +234,9 @@ class TaskManager:
     def process_lost(self, process_id: int, reason: str, running: Iterable[int] = ()) -> bool:
         """Declare a process dead (connection dropped, missed heartbeats).
 
-        Its running tasks go back to the front of the queue, or fail once they
-        have lost ``max_slave_losses`` slaves. ``running``: the assignments it
-        had started, when known (its node agent saw it die): only those are
-        blamed. Returns False if it was unknown.
+        Its running tasks go back to the front of the queue, or fail once they have lost
+        ``max_slave_losses`` slaves. ``running``: the assignments it had started, when known (its
+        node agent saw it die): only those are blamed. Returns False if it was unknown.
         """
         with self._lock:
             return self._traffic.take_back(self._processes.remove(process_id, reason, frozenset(running)))
@@ -245,8 +248,8 @@ class TaskManager:
     def heartbeats(self, beats: Iterable[Tuple[int, Optional[dict]]]) -> List[int]:
         """Signs of life of several processes (a node agent's slaves); returns the unknown ids.
 
-        ``beats``: (process_id, stats) pairs; stats None checks the id
-        without counting a sign of life (a stopped slave behind an agent).
+        ``beats``: (process_id, stats) pairs; stats None checks the id without counting a sign of
+        life (a stopped slave behind an agent).
         """
         with self._lock:
             return self._processes.heartbeats(beats)
@@ -254,9 +257,8 @@ class TaskManager:
     def check_liveness(self, expected_interval: Optional[float] = None) -> List[int]:
         """Declare dead every process that missed too many heartbeats; returns their ids.
 
-        ``expected_interval``: how often the caller runs this; a late run
-        means the master itself stalled, which is not held against slaves
-        (see :meth:`Registry.silent`).
+        ``expected_interval``: how often the caller runs this; a late run means the master itself
+        stalled, which is not held against slaves (see :meth:`Registry.silent`).
         """
         with self._lock:
             silent = self._processes.silent(expected_interval)
@@ -267,9 +269,9 @@ class TaskManager:
     def check_time_limits(self) -> List[str]:
         """Report every task that ran ``TIME_LIMIT_GRACE`` s past its limit; returns their ids.
 
-        Normally the slave interrupts the handler at the limit and answers
-        first; this catches slaves that cannot (a handler stuck in C code, a
-        hung slave). The slave stays registered; a later answer is dropped.
+        Normally the slave interrupts the handler at the limit and answers first; this catches
+        slaves that cannot (a handler stuck in C code, a hung slave). The slave stays registered;
+        a later answer is dropped.
         """
         with self._lock:
             overdue = self._processes.overdue()
@@ -293,9 +295,8 @@ class TaskManager:
         return self.wait_for_news_of([process_id], timeout)
 
     def wait_for_news_of(self, process_ids: Iterable[int], timeout: float) -> Tuple[bool, bool]:
-        """:meth:`wait_for_news` for several processes (a node agent's): returns
-        when the manager terminates, or tasks of any of them are revoked, or any
-        of them leaves, or ``timeout`` seconds pass."""
+        """:meth:`wait_for_news` for several processes (a node agent's): returns when the manager
+        terminates, or tasks of any of them are revoked, or any of them leaves, or ``timeout`` passes."""
         with self._lock:
             return self._processes.wait_for_news(process_ids, timeout)
 
@@ -360,20 +361,13 @@ class TaskManager:
 
     def wait_for_running(self, count: int = 1, timeout: Optional[float] = None) -> bool:
         """Block until at least ``count`` tasks are running on slaves; False on timeout."""
-        signals = self._signals
         with self._lock:
-            signals.task_started_waiting += 1
-            try:
-                return signals.wait_until(signals.task_started,
-                                          lambda: self._traffic.running_count() >= count, timeout)
-            finally:
-                signals.task_started_waiting -= 1
+            return self._traffic.wait_for_running(count, timeout)
 
     def status(self) -> dict:
         """A snapshot of everything ``task_manager show`` reports (plain data)."""
         with self._lock:
             now = self._clock()
             elapsed = now - self._started
-            return snapshot(now, elapsed, self._signals.terminated, self._registry,
-                            self._traffic.counts(), dict(self.counters),
-                            self._traffic.completion_rate(now, elapsed))
+            return snapshot(now, elapsed, self._signals.terminated, self._registry, self._traffic.counts(),
+                            dict(self.counters), self._traffic.completion_rate(now, elapsed))

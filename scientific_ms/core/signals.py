@@ -63,6 +63,14 @@ class Signals:
         if self.task_started_waiting:
             self.task_started.notify_all()
 
+    def wait_for_start(self, done: Callable[[], bool], timeout: Optional[float]) -> bool:
+        """Wait on :attr:`task_started` until ``done()``; False after ``timeout`` seconds."""
+        self.task_started_waiting += 1
+        try:
+            return self.wait_until(self.task_started, done, timeout)
+        finally:
+            self.task_started_waiting -= 1
+
     def wait_until(self, condition: threading.Condition, done: Callable[[], bool],
                    timeout: Optional[float], check_terminated: bool = True) -> bool:
         """Wait on ``condition`` until ``done()``; False after ``timeout`` seconds (real time).

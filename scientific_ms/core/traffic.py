@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Callable, Counter, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError
 from ..wire.payload import dumps_value
@@ -29,6 +29,12 @@ from .tasks import Task, TaskState, TaskTable
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
 Settled = Tuple[str, bool, bytes, str]
+
+
+class Want(NamedTuple):
+    """How many tasks a process asks for."""
+    process_id: int
+    count: int
 
 
 class TaskTraffic:
@@ -120,12 +126,12 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- the slaves' side
 
-    def take(self, wants: List[Tuple[int, int]],
-             timeout: float) -> Tuple[Dict[int, List[Task]], List[int]]:
-        """Assign tasks to processes ((process_id, max_tasks) pairs), waiting up to
+    def take(self, wants: List[Want], timeout: float) -> Tuple[Dict[int, List[Task]], List[int]]:
+        """Assign tasks to processes (what each wants), waiting up to
         ``timeout`` seconds until one gets some; ({process_id: tasks}, unknown ids)."""
         deadline = None
         woken = False
+        alone = wants[0].process_id if len(wants) == 1 else None   # whose thread passes a wake-up on
         try:
             while True:
                 self._signals.check_running()
@@ -162,7 +168,7 @@ class TaskTraffic:
             if woken:
                 # Woken for a task but leaving without one (its process left,
                 # it runs a suspect, time ran out): pass the wake-up on.
-                self._pass_wake_up_on(wants[0][0] if len(wants) == 1 else None)
+                self._pass_wake_up_on(alone)
 
     def _wait_for_work(self, live: List[ProcessRecord], timeout: float) -> bool:
         """Wait until a task that one of ``live`` can run arrives (one waiter for
@@ -237,8 +243,10 @@ class TaskTraffic:
         """Tasks per state and tag (see :meth:`TaskTable.counts`)."""
         return self._tasks.counts()
 
-    def running_count(self) -> int:
-        return sum(self._tasks.counts()["running"].values())
+    def wait_for_running(self, count: int, timeout: Optional[float]) -> bool:
+        """Wait until at least ``count`` tasks run on slaves; False on timeout."""
+        return self._signals.wait_for_start(
+            lambda: sum(self._tasks.counts()["running"].values()) >= count, timeout)
 
     def completion_rate(self, now: float, elapsed: float) -> float:
         """Answers per second lately."""
