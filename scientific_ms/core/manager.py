@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import time
+import typing
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigurationError
@@ -85,8 +86,8 @@ class TaskManager:
         self._started = clock()
         self._signals = Signals()
         self._lock = self._signals.lock                   # see "Lock rules" above
-        self._answer_ready = self._signals.answer_ready   # get_answer waits here
-        self.counters = collections.Counter()  # requested, finished, failed, delivered, ...
+        self._answer_ready = self._signals.answer_ready   # get_answer waits here (tests watch it)
+        self.counters: typing.Counter[str] = collections.Counter()  # requested, finished, failed, delivered, ...
         self._registry = Registry()
         self._scheduler = Scheduler(self.max_slave_losses)
         self._traffic = TaskTraffic(self._signals, self._registry, self._scheduler, self.counters,
@@ -203,11 +204,12 @@ class TaskManager:
     def store_answers_of(self, batches: Iterable[Tuple[Optional[int], Iterable]]) -> int:
         """:meth:`store_answers` for several processes at once (a node agent's slaves):
         ``batches`` holds (process_id, answers) pairs."""
-        settled: Optional[List[Settled]] = [] if self.on_answers is not None else None
+        on_answers = self.on_answers
+        settled: Optional[List[Settled]] = [] if on_answers is not None else None
         with self._lock:
             accepted = self._traffic.store(batches, settled)
-        if settled:
-            self.on_answers(settled)
+        if on_answers is not None and settled:
+            on_answers(settled)
         return accepted
 
     # ------------------------------------------------------------------ processes

@@ -9,6 +9,7 @@ what that costs them. Times come from the manager's clock (a fake in tests).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from .tasks import Task, TaskState
@@ -38,7 +39,7 @@ class ProcessRecord:
         self.stats: Dict = {}             # sampled on the slave (cpu, rss)
         self.waiting = 0                  # its threads blocked in take_tasks right now
         self.revoked: List[int] = []      # assignments taken back, not yet told to the slave
-        self.news = None                  # a Condition its watch call waits on, once it watches
+        self.news: Optional[threading.Condition] = None   # its watch call waits on it, once it watches
         self.runs_suspect = False         # it was given a suspect (cleared once none is held)
 
     @property

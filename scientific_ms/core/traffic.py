@@ -34,7 +34,7 @@ Settled = Tuple[str, bool, bytes, str]
 class Want(NamedTuple):
     """How many tasks a process asks for."""
     process_id: int
-    count: int
+    max_tasks: int
 
 
 class TaskTraffic:
@@ -100,7 +100,7 @@ class TaskTraffic:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             held_back = self._budget.results_full()
-            outcomes = []
+            outcomes: List[Outcome] = []
             while len(outcomes) < limit:
                 outcome = self._results.deliver(tag)
                 if outcome is None:
