@@ -1,4 +1,4 @@
-"""The pure parts of the task manager, each on its own: states, scheduling, registry, results."""
+"""The pure parts of the task manager, each on its own: states, scheduling, registry, results, the process side."""
 
 import pytest
 
@@ -246,3 +246,39 @@ def test_an_idle_slave_steals_the_last_unstarted_task_of_the_most_loaded():
     thief.running[99] = make_tasks(1, start=99)[0]     # a busy slave does not steal
     light.running[1] = light_tasks[1]
     assert scheduler.steal(thief, registry, 100.0) is None
+
+
+# ------------------------------------------------------------------ the process side
+
+def test_a_lost_slave_is_reported_as_a_departure_and_settles_nothing(clock):
+    import collections
+
+    from scientific_ms.core.processes import Processes
+    from scientific_ms.core.signals import Signals
+
+    signals, registry, counters = Signals(), Registry(), collections.Counter()
+    processes = Processes(signals, registry, Scheduler(max_slave_losses=1), counters, clock, 4)
+    table = TaskTable()
+    task = table.new("f", b"", None)
+    table.move(task, TaskState.RUNNING)
+    with signals.lock:   # its callers hold the manager's lock
+        proc = registry.get(processes.register("slave", {"pid": 1, "host": "h"}, ["f"], 1.0))
+        task.assignment, task.process_id = 7, proc.process_id
+        registry.hand_over(proc, task)
+        departure = processes.remove(proc.process_id, "connection dropped")
+    assert departure.process_id == proc.process_id and departure.requeue == []
+    [(failed, error)] = departure.fail          # one loss is all it may lose
+    assert failed is task and "lost its slave 1 times" in str(error)
+    assert task.state is TaskState.RUNNING      # the task traffic settles it, not the process side
+    assert counters["processes_lost"] == 1 and registry.get(proc.process_id) is None
+    assert processes.remove(proc.process_id, "again") is None
+
+
+def test_the_completion_rate_counts_the_last_window_only():
+    from scientific_ms.core.results import RateMeter
+
+    meter = RateMeter(window=10)
+    for second in range(30):
+        meter.add(second + 0.5, 2)
+    assert meter.rate(29.9, elapsed=30) == pytest.approx(2.0)
+    assert meter.rate(100.0, elapsed=100) == 0.0

@@ -24,6 +24,14 @@ class MemoryBudget:
         self.result_bytes = 0
         self._said: Set[str] = set()
 
+    def add_waiting(self, size: int) -> None:
+        """A task with ``size`` bytes of parameters was queued (``-size``: it left the queue)."""
+        self.waiting_bytes += size
+
+    def add_results(self, size: int) -> None:
+        """An answer of ``size`` bytes was stored (``-size``: it was retrieved)."""
+        self.result_bytes += size
+
     def requests_wait(self, size: int) -> bool:
         """Should a new request of ``size`` bytes wait for slaves to take some tasks?"""
         if not (self.budget and self.waiting_bytes and self.waiting_bytes + size > self.budget):

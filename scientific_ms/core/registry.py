@@ -1,7 +1,7 @@
 """The registered processes and their liveness: pure logic, no lock, no I/O.
 
-The :class:`~scientific_ms.manager.TaskManager` holds the lock and calls
-this. Liveness is a pure function of (registry, now): :meth:`Registry.silent`
+The :class:`~scientific_ms.core.manager.TaskManager` holds the lock while
+its parts (``processes.py``, ``traffic.py``) call this. Liveness is a pure function of (registry, now): :meth:`Registry.silent`
 names the processes that missed too many heartbeats, and the caller decides
 what that costs them. Times come from the manager's clock (a fake in tests).
 """
@@ -9,6 +9,7 @@ what that costs them. Times come from the manager's clock (a fake in tests).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from .tasks import Task, TaskState
@@ -38,7 +39,7 @@ class ProcessRecord:
         self.stats: Dict = {}             # sampled on the slave (cpu, rss)
         self.waiting = 0                  # its threads blocked in take_tasks right now
         self.revoked: List[int] = []      # assignments taken back, not yet told to the slave
-        self.news = None                  # a Condition its watch call waits on, once it watches
+        self.news: Optional[threading.Condition] = None   # its watch call waits on it, once it watches
         self.runs_suspect = False         # it was given a suspect (cleared once none is held)
 
     @property
@@ -57,7 +58,7 @@ class Registry:
     def __init__(self):
         self._processes: Dict[int, ProcessRecord] = {}
         self._holders: Dict[int, ProcessRecord] = {}   # may hold unstarted tasks (see holders())
-        self.time_limits_used = False   # a task with a time limit was handed out (see overdue())
+        self._time_limits_used = False   # a task with a time limit was handed out (see overdue())
         self._next_id = 1
         self.slave_count = 0
         self._last_check: Optional[float] = None
@@ -77,9 +78,19 @@ class Registry:
             self.slave_count -= 1
         return proc
 
-    def may_hold_unstarted(self, proc: ProcessRecord) -> None:
-        """``proc`` was given a task while it held one: a candidate for stealing."""
-        self._holders[proc.process_id] = proc
+    def hand_over(self, proc: ProcessRecord, task: Task) -> None:
+        """``proc`` now holds ``task`` (its assignment number is set)."""
+        proc.running[task.assignment] = task
+        if task.time_limit is not None:
+            self._time_limits_used = True
+        if len(proc.running) > 1:
+            self._holders[proc.process_id] = proc   # it holds one it has not started: may be stolen from
+
+    def release(self, task: Task) -> None:
+        """The slave holding ``task`` (if any still does) no longer holds it: it was answered."""
+        holder = self.get(task.process_id)
+        if holder is not None:
+            holder.running.pop(task.assignment, None)
 
     def holders(self) -> List[ProcessRecord]:
         """The slaves holding unstarted tasks, so that stealing does not scan
@@ -101,7 +112,7 @@ class Registry:
 
     def overdue(self, now: float, grace: float) -> List[Tuple[ProcessRecord, Task]]:
         """Running tasks whose time limit passed more than ``grace`` seconds ago."""
-        if not self.time_limits_used:   # most jobs: no scan of every slave's tasks
+        if not self._time_limits_used:   # most jobs: no scan of every slave's tasks
             return []
         return [(proc, task) for proc in self._processes.values() for task in proc.running.values()
                 if task.time_limit is not None and task.state is TaskState.RUNNING

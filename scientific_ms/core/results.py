@@ -1,6 +1,6 @@
 """Answers waiting for the master: the first answer wins, each is delivered once.
 
-Pure logic; the :class:`~scientific_ms.manager.TaskManager` holds the lock.
+Pure logic; the :class:`~scientific_ms.core.manager.TaskManager` holds the lock.
 An answered task sits in two ordered indexes, all tags and its own tag, so
 that ``retrieveResult()`` and ``retrieveResult(tag)`` both take the oldest
 in O(1); a task delivered through one index is dropped from the other when
@@ -11,8 +11,9 @@ live ones, so nothing delivered lingers for long.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
-from typing import Counter, Deque, Dict, List, NamedTuple, Optional
+from typing import Counter, Deque, Dict, NamedTuple, Optional
 
 from .tasks import UNANSWERED, Task, TaskState, TaskTable
 
@@ -130,21 +131,22 @@ class RateMeter:
 
     def __init__(self, window: float = 60.0):
         self.window = int(window)
-        self._buckets: Deque[List[int]] = collections.deque()
+        self._counts: Dict[int, int] = {}   # second -> events, oldest first (insertion order)
 
     def add(self, now: float, count: int = 1) -> None:
         second = int(now)
-        if self._buckets and self._buckets[-1][0] == second:
-            self._buckets[-1][1] += count
+        known = self._counts.get(second)
+        if known is not None:
+            self._counts[second] = known + count
         else:
-            self._buckets.append([second, count])
+            self._counts[second] = count
             self._trim(second)
 
     def rate(self, now: float, elapsed: float) -> float:
         self._trim(int(now))
         span = min(float(self.window), max(elapsed, 1e-9))
-        return sum(count for _, count in self._buckets) / span
+        return sum(self._counts.values()) / span
 
     def _trim(self, second: int) -> None:
-        while self._buckets and self._buckets[0][0] <= second - self.window:
-            self._buckets.popleft()
+        for oldest in list(itertools.takewhile(lambda s: s <= second - self.window, self._counts)):
+            del self._counts[oldest]

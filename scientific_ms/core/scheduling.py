@@ -1,8 +1,8 @@
 """Who gets which task: the waiting queues and every rule of assignment.
 
-Pure and lock-free: the :class:`~scientific_ms.manager.TaskManager` holds
-its lock around every call and applies the decisions (state moves,
-assignment numbers, wake-ups). To change the scheduling policy, change this
+Pure and lock-free: the :class:`~scientific_ms.core.manager.TaskManager` holds
+its lock around every call, and its task traffic (``traffic.py``) applies
+the decisions (state moves, assignment numbers, wake-ups). To change the scheduling policy, change this
 module and its tests (``tests/test_scheduling.py``).
 
 The rules:
@@ -228,7 +228,8 @@ class Scheduler:
         """
         if not thief.is_slave or thief.running:
             return None
-        best: Optional[Tuple[float, ProcessRecord, Task]] = None
+        best: Optional[Tuple[ProcessRecord, Task]] = None
+        most_queued = 0.0
         for victim in processes:
             if victim is thief or len(victim.running) < 2:
                 continue
@@ -240,11 +241,11 @@ class Scheduler:
             if not unstarted:
                 continue
             queued = self.durations.queued(victim)
-            if best is None or queued > best[0]:
-                best = (queued, victim, unstarted[-1])
+            if best is None or queued > most_queued:
+                best, most_queued = (victim, unstarted[-1]), queued
         if best is None:
             return None
-        _, victim, task = best
+        victim, task = best
         del victim.running[task.assignment]
         victim.revoked.append(task.assignment)
         return victim, task

@@ -80,7 +80,7 @@ class Task:
                  "assignment", "process_id", "started", "lost_slaves", "suspect",
                  "answer", "traceback", "time_limit")
 
-    def __init__(self, task_id: str, tag: str, payload: bytes, seq: int,
+    def __init__(self, task_id: str, tag: str, payload: Optional[bytes], seq: int,
                  time_limit: Optional[float] = None):
         self.task_id = task_id
         self.tag = tag
@@ -110,7 +110,7 @@ class TaskTable:
             state: collections.Counter() for state in TaskState}
         self._numbers = itertools.count(1)
 
-    def new(self, tag: str, payload: bytes, time_limit: Optional[float]) -> Task:
+    def new(self, tag: str, payload: Optional[bytes], time_limit: Optional[float]) -> Task:
         """A new WAITING task with a fresh id, ``<tag>_<n>``."""
         number = next(self._numbers)
         task = Task(f"{tag}_{number}", tag, payload, number, time_limit)

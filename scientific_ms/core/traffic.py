@@ -1,0 +1,321 @@
+"""The task traffic: requests, assignment to slaves, answers, delivery to the master.
+
+:class:`TaskTraffic` is a part that :class:`~scientific_ms.core.manager.TaskManager`
+holds and calls with its lock held (``signals.py``). It owns the table of
+tasks, the answers not yet delivered, the memory budget and the slave
+threads waiting for work, and it applies what the scheduler decides
+(``scheduling.py``): state moves, assignment numbers, wake-ups. The process
+side (``processes.py``) settles no task itself: what a departure or an
+overrun costs reaches this class through :meth:`TaskTraffic.take_back` and
+:meth:`TaskTraffic.fail_all`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+from ..errors import NoTasksPendingError
+from ..wire.payload import dumps_value
+from ..wire.protocol import Answer
+from .budget import MemoryBudget
+from .processes import Departure
+from .registry import ProcessRecord, Registry
+from .results import Outcome, ResultStore
+from .scheduling import Scheduler, Waiter, WaitingSlaves
+from .signals import Signals
+from .tasks import Task, TaskState, TaskTable
+
+#: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
+Settled = Tuple[str, bool, bytes, str]
+
+
+class Want(NamedTuple):
+    """How many tasks a process asks for."""
+    process_id: int
+    max_tasks: int
+
+
+class TaskTraffic:
+    """Tasks from the master to the slaves and their answers back; every method
+    expects the manager's lock held (and may wait on its conditions)."""
+
+    def __init__(self, signals: Signals, registry: Registry, scheduler: Scheduler,
+                 counters: Counter, clock: Callable[[], float], memory_budget: Optional[int]):
+        self._signals = signals
+        self._registry = registry
+        self._scheduler = scheduler
+        self._counters = counters     # the manager's, shared with the process side
+        self._clock = clock
+        self._tasks = TaskTable()
+        self._results = ResultStore(self._tasks, counters)
+        self._waiters = WaitingSlaves()
+        self._budget = MemoryBudget(memory_budget)
+        self._assignment_numbers = itertools.count(1)
+
+    # ---------------------------------------------------------------- the master's side
+
+    def add(self, tag: str, payloads: Iterable[bytes], time_limit: Optional[float]) -> List[str]:
+        """Queue a task for each payload, in order, each waiting for the memory budget; their ids."""
+        task_ids = []
+        for payload in payloads:
+            self._signals.check_running()
+            while self._budget.requests_wait(len(payload)):
+                self._signals.wait_for_room()
+                self._signals.check_running()
+            task = self._tasks.new(tag, payload, time_limit)
+            self._enqueue(task, front=False)
+            self._counters["requested"] += 1
+            task_ids.append(task.task_id)
+        return task_ids
+
+    def add_answered(self, tag: str, ok: bool, answer: bytes, traceback: str) -> str:
+        """Add a task whose answer is known (journaled), never run; its id."""
+        self._signals.check_running()
+        task = self._tasks.new(tag, None, None)   # never queued: WAITING -> FINISHED/FAILED
+        self._counters["requested"] += 1
+        self._results.settle(task, ok, answer, traceback, self._clock())
+        self._budget.add_results(len(answer))
+        self._signals.answer_ready.notify_all()
+        return task.task_id
+
+    def cancel(self, task_id: str) -> bool:
+        """Withdraw and forget a task no slave has started; False if there is none such."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.WAITING:
+            return False
+        self._scheduler.remove(task)
+        self._budget.add_waiting(-len(task.payload or b""))
+        self._tasks.forget(task)
+        task.payload = None
+        self._counters["cancelled"] += 1
+        self._signals.make_room()
+        self._signals.answer_ready.notify_all()   # a get_answer waiting for it alone must not wait forever
+        return True
+
+    def deliver(self, limit: int, tag: Optional[str], timeout: Optional[float]) -> List[Outcome]:
+        """Up to ``limit`` of the oldest answers (with ``tag``), waiting for the first
+        as ``TaskManager.get_answers`` says."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            held_back = self._budget.results_full()
+            outcomes: List[Outcome] = []
+            while len(outcomes) < limit:
+                outcome = self._results.deliver(tag)
+                if outcome is None:
+                    break
+                self._budget.add_results(-len(outcome.payload))
+                outcomes.append(outcome)
+            if outcomes:
+                self._signals.make_room()
+                if held_back and not self._budget.results_full():
+                    self._pass_wake_up_on(None)   # slaves held back may take tasks again
+                return outcomes
+            self._signals.check_running()
+            if not self._tasks.outstanding(tag):
+                what = "no task" if tag is None else f"no task with tag {tag!r}"
+                raise NoTasksPendingError(
+                    f"retrieveResult would wait forever: {what} is waiting, running or "
+                    f"finished (requestTask first; {self._counters['delivered']} results "
+                    f"were already retrieved)")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no result within {timeout} s")
+            self._signals.answer_ready.wait(remaining)
+
+    # ---------------------------------------------------------------- the slaves' side
+
+    def take(self, wants: List[Want], timeout: float) -> Tuple[Dict[int, List[Task]], List[int]]:
+        """Assign tasks to processes (what each wants), waiting up to
+        ``timeout`` seconds until one gets some; ({process_id: tasks}, unknown ids)."""
+        deadline = None
+        woken = False
+        alone = wants[0].process_id if len(wants) == 1 else None   # whose thread passes a wake-up on
+        try:
+            while True:
+                self._signals.check_running()
+                assigned: Dict[int, List[Task]] = {}
+                unknown: List[int] = []
+                live: List[ProcessRecord] = []
+                now = self._clock()
+                may_steal = True   # once per call: a steal scans the slaves that hold work
+                for process_id, count in wants:
+                    proc = self._registry.get(process_id)
+                    if proc is None:
+                        unknown.append(process_id)
+                        continue
+                    proc.last_seen = now
+                    live.append(proc)
+                    if not (self._scheduler.waiting_count or may_steal):
+                        continue   # nothing left to give: the rest only wait
+                    tasks = self._assign(proc, count, may_steal)
+                    if tasks:
+                        assigned[process_id] = tasks
+                    else:
+                        may_steal = False
+                if assigned:
+                    woken = False
+                if assigned or timeout <= 0 or not live:
+                    return assigned, unknown
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                if now >= deadline:
+                    return assigned, unknown
+                woken = self._wait_for_work(live, deadline - now)
+        finally:
+            if woken:
+                # Woken for a task but leaving without one (its process left,
+                # it runs a suspect, time ran out): pass the wake-up on.
+                self._pass_wake_up_on(alone)
+
+    def _wait_for_work(self, live: List[ProcessRecord], timeout: float) -> bool:
+        """Wait until a task that one of ``live`` can run arrives (one waiter for
+        them all); returns whether it was woken for one."""
+        tags = live[0].tags if len(live) == 1 else frozenset().union(*(p.tags for p in live))
+        waiter = Waiter(tuple(proc.process_id for proc in live), tags, self._signals.lock)
+        self._waiters.add(waiter)
+        for proc in live:
+            proc.waiting += 1
+        try:
+            waiter.condition.wait(timeout)
+        finally:
+            now = self._clock()
+            self._waiters.discard(waiter)
+            for proc in live:
+                proc.waiting -= 1
+                proc.last_seen = now
+        return waiter.woken
+
+    def store(self, batches: Iterable[Tuple[Optional[int], Iterable]],
+              settled: Optional[List[Settled]]) -> int:
+        """Store answers ((process_id, answers) pairs; the first answer for a task
+        wins); returns how many were accepted, listed in ``settled`` if given."""
+        accepted = 0
+        now = self._clock()
+        for process_id, answers in batches:
+            proc = self._registry.get(process_id)
+            if proc is not None:
+                proc.last_seen = now
+            for record in answers:
+                answer = Answer(*record)   # a tuple in the order of Answer, as it crossed the wire
+                if proc is not None:
+                    proc.running.pop(answer.assignment, None)
+                task = self._results.unanswered(answer.task_id, answer.assignment, process_id)
+                if task is None:
+                    continue
+                if answer.seconds is not None:   # how long the handler ran
+                    self._scheduler.durations.record(task.tag, answer.seconds)
+                self._settle(task, answer.ok, answer.payload, answer.traceback)
+                if proc is not None:
+                    proc.tasks_done += 1
+                accepted += 1
+                if settled is not None:
+                    settled.append((answer.task_id, answer.ok, answer.payload, answer.traceback))
+        if accepted:
+            self._signals.answer_ready.notify_all()
+        return accepted
+
+    # ---------------------------------------------------------------- the process side's decisions
+
+    def take_back(self, departure: Optional[Departure]) -> bool:
+        """Apply a departure (``Processes.remove``): requeue or fail what it held.
+        False if there was none (the process was unknown)."""
+        if departure is None:
+            return False
+        self._waiters.wake_process(departure.process_id)   # first: no task's wake-up goes to it
+        for task in reversed(departure.requeue):   # each goes to the front: keep their order
+            self._requeue(task)
+        self.fail_all(departure.fail)
+        return True
+
+    def fail_all(self, failures: List[Tuple[Task, Exception]]) -> None:
+        """Answer each task with its error (a lost slave, an overrun time limit)."""
+        for task, error in failures:
+            self._settle(task, False, dumps_value(error), f"{type(error).__name__}: {error}\n")
+        if failures:
+            self._signals.answer_ready.notify_all()
+
+    # ---------------------------------------------------------------- what it reports
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """Tasks per state and tag (see :meth:`TaskTable.counts`)."""
+        return self._tasks.counts()
+
+    def wait_for_running(self, count: int, timeout: Optional[float]) -> bool:
+        """Wait until at least ``count`` tasks run on slaves; False on timeout."""
+        return self._signals.wait_for_start(
+            lambda: sum(self._tasks.counts()["running"].values()) >= count, timeout)
+
+    def completion_rate(self, now: float, elapsed: float) -> float:
+        """Answers per second lately."""
+        return self._results.completion_rate.rate(now, elapsed)
+
+    def waiting_threads(self) -> int:
+        """How many slave threads wait for work right now."""
+        return len(self._waiters)
+
+    def wake_all(self) -> None:
+        """Wake every slave thread waiting for work (the manager terminates)."""
+        self._waiters.wake_all()
+
+    # ---------------------------------------------------------------- internals
+
+    def _enqueue(self, task: Task, front: bool) -> None:
+        self._scheduler.enqueue(task, front)
+        self._budget.add_waiting(len(task.payload or b""))
+        self._waiters.wake_one(task.tag)
+
+    def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
+        """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
+        for tag in list(self._scheduler.waiting_tags()):
+            self._waiters.wake_one(tag, skip=process_id)
+
+    def _assign(self, proc: ProcessRecord, max_tasks: int, may_steal: bool = True) -> List[Task]:
+        if self._budget.hold_back_slaves():
+            return []
+        tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
+                                       lambda tag: self._waiters.idle_for(tag, proc.process_id))
+        for task in tasks:
+            self._tasks.move(task, TaskState.RUNNING)
+            self._budget.add_waiting(-len(task.payload or b""))
+        if tasks:
+            self._signals.make_room()
+            self._signals.tasks_started()
+        if not tasks and may_steal:
+            stolen = self._scheduler.steal(proc, self._registry.holders(), self._clock())
+            if stolen is not None:
+                victim, task = stolen
+                if victim.news is not None:
+                    victim.news.notify_all()   # its watch tells it to drop the task
+                self._counters["stolen"] += 1
+                tasks = [task]
+        now = self._clock()
+        for task in tasks:
+            task.assignment = next(self._assignment_numbers)
+            task.process_id = proc.process_id
+            task.started = now
+            self._registry.hand_over(proc, task)
+        return tasks
+
+    def _settle(self, task: Task, ok: bool, payload: bytes, traceback: str) -> None:
+        """Store a task's answer (any state before FINISHED/FAILED)."""
+        if task.state is TaskState.WAITING:
+            self._scheduler.remove(task)
+            self._budget.add_waiting(-len(task.payload or b""))
+            self._signals.make_room()
+        elif task.state is TaskState.RUNNING:
+            self._registry.release(task)
+        self._results.settle(task, ok, payload, traceback, self._clock())
+        self._budget.add_results(len(payload))
+        if self._budget.results_full():
+            self._signals.make_room()   # a request waiting for room must not wait for this
+
+    def _requeue(self, task: Task) -> None:
+        self._tasks.move(task, TaskState.WAITING)
+        task.assignment = None
+        task.process_id = None
+        task.rescheduled = True
+        self._counters["rescheduled"] += 1
+        self._enqueue(task, front=True)
