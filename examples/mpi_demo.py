@@ -1,7 +1,7 @@
 """One script, launched by mpiexec: rank 0 is the master, every other rank a slave.
 
     mpiexec -n 4 python mpi_demo.py [TASKS]                          # MPICH, Open MPI
-    mpiexec -disable-auto-cleanup -n 4 python mpi_demo.py [TASKS]    # MPICH: see docs/mpi.md
+    mpiexec -disable-auto-cleanup -n 4 python mpi_demo.py [TASKS]    # MPICH: see docs/guide/mpi.md
     srun --mpi=pmix -n 4 python mpi_demo.py [TASKS]                  # SLURM
     python mpi_demo.py [TASKS]                                       # no MPI: the master spawns 2 slaves
 
