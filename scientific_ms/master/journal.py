@@ -51,21 +51,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import io
 import logging
 import os
-import pickle
 import queue
 import socket
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
-from ..wire.payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value, payload_bytes
+from ..wire.payload import dumps_by_state_digest, dumps_value, loads_value, payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +94,6 @@ def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
 
 # ------------------------------------------------------------------ request keys
 
-class _KeyPickler(pickle.Pickler):
-    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
-
-    def __init__(self, file, digest_of: Callable[[str], bytes]):
-        super().__init__(file, PROTOCOL)
-        self._digest_of = digest_of
-
-    def persistent_id(self, obj: Any):
-        if type(obj) is GlobalStateValue:
-            return self._digest_of(obj.label)
-        return None
-
-
 def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
                 digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
     """The matching key of a request: a hash of its tag and its parameters.
@@ -120,9 +105,7 @@ def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
     for, whatever its state id.
     """
     if parameters is not None and digest_of is not None:
-        buffer = io.BytesIO()
-        _KeyPickler(buffer, digest_of).dump(parameters)
-        payload = buffer.getvalue()
+        payload = dumps_by_state_digest(parameters, digest_of)
     return hashlib.blake2b(tag.encode() + b"\x00" + payload_bytes(payload), digest_size=16).digest()
 
 
