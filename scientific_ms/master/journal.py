@@ -136,7 +136,7 @@ class Journal:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._mutex = threading.Lock()       # requests from several master threads
+        self._mutex = threading.RLock()      # requests from several master threads
         # The writer's own: requests waiting for their answers, answers that overtook
         # their request in the queue, and the requests of this run per tag.
         self._pending: Dict[str, tuple] = {}   # task id -> (number, task_id, tag, key, parameters)
@@ -218,22 +218,41 @@ class Journal:
 
     # -------------------------------------------------------------- master thread
 
-    def request(self, tag: str, key: bytes, payload: bytes, manager, time_limit: Optional[float] = None) -> str:
-        """Match a request with a journaled answer, or queue it for the writer; returns the task id.
+    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, bytes, str]]:
+        """The journaled answer to this request of ``key``: ``(ok, answer, traceback)``, or None.
 
-        ``manager`` (the TaskManager) gets the task (``add_task``) or, when
-        its answer is journaled, that answer (``add_answered_task``).
+        The n-th request of a key takes the n-th journaled answer of that
+        key; it counts as replayed and as requested. None: nothing journaled
+        answers it; the caller queues the task and :meth:`record` s it.
         """
         with self._mutex:
             rows = self._index.get(key)
-            if rows:
-                ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
-                self.replayed += 1
-                self._queue.put(tag)          # counted as requested
-                return manager.add_answered_task(tag, bool(ok), answer, traceback)
-            task_id = manager.add_task(tag, payload, time_limit)
+            if not rows:
+                return None
+            ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
+            self.replayed += 1
+            self._queue.put(tag)          # counted as requested
+        return bool(ok), answer, traceback
+
+    def record(self, task_id: str, tag: str, key: bytes, payload: bytes) -> None:
+        """Queue a request the task manager took as ``task_id``; it is written with its answer."""
+        with self._mutex:
             self._queue.put((self._next_number, task_id, tag, key, payload))
             self._next_number += 1
+
+    def request(self, tag: str, key: bytes, payload: bytes, manager, time_limit: Optional[float] = None) -> str:
+        """Match a request with a journaled answer, or queue it for the writer; returns the task id.
+
+        ``manager`` (a TaskManager) gets the task (``add_task``) or, when
+        its answer is journaled, that answer (``add_answered_task``). A
+        master goes through ``journaled.JournaledTasks``, which does the same.
+        """
+        with self._mutex:   # one request at a time: task ids follow the request order
+            answer = self.replay(tag, key)
+            if answer is not None:
+                return manager.add_answered_task(tag, *answer)
+            task_id = manager.add_task(tag, payload, time_limit)
+            self.record(task_id, tag, key, payload)
         return task_id
 
     def unrequested(self) -> int:
