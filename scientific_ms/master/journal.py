@@ -2,9 +2,10 @@
 
 ::
 
-    master thread                    server threads (slaves' answers)
-    -------------                    --------------------------------
-    request_task -> Journal.request  TaskManager.store_answers -> Journal.answers
+    master thread                     server threads (slaves' answers)
+    -------------                     --------------------------------
+    JournaledTasks.add_task           TaskManager.store_answers -> Journal.answers
+      -> Journal.replay / .record                                    |
                          |                                           |
                          +-------------> queue <---------------------+
                                            |
