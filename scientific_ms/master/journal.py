@@ -60,11 +60,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
-from ..wire.payload import dumps_by_state_digest, dumps_value, loads_value, payload_bytes
+from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
 
 # ------------------------------------------------------------------ request keys
 
-def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
+def request_key(tag: str, payload: Payload, parameters: Optional[tuple] = None,
                 digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
     """The matching key of a request: a hash of its tag and its parameters.
 
@@ -127,7 +127,7 @@ class Journal:
     written. Nothing is ever overwritten or truncated.
     """
 
-    def __init__(self, path: os.PathLike, label: str, secret: Optional[bytes] = None):
+    def __init__(self, path: Union[str, os.PathLike], label: str, secret: Optional[bytes] = None):
         self.path = Path(path).expanduser().absolute()
         existed = check_file(self.path)
         check_writable(self.path)
@@ -235,13 +235,13 @@ class Journal:
             self._queue.put(tag)          # counted as requested
         return bool(ok), answer, traceback
 
-    def record(self, task_id: str, tag: str, key: bytes, payload: bytes) -> None:
+    def record(self, task_id: str, tag: str, key: bytes, payload: Payload) -> None:
         """Queue a request the task manager took as ``task_id``; it is written with its answer."""
         with self._mutex:
             self._queue.put((self._next_number, task_id, tag, key, payload))
             self._next_number += 1
 
-    def request(self, tag: str, key: bytes, payload: bytes, manager, time_limit: Optional[float] = None) -> str:
+    def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None) -> str:
         """Match a request with a journaled answer, or queue it for the writer; returns the task id.
 
         ``manager`` (a TaskManager) gets the task (``add_task``) or, when

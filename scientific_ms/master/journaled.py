@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
 from ..wire.payload import Payload, dumps_value
@@ -62,7 +62,8 @@ class JournaledTasks:
     slaves that this master is journaled (they then wait for it to come back).
     """
 
-    def __init__(self, manager: TaskManager, path: os.PathLike, label: str, secret: bytes):
+    def __init__(self, manager: TaskManager, path: Union[str, os.PathLike], label: str,
+                 secret: Optional[bytes]):
         self._manager = manager
         self._journal = Journal(path, label, secret)
         self._digests: Dict[str, bytes] = {}   # global state label -> hash of its value

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..wire import auth, discovery, tls
 
@@ -159,7 +159,7 @@ class MasterProcess:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
-    def add_pickled_tasks(self, tag: str, payloads: List[Payload], time_limit: Optional[float]) -> List[str]:
+    def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float]) -> List[str]:
         """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
 
         With a journal, each is matched by its tag and pickled parameters as
@@ -218,7 +218,7 @@ class MasterProcess:
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
 
-    def _warn_if_large(self, tag: str, payload: bytes) -> None:
+    def _warn_if_large(self, tag: str, payload: Payload) -> None:
         if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
             self._large_tags.add(tag)
             log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
