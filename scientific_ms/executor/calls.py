@@ -25,14 +25,13 @@ import functools
 import itertools
 import logging
 import os
-import pickle
 import re
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..wire import discovery
 from ..errors import ConfigurationError, ScientificMSError, SerializationError
-from ..wire.payload import dumps_by_value
+from ..wire.payload import dumps_by_value, loads_value
 from ..slave.slave import SlaveProcess
 from ..core.tasks import ANY_TAG
 
@@ -124,7 +123,7 @@ class FunctionSlave(SlaveProcess):
         # An Executor pickles its calls with the standard pickler or cloudpickle (dumps_call):
         # no persistent ids, no out-of-band buffers, so the C unpickler needs no Python hooks.
         if type(payload) is bytes:
-            return pickle.loads(payload)
+            return loads_value(payload)
         return super()._load_parameters(payload)
 
     def _dump_result(self, result: object) -> bytes:

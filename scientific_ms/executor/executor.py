@@ -2,12 +2,12 @@
 
 ::
 
-    user threads                     TaskManager (in this process)     slaves
-    ------------                     -----------------------------     ------
-    submit(fn, *args) --add_tasks--> waiting queue, tag = fn's name --> FunctionSlave
-        returns a Future  (stored in _slots by task id)                   runs fn
+    user threads                          MasterProcess (in this process)   slaves
+    ------------                          -------------------------------   ------
+    submit(fn, *args) --add_pickled_tasks--> waiting queue, tag = fn's name --> FunctionSlave
+        returns a Future  (stored in _slots by task id)                        runs fn
     map(fn, items): the same, in batches, a MapSlot per task
-    collector thread <--get_answers---- answers <-------------------------+
+    collector thread <--take_answers----------- answers <-----------------------+
         settles the Future or MapSlot (result or exception)
 
 One collector thread completes every future (a map's tasks have lighter
@@ -17,6 +17,7 @@ submit (the slot) and the collector (the answer) comes second settles the
 slot, so an answer that arrives before submit has stored its slot is
 never lost.
 
+The Executor reaches the task manager only through its MasterProcess.
 Cancelling a future withdraws its task from the manager's queue; that
 only succeeds while no slave has started it, and a withdrawn task yields
 no answer, so a cancelled future is never completed afterwards.
@@ -209,7 +210,7 @@ class Executor(concurrent.futures.Executor):
         pickled = calls.dumps_function(fn)
         # Named by its pickle, the same in every run: a journal then matches its calls again.
         label = f"{calls.FUNCTION_PREFIX}{hashlib.blake2b(pickled, digest_size=8).hexdigest()}"
-        self.master.task_manager.store_data(label, pickled)
+        self.master.store_data(label, pickled)
         tag = calls.tag_for(fn)
         self._functions[key] = (fn, label, tag)   # holds fn, so that its id is not reused
         if len(self._functions) == MANY_FUNCTIONS:
@@ -265,7 +266,7 @@ class Executor(concurrent.futures.Executor):
 
     def _withdraw(self, slot) -> bool:
         """Take a waiting task back from the manager (called by a slot's ``cancel``)."""
-        if slot.task_id is None or not self.master.task_manager.cancel_task(slot.task_id):
+        if slot.task_id is None or not self.master.cancel_task(slot.task_id):
             return False
         self._slots.pop(slot.task_id, None)
         return True
@@ -290,7 +291,7 @@ class Executor(concurrent.futures.Executor):
         master, slots = self.master, self._slots
         while True:
             try:
-                outcomes = master.task_manager.get_answers(ANSWERS_AT_ONCE)
+                outcomes = master.take_answers(ANSWERS_AT_ONCE)
             except TaskManagerTermination:
                 log.warning("the task manager of Executor %r ended; failing the calls not done", self.label)
                 return

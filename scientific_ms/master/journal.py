@@ -2,9 +2,10 @@
 
 ::
 
-    master thread                    server threads (slaves' answers)
-    -------------                    --------------------------------
-    request_task -> Journal.request  TaskManager.store_answers -> Journal.answers
+    master thread                     server threads (slaves' answers)
+    -------------                     --------------------------------
+    JournaledTasks.add_task           TaskManager.store_answers -> Journal.answers
+      -> Journal.replay / .record                                    |
                          |                                           |
                          +-------------> queue <---------------------+
                                            |
@@ -51,21 +52,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import io
 import logging
 import os
-import pickle
 import queue
 import socket
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
                            read_meta, sql_error, SCHEMA, journaled_tasks)
-from ..wire.payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value, payload_bytes
+from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +95,7 @@ def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
 
 # ------------------------------------------------------------------ request keys
 
-class _KeyPickler(pickle.Pickler):
-    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
-
-    def __init__(self, file, digest_of: Callable[[str], bytes]):
-        super().__init__(file, PROTOCOL)
-        self._digest_of = digest_of
-
-    def persistent_id(self, obj: Any):
-        if type(obj) is GlobalStateValue:
-            return self._digest_of(obj.label)
-        return None
-
-
-def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
+def request_key(tag: str, payload: Payload, parameters: Optional[tuple] = None,
                 digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
     """The matching key of a request: a hash of its tag and its parameters.
 
@@ -120,9 +106,7 @@ def request_key(tag: str, payload: bytes, parameters: Optional[tuple] = None,
     for, whatever its state id.
     """
     if parameters is not None and digest_of is not None:
-        buffer = io.BytesIO()
-        _KeyPickler(buffer, digest_of).dump(parameters)
-        payload = buffer.getvalue()
+        payload = dumps_by_state_digest(parameters, digest_of)
     return hashlib.blake2b(tag.encode() + b"\x00" + payload_bytes(payload), digest_size=16).digest()
 
 
@@ -143,7 +127,7 @@ class Journal:
     written. Nothing is ever overwritten or truncated.
     """
 
-    def __init__(self, path: os.PathLike, label: str, secret: Optional[bytes] = None):
+    def __init__(self, path: Union[str, os.PathLike], label: str, secret: Optional[bytes] = None):
         self.path = Path(path).expanduser().absolute()
         existed = check_file(self.path)
         check_writable(self.path)
@@ -153,7 +137,7 @@ class Journal:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._mutex = threading.Lock()       # requests from several master threads
+        self._mutex = threading.RLock()      # requests from several master threads
         # The writer's own: requests waiting for their answers, answers that overtook
         # their request in the queue, and the requests of this run per tag.
         self._pending: Dict[str, tuple] = {}   # task id -> (number, task_id, tag, key, parameters)
@@ -235,22 +219,41 @@ class Journal:
 
     # -------------------------------------------------------------- master thread
 
-    def request(self, tag: str, key: bytes, payload: bytes, manager, time_limit: Optional[float] = None) -> str:
-        """Match a request with a journaled answer, or queue it for the writer; returns the task id.
+    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, bytes, str]]:
+        """The journaled answer to this request of ``key``: ``(ok, answer, traceback)``, or None.
 
-        ``manager`` (the TaskManager) gets the task (``add_task``) or, when
-        its answer is journaled, that answer (``add_answered_task``).
+        The n-th request of a key takes the n-th journaled answer of that
+        key; it counts as replayed and as requested. None: nothing journaled
+        answers it; the caller queues the task and :meth:`record` s it.
         """
         with self._mutex:
             rows = self._index.get(key)
-            if rows:
-                ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
-                self.replayed += 1
-                self._queue.put(tag)          # counted as requested
-                return manager.add_answered_task(tag, bool(ok), answer, traceback)
-            task_id = manager.add_task(tag, payload, time_limit)
+            if not rows:
+                return None
+            ok, answer, traceback = self._journaled_task(*rows.popleft())[5:]
+            self.replayed += 1
+            self._queue.put(tag)          # counted as requested
+        return bool(ok), answer, traceback
+
+    def record(self, task_id: str, tag: str, key: bytes, payload: Payload) -> None:
+        """Queue a request the task manager took as ``task_id``; it is written with its answer."""
+        with self._mutex:
             self._queue.put((self._next_number, task_id, tag, key, payload))
             self._next_number += 1
+
+    def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None) -> str:
+        """Match a request with a journaled answer, or queue it for the writer; returns the task id.
+
+        ``manager`` (a TaskManager) gets the task (``add_task``) or, when
+        its answer is journaled, that answer (``add_answered_task``). A
+        master goes through ``journaled.JournaledTasks``, which does the same.
+        """
+        with self._mutex:   # one request at a time: task ids follow the request order
+            answer = self.replay(tag, key)
+            if answer is not None:
+                return manager.add_answered_task(tag, *answer)
+            task_id = manager.add_task(tag, payload, time_limit)
+            self.record(task_id, tag, key, payload)
         return task_id
 
     def unrequested(self) -> int:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import io
 import os
-import pickle
 import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 from .journal_file import JournalError, check_file, connect, read_meta, sql_error, journaled_tasks
-from ..wire.payload import GlobalStateValue, loads_answer
+from ..wire.payload import loads_answer, loads_journaled_parameters
 
 
 class JournalRecord(NamedTuple):
@@ -27,17 +25,6 @@ class JournalRecord(NamedTuple):
     ok: bool               # True: ``result`` is the result; False: the exception raised
     result: Any
     traceback: str         # text of the remote traceback when not ok, else ""
-
-# ------------------------------------------------------------------ reading
-
-def _placeholder(label: str) -> GlobalStateValue:
-    _, state_id, name = label.split("_", 2)
-    return GlobalStateValue(int(state_id), name)
-
-
-class _ReaderUnpickler(pickle.Unpickler):
-    def persistent_load(self, label: str) -> Any:
-        return _placeholder(label)
 
 
 def _open_readonly(path: os.PathLike) -> Tuple[Path, sqlite3.Connection, Dict[str, str]]:
@@ -71,7 +58,7 @@ def read_journal(path: os.PathLike) -> Iterator[JournalRecord]:
     path, db, _ = _open_readonly(path)
     try:
         for _, _, (_, task_id, tag, _, parameters, ok, answer, traceback) in journaled_tasks(db):
-            params = _ReaderUnpickler(io.BytesIO(parameters)).load()
+            params = loads_journaled_parameters(parameters)
             yield JournalRecord(task_id, tag, params, bool(ok), loads_answer(answer, task_id), traceback)
     except sqlite3.Error as error:
         raise sql_error(path, error, "reading") from None

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import signal
-import os
-import socket
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..wire import auth, discovery, tls
 
@@ -18,15 +15,14 @@ from . import launch
 
 from .. import settings
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
-from .journal import Journal, request_key, value_digest
 from ..logs import apply_debug_flag
-from ..wire.limits import check_state
 from ..machine import process_info, tune_allocator
 from ..core.manager import TaskManager
 from ..core.results import Outcome
 from ..wire.protocol import slave_environment
-from ..wire.payload import (GlobalStateValue, dumps_parameters, dumps_value, loads_answer, state_label,
-                      unreadable_answer)
+from ..wire.payload import Payload, loads_answer, unreadable_answer
+from .global_state import GlobalStates
+from .journaled import JournaledTasks, PlainTasks
 from ..progress import master_progress
 from ..wire.server import MasterServer
 from .supervisor import SlaveSupervisor
@@ -93,11 +89,14 @@ class MasterProcess:
         if isinstance(secret, str):
             secret = secret.encode()
         secret = secret or settings.secret_from_environment()
-        self._journal = self._open_journal(settings.journal(journal), secret)
+        journal = settings.journal(journal)
+        # Opened before the master is published: a bad journal fails first. Tests read _journal.replayed.
+        self._journal = None if journal is None else \
+            JournaledTasks(self.task_manager, journal, self.label, secret or auth.new_secret())
+        self._requests = self._journal or PlainTasks(self.task_manager)   # where every request goes
         self.keep_journal = settings.keep_journal(keep_journal)
         self._run_failed = False
-        self._state_digests: Dict[str, bytes] = {}
-        self.secret: bytes = secret or (self._journal.secret if self._journal else None) or auth.new_secret()
+        self.secret: bytes = secret or self._requests.secret or auth.new_secret()
         self.host = host or settings.bind_host()
         self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
         tls_context = tls.server_context(self.tls_cert, tls_key)
@@ -105,8 +104,7 @@ class MasterProcess:
             self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
                                         tls_context=tls_context)
         except BaseException:
-            if self._journal is not None:
-                self._journal.close()
+            self._requests.close(failed=True)
             raise
         try:
             self._publication = launch.publish(label, self._server.port, self.secret, self.host,
@@ -115,11 +113,10 @@ class MasterProcess:
         except BaseException:
             self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
             self._server.close()
-            if self._journal is not None:
-                self._journal.close()
+            self._requests.close(failed=True)
             raise
-        self.global_states: Dict[int, List[str]] = {}
-        self._state_numbers = itertools.count(1)
+        self._states = GlobalStates(self.task_manager)
+        self.global_states: Dict[int, List[str]] = self._states.names   # state id -> names
         self.slave_restarts = settings.slave_restarts(slave_restarts)
         self.task_time_limit = task_time_limit
         self._supervisor: Optional[SlaveSupervisor] = None
@@ -154,27 +151,40 @@ class MasterProcess:
         reports the task anyway a few seconds later.
         """
         limit = self.task_time_limit if time_limit is None else time_limit
-        if self._journal is None:
-            payload = dumps_parameters(tag, parameters, self._state_is_stored)
-            self._warn_if_large(tag, payload)
-            task_id = self.task_manager.add_task(tag, payload, time_limit=limit)
-        else:
-            task_id = self._journaled_request(tag, parameters, limit)
+        payload, uses_state = self._states.dumps_parameters(tag, parameters)
+        self._warn_if_large(tag, payload)
+        # the parameters themselves only when a journal must match placeholders by their values
+        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
-    def add_pickled_tasks(self, tag: str, payloads: List[bytes], time_limit: Optional[float]) -> List[str]:
+    def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float]) -> List[str]:
         """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
 
         With a journal, each is matched by its tag and pickled parameters as
         ``requestTask`` matches its requests: one answered before is delivered
         from the journal and not run again.
         """
-        if self._journal is None:
-            return self.task_manager.add_tasks(tag, payloads, time_limit)
-        return [self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, time_limit)
-                for payload in payloads]
+        return self._requests.add_tasks(tag, payloads, time_limit)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Withdraw a task that no slave has started; False if it runs, is answered or is unknown."""
+        return self.task_manager.cancel_task(task_id)
+
+    def take_answers(self, limit: int, tag: Optional[str] = None,
+                     timeout: Optional[float] = None) -> List[Outcome]:
+        """Up to ``limit`` answers at once (read each with :meth:`read_answer`), oldest first.
+
+        Waits for the first as ``retrieveResult`` does, and raises as it
+        does, except that TaskManagerTermination is raised, not turned into
+        ``(None, None, None)``.
+        """
+        return self.task_manager.get_answers(limit, tag, timeout)
+
+    def store_data(self, label: str, data: bytes) -> None:
+        """Store pickled bytes under ``label`` for the slaves to fetch (an Executor's functions)."""
+        self.task_manager.store_data(label, data)
 
     def retrieveResult(self, tag: Optional[str] = None, *,
                        timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[str], Any]:
@@ -208,74 +218,18 @@ class MasterProcess:
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
 
-    # ------------------------------------------------------------------ journal
-
-    def _open_journal(self, path: Optional[str], secret: Optional[bytes]) -> Optional[Journal]:
-        """Open (or create) the journal before the master is published: a bad one fails first."""
-        if path is None:
-            return None
-        journal = Journal(path, self.label, secret or auth.new_secret())
-        self.task_manager.on_answers = journal.answers
-        # Slaves read this to know that a vanished master may come back (rejoin_grace).
-        self.task_manager.store_data("journaled_master", dumps_value(
-            {"pid": os.getpid(), "host": socket.gethostname(), "journal": str(journal.path)}))
-        return journal
-
-    def _warn_if_large(self, tag: str, payload: bytes) -> None:
+    def _warn_if_large(self, tag: str, payload: Payload) -> None:
         if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
             self._large_tags.add(tag)
             log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
                         "by the master until a slave takes it. Values shared by many tasks belong in "
                         "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
 
-    def _journaled_request(self, tag: str, parameters: tuple, limit: Optional[float]) -> str:
-        if not self._state_digests:   # no global state set: no placeholder to look for
-            payload = dumps_parameters(tag, parameters, self._state_is_stored)
-            self._warn_if_large(tag, payload)
-            return self._journal.request(tag, request_key(tag, payload), payload, self.task_manager, limit)
-        states: List[GlobalStateValue] = []
-
-        def known_state(value: GlobalStateValue) -> bool:
-            states.append(value)
-            return self._state_is_stored(value)
-
-        payload = dumps_parameters(tag, parameters, known_state)
-        self._warn_if_large(tag, payload)
-        key = request_key(tag, payload, parameters if states else None, self._state_digests.__getitem__)
-        return self._journal.request(tag, key, payload, self.task_manager, limit)
-
-    def _close_journal(self) -> None:
-        journal = self._journal
-        if journal is None:
-            return
-        counters = self.task_manager.counters
-        clean = not self._run_failed and counters["requested"] == counters["delivered"]
-        if journal.replayed:
-            log.info("journal %s: %d of %d requests were answered from the journal",
-                     journal.path, journal.replayed, counters["requested"])
-        journal.close(remove=clean and not self.keep_journal)
-
     # ------------------------------------------------------------------ shared state
 
     def setGlobalState(self, **values: Any) -> int:
         """Store values once; returns a state id for ``GlobalStateValue(state_id, name)``."""
-        if not values:
-            raise ConfigurationError("setGlobalState() needs at least one name=value")
-        state_id = next(self._state_numbers)
-        for name, value in values.items():
-            try:
-                data = dumps_value(value)
-            except Exception as error:
-                raise ConfigurationError(f"setGlobalState: {name} cannot be pickled ({error})") from error
-            check_state(name, len(data))
-            self.task_manager.store_data(state_label(state_id, name), data)
-            if self._journal is not None:
-                self._state_digests[state_label(state_id, name)] = value_digest(data)
-        self.global_states[state_id] = list(values)
-        return state_id
-
-    def _state_is_stored(self, value: GlobalStateValue) -> bool:
-        return value.name in self.global_states.get(value.state_id, ())
+        return self._states.store(values)
 
     def deleteGlobalState(self, state_id: int) -> None:
         """Drop the values stored under ``state_id``.
@@ -283,12 +237,7 @@ class MasterProcess:
         Tasks requested afterwards may not refer to them (``requestTask``
         raises ConfigurationError); slaves drop nothing they already fetched.
         """
-        try:
-            names = self.global_states.pop(state_id)
-        except KeyError:
-            raise ConfigurationError(f"no global state with id {state_id!r}") from None
-        for name in names:
-            self.task_manager.delete_data(state_label(state_id, name))
+        self._states.delete(state_id)
 
     # ------------------------------------------------------------------ slaves
 
@@ -373,7 +322,7 @@ class MasterProcess:
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
         self._server.close()
-        self._close_journal()
+        self._requests.close(failed=self._run_failed, keep=self.keep_journal)
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)
 

@@ -113,6 +113,12 @@ def state_label(state_id: int, name: str) -> str:
     return f"state_{state_id}_{name}"
 
 
+def state_placeholder(label: str) -> GlobalStateValue:
+    """The GlobalStateValue that :func:`state_label` named ``label``."""
+    _, state_id, name = label.split("_", 2)
+    return GlobalStateValue(int(state_id), name)
+
+
 # ---------------------------------------------------------------- out-of-band buffers
 #
 # numpy arrays hand the pickler a PickleBuffer by themselves (protocol 5);
@@ -278,6 +284,32 @@ def _first_unpicklable(parameters: Tuple) -> str:
 def loads_parameters(payload: Payload, fetch_state: Callable[[str], Any]) -> Tuple:
     head, buffers = _split(payload)
     return _ParameterUnpickler(head, fetch_state, buffers).load()
+
+
+def loads_journaled_parameters(payload: Payload) -> Tuple:
+    """A task's parameters as requested, GlobalStateValue placeholders left unresolved (``read_journal``)."""
+    return loads_parameters(payload, state_placeholder)
+
+
+class _DigestPickler(pickle.Pickler):
+    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
+
+    def __init__(self, file, digest_of: Callable[[str], bytes]):
+        super().__init__(file, PROTOCOL)
+        self._digest_of = digest_of
+
+    def persistent_id(self, obj: Any):
+        if type(obj) is GlobalStateValue:
+            return self._digest_of(obj.label)
+        return None
+
+
+def dumps_by_state_digest(parameters: Tuple, digest_of: Callable[[str], bytes]) -> bytes:
+    """Parameters pickled with each GlobalStateValue as ``digest_of(its label)``: the journal's
+    request keys, so that a placeholder matches by the value it stands for, whatever its state id."""
+    buffer = io.BytesIO()
+    _DigestPickler(buffer, digest_of).dump(parameters)
+    return buffer.getvalue()
 
 
 #: Results of these types hold no buffer: pickled without the out-of-band pickler's Python hooks.
