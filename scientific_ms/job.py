@@ -10,13 +10,12 @@ import threading
 from pathlib import Path
 from typing import Any, Optional, Type
 
-from .wire import discovery
-
 from . import mpi
 from .errors import ConfigurationError
 from .master.launch import main_script, start_script_master
 from .master.master import MasterProcess
 from .slave.slave import SlaveProcess
+from .wire import discovery
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,15 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from ..slave import agent_link, departure, leaving
-
-from ..wire import discovery
-
 from .. import logs, settings
-from ..wire.client import MasterConnection, connect
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from ..slave.agent import NodeAgent
 from ..master.launch import fetch_stored_code, master_state, run_stored_code, slave_command
-from .listing import list_managers
 from ..progress import LiveView, format_duration
+from ..slave import agent_link, departure, leaving
+from ..slave.agent import NodeAgent
+from ..wire import discovery
+from ..wire.client import MasterConnection, connect
+from .listing import list_managers
 from .report import build_report, format_status, progress_line
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,11 @@ import os
 import sys
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ..wire import discovery
-
 from .. import settings
-from ..wire.client import MasterConnection
 from ..errors import AuthenticationError, ScientificMSError
 from ..master.launch import endpoint_state, master_state
+from ..wire import discovery
+from ..wire.client import MasterConnection
 from ..wire.protocol import OBJECT_PREFIX
 from .report import JSON_SCHEMA, build_report, format_table, iso_text
 
@@ -40,7 +39,8 @@ class _Entry(NamedTuple):
     error: Optional[str]
 
 
-def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str) -> Tuple[Optional[Dict], Optional[str], str]:
+def _status_at(hosts: List[str], port: int, secret: Optional[bytes],
+               label: str) -> Tuple[Optional[Dict], Optional[str], str]:
     """(report, error, address) of the master at the first of ``hosts`` that answers."""
     address = f"{hosts[0] if hosts else '?'}:{port}"
     if secret is None:

@@ -27,12 +27,9 @@ import socket
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
-from . import auth
-
-
 from .. import settings
 from ..errors import ConfigurationError
+from . import auth
 from .protocol import object_name
 
 log = logging.getLogger(__name__)
@@ -142,7 +139,8 @@ def missing_label_file(label: str) -> str:
              f"cannot see" if kind in LOCAL_FILESYSTEMS else f"{path.parent} must be shared with the master's host")
     return (f"no label file {path} (a master on another host writes its label file on its own host: "
             f"{where}; on a cluster set {settings.PREFIX}REGISTRY to a folder on a shared file system, "
-            f"such as the shared home, for master and slaves alike, or give the master's address (-m HOST:PORT, master_host=))")
+            f"such as the shared home, for master and slaves alike, "
+            f"or give the master's address (-m HOST:PORT, master_host=))")
 
 
 def read_label_file(label: str) -> Optional[Dict]:
