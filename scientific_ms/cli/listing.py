@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import settings
 from ..errors import AuthenticationError, ScientificMSError
@@ -96,8 +96,8 @@ def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str])
     with ns:
         try:
             names = ns.list(prefix=OBJECT_PREFIX)
-        except Exception as error:  # a name server that misbehaves must not break list
-            log.warning("could not list the name server: %s", error)
+        except Exception as failure:  # a name server that misbehaves must not break list
+            log.warning("could not list the name server: %s", failure)
             return []
         for name, uri_text in sorted(names.items()):
             label = name[len(OBJECT_PREFIX):]
@@ -110,10 +110,11 @@ def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str])
                     ns.remove(name)
                 pruned.append(f"name server entry {name} ({uri.host}:{uri.port} does not answer)")
                 continue
-            report, error = None, "unreachable from here"
+            report: Optional[Dict] = None
+            error: Optional[str] = "unreachable from here"
             if state == "live":
                 report, error, _ = _status_at([uri.host], uri.port, settings.secret_from_environment(key_file), label)
-            master = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
+            master: Dict[str, Any] = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
             entries.append(_Entry(label, master.get("host"), master.get("pid"), f"{uri.host}:{uri.port}",
                                   (report or {}).get("started_at"), "name server", report, error))
     return entries

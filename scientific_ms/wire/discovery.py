@@ -58,11 +58,15 @@ class Candidate:
 
 @dataclasses.dataclass
 class SlaveContext:
-    """Set while a slave runs code stored by its master (task_manager slave, spawned slaves)."""
+    """Set while a slave runs code stored by its master (task_manager slave, spawned slaves).
+
+    Host, port and secret are None in a slave started by a node agent: the
+    agent holds the connection to the master.
+    """
     label: str
-    host: str
-    port: int
-    secret: bytes
+    host: Optional[str]
+    port: Optional[int]
+    secret: Optional[bytes]
 
 
 _slave_context: Optional[SlaveContext] = None
@@ -246,7 +250,7 @@ def candidates(label: str, master_host: Optional[str] = None,
         found.append(Candidate([host], port, None, f"master_host {master_host}"))
     else:
         context = current_slave_context()
-        if context is not None and context.label == label:
+        if context is not None and context.label == label and context.host is not None and context.port is not None:
             found.append(Candidate([context.host], context.port, context.secret, "the slave context"))
         env_master = settings.raw("MASTER")
         if env_master:
