@@ -33,8 +33,7 @@ import time
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT, pump, wait_for
 from scientific_ms.wire import auth
