@@ -137,7 +137,7 @@ def main():
     print(f"{'':4} {'ideal':>6} {'scientific_ms':>17} {'tasks per slave':>16} {'stolen':>6} "
           f"{'Pool':>14} {'ProcessPool':>14}")
     for name, best_ideal, (ours, per_slave, stolen), pool_s, executor_s, _joined in rows:
-        def cell(seconds):
+        def cell(seconds, best_ideal=best_ideal):
             return f"{'-':>14}" if seconds is None else f"{seconds:7.3f} ({seconds / best_ideal:4.2f})"
         print(f"{name:4} {best_ideal:6.3f} {ours:8.3f} ({ours / best_ideal:4.2f})   "
               f"{'/'.join(map(str, per_slave)):>16} {stolen:6} {cell(pool_s)} {cell(executor_s)}")

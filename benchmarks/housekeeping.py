@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def release(runs: int) -> None:
     import psutil
+
     from scientific_ms import MasterProcess
     os.environ["SCIENTIFIC_MS_REGISTRY"] = tempfile.mkdtemp()
     master = MasterProcess("release", use_name_server=False, port=0)

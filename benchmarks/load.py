@@ -139,8 +139,8 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
     def light_agent(size):
         """A node agent for ``size`` light slaves, speaking the agent protocol directly:
         its slaves are slots that answer at once (or hold until released)."""
-        from scientific_ms.wire.client import MasterConnection
         from scientific_ms.slave.feed import MAX_BATCH
+        from scientific_ms.wire.client import MasterConnection
         from scientific_ms.wire.payload import dumps_value, loads_parameters
         from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
@@ -461,6 +461,7 @@ def main() -> int:
                              args.stack_kib, args.start_window, args.per_agent)
 
     import tempfile
+
     from scientific_ms import MasterProcess
 
     if args.switch_interval:
@@ -474,7 +475,7 @@ def main() -> int:
         master = MasterProcess(LABEL, use_name_server=False, port=0, host="127.0.0.1")
         children = []
 
-        def spawn(command, env):
+        def spawn(command, env, children=children):
             child = subprocess.Popen(command, stdin=subprocess.PIPE, env=dict(os.environ, **env))
             children.append(child)
             return child

@@ -50,7 +50,7 @@ def job(tasks: int, seconds: float) -> None:
     class Master(MasterProcess):
         def run(self):
             c0, t0 = cpu(me), time.perf_counter()
-            for i in range(tasks):
+            for _ in range(tasks):
                 self.requestTask("sleep", seconds)
             for _ in range(tasks):
                 self.retrieveResult("sleep")
@@ -143,12 +143,14 @@ def drive(args) -> None:
         wall = time.perf_counter() - started
         sampler.stop.set()
         sampler.join()
-        print(f"\n--- run {run + 1}: mpiexec exit {process.returncode}, wall {wall:.2f} s (start-up and shut-down included)")
+        print(f"\n--- run {run + 1}: mpiexec exit {process.returncode}, wall {wall:.2f} s "
+              "(start-up and shut-down included)")
         for line in out.splitlines():
             if re.match(r"(BEFORE-RUNJOB|MASTER|SLAVE) ", line) is None:
                 print("   ", line)
         before = {m["rank"]: float(m["cpu"]) for m in
-                  (re.match(r"BEFORE-RUNJOB rank=(?P<rank>\S+) pid=\d+ cpu=(?P<cpu>\S+)", l) for l in out.splitlines()) if m}
+                  (re.match(r"BEFORE-RUNJOB rank=(?P<rank>\S+) pid=\d+ cpu=(?P<cpu>\S+)", line)
+                   for line in out.splitlines()) if m}
         for line in out.splitlines():
             if line.startswith(("MASTER ", "SLAVE ")):
                 print("  job:", line)

@@ -9,6 +9,7 @@ clock runs from the first request to the last result.
 """
 
 import argparse
+import functools
 import multiprocessing
 import os
 import sys
@@ -65,8 +66,9 @@ def main():
             for name in args.only:
                 function, make_parameters, _ = WORKLOADS[name]
                 parameters = list(make_parameters())
-                for system, run in (("Pool.imap_unordered", lambda: run_pool(pool, function, parameters)),
-                                    ("scientific_ms", lambda: run_scientific_ms(master, function, parameters))):
+                systems = (("Pool.imap_unordered", functools.partial(run_pool, pool, function, parameters)),
+                           ("scientific_ms", functools.partial(run_scientific_ms, master, function, parameters)))
+                for system, run in systems:
                     best = min(run()[0] for _ in range(args.repeat))
                     figures[name, system] = (best, len(parameters))
     finally:

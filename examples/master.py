@@ -15,7 +15,7 @@ if len(sys.argv) > 1:
 
 for i in range(5):
     tasks.requestTask("sqrt", float(i - 1))  # sqrt(-1.0) raises ValueError
-for i in range(5):
+for _ in range(5):
     try:
         task_id, tag, result = tasks.retrieveResult("sqrt")
         print(task_id, result)

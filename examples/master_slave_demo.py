@@ -16,7 +16,7 @@ class Master(MasterProcess):
     def run(self):
         for i in range(5):
             self.requestTask("sqrt", float(i - 1))  # sqrt(-1.0) raises ValueError
-        for i in range(5):
+        for _ in range(5):
             try:
                 task_id, tag, result = self.retrieveResult("sqrt")
                 print(task_id, result)

@@ -4,18 +4,30 @@ A Python 3 re-creation of ScientificPython's
 ``Scientific.DistributedComputing.MasterSlave`` on Pyro5. See README.md.
 """
 
-from .errors import (AuthenticationError, ConfigurationError, ConnectionLostError, LabelInUseError,
-                     MasterNotFoundError, NoTasksPendingError, RemoteError, RemoteTraceback,
-                     ScientificMSError, SerializationError, SlaveLostError, TaskManagerTermination,
-                     TaskRaisedException, TaskTimeLimitError)
+from .core.manager import TaskManager
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLostError,
+    LabelInUseError,
+    MasterNotFoundError,
+    NoTasksPendingError,
+    RemoteError,
+    RemoteTraceback,
+    ScientificMSError,
+    SerializationError,
+    SlaveLostError,
+    TaskManagerTermination,
+    TaskRaisedException,
+    TaskTimeLimitError,
+)
 from .job import initializeMasterProcess, runJob
+from .machine import getMachineInfo
 from .master.journal_file import JournalError
 from .master.journal_report import JournalRecord, read_journal
-from .machine import getMachineInfo
-from .core.manager import TaskManager
 from .master.master import MasterProcess
-from .wire.payload import GlobalStateValue
 from .slave.slave import SlaveProcess, startSlaveProcess
+from .wire.payload import GlobalStateValue
 
 __version__ = "0.1.0"
 

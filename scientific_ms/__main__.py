@@ -8,6 +8,6 @@ from .executor.script import is_script, run
 if is_script(sys.argv[1:]):
     sys.exit(run(sys.argv[1:]))
 
-from .cli.commands import main  # noqa: E402
+from .cli.commands import main
 
 sys.exit(main())

@@ -81,6 +81,9 @@ class LabelInUseError(ScientificMSError):
 class MasterNotFoundError(ScientificMSError):
     """No master could be found for a label, or it cannot be reached."""
 
+    #: True when the master's host refused the connection: nobody listens at that address now.
+    refused: bool = False
+
 
 class ConnectionDroppedError(MasterNotFoundError):
     """The master closed a new connection before its verdict on our secret: it ended,

@@ -8,15 +8,14 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Optional, Type
-
-from .wire import discovery
+from typing import Any, List, Optional, Type
 
 from . import mpi
 from .errors import ConfigurationError
 from .master.launch import main_script, start_script_master
 from .master.master import MasterProcess
 from .slave.slave import SlaveProcess
+from .wire import discovery
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
     if slave_script is not None and slave_module is not None:
         raise ConfigurationError("give slave_script or slave_module, not both")
     source = script = None
+    argv: List[str] = []    # the slaves' sys.argv: the script or the module
     if slave_script is not None:
         path = Path(slave_script).expanduser().resolve()
         try:
@@ -88,19 +88,21 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
         except OSError as error:
             raise ConfigurationError(f"cannot read the slave script {slave_script}: {error.strerror}") from None
         script = str(path)
+        argv = [script]
     elif slave_module is not None:
         if importlib.util.find_spec(slave_module) is None:
             raise ConfigurationError(f"slave_module {slave_module!r} cannot be imported here")
         source = (f"from {slave_module} import *\n"
                   f"from scientific_ms import startSlaveProcess\n"
                   f"startSlaveProcess()\n")
+        argv = [slave_module]
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
     master = MasterProcess(label, use_name_server, progress=progress, journal=journal, **options)
     atexit.register(master.shutdown)
     _exit_on_sigterm()
     if source is not None:
-        master.store_slave_code(source, script, [script or slave_module])
+        master.store_slave_code(source, script, argv)
     if mpi.runs_under_mpi():
         mpi.announce_master(master)
     return master

@@ -85,7 +85,7 @@ class ResourceSampler:
         self._process = psutil.Process(pid)
         self._process.cpu_percent(None)  # the first call only starts the interval
         self._cpu_since = time.monotonic()
-        self._cpu = None
+        self._cpu: Optional[float] = None
 
     def sample(self) -> Dict:
         try:

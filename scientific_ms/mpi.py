@@ -43,11 +43,10 @@ import sys
 import traceback
 from typing import Callable, Dict, List, NoReturn, Optional
 
-from .wire import discovery
-
 from . import settings
-from .master.launch import address_record, run_stored_slave_code, start_script_master
 from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
+from .master.launch import address_record, run_stored_slave_code, start_script_master
+from .wire import discovery
 
 log = logging.getLogger(__name__)
 

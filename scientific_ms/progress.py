@@ -97,7 +97,7 @@ class ProgressBar:
         self._drawn = False
         self._visible = False    # the bar is on the screen's last line now
         self._closed = False
-        self._stdout: Optional["PrintAboveBar"] = None
+        self._stdout: Optional[PrintAboveBar] = None
 
     def update(self, done: int, total: int) -> None:
         if not self.enabled or self._closed:

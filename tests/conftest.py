@@ -160,6 +160,7 @@ def descendants_gone(pids, timeout):
 def name_server(processes, monkeypatch):
     """A real Pyro5 name server on a free loopback port, used by this test only."""
     import socket
+
     from scientific_ms.wire import discovery
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

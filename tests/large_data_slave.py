@@ -7,7 +7,7 @@ copies a large value costs on the slave's side.
 import sys
 import tracemalloc
 
-import large_values  # noqa: F401  (the ndarray subclass, for unpickling)
+import large_values
 from scientific_ms import startSlaveProcess
 
 tracemalloc.start()

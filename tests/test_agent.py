@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
-from scientific_ms import MasterProcess, TaskRaisedException, TaskTimeLimitError
 from conftest import descendants_gone, wait_for
+from scientific_ms import MasterProcess, TaskRaisedException, TaskTimeLimitError
 from test_partition import cut_until_taken_over, start_partition_master
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")

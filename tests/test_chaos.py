@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from scientific_ms import MasterProcess
 from conftest import ROOT, wait_for
+from scientific_ms import MasterProcess
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 TASKS = 2000

@@ -27,13 +27,12 @@ import threading
 import psutil
 import pytest
 
-from scientific_ms import MasterProcess
-
-from scientific_ms.wire import discovery
-from scientific_ms.cli import main
-from scientific_ms.wire.payload import dumps_value
-from scientific_ms.progress import LiveView, ProgressBar, format_bar, format_bytes, format_duration
 from conftest import descendants_gone, wait_for
+from scientific_ms import MasterProcess
+from scientific_ms.cli import main
+from scientific_ms.progress import LiveView, ProgressBar, format_bar, format_bytes, format_duration
+from scientific_ms.wire import discovery
+from scientific_ms.wire.payload import dumps_value
 
 HERE = os.path.dirname(__file__)
 SLAVE_SCRIPT = os.path.join(HERE, "slave_script.py")

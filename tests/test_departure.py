@@ -15,9 +15,9 @@ import textwrap
 
 import pytest
 
+from conftest import wait_for
 from scientific_ms import ConfigurationError, MasterProcess, SlaveProcess, startSlaveProcess
 from scientific_ms.slave.departure import IdleClock
-from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from scientific_ms import ConfigurationError, MasterProcess
-
-from scientific_ms.wire import discovery
 from conftest import EXAMPLES, descendants_gone, wait_for
+from scientific_ms import ConfigurationError, MasterProcess
+from scientific_ms.wire import discovery
 
 HERE = os.path.dirname(__file__)
 SLAVE_SCRIPT = os.path.join(HERE, "slave_script.py")

@@ -8,8 +8,15 @@ import textwrap
 import pytest
 
 import scientific_ms
-from scientific_ms import (ConfigurationError, LabelInUseError, MasterNotFoundError, MasterProcess,
-                           NoTasksPendingError, SerializationError, SlaveProcess)
+from scientific_ms import (
+    ConfigurationError,
+    LabelInUseError,
+    MasterNotFoundError,
+    MasterProcess,
+    NoTasksPendingError,
+    SerializationError,
+    SlaveProcess,
+)
 from scientific_ms.logs import apply_debug_flag
 from scientific_ms.wire import discovery
 

@@ -12,8 +12,7 @@ import pytest
 
 import executor_functions as fx
 from conftest import EXAMPLES, wait_for
-from scientific_ms import (Executor, RemoteTraceback, SerializationError, SlaveLostError,
-                           TaskTimeLimitError)
+from scientific_ms import Executor, RemoteTraceback, SerializationError, SlaveLostError, TaskTimeLimitError
 from scientific_ms.errors import ConfigurationError
 
 HERE = Path(__file__).resolve().parent
@@ -199,7 +198,7 @@ def test_a_stopped_slave_that_comes_back_late_completes_no_future_twice():
         counters = ex.master.task_manager.counters
         results = ex.map(fx.square_with_pid, range(200))
         values = []
-        for x, (value, pid) in zip(range(200), results):
+        for _x, (value, _pid) in zip(range(200), results):
             values.append(value)
             if len(values) == 30:
                 os.kill(victim, signal.SIGSTOP)
@@ -288,6 +287,7 @@ def test_importable_functions_go_by_reference_unless_registered_by_value():
     import pickle
 
     import cloudpickle
+
     from scientific_ms.executor import calls
     by_reference = pickle.dumps(fx.add, protocol=5)
     assert calls.dumps_function(fx.add) == by_reference

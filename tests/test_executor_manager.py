@@ -6,9 +6,9 @@ import threading
 import pytest
 
 from conftest import wait_for
-from scientific_ms.errors import NoTasksPendingError
 from scientific_ms.core.manager import TaskManager
 from scientific_ms.core.tasks import ANY_TAG
+from scientific_ms.errors import NoTasksPendingError
 
 
 @pytest.fixture
@@ -115,5 +115,6 @@ def test_the_lean_condition_of_futures_behaves_as_a_condition_on_an_rlock():
 def test_our_future_sets_every_field_of_a_concurrent_futures_future():
     """Future.__init__ sets the base class's fields itself (see its comment): none may be missing."""
     import concurrent.futures
+
     from scientific_ms.executor.futures import Future
     assert set(vars(concurrent.futures.Future())) <= set(vars(Future(None)))

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from scientific_ms import MasterProcess, SlaveLostError, TaskRaisedException
 from conftest import wait_for
+from scientific_ms import MasterProcess, SlaveLostError, TaskRaisedException
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 
@@ -117,6 +117,7 @@ def test_handler_exception_carries_object_and_traceback(master, processes):
 def test_a_slave_that_leaves_does_not_come_back_as_a_ghost(master, monkeypatch):
     """Heartbeats every 20 ms race the goodbye; none may re-register the slave after it."""
     import threading
+
     from scientific_ms import SlaveProcess
     monkeypatch.setenv("SCIENTIFIC_MS_SECRET", master.secret.decode())
 
@@ -129,7 +130,7 @@ def test_a_slave_that_leaves_does_not_come_back_as_a_ghost(master, monkeypatch):
                         hard_exit=False)
         slave.done_one = False
 
-        def do_once(x):
+        def do_once(x, slave=slave):
             slave.done_one = True
             return x
 
@@ -152,7 +153,7 @@ def test_an_idle_slave_takes_over_tasks_queued_behind_a_long_one(processes):
         master.task_manager.expect_duration("work", 0.005)   # short: a slave queues some
         holder = processes.python(SLAVE_SCRIPT, "steal", 1.0, name="holder")
         master.wait_for_slaves(1, timeout=60)
-        for warm_up in [master.requestTask("work", 0.005, "warm-up") for _ in range(20)]:
+        for _warm_up in [master.requestTask("work", 0.005, "warm-up") for _ in range(20)]:
             master.retrieveResult(timeout=60)       # the holder has learnt that tasks are short
         long_task = master.requestTask("work", 3.0, "long")
         short = [master.requestTask("work", 0.005, i) for i in range(3)]

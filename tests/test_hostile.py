@@ -35,8 +35,8 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from scientific_ms.wire import auth
 from conftest import ROOT, pump, wait_for
+from scientific_ms.wire import auth
 
 SLAVE_SCRIPT = ROOT / "tests" / "slave_script.py"
 LABEL = "hostile"

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import descendants_gone, wait_for
 from scientific_ms import GlobalStateValue, MasterProcess, initializeMasterProcess, read_journal
 from scientific_ms.master.journal import Journal
-from conftest import descendants_gone, wait_for
 
 HERE = Path(__file__).resolve().parent
 JOB = HERE / "journal_job.py"
@@ -35,7 +35,7 @@ def lines(path):
 def results_of(output):
     """{i: [value, ...]} from the RESULT lines of a run."""
     found = collections.defaultdict(list)
-    for task_id, i, value in re.findall(r"^RESULT (\S+) (\d+) (\d+)$", output, re.M):
+    for _task_id, i, value in re.findall(r"^RESULT (\S+) (\d+) (\d+)$", output, re.M):
         found[int(i)].append(int(value))
     return found
 
@@ -147,7 +147,7 @@ def test_slaves_started_by_hand_wait_for_the_restarted_master_and_rejoin_it(proc
     kill_master_halfway(processes, side, tasks, tasks // 2)
     first.wait(30)
     for slave in slaves:
-        wait_for(lambda: "waits up to 60 s for it to be started again" in
+        wait_for(lambda slave=slave: "waits up to 60 s for it to be started again" in
                  Path(slave.output_file.name).read_text(), 30, "the slave to say why it waits")
         assert slave.poll() is None
     executed = set(int(line) for line in lines(side))

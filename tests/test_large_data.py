@@ -12,11 +12,11 @@ import tracemalloc
 
 import pytest
 
+import large_values
+from large_values import MB, describe, numpy, same
 from scientific_ms import MasterProcess, TaskRaisedException
 from scientific_ms.errors import SerializationError
 from scientific_ms.wire.payload import Pickled, dumps_parameters, dumps_result, loads_answer, loads_parameters
-import large_values
-from large_values import MB, describe, numpy, same
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "large_data_slave.py")
 needs_numpy = pytest.mark.skipif(numpy is None, reason="numpy is not installed")

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from scientific_ms import MasterProcess
 from conftest import ROOT
+from scientific_ms import MasterProcess
 
 SLAVES = 1000
 PROCESSES = 4

@@ -5,12 +5,16 @@ import threading
 
 import pytest
 
-from scientific_ms.errors import (ConfigurationError, NoTasksPendingError, SlaveLostError,
-                                  TaskManagerTermination, UnknownProcessError)
+from conftest import wait_for
 from scientific_ms.core.manager import TaskManager
 from scientific_ms.core.tasks import TaskState
-
-from conftest import wait_for
+from scientific_ms.errors import (
+    ConfigurationError,
+    NoTasksPendingError,
+    SlaveLostError,
+    TaskManagerTermination,
+    UnknownProcessError,
+)
 
 
 @pytest.fixture
@@ -434,7 +438,7 @@ def test_innocent_batch_mates_of_a_poison_task_survive(clock):
     poison = manager.add_task("f", b"poison")
     others = [manager.add_task("f", b"fine") for _ in range(3)]
     done = set()
-    for round_ in range(20):
+    for _round in range(20):
         slave = manager.register_process("slave", tags=["f"])
         tasks = manager.take_tasks(slave, 4)
         if not tasks:

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from conftest import wait_for
 from scientific_ms import MasterProcess
 from scientific_ms.errors import ConfigurationError
-from conftest import wait_for
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 BLOB = 300_000          # bytes per parameter or result

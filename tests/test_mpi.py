@@ -21,10 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scientific_ms.wire import discovery
-
-from scientific_ms import mpi
 from conftest import EXAMPLES, wait_for
+from scientific_ms import mpi
+from scientific_ms.wire import discovery
 
 pytestmark = pytest.mark.timeout(90)
 

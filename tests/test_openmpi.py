@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from scientific_ms.wire import discovery
 from conftest import wait_for
+from scientific_ms.wire import discovery
 from test_mpi import KILL_JOB, job_environment, live_output, no_leftovers, result_lines, tagged  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)

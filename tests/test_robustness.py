@@ -8,9 +8,9 @@ import textwrap
 import psutil
 import pytest
 
+from conftest import descendants_gone, wait_for
 from scientific_ms import MasterProcess, RemoteError, SerializationError, TaskRaisedException
 from scientific_ms.wire import discovery
-from conftest import descendants_gone, wait_for
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 

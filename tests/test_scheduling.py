@@ -4,8 +4,14 @@ import pytest
 
 from scientific_ms.core.registry import Registry
 from scientific_ms.core.results import ResultStore
-from scientific_ms.core.scheduling import (BATCH_PAYLOAD_LIMIT, IDLE_FIRST_BEYOND, QUEUE_SECONDS, STEAL_AFTER,
-                                      Durations, Scheduler)
+from scientific_ms.core.scheduling import (
+    BATCH_PAYLOAD_LIMIT,
+    IDLE_FIRST_BEYOND,
+    QUEUE_SECONDS,
+    STEAL_AFTER,
+    Durations,
+    Scheduler,
+)
 from scientific_ms.core.tasks import TRANSITIONS, Task, TaskState, TaskTable, check_move
 
 

@@ -8,11 +8,10 @@ import threading
 
 import pytest
 
-from scientific_ms import AuthenticationError, MasterNotFoundError, MasterProcess
-from scientific_ms.wire import auth
-from scientific_ms.wire import discovery
-from scientific_ms.wire.client import MasterConnection
 from conftest import pump, wait_for
+from scientific_ms import AuthenticationError, MasterNotFoundError, MasterProcess
+from scientific_ms.wire import auth, discovery
+from scientific_ms.wire.client import MasterConnection
 
 
 @pytest.fixture

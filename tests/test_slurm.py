@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from scientific_ms import MasterProcess
 from conftest import ROOT, wait_for
-from test_mpi import MPIEXEC, HAVE_MPI4PY
+from scientific_ms import MasterProcess
+from test_mpi import HAVE_MPI4PY, MPIEXEC
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from slurm_cluster import ClusterUnavailable, SlurmCluster  # noqa: E402
+from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.timeout(120)
 

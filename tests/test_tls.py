@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from scientific_ms import AuthenticationError, ConfigurationError, MasterProcess, MasterNotFoundError
+from conftest import wait_for
+from scientific_ms import AuthenticationError, ConfigurationError, MasterNotFoundError, MasterProcess
 from scientific_ms.wire.client import MasterConnection
 from scientific_ms.wire.tls import client_context
-from conftest import wait_for
 
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test certificates")

@@ -26,17 +26,15 @@ import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from ..slave import agent_link, departure, leaving
-
-from ..wire import discovery
-
 from .. import logs, settings
-from ..wire.client import MasterConnection, connect
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from ..slave.agent import NodeAgent
 from ..master.launch import fetch_stored_code, master_state, run_stored_code, slave_command
-from .listing import list_managers
 from ..progress import LiveView, format_duration
+from ..slave import agent_link, departure, leaving
+from ..slave.agent import NodeAgent
+from ..wire import discovery
+from ..wire.client import MasterConnection, connect
+from .listing import list_managers
 from .report import build_report, format_status, progress_line
 
 log = logging.getLogger(__name__)
@@ -166,6 +164,10 @@ def slave(args) -> int:
     link = agent_link.current()
     if link is not None:   # a node agent started this slave: the code comes through it
         code = fetch_stored_code(link, STATUS_TIMEOUT)
+        if code is None:
+            _no_slave_code(args.label)
+            return 1
+        # The agent holds the connection to the master: no address or secret of our own.
         discovery.set_slave_context(discovery.SlaveContext(args.label, None, None, None))
         run_stored_code(code)
         return 0
@@ -180,9 +182,7 @@ def slave(args) -> int:
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
         if code is None:
-            print(f"task_manager: the master of {args.label!r} stored no slave code "
-                  f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
-                  f"run your slave script directly instead", file=sys.stderr)
+            _no_slave_code(args.label)
             connection.close()
             return 1
     except BaseException:
@@ -200,6 +200,12 @@ def slave(args) -> int:
         args.label, connection.host, connection.port, connection.secret))
     run_stored_code(code)
     return 0
+
+
+def _no_slave_code(label: str) -> None:
+    print(f"task_manager: the master of {label!r} stored no slave code "
+          f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
+          f"run your slave script directly instead", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ main
@@ -293,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        summary = command.run.__doc__.splitlines()[0]
+        # python -OO strips docstrings: then the commands go without a summary.
+        summary = command.run.__doc__.splitlines()[0] if command.run.__doc__ else None
         sub = commands.add_parser(name, aliases=list(command.aliases), help=summary, description=summary)
         _add_common_options(sub, suppress=True, takes_label=command.takes_label)
         if command.takes_label:

@@ -12,14 +12,13 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional, Tuple
-
-from ..wire import discovery
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import settings
-from ..wire.client import MasterConnection
 from ..errors import AuthenticationError, ScientificMSError
 from ..master.launch import endpoint_state, master_state
+from ..wire import discovery
+from ..wire.client import MasterConnection
 from ..wire.protocol import OBJECT_PREFIX
 from .report import JSON_SCHEMA, build_report, format_table, iso_text
 
@@ -40,7 +39,8 @@ class _Entry(NamedTuple):
     error: Optional[str]
 
 
-def _status_at(hosts: List[str], port: int, secret: Optional[bytes], label: str) -> Tuple[Optional[Dict], Optional[str], str]:
+def _status_at(hosts: List[str], port: int, secret: Optional[bytes],
+               label: str) -> Tuple[Optional[Dict], Optional[str], str]:
     """(report, error, address) of the master at the first of ``hosts`` that answers."""
     address = f"{hosts[0] if hosts else '?'}:{port}"
     if secret is None:
@@ -96,8 +96,8 @@ def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str])
     with ns:
         try:
             names = ns.list(prefix=OBJECT_PREFIX)
-        except Exception as error:  # a name server that misbehaves must not break list
-            log.warning("could not list the name server: %s", error)
+        except Exception as failure:  # a name server that misbehaves must not break list
+            log.warning("could not list the name server: %s", failure)
             return []
         for name, uri_text in sorted(names.items()):
             label = name[len(OBJECT_PREFIX):]
@@ -110,10 +110,11 @@ def _name_server_managers(seen: set, key_file: Optional[str], pruned: List[str])
                     ns.remove(name)
                 pruned.append(f"name server entry {name} ({uri.host}:{uri.port} does not answer)")
                 continue
-            report, error = None, "unreachable from here"
+            report: Optional[Dict] = None
+            error: Optional[str] = "unreachable from here"
             if state == "live":
                 report, error, _ = _status_at([uri.host], uri.port, settings.secret_from_environment(key_file), label)
-            master = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
+            master: Dict[str, Any] = next((p for p in (report or {}).get("processes", []) if p["role"] == "master"), {})
             entries.append(_Entry(label, master.get("host"), master.get("pid"), f"{uri.host}:{uri.port}",
                                   (report or {}).get("started_at"), "name server", report, error))
     return entries

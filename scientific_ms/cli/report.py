@@ -26,6 +26,8 @@ def _iso(timestamp: Optional[float]) -> Optional[str]:
 
 def iso_text(text: Optional[str]) -> Optional[str]:
     """A label file's ``started`` (``2024-06-01T12:00:03+0200``) in the form of ``_iso``."""
+    if text is None:
+        return None
     try:
         return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").isoformat(timespec="seconds")
     except (TypeError, ValueError):

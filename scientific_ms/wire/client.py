@@ -11,11 +11,16 @@ from typing import List, Optional, Tuple
 import Pyro5.client
 import Pyro5.errors
 
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionDroppedError,
+    ConnectionLostError,
+    MasterNotFoundError,
+)
 from . import auth, discovery, tls
-from ..errors import (AuthenticationError, ConfigurationError, ConnectionDroppedError,
-                     ConnectionLostError, MasterNotFoundError)
-from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
 from .buffers import carry_buffers, records_from_wire
+from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,8 @@ class MasterConnection:
                     sock = self.tls_context.wrap_socket(sock)
                 except ssl.SSLCertVerificationError as error:
                     raise AuthenticationError(f"the master at {where} presented a TLS certificate that "
-                                              f"SCIENTIFIC_MS_TLS_CA does not vouch for: {error.verify_message}") from None
+                                              f"SCIENTIFIC_MS_TLS_CA does not vouch for: "
+                                              f"{error.verify_message}") from None
                 except (OSError, ssl.SSLError) as error:
                     raise MasterNotFoundError(f"TLS handshake with {where} failed ({error}); "
                                               f"does the master use TLS?") from None
@@ -82,7 +88,7 @@ class MasterConnection:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def duplicate(self) -> "MasterConnection":
+    def duplicate(self) -> MasterConnection:
         """A second connection to the same master (each thread needs its own)."""
         return MasterConnection(self.host, self.port, self.secret, self.label, tls_context=self.tls_context)
 

@@ -27,12 +27,9 @@ import socket
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
-from . import auth
-
-
 from .. import settings
 from ..errors import ConfigurationError
+from . import auth
 from .protocol import object_name
 
 log = logging.getLogger(__name__)
@@ -61,11 +58,15 @@ class Candidate:
 
 @dataclasses.dataclass
 class SlaveContext:
-    """Set while a slave runs code stored by its master (task_manager slave, spawned slaves)."""
+    """Set while a slave runs code stored by its master (task_manager slave, spawned slaves).
+
+    Host, port and secret are None in a slave started by a node agent: the
+    agent holds the connection to the master.
+    """
     label: str
-    host: str
-    port: int
-    secret: bytes
+    host: Optional[str]
+    port: Optional[int]
+    secret: Optional[bytes]
 
 
 _slave_context: Optional[SlaveContext] = None
@@ -142,7 +143,8 @@ def missing_label_file(label: str) -> str:
              f"cannot see" if kind in LOCAL_FILESYSTEMS else f"{path.parent} must be shared with the master's host")
     return (f"no label file {path} (a master on another host writes its label file on its own host: "
             f"{where}; on a cluster set {settings.PREFIX}REGISTRY to a folder on a shared file system, "
-            f"such as the shared home, for master and slaves alike, or give the master's address (-m HOST:PORT, master_host=))")
+            f"such as the shared home, for master and slaves alike, "
+            f"or give the master's address (-m HOST:PORT, master_host=))")
 
 
 def read_label_file(label: str) -> Optional[Dict]:
@@ -248,7 +250,7 @@ def candidates(label: str, master_host: Optional[str] = None,
         found.append(Candidate([host], port, None, f"master_host {master_host}"))
     else:
         context = current_slave_context()
-        if context is not None and context.label == label:
+        if context is not None and context.label == label and context.host is not None and context.port is not None:
             found.append(Candidate([context.host], context.port, context.secret, "the slave context"))
         env_master = settings.raw("MASTER")
         if env_master:

@@ -35,7 +35,8 @@ def value_limit() -> int:
 
 
 def describe_limit() -> str:
-    return (f"{format_bytes(value_limit())} (Pyro5's message limit of {format_bytes(int(pyro_config.MAX_MESSAGE_SIZE))}, "
+    pyro_limit = format_bytes(int(pyro_config.MAX_MESSAGE_SIZE))
+    return (f"{format_bytes(value_limit())} (Pyro5's message limit of {pyro_limit}, "
             f"PYRO_MAX_MESSAGE_SIZE, less {format_bytes(HEADROOM)} for the rest of the message)")
 
 

@@ -43,7 +43,7 @@ import io
 import pickle
 import sys
 import traceback as traceback_module
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union, final
 
 from ..errors import ConfigurationError, RemoteError, SerializationError
 from .limits import check_parameters
@@ -58,6 +58,7 @@ OUT_OF_BAND_BYTES = 64 * 1024
 _CASTABLE = frozenset("bBhHiIlLqQnNfde?c")
 
 
+@final   # so that `type(payload) is Pickled` tells the checker the other case is bytes
 class Pickled:
     """A pickle (``head``) and the large buffers that travel beside it, in order.
 
@@ -192,9 +193,10 @@ def _reduce_memoryview(view: memoryview):
 
 def _rebuild_memoryview(buffer, format: str, shape: Tuple[int, ...]) -> memoryview:
     flat = memoryview(buffer).cast("B")
+    # The stubs accept only literal formats; a format outside _CASTABLE raises at run time.
     if 0 in shape:   # cast() refuses a shape with a zero in it
-        return flat.cast(format)
-    return flat.cast(format, shape)
+        return flat.cast(format)  # type: ignore[call-overload]
+    return flat.cast(format, shape)  # type: ignore[call-overload]
 
 
 def _load_buffer(pid: Tuple[str, Any]) -> Any:

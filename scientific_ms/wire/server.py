@@ -22,19 +22,18 @@ import socket
 import threading
 from typing import Dict, List, Optional, Set, Tuple
 
-from Pyro5 import config as pyro_config
 import Pyro5.core
 import Pyro5.server
+from Pyro5 import config as pyro_config
 from Pyro5.callcontext import current_context
 
-from . import auth, tls
-
 from .. import settings
-from ..errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from ..core.manager import TaskManager
-from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, pack, tasks_to_wire, unpack
 from ..core.unserved import UnservedTags
+from ..errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
+from . import auth, tls
 from .buffers import carry_buffers, records_from_wire
+from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, pack, tasks_to_wire, unpack
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +253,7 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         self._label = label
         self._connections: Set[object] = set()
         self._connections_lock = threading.Lock()
-        self._pending: "collections.OrderedDict[object, None]" = collections.OrderedDict()
+        self._pending: collections.OrderedDict[object, None] = collections.OrderedDict()
         self._pending_limit = max(8, pyro_config.THREADPOOL_SIZE // 4)
         super().__init__(host=host, port=port)
 
