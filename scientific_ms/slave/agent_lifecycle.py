@@ -28,7 +28,7 @@ from .agent_child import Child
 from .agent_master import MainCalls
 from .agent_state import AgentState
 
-log = logging.getLogger("scientific_ms.agent")
+log = logging.getLogger(__name__)
 
 #: A handler past its time limit gets this long to stop before its slave is killed.
 KILL_GRACE_SECONDS = 1.0

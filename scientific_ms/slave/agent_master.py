@@ -26,7 +26,7 @@ from ..wire.protocol import REVOKED, TERMINATED, UNKNOWN
 from . import departure
 from .agent_state import AgentState
 
-log = logging.getLogger("scientific_ms.agent")
+log = logging.getLogger(__name__)
 
 #: Heartbeat period when no slave asked for one (they are registered without a watchdog).
 IDLE_WATCH_SECONDS = settings.POLL_SECONDS
