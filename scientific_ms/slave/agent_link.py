@@ -60,7 +60,7 @@ class AgentLink:
 
     # the serving loop
 
-    def serve(self, handlers: Dict[str, Callable], run: Callable[[Callable, tuple], tuple],
+    def serve(self, handlers: Dict[str, Callable], run: Callable[..., tuple],
               termination_test: Callable[[], bool], label: str, watchdog_period: Optional[float]) -> None:
         """Serve the tasks the agent hands over, one at a time, until it says end.
 

@@ -55,6 +55,7 @@ class Heartbeat:
         slave, session = self._slave, self._session
         period = slave.watchdog_period
         sampler = ResourceSampler()
+        connection: Optional[MasterConnection]
         try:
             connection = self._connection.duplicate()
         except ScientificMSError as error:
