@@ -22,15 +22,22 @@ busy in C code), which a handler holding the GIL cannot delay.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
 from multiprocessing.connection import Connection
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import settings
+from ..core.tasks import ANY_TAG
+from ..machine import process_info
 
 ENVIRONMENT = "SCIENTIFIC_MS_AGENT_FD"
 
 _link: Optional["AgentLink"] = None
+
+log = logging.getLogger(__name__)
 
 
 class AgentLink:
@@ -51,7 +58,31 @@ class AgentLink:
     def close(self) -> None:
         pass   # the link lives as long as the process
 
-    # the serving loop (SlaveProcess._serve_agent)
+    # the serving loop
+
+    def serve(self, handlers: Dict[str, Callable], run: Callable[..., tuple],
+              termination_test: Callable[[], bool], label: str, watchdog_period: Optional[float]) -> None:
+        """Serve the tasks the agent hands over, one at a time, until it says end.
+
+        ``run(handler, task)``: runs one task and returns its answer;
+        ``termination_test()``: true once the slave should leave on its own.
+        """
+        self.hello(process_info(), sorted(handlers), watchdog_period)
+        while True:
+            if termination_test():
+                log.info("terminationTest() is true: this slave of %r leaves", label)
+                self.leave([])
+                return
+            message = self.next_message(settings.POLL_SECONDS)
+            if message is None:
+                continue
+            if message[0] != "task":   # ("end",): the job is over, or the agent stops
+                return
+            task = message[1]
+            handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
+            self.answer(run(handler, task))
+
+    # its steps
 
     def hello(self, info: dict, tags: List[str], watchdog_period: Optional[float]) -> None:
         self._conn.send(("hello", info, tags, watchdog_period))

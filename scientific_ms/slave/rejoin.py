@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from typing import Optional
 
 from .. import settings
 from ..wire.client import MasterConnection, connect
 from ..errors import ConnectionLostError, MasterNotFoundError
 from ..wire.payload import loads_value
+from .session import Session
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,18 @@ def grace_for(connection: MasterConnection, explicit: Optional[float]) -> float:
     return settings.rejoin_grace(None, journaled=info is not None)
 
 
-def wait_for_restarted_master(slave, error: ConnectionLostError) -> Optional[MasterConnection]:
+def wait_for_restarted_master(slave, session: Session, error: ConnectionLostError) -> Optional[MasterConnection]:
     """After ``slave`` lost its master: a connection to its restarted master, or None.
 
-    Waits up to the slave's rejoin grace, saying in its log why and how long.
+    Waits up to ``session.rejoin_grace``, saying in its log why and how long;
+    reads the slave's public ``label``, ``master_host``, ``key_file`` and
+    ``process_id``. The caller serves the new master in ``session.renewed()``.
     """
-    grace = slave._rejoin_grace
+    grace = session.rejoin_grace
     if not grace:
         return None
-    if slave._watch_thread is not None:
-        slave._watch_thread.join(_WATCH_JOIN_SECONDS)
+    if session.watch_thread is not None:
+        session.watch_thread.join(_WATCH_JOIN_SECONDS)
     log.warning("slave %s of %r: %s; its master keeps a journal, so this slave waits up to %.0f s "
                 "for it to be started again (rejoin_grace, SCIENTIFIC_MS_REJOIN_GRACE), then exits",
                 slave.process_id, slave.label, error, grace)
@@ -67,17 +69,5 @@ def wait_for_restarted_master(slave, error: ConnectionLostError) -> Optional[Mas
         log.error("slave %s of %r: no master came back within %.0f s; exiting",
                   slave.process_id, slave.label, grace)
         return None
-    # A fresh session: new events, no cached global state (a new master numbers its own).
-    slave._leaving = threading.Event()
-    slave._main_done = threading.Event()
-    slave._master_gone = None
-    slave._state_cache.clear()
-    for name in ("_data_connection", "_busy_connection"):
-        old = getattr(slave, name)
-        if old is not None:
-            old.close()
-        setattr(slave, name, None)
-    slave._watch_thread = None
-    slave.done = False
     log.warning("slave of %r found its master again at %s; joining it", slave.label, connection.address)
     return connection

@@ -5,12 +5,16 @@ Three threads, each with its own connection:
 * the main thread runs handlers, one task after another;
 * the feed thread (``feed.py``) hands in answers and fetches tasks, ahead of
   time while tasks are short, so the handler rarely waits for the network;
-* the watch thread long-polls ``watch``, which is the heartbeat, brings the
-  CPU and memory samples, and returns at once when the master finishes. If
-  the main thread is then still inside a handler, the slave gives it a
-  moment and exits anyway, so no slave outlives its master by more than
-  about a second. A broken connection means the master died: the slave
-  tries to reach it again for a while (a cut link may heal) and then exits.
+* the watch thread (``heartbeat.py``) long-polls ``watch``, which is the
+  heartbeat, brings the CPU and memory samples, and returns at once when
+  the master finishes. If the main thread is then still inside a handler,
+  the slave gives it a moment and exits anyway, so no slave outlives its
+  master by more than about a second. A broken connection means the master
+  died: the slave tries to reach it again for a while (a cut link may heal)
+  and then exits.
+
+What the threads share while serving one master is a ``Session``
+(``session.py``).
 
 A slave leaves on its own, as a goodbye the master acts on at once, when it
 gets SIGTERM (a batch system's walltime: the running handler gets
@@ -28,7 +32,6 @@ import functools
 import inspect
 import logging
 import os
-import random
 import sys
 import threading
 import time
@@ -40,13 +43,15 @@ from ..wire import discovery
 
 from .. import settings
 from ..wire.client import MasterConnection, connect
-from ..errors import ConfigurationError, ConnectionLostError, MasterNotFoundError, ScientificMSError, SerializationError
+from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
 from .feed import END, LEAVE, TaskFeed
+from .heartbeat import Heartbeat
+from .session import Session
 from ..wire.limits import check_result
 from ..logs import apply_debug_flag
-from ..machine import ResourceSampler, process_info, tune_allocator
+from ..machine import process_info, tune_allocator
 from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
-from ..wire.protocol import OK, REVOKED, TERMINATED, UNKNOWN, Answer, TaskMessage
+from ..wire.protocol import OK, Answer, TaskMessage
 from ..core.tasks import ANY_TAG
 from .timelimit import time_limit
 
@@ -94,26 +99,17 @@ class SlaveProcess:
         self.key_file = key_file
         self.hard_exit = hard_exit
         self.rejoin_grace = None if rejoin_grace is None else settings.rejoin_grace(rejoin_grace)
-        self._rejoin_grace = 0.0   # what applies to the current master (see rejoin.py)
         self.idle_timeout = settings.idle_timeout(idle_timeout)
         self._leave_reason: Optional[str] = None   # departure.IDLE or SIGTERM once leaving on our own
         self.done = False
         self.process_id: Optional[int] = None
         self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
                              if name.startswith("do_") and len(name) > 3}
-        self._state_cache: Dict[str, object] = {}
         self._connection: Optional[MasterConnection] = None
-        self._data_connection: Optional[MasterConnection] = None
-        self._busy_connection: Optional[MasterConnection] = None
+        self._session = Session()   # what the threads share while serving one master
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
-        self._leaving = threading.Event()
-        self._main_done = threading.Event()
-        self._watch_thread: Optional[threading.Thread] = None
-        self._current_task: Optional[str] = None
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
-        self._master_gone: Optional[str] = None
-        self._feed: Optional[TaskFeed] = None
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -137,7 +133,10 @@ class SlaveProcess:
         tune_allocator()
         link = agent_link.current()
         if link is not None:   # started by a node agent: it holds the connection to the master
-            self._serve_agent(handlers, link)
+            self._session.data_connection = link   # get_data goes through the agent
+            link.serve(handlers, self._run, self.terminationTest, self.label, self.watchdog_period)
+            self.done = True
+            leaving.announce()
             return
         self._connection = departure.connect_or_leave(
             functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
@@ -150,12 +149,14 @@ class SlaveProcess:
                 self._serve_master(handlers)
                 return
             except ConnectionLostError as error:
-                connection = rejoin.wait_for_restarted_master(self, error)
+                connection = rejoin.wait_for_restarted_master(self, self._session, error)
                 if connection is None:
                     if str(error).startswith("slave of"):
                         raise
                     # lost while registering, before the feed could say so
                     raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
+                self._session = self._session.renewed()
+                self.done = False
                 self._connection = connection
 
     def _serve_master(self, handlers: Dict[str, Callable]) -> None:
@@ -168,7 +169,7 @@ class SlaveProcess:
             status, self.process_id = self._connection.call("register", "slave", *self._registration)
             if status != OK:
                 log.info("the master of %r has already finished", self.label)
-                self._main_done.set()
+                self._session.main_done.set()
                 self._connection.close()
                 leaving.announce()
                 return
@@ -179,48 +180,25 @@ class SlaveProcess:
     def _serve_registered(self, handlers: Dict[str, Callable]) -> None:
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  self._connection.address, ", ".join(sorted(handlers)))
-        self._rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
+        session = self._session
+        session.rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
         if self.watchdog_period is not None:
-            self._watch_thread = threading.Thread(target=self._watch, name="scientific_ms-watch", daemon=True)
-            self._watch_thread.start()
+            Heartbeat(self, session, self._connection, self._rejoin).start()
         clean = False
         try:
             self._serve(handlers)
             clean = True
         finally:
-            self._leaving.set()   # no more heartbeats or rejoining: we are leaving
+            session.leaving.set()   # no more heartbeats or rejoining: we are leaving
             if clean or isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
                 # Say goodbye before closing, so that no closing connection reads as a death;
                 # name the task a handler was running when it ended the slave: that one is lost.
                 self._goodbye(self._connection)
-            self._main_done.set()
+            session.main_done.set()
             self._connection.close()
-            if self._busy_connection is not None:
-                self._busy_connection.close()
-            if self._data_connection is not None:
-                self._data_connection.close()
+            session.close_connections()
             self.done = True   # the watch thread ends when its long-poll returns
         leaving.announce()   # reached only when serving ended cleanly
-
-    def _serve_agent(self, handlers: Dict[str, Callable], link: "agent_link.AgentLink") -> None:
-        """Serve the tasks a node agent hands over, one at a time, until it says end."""
-        self._data_connection = link   # get_data goes through the agent
-        link.hello(process_info(), sorted(handlers), self.watchdog_period)
-        while True:
-            if self.terminationTest():
-                log.info("terminationTest() is true: this slave of %r leaves", self.label)
-                link.leave([])
-                break
-            message = link.next_message(settings.POLL_SECONDS)
-            if message is None:
-                continue
-            if message[0] != "task":   # ("end",): the job is over, or the agent stops
-                break
-            task = message[1]
-            handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
-            link.answer(self._run(handler, task))
-        self.done = True
-        leaving.announce()
 
     def _goodbye(self, connection: MasterConnection) -> None:
         """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
@@ -233,7 +211,8 @@ class SlaveProcess:
             pass
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
-        self._feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
+        session = self._session
+        session.feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
         if self._leave_reason is not None:   # SIGTERM came before the feed existed
             feed.leave()
         idle = departure.IdleClock(self.idle_timeout)
@@ -263,22 +242,23 @@ class SlaveProcess:
                 if self.idle_timeout is not None:
                     idle.busy()
         except ConnectionLostError as error:
-            if self._master_gone is not None:
-                raise ConnectionLostError(self._master_gone) from None
+            if session.master_gone is not None:
+                raise ConnectionLostError(session.master_gone) from None
             raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
         finally:
             if feed.stop(timeout=0.5):
                 self._connection.claim()
             elif feed.ended is None:   # it waits for work on the main connection: say goodbye on another
-                self._busy_connection = self._connection
+                session.busy_connection = self._connection
                 try:
                     self._connection = self._connection.duplicate()
                 except ScientificMSError:
-                    self._connection = self._busy_connection
+                    self._connection = session.busy_connection
 
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
         task_id, assignment, tag, payload, limit = task   # a TaskMessage (or the same fields as a tuple)
-        self._current_task = task_id
+        session = self._session
+        session.current_task = task_id
         started = time.perf_counter()
         try:
             parameters = self._load_parameters(payload)
@@ -301,7 +281,7 @@ class SlaveProcess:
             self._abandoned.append(assignment)
             raise
         finally:
-            self._current_task = None
+            session.current_task = None
 
     def _load_parameters(self, payload: Payload) -> tuple:
         """Unpickle a task's parameters (a subclass may know a faster way for its tasks)."""
@@ -318,7 +298,7 @@ class SlaveProcess:
         Both threads may find out at once; the first one registers.
         """
         with self._rejoin_lock:
-            if self.process_id == old_process_id and not self._leaving.is_set():
+            if self.process_id == old_process_id and not self._session.leaving.is_set():
                 log.warning("the master of %r declared slave %s dead (it had not heard from it in "
                             "time); joining again", self.label, old_process_id)
                 status, new_id = connection.call("register", "slave", *self._registration)
@@ -328,83 +308,34 @@ class SlaveProcess:
 
     def _fetch_state(self, label: str) -> object:
         """A global state value, fetched from the master at most once per slave."""
+        session = self._session
         try:
-            return self._state_cache[label]
+            return session.state_cache[label]
         except KeyError:
             pass
-        if self._data_connection is None:   # the main connection belongs to the feed thread
-            self._data_connection = self._connection.duplicate()
-        found, value = self._data_connection.call("get_data", label)
+        if session.data_connection is None:   # the main connection belongs to the feed thread
+            session.data_connection = self._connection.duplicate()
+        found, value = session.data_connection.call("get_data", label)
         if not found:
             raise KeyError(f"global state {label!r} is not on the master: {value}")
-        self._state_cache[label] = result = loads_value(value)
+        session.state_cache[label] = result = loads_value(value)
         return result
 
-    # ------------------------------------------------------------------ watch thread
-
-    def _watch(self) -> None:
-        period = self.watchdog_period
-        sampler = ResourceSampler()
-        try:
-            connection = self._connection.duplicate()
-        except ScientificMSError as error:
-            self._master_lost(f"cannot open the heartbeat connection: {error}")
-            return
-        while not self._leaving.is_set():
-            process_id = self.process_id
-            try:
-                # A little early and jittered: a heartbeat at least every period, not all at once.
-                status = connection.call("watch", process_id, sampler.sample(),
-                                         period * random.uniform(0.75, 1.0), timeout=period + 30.0)
-            except ConnectionLostError as error:
-                if self._leaving.is_set():
-                    break
-                connection.close()
-                connection = self._reconnect(str(error))
-                if connection is None:
-                    return
-                continue
-            if status == TERMINATED:
-                self._master_finished()
-                break
-            if status == UNKNOWN:
-                self._rejoin(process_id, connection)
-            elif status == REVOKED and self._feed is not None:
-                self._feed.poke()
-        connection.close()
-
-    def _reconnect(self, reason: str) -> Optional[MasterConnection]:
-        """Reach the master again within the heartbeat limit, or give up and exit."""
-        limit = max(5.0, 4 * self.watchdog_period)
-        deadline = time.monotonic() + limit
-        log.warning("slave %s: %s; trying to reach the master again for %.0f s", self.process_id, reason, limit)
-        pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
-        while not self._leaving.is_set():
-            try:
-                return self._connection.duplicate()
-            except MasterNotFoundError as error:
-                if getattr(error, "refused", False) or time.monotonic() >= deadline:
-                    self._master_lost(f"{reason}; the master is gone ({error})")
-                    return None
-            except ScientificMSError as error:
-                self._master_lost(f"{reason}; {error}")
-                return None
-            self._leaving.wait(pause)
-            pause = min(1.0, 2 * pause)
-        return None
+    # ------------------------------------------------------------------ SIGTERM thread
 
     def _on_sigterm(self) -> None:
         """On the signal thread: stop taking tasks; abandon the running one after the grace."""
         self._leave_reason = departure.SIGTERM
-        feed = self._feed
+        session = self._session
+        feed = session.feed
         dropped = feed.leave() if feed is not None else 0
         grace = settings.term_grace()
-        task = self._current_task
+        task = session.current_task
         log.warning("slave %s of %r got SIGTERM: giving back %d unstarted task(s)%s", self.process_id,
                     self.label, dropped, f", letting task {task} run for up to {grace:g} s" if task else "")
-        if self._main_done.wait(grace):
+        if session.main_done.wait(grace):
             return
-        message = (f"slave {self.process_id} of {self.label!r} got SIGTERM; task {self._current_task} "
+        message = (f"slave {self.process_id} of {self.label!r} got SIGTERM; task {session.current_task} "
                    f"ran {grace:g} s longer: abandoning it (it runs again elsewhere) and exiting")
         if self.hard_exit:
             try:
@@ -419,31 +350,6 @@ class SlaveProcess:
             sys.stderr.flush()
             os._exit(0)
         log.warning("%s", message)
-
-    def _master_finished(self) -> None:
-        if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
-            return
-        task = self._current_task
-        self._abandon(0, f"the master of {self.label!r} finished while slave {self.process_id} was "
-                         f"running task {task}; abandoning it and exiting")
-
-    def _master_lost(self, message: str) -> None:
-        self._master_gone = f"slave of {self.label!r} lost its master: {message}"
-        if self._rejoin_grace:
-            return   # the main thread finishes its task, then waits for the master to come back
-        if self._main_done.wait(settings.ABANDON_GRACE_SECONDS):
-            return
-        self._abandon(1, self._master_gone)
-
-    def _abandon(self, code: int, message: str) -> None:
-        if code:
-            log.error("%s", message)
-        else:
-            log.info("%s", message)
-        if self.hard_exit:
-            sys.stderr.write(f"scientific_ms: {message}\n")
-            sys.stderr.flush()
-            os._exit(code)
 
 
 def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = None, *,

@@ -1,0 +1,134 @@
+"""A slave process's watch thread (``slave.py``): heartbeats, and the master's end.
+
+It long-polls ``watch``, which is the heartbeat, brings the CPU and memory
+samples, and returns at once when the master finishes. If the main thread
+is then still inside a handler, the slave gives it a moment and exits
+anyway, so no slave outlives its master by more than about a second. A
+broken connection means the master died: the thread tries to reach it
+again within the heartbeat limit (a cut link may heal) and then gives up:
+the slave exits, unless its master keeps a journal (``rejoin.py``), in
+which case the main thread finishes its task and waits for it to return.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+from .. import settings
+from ..errors import ConnectionLostError, MasterNotFoundError, ScientificMSError
+from ..machine import ResourceSampler
+from ..wire.client import MasterConnection
+from ..wire.protocol import REVOKED, TERMINATED, UNKNOWN
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """The watch thread of ``slave`` (a SlaveProcess) for one session.
+
+    Reads the slave's public ``process_id``, ``label``, ``watchdog_period``
+    and ``hard_exit``; ``connection``: the main connection (the thread opens
+    its own from it); ``rejoin(process_id, connection)``: register again
+    after the master declared the slave dead, returning the current id.
+    """
+
+    def __init__(self, slave, session: Session, connection: MasterConnection,
+                 rejoin: Callable[[int, MasterConnection], int]):
+        self._slave = slave
+        self._session = session
+        self._connection = connection
+        self._rejoin = rejoin
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name="scientific_ms-watch", daemon=True)
+        self._session.watch_thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        slave, session = self._slave, self._session
+        period = slave.watchdog_period
+        sampler = ResourceSampler()
+        connection: Optional[MasterConnection]
+        try:
+            connection = self._connection.duplicate()
+        except ScientificMSError as error:
+            self._master_lost(f"cannot open the heartbeat connection: {error}")
+            return
+        while not session.leaving.is_set():
+            process_id = slave.process_id
+            try:
+                # A little early and jittered: a heartbeat at least every period, not all at once.
+                status = connection.call("watch", process_id, sampler.sample(),
+                                         period * random.uniform(0.75, 1.0), timeout=period + 30.0)
+            except ConnectionLostError as error:
+                if session.leaving.is_set():
+                    break
+                connection.close()
+                connection = self._reconnect(str(error))
+                if connection is None:
+                    return
+                continue
+            if status == TERMINATED:
+                self._master_finished()
+                break
+            if status == UNKNOWN:
+                self._rejoin(process_id, connection)
+            elif status == REVOKED and session.feed is not None:
+                session.feed.poke()
+        connection.close()
+
+    def _reconnect(self, reason: str) -> Optional[MasterConnection]:
+        """Reach the master again within the heartbeat limit, or give up and exit."""
+        limit = max(5.0, 4 * self._slave.watchdog_period)
+        deadline = time.monotonic() + limit
+        log.warning("slave %s: %s; trying to reach the master again for %.0f s", self._slave.process_id,
+                    reason, limit)
+        pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
+        while not self._session.leaving.is_set():
+            try:
+                return self._connection.duplicate()
+            except MasterNotFoundError as error:
+                if getattr(error, "refused", False) or time.monotonic() >= deadline:
+                    self._master_lost(f"{reason}; the master is gone ({error})")
+                    return None
+            except ScientificMSError as error:
+                self._master_lost(f"{reason}; {error}")
+                return None
+            self._session.leaving.wait(pause)
+            pause = min(1.0, 2 * pause)
+        return None
+
+    def _master_finished(self) -> None:
+        if self._session.main_done.wait(settings.ABANDON_GRACE_SECONDS):
+            return
+        slave = self._slave
+        abandon(0, f"the master of {slave.label!r} finished while slave {slave.process_id} was "
+                   f"running task {self._session.current_task}; abandoning it and exiting", slave.hard_exit)
+
+    def _master_lost(self, message: str) -> None:
+        session = self._session
+        session.master_gone = f"slave of {self._slave.label!r} lost its master: {message}"
+        if session.rejoin_grace:
+            return   # the main thread finishes its task, then waits for the master to come back
+        if session.main_done.wait(settings.ABANDON_GRACE_SECONDS):
+            return
+        abandon(1, session.master_gone, self._slave.hard_exit)
+
+
+def abandon(code: int, message: str, hard_exit: bool) -> None:
+    """Log why the slave gives up its running handler; with ``hard_exit``, exit at once."""
+    if code:
+        log.error("%s", message)
+    else:
+        log.info("%s", message)
+    if hard_exit:
+        sys.stderr.write(f"scientific_ms: {message}\n")
+        sys.stderr.flush()
+        os._exit(code)
