@@ -219,7 +219,7 @@ class Journal:
 
     # -------------------------------------------------------------- master thread
 
-    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, bytes, str]]:
+    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, Payload, str]]:
         """The journaled answer to this request of ``key``: ``(ok, answer, traceback)``, or None.
 
         The n-th request of a key takes the n-th journaled answer of that
@@ -262,7 +262,7 @@ class Journal:
 
     # -------------------------------------------------------------- server threads
 
-    def answers(self, answers: List[Tuple[str, bool, bytes, str]]) -> None:
+    def answers(self, answers: List[Tuple[str, bool, Payload, str]]) -> None:
         """Journal accepted answers: (task_id, ok, pickled result or exception, traceback).
 
         Only queued: the writer joins each answer with its request.
