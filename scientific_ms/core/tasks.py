@@ -57,7 +57,7 @@ UNANSWERED = (TaskState.WAITING, TaskState.RUNNING)
 OUTSTANDING = (TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED)
 
 
-def check_move(task: "Task", new: TaskState) -> None:
+def check_move(task: Task, new: TaskState) -> None:
     """Raise AssertionError unless ``task`` may move to ``new`` (a bug, never user error)."""
     if new not in TRANSITIONS[task.state]:
         raise AssertionError(f"illegal transition of task {task.task_id}: "

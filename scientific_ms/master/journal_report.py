@@ -13,8 +13,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
-from .journal_file import JournalError, check_file, connect, read_meta, sql_error, journaled_tasks
 from ..wire.payload import loads_answer, loads_journaled_parameters
+from .journal_file import JournalError, check_file, connect, journaled_tasks, read_meta, sql_error
 
 
 class JournalRecord(NamedTuple):

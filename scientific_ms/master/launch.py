@@ -35,12 +35,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import psutil
 
-from ..wire import auth, discovery
-
 from .. import settings
-from ..wire.client import connect
 from ..errors import ConfigurationError, LabelInUseError
 from ..machine import non_loopback_addresses
+from ..wire import auth, discovery
+from ..wire.client import connect
 from ..wire.payload import dumps_value, loads_value
 from ..wire.protocol import SLAVE_ARGV, SLAVE_CODE, SLAVE_CWD, SLAVE_SCRIPT, STORED_CODE_KEYS
 
