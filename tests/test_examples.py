@@ -14,7 +14,6 @@ import re
 import shutil
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -11,9 +11,18 @@ from scientific_ms import ConfigurationError, GlobalStateValue, MasterProcess, T
 from scientific_ms.errors import NoTasksPendingError
 from scientific_ms.master.global_state import GlobalStates
 from scientific_ms.master.journaled import JOURNALED_MASTER, JournaledTasks, PlainTasks
-from scientific_ms.wire.payload import (OUT_OF_BAND_BYTES, Pickled, dumps_by_state_digest, dumps_parameters,
-                                        dumps_value, loads_journaled_parameters, loads_parameters, loads_value,
-                                        state_label, state_placeholder)
+from scientific_ms.wire.payload import (
+    OUT_OF_BAND_BYTES,
+    Pickled,
+    dumps_by_state_digest,
+    dumps_parameters,
+    dumps_value,
+    loads_journaled_parameters,
+    loads_parameters,
+    loads_value,
+    state_label,
+    state_placeholder,
+)
 
 
 def first(payload):

@@ -34,6 +34,7 @@ import typing
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigurationError
+from ..wire.payload import Payload
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
 from .results import Outcome
@@ -102,14 +103,14 @@ class TaskManager:
 
     # ---------------------------------------------------------------- tasks: master
 
-    def add_task(self, tag: str, payload: bytes, time_limit: Optional[float] = None) -> str:
+    def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
         ``time_limit``: seconds its handler may run (None: no limit).
         """
         return self.add_tasks(tag, [payload], time_limit)[0]
 
-    def add_tasks(self, tag: str, payloads: Iterable[bytes], time_limit: Optional[float] = None) -> List[str]:
+    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
         """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
 
         One lock for all of them: an Executor's map queues its chunks so.
@@ -119,7 +120,7 @@ class TaskManager:
         with self._lock:
             return self._traffic.add(tag, payloads, time_limit)
 
-    def add_answered_task(self, tag: str, ok: bool, answer: bytes, traceback: str = "") -> str:
+    def add_answered_task(self, tag: str, ok: bool, answer: Payload, traceback: str = "") -> str:
         """Add a task whose answer is already known (journaled); it is never run.
 
         It counts as requested and then finished (or failed), and ``get_answer`` delivers it like

@@ -1,9 +1,10 @@
 """The registered processes and their liveness: pure logic, no lock, no I/O.
 
 The :class:`~scientific_ms.core.manager.TaskManager` holds the lock while
-its parts (``processes.py``, ``traffic.py``) call this. Liveness is a pure function of (registry, now): :meth:`Registry.silent`
-names the processes that missed too many heartbeats, and the caller decides
-what that costs them. Times come from the manager's clock (a fake in tests).
+its parts (``processes.py``, ``traffic.py``) call this. Liveness is a pure
+function of (registry, now): :meth:`Registry.silent` names the processes
+that missed too many heartbeats, and the caller decides what that costs
+them. Times come from the manager's clock (a fake in tests).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Registry:
 
     def hand_over(self, proc: ProcessRecord, task: Task) -> None:
         """``proc`` now holds ``task`` (its assignment number is set)."""
+        assert task.assignment is not None, f"task {task.task_id} handed over without an assignment"
         proc.running[task.assignment] = task
         if task.time_limit is not None:
             self._time_limits_used = True
@@ -89,7 +91,7 @@ class Registry:
     def release(self, task: Task) -> None:
         """The slave holding ``task`` (if any still does) no longer holds it: it was answered."""
         holder = self.get(task.process_id)
-        if holder is not None:
+        if holder is not None and task.assignment is not None:
             holder.running.pop(task.assignment, None)
 
     def holders(self) -> List[ProcessRecord]:

@@ -15,6 +15,7 @@ import itertools
 import logging
 from typing import Counter, Deque, Dict, NamedTuple, Optional
 
+from ..wire.payload import Payload
 from .tasks import UNANSWERED, Task, TaskState, TaskTable
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class Outcome(NamedTuple):
     task_id: str
     tag: str
     ok: bool          # False: ``payload`` is a pickled exception
-    payload: bytes
+    payload: Payload
     traceback: str
 
 
@@ -60,7 +61,7 @@ class ResultStore:
             log.info("task %s: late answer from an earlier assignment accepted (first wins)", task_id)
         return task
 
-    def settle(self, task: Task, ok: bool, payload: bytes, traceback: str, now: float) -> None:
+    def settle(self, task: Task, ok: bool, payload: Payload, traceback: str, now: float) -> None:
         """Keep a task's answer for the master (the task already left its queue or slave)."""
         self._tasks.move(task, TaskState.FINISHED if ok else TaskState.FAILED)
         task.payload = None

@@ -168,7 +168,7 @@ class Scheduler:
         ``idle_elsewhere(tag)``: whether another slave that can run ``tag``
         waits for work (it gets such a task before anyone prefetches it).
         """
-        if not proc.is_slave or not self.waiting_count:
+        if proc.tags is None or not self.waiting_count:   # not a slave (proc.is_slave), or nothing waits
             return []
         if proc.runs_suspect:
             if any(task.suspect for task in proc.running.values()):
@@ -226,7 +226,7 @@ class Scheduler:
         that the thief can run, taken from that slave and listed in its
         ``revoked`` assignments; None if no slave holds more than the task it runs.
         """
-        if not thief.is_slave or thief.running:
+        if thief.tags is None or thief.running:   # not a slave (thief.is_slave), or not idle
             return None
         best: Optional[Tuple[ProcessRecord, Task]] = None
         most_queued = 0.0
@@ -246,6 +246,7 @@ class Scheduler:
         if best is None:
             return None
         victim, task = best
+        assert task.assignment is not None, f"task {task.task_id} held without an assignment"
         del victim.running[task.assignment]
         victim.revoked.append(task.assignment)
         return victim, task

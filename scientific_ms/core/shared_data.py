@@ -17,7 +17,7 @@ class SharedData:
     def __init__(self):
         self._lock = threading.Lock()
         self._values: Dict[str, bytes] = {}
-        self.fetches = collections.Counter()   # label -> times retrieved
+        self.fetches: collections.Counter[str] = collections.Counter()   # label -> times retrieved
 
     def store(self, label: str, payload: bytes) -> None:
         with self._lock:

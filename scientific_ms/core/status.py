@@ -23,7 +23,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
     processes = []
     served: set = set()
     for proc in registry:
-        if proc.is_slave:
+        if proc.tags is not None:   # a slave (proc.is_slave)
             served |= proc.tags
         running = [{"task_id": t.task_id, "tag": t.tag, "seconds": round(now - t.started, 3)}
                    for t in proc.running.values()]
@@ -32,7 +32,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
             "host": proc.info.get("host"), "pid": proc.info.get("pid"),
             "agent": proc.info.get("agent"),   # the id of the node agent it runs behind
             "slurm": proc.info.get("slurm"),
-            "tags": sorted(proc.tags) if proc.is_slave else None,
+            "tags": sorted(proc.tags) if proc.tags is not None else None,
             "tasks_done": proc.tasks_done, "running": running,
             "watchdog_period": proc.watchdog_period,
             "seconds_since_heartbeat": round(now - proc.last_seen, 3),

@@ -27,6 +27,7 @@ import itertools
 from typing import Dict, FrozenSet, List, Optional
 
 from ..errors import ConfigurationError
+from ..wire.payload import Payload
 
 #: A slave registered with this tag runs tasks of every tag (the Executor's
 #: function runner, whose tasks are tagged with their function's name).
@@ -56,7 +57,7 @@ UNANSWERED = (TaskState.WAITING, TaskState.RUNNING)
 OUTSTANDING = (TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED)
 
 
-def check_move(task: "Task", new: TaskState) -> None:
+def check_move(task: Task, new: TaskState) -> None:
     """Raise AssertionError unless ``task`` may move to ``new`` (a bug, never user error)."""
     if new not in TRANSITIONS[task.state]:
         raise AssertionError(f"illegal transition of task {task.task_id}: "
@@ -80,11 +81,11 @@ class Task:
                  "assignment", "process_id", "started", "lost_slaves", "suspect",
                  "answer", "traceback", "time_limit")
 
-    def __init__(self, task_id: str, tag: str, payload: Optional[bytes], seq: int,
+    def __init__(self, task_id: str, tag: str, payload: Optional[Payload], seq: int,
                  time_limit: Optional[float] = None):
         self.task_id = task_id
         self.tag = tag
-        self.payload: Optional[bytes] = payload  # pickled parameters
+        self.payload: Optional[Payload] = payload  # pickled parameters
         self.state = TaskState.WAITING
         self.seq = seq
         self.rescheduled = False
@@ -93,7 +94,7 @@ class Task:
         self.started = 0.0
         self.lost_slaves: List[str] = []   # slaves that died while running it alone
         self.suspect = False               # held by a slave that died: from now on it runs alone
-        self.answer: Optional[bytes] = None  # pickled result or exception
+        self.answer: Optional[Payload] = None  # pickled result or exception
         self.traceback = ""
         self.time_limit = time_limit      # seconds, or None
 
@@ -110,7 +111,7 @@ class TaskTable:
             state: collections.Counter() for state in TaskState}
         self._numbers = itertools.count(1)
 
-    def new(self, tag: str, payload: Optional[bytes], time_limit: Optional[float]) -> Task:
+    def new(self, tag: str, payload: Optional[Payload], time_limit: Optional[float]) -> Task:
         """A new WAITING task with a fresh id, ``<tag>_<n>``."""
         number = next(self._numbers)
         task = Task(f"{tag}_{number}", tag, payload, number, time_limit)

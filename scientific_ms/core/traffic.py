@@ -17,7 +17,7 @@ import time
 from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError
-from ..wire.payload import dumps_value
+from ..wire.payload import Payload, dumps_value
 from ..wire.protocol import Answer
 from .budget import MemoryBudget
 from .processes import Departure
@@ -28,7 +28,7 @@ from .signals import Signals
 from .tasks import Task, TaskState, TaskTable
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
-Settled = Tuple[str, bool, bytes, str]
+Settled = Tuple[str, bool, Payload, str]
 
 
 class Want(NamedTuple):
@@ -56,7 +56,7 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- the master's side
 
-    def add(self, tag: str, payloads: Iterable[bytes], time_limit: Optional[float]) -> List[str]:
+    def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float]) -> List[str]:
         """Queue a task for each payload, in order, each waiting for the memory budget; their ids."""
         task_ids = []
         for payload in payloads:
@@ -70,7 +70,7 @@ class TaskTraffic:
             task_ids.append(task.task_id)
         return task_ids
 
-    def add_answered(self, tag: str, ok: bool, answer: bytes, traceback: str) -> str:
+    def add_answered(self, tag: str, ok: bool, answer: Payload, traceback: str) -> str:
         """Add a task whose answer is known (journaled), never run; its id."""
         self._signals.check_running()
         task = self._tasks.new(tag, None, None)   # never queued: WAITING -> FINISHED/FAILED
@@ -146,6 +146,8 @@ class TaskTraffic:
                         unknown.append(process_id)
                         continue
                     proc.last_seen = now
+                    if proc.tags is None:
+                        continue   # not a slave (the master): it runs no task, so it waits for none
                     live.append(proc)
                     if not (self._scheduler.waiting_count or may_steal):
                         continue   # nothing left to give: the rest only wait
@@ -173,7 +175,10 @@ class TaskTraffic:
     def _wait_for_work(self, live: List[ProcessRecord], timeout: float) -> bool:
         """Wait until a task that one of ``live`` can run arrives (one waiter for
         them all); returns whether it was woken for one."""
-        tags = live[0].tags if len(live) == 1 else frozenset().union(*(p.tags for p in live))
+        if len(live) == 1 and live[0].tags is not None:
+            tags = live[0].tags
+        else:   # take() lets only slaves (tags not None) wait
+            tags = frozenset().union(*(p.tags for p in live if p.tags is not None))
         waiter = Waiter(tuple(proc.process_id for proc in live), tags, self._signals.lock)
         self._waiters.add(waiter)
         for proc in live:
@@ -299,7 +304,7 @@ class TaskTraffic:
             self._registry.hand_over(proc, task)
         return tasks
 
-    def _settle(self, task: Task, ok: bool, payload: bytes, traceback: str) -> None:
+    def _settle(self, task: Task, ok: bool, payload: Payload, traceback: str) -> None:
         """Store a task's answer (any state before FINISHED/FAILED)."""
         if task.state is TaskState.WAITING:
             self._scheduler.remove(task)

@@ -62,9 +62,20 @@ import time
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
-from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
-                           read_meta, sql_error, SCHEMA, journaled_tasks)
 from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
+from .journal_file import (
+    FORMAT,
+    SCHEMA,
+    VERSION,
+    JournalError,
+    check_file,
+    check_writable,
+    connect,
+    journaled_tasks,
+    lock,
+    read_meta,
+    sql_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +154,7 @@ class Journal:
         self._pending: Dict[str, tuple] = {}   # task id -> (number, task_id, tag, key, parameters)
         self._early: Dict[str, tuple] = {}     # task id -> (ok, answer, traceback)
         self._requested: Dict[str, int] = collections.Counter()
-        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._failed: Optional[str] = None
         self._closed = False
         self._closing = threading.Event()
@@ -204,7 +215,7 @@ class Journal:
         self.journaled = len(found)
         if found:
             log.info("journal %s: resuming; %d answered tasks journaled", self.path, len(found))
-        self._groups: "collections.OrderedDict[int, list]" = collections.OrderedDict()
+        self._groups: collections.OrderedDict[int, list] = collections.OrderedDict()
         self._reader = connect(self.path)   # the master thread's; the writer's is self._db
 
     def _journaled_task(self, seq: int, position: int) -> tuple:
@@ -219,7 +230,7 @@ class Journal:
 
     # -------------------------------------------------------------- master thread
 
-    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, bytes, str]]:
+    def replay(self, tag: str, key: bytes) -> Optional[Tuple[bool, Payload, str]]:
         """The journaled answer to this request of ``key``: ``(ok, answer, traceback)``, or None.
 
         The n-th request of a key takes the n-th journaled answer of that
@@ -262,7 +273,7 @@ class Journal:
 
     # -------------------------------------------------------------- server threads
 
-    def answers(self, answers: List[Tuple[str, bool, bytes, str]]) -> None:
+    def answers(self, answers: List[Tuple[str, bool, Payload, str]]) -> None:
         """Journal accepted answers: (task_id, ok, pickled result or exception, traceback).
 
         Only queued: the writer joins each answer with its request.

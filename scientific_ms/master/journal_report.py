@@ -13,8 +13,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
-from .journal_file import JournalError, check_file, connect, read_meta, sql_error, journaled_tasks
 from ..wire.payload import loads_answer, loads_journaled_parameters
+from .journal_file import JournalError, check_file, connect, journaled_tasks, read_meta, sql_error
 
 
 class JournalRecord(NamedTuple):
@@ -76,7 +76,8 @@ def journal_progress(path: os.PathLike) -> dict:
     path, db, meta = _open_readonly(path)
     try:
         requested = dict(db.execute("SELECT tag, max(count) FROM requested GROUP BY tag"))
-        finished_by_tag, failed_by_tag = collections.Counter(), collections.Counter()
+        finished_by_tag: collections.Counter[str] = collections.Counter()
+        failed_by_tag: collections.Counter[str] = collections.Counter()
         for _, _, task in journaled_tasks(db):
             (finished_by_tag if task[5] else failed_by_tag)[task[2]] += 1
         per_tag = {}
@@ -145,5 +146,7 @@ def format_journal_progress(report: Dict, verbose: bool = False) -> str:
 
 
 def iso_text(timestamp: Optional[float]) -> str:
+    if timestamp is None:   # the runs table allows NULL (a journal damaged or written by another tool)
+        return "at an unknown time"
     import datetime
     return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")

@@ -35,12 +35,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import psutil
 
-from ..wire import auth, discovery
-
 from .. import settings
-from ..wire.client import connect
 from ..errors import ConfigurationError, LabelInUseError
 from ..machine import non_loopback_addresses
+from ..wire import auth, discovery
+from ..wire.client import connect
 from ..wire.payload import dumps_value, loads_value
 from ..wire.protocol import SLAVE_ARGV, SLAVE_CODE, SLAVE_CWD, SLAVE_SCRIPT, STORED_CODE_KEYS
 
@@ -81,7 +80,10 @@ def master_state(record: Dict) -> Tuple[str, str]:
         except (psutil.Error, TypeError, ValueError):
             alive = False
         return ("live", "") if alive else ("dead", f"{where} is gone")
-    states = [endpoint_state(host, record.get("port"), record.get("label", ""))
+    port = record.get("port")
+    if not isinstance(port, int):   # a label file not written by address_record()
+        return "unknown", f"the label file of {where} names no port"
+    states = [endpoint_state(host, port, record.get("label", ""))
               for host in discovery.hosts_of(record)]
     if "live" in states:
         return "live", ""
@@ -162,6 +164,7 @@ def _claim_label_file(label: str, record: Dict) -> Path:
                 existing = discovery.read_label_file(label)
                 state, reason = master_state(existing) if existing is not None else ("dead", "")
                 if state == "live":
+                    assert existing is not None   # a missing record counts as dead
                     raise LabelInUseError(
                         f"label {label!r} is already served by a live master (PID {existing.get('pid')} "
                         f"on {existing.get('hostname')}, started {existing.get('started')}); "
@@ -262,9 +265,10 @@ def fetch_stored_code(connection, timeout: float) -> Optional[StoredCode]:
     for key in STORED_CODE_KEYS:
         found, data = connection.call("get_data", key, timeout=timeout)
         values[key] = loads_value(data) if found else None
-    if values[SLAVE_CODE] is None:
+    source = values[SLAVE_CODE]
+    if source is None:
         return None
-    return StoredCode(values[SLAVE_CODE], values[SLAVE_SCRIPT], values[SLAVE_CWD], values[SLAVE_ARGV])
+    return StoredCode(source, values[SLAVE_SCRIPT], values[SLAVE_CWD], values[SLAVE_ARGV])
 
 
 def run_stored_code(code: StoredCode) -> None:
@@ -276,7 +280,7 @@ def run_stored_code(code: StoredCode) -> None:
                     code.cwd, os.getcwd())
     module = types.ModuleType("__main__")
     module.__file__ = code.script or "<slave code>"
-    module.__builtins__ = __builtins__
+    module.__dict__["__builtins__"] = __builtins__   # ModuleType's stub declares no __builtins__
     sys.modules["__main__"] = module
     sys.argv = list(code.argv or [module.__file__])
     if code.script:

@@ -9,22 +9,20 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..wire import auth, discovery, tls
-
-from . import launch
-
 from .. import settings
+from ..core.manager import TaskManager
+from ..core.results import Outcome
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from ..logs import apply_debug_flag
 from ..machine import process_info, tune_allocator
-from ..core.manager import TaskManager
-from ..core.results import Outcome
-from ..wire.protocol import slave_environment
+from ..progress import master_progress
+from ..wire import auth, discovery, tls
 from ..wire.payload import Payload, loads_answer, unreadable_answer
+from ..wire.protocol import slave_environment
+from ..wire.server import MasterServer
+from . import launch
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
-from ..progress import master_progress
-from ..wire.server import MasterServer
 from .supervisor import SlaveSupervisor
 
 log = logging.getLogger(__name__)

@@ -114,9 +114,10 @@ def stop_processes(children: List[subprocess.Popen], grace: float, interrupt: bo
             return
         if sig in (signal.SIGTERM, signal.SIGKILL):
             log.warning("%d slave process(es) still running; sending %s", len(alive), sig.name)
-        for child in alive if sig is not None else ():
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(sig)
+        if sig is not None:
+            for child in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(sig)
         deadline = None if timeout is None else time.monotonic() + timeout
         for child in alive:
             with contextlib.suppress(subprocess.TimeoutExpired):
