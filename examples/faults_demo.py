@@ -11,8 +11,7 @@ way every task yields exactly one answer, and the other tasks complete.
 import os
 import time
 
-from scientific_ms import (MasterProcess, SlaveLostError, SlaveProcess, TaskRaisedException,
-                           TaskTimeLimitError, runJob)
+from scientific_ms import MasterProcess, SlaveLostError, SlaveProcess, TaskRaisedException, TaskTimeLimitError, runJob
 
 
 class Master(MasterProcess):

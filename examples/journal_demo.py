@@ -11,7 +11,7 @@ start afresh.
 
 import os
 
-from scientific_ms import MasterProcess, SlaveProcess, runJob
+from scientific_ms import MasterProcess, SlaveProcess, read_journal, runJob
 
 COMPUTED = "computed.txt"     # one line per task the slaves computed, over all runs
 
@@ -44,7 +44,6 @@ def computed():
 runJob("sweep", Master, Worker, launch_slaves=2, journal="sweep.db")
 
 # Here the master has finished; the journal can be read without it.
-from scientific_ms import read_journal
 for record in read_journal("sweep.db"):
     if record.ok:
         print(record.task_id, record.parameters, record.result)
