@@ -527,3 +527,20 @@ def test_wait_for_running_returns_once_a_slave_has_taken_a_task(manager):
     [task] = manager.take_tasks(slave, 1)
     waiter.join(30)
     assert waited == [True] and task.state is TaskState.RUNNING
+
+
+def test_a_process_without_tags_gets_no_task_and_does_not_break_requests(manager):
+    # A tagless process (the master) that asks for tasks once waited with no tags;
+    # an add_task during that wait failed inside the lock after queueing its task.
+    master = manager.register_process("master")
+    taken = []
+    asking = threading.Thread(target=lambda: taken.append(manager.take_tasks(master, 1, timeout=2.0)))
+    asking.start()
+    try:
+        task_id = manager.add_task("f", b"p")
+    finally:
+        asking.join(10)
+    assert taken == [[]]
+    slave = manager.register_process("slave", tags=["f"])
+    [task] = manager.take_tasks(slave)
+    assert task.task_id == task_id
