@@ -134,7 +134,7 @@ class FunctionSlave(SlaveProcess):
 
 def runner_source(first: Sequence[str], last: Sequence[str], watchdog_period: Optional[float]) -> str:
     """The slave code an Executor stores: ``task_manager slave LABEL`` and spawned slaves run it."""
-    return ("from scientific_ms.calls import serve_functions\n"
+    return ("from scientific_ms.executor.calls import serve_functions\n"
             f"serve_functions({list(first)!r}, {list(last)!r}, {watchdog_period!r})\n")
 
 
