@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 import weakref
@@ -131,6 +132,7 @@ class Executor(concurrent.futures.Executor):
                                            daemon=True)
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _exit_on_sigterm()
         log.info("Executor %r started (%d local slaves)", self.label, slaves)
 
     # ------------------------------------------------------------------ the public face
@@ -371,5 +373,28 @@ def _batches(items: Iterator, largest: int) -> Iterator[list]:
 
 def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:
     executor = reference()
-    if executor is not None:
+    if executor is None:
+        return
+    if _terminated:   # SIGTERM: end now, as on an error; the calls still running are not waited for
+        executor.__exit__(SystemExit, None, None)
+    else:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+#: Set when SIGTERM ended the script: the shutdown at exit then does not wait for running calls.
+_terminated = False
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that the master shuts down at exit (slaves told, label
+    file removed) instead of the process dying at once. Only from the main thread, and
+    only when nobody installed a handler."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum, frame):
+    global _terminated
+    _terminated = True
+    raise SystemExit(128 + signum)
