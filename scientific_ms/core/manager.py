@@ -386,6 +386,12 @@ class TaskManager(ProcessSide):
         with self._lock:
             return self._tasks.counts()
 
+    def task_state(self, task_id: str) -> Optional[str]:
+        """The state of a task ("waiting", "running", ...); None if unknown or delivered."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return None if task is None else task.state.value
+
     def wait_for_running(self, count: int = 1, timeout: Optional[float] = None) -> bool:
         """Block until at least ``count`` tasks are running on slaves; False on timeout."""
         with self._lock:

@@ -272,6 +272,10 @@ class Executor(concurrent.futures.Executor):
         self._slots.pop(slot.task_id, None)
         return True
 
+    def _started(self, task_id: str) -> bool:
+        """True if a slave has taken the task (called by a Future's ``running``)."""
+        return self.master.task_manager.task_state(task_id) == "running"
+
     # ------------------------------------------------------------------ the collector thread
 
     def _collect(self) -> None:

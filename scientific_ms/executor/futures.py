@@ -88,6 +88,15 @@ class Future(concurrent.futures.Future):
                 self.set_running_or_notify_cancel()
         return True
 
+    def running(self) -> bool:
+        """True while a slave runs the call (asked of the master's task manager)."""
+        if super().running():
+            return True
+        with self._condition:
+            if self._state != _PENDING or self.task_id is None:
+                return False
+        return self._executor._started(self.task_id)
+
     def _settle(self, ok: bool, value: Any) -> None:
         if self.cancelled():   # withdrawn: its answer, if any, is not for anyone
             return
