@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
-           progress: Optional[bool] = None, journal: Optional[str] = None) -> None:
-    """Run a job whose master and slave are defined in the calling script.
+           progress: Optional[bool] = None, journal: Optional[str] = None) -> Any:
+    """Run a job whose master and slave are defined in the calling script; in the master,
+    return what its ``run()`` returned.
 
     The process becomes the master, unless it runs as a slave: started by
     ``task_manager slave LABEL``, spawned by the master (``launch_slaves``
@@ -49,9 +50,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         # after it (saving the results, say) belongs to the master.
         raise SystemExit(0)
     if mpi.runs_under_mpi():
-        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress,
-                    journal=journal)
-        return
+        return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
+                           progress=progress, journal=journal)
     master = start_script_master(label, master_class, progress=progress, journal=journal)
     if launch_slaves and main_script() is None:
         master.shutdown()
@@ -59,7 +59,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
                                  "but this program has no script file (interactive session?)")
     if launch_slaves:
         master.launchSlaveJobs(launch_slaves)
-    master.start()
+    return master.start()
 
 
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
