@@ -212,20 +212,28 @@ JOURNALED = """\
 """
 
 
-def test_a_resumed_job_says_so_and_a_clean_end_leaves_only_the_journal(processes, tmp_path):
+def run_journaled(processes, tmp_path, count, name):
     script = write_script(tmp_path / "journaled.py", JOURNALED)
-    first = processes.python(script, tmp_path / "job.db", 3, name="first", cwd=tmp_path)
-    code, output = processes.finish(first, 120)
-    assert code == 0 and "RESULTS [0, 1, 2]" in output, output
+    process = processes.python(script, tmp_path / "job.db", count, name=name, cwd=tmp_path)
+    code, output = processes.finish(process, 120)
+    assert code == 0 and f"RESULTS {list(range(count))}" in output, output
+    return output
+
+
+def test_a_resumed_job_says_so_once_on_stderr(processes, tmp_path):
+    output = run_journaled(processes, tmp_path, 3, "first")
     assert "journal" not in output, output   # a fresh job says nothing about its journal
-    assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
-    second = processes.python(script, tmp_path / "job.db", 5, name="second", cwd=tmp_path)
-    code, output = processes.finish(second, 120)
-    assert code == 0 and "RESULTS [0, 1, 2, 3, 4]" in output, output
-    notes = [line for line in output.splitlines() if "resum" in line]
+    output = run_journaled(processes, tmp_path, 5, "second")
+    notes = [line for line in output.splitlines() if "resuming" in line]
     assert len(notes) == 1, output
     assert "3 results read from the journal" in notes[0] and "2 tasks left" in notes[0], output
     assert all(len(line) <= 100 for line in output.splitlines()), output
+
+
+def test_a_clean_end_leaves_only_the_journal(processes, tmp_path):
+    run_journaled(processes, tmp_path, 3, "first")
+    assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
+    run_journaled(processes, tmp_path, 4, "second")   # the journal is still usable, its lock too
     assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
 
 
