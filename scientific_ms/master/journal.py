@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .journal_file import (FORMAT, VERSION, JournalError, check_file, check_writable, connect, lock,
-                           read_meta, sql_error, SCHEMA, journaled_tasks)
+                           unlock, read_meta, sql_error, SCHEMA, journaled_tasks)
 from ..wire.payload import PROTOCOL, GlobalStateValue, dumps_value, loads_value, payload_bytes
 
 log = logging.getLogger(__name__)
@@ -370,4 +370,4 @@ class Journal:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(str(self.path) + suffix)
             log.info("journal %s removed: the job ended cleanly", self.path)
-        os.close(self._lock_fd)
+        unlock(self._lock_fd, self._lock_path)
