@@ -81,3 +81,53 @@ def _renamed_code(code: types.CodeType, filename: str) -> types.CodeType:
     consts = tuple(_renamed_code(c, filename) if isinstance(c, types.CodeType) and c.co_filename == DYNAMIC_CODE
                    else c for c in code.co_consts)
     return code.replace(co_filename=filename, co_consts=consts)
+
+
+# ---------------------------------------------------------------- large captured values
+
+def captured(function: Any) -> Dict[str, Any]:
+    """What ``function`` carries by value: its closure cells and the ``__main__`` globals it uses."""
+    code = getattr(function, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return {}
+    found: Dict[str, Any] = {}
+    for name, cell in zip(code.co_freevars, function.__closure__ or ()):
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:
+            pass
+    namespace = getattr(function, "__globals__", {})
+    if namespace is vars(sys.modules.get("__main__", types)) or getattr(function, "__module__", None) == "__main__":
+        for name in code.co_names:
+            if name in namespace and not isinstance(namespace[name], (types.ModuleType, type)) \
+                    and not callable(namespace[name]):
+                found[name] = namespace[name]
+    return found
+
+
+def _size(value: Any) -> int:
+    size = getattr(value, "nbytes", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return len(value)
+    return sys.getsizeof(value)
+
+
+def warn_if_large(function: Any, pickled_size: int, threshold: int, label: str) -> None:
+    """Warn if ``function``'s pickle is over ``threshold`` bytes, naming the values it captured."""
+    if pickled_size <= threshold:
+        return
+    sizes: List[Tuple[int, str]] = sorted(((_size(value), name) for name, value in captured(function).items()),
+                                          reverse=True)
+    names = ", ".join(f"{name!r} ({size / 1e6:.0f} MB)" for size, name in sizes[:5] if size >= 1e6) or \
+        ", ".join(repr(name) for _, name in sizes[:5]) or "values it refers to"
+    log.warning("Executor %r: the function %s takes %.0f MB pickled: it captures %s.\n"
+                "  It is pickled into the stored function and fetched by every slave. Pass such a\n"
+                "  value as an argument, or read it inside the function (from a file); a\n"
+                "  MasterProcess (runJob) shares it once through setGlobalState.",
+                label, _name(function), pickled_size / 1e6, names)
+
+
+def _name(function: Any) -> Optional[str]:
+    return getattr(function, "__qualname__", None) or repr(function)

@@ -37,7 +37,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import calls
+from . import by_value, calls
 
 from .. import mpi, settings
 from ..errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
@@ -209,6 +209,7 @@ class Executor(concurrent.futures.Executor):
         if known is not None:
             return known[1], known[2]
         pickled = calls.dumps_function(fn)
+        by_value.warn_if_large(fn, len(pickled), MasterProcess.LARGE_PARAMETERS, self.label)
         # Named by its pickle, the same in every run: a journal then matches its calls again.
         label = f"{calls.FUNCTION_PREFIX}{hashlib.blake2b(pickled, digest_size=8).hexdigest()}"
         self.master.task_manager.store_data(label, pickled)
