@@ -52,6 +52,10 @@ from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
+#: A slave that lost its master says it retries only if the master is still silent after this
+#: long: a master that is plainly gone (its port refuses) gets one message, not two.
+RECONNECT_QUIET_SECONDS = 1.0
+
 
 def handlers_in(namespace: Dict[str, object]) -> Dict[str, Callable]:
     """``{tag: handler}`` for every callable ``do_<tag>`` in a namespace."""
@@ -377,18 +381,22 @@ class SlaveProcess:
         """Reach the master again within the heartbeat limit, or give up and exit."""
         limit = max(5.0, 4 * self.watchdog_period)
         deadline = time.monotonic() + limit
-        log.warning("slave %s: %s; trying to reach the master again for %.0f s", self.process_id, reason, limit)
         pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
+        warn_at = time.monotonic() + RECONNECT_QUIET_SECONDS   # a master that is plainly gone: one message
         while not self._leaving.is_set():
             try:
                 return self._connection.duplicate()
             except MasterNotFoundError as error:
                 if getattr(error, "refused", False) or time.monotonic() >= deadline:
-                    self._master_lost(f"{reason}; the master is gone ({error})")
+                    self._master_lost(f"the master is gone\n  {reason}\n  last try: {error}")
                     return None
             except ScientificMSError as error:
-                self._master_lost(f"{reason}; {error}")
+                self._master_lost(f"{error}\n  {reason}")
                 return None
+            if warn_at is not None and time.monotonic() >= warn_at:
+                log.warning("slave %s: the master does not answer; trying again for up to %.0f s\n  %s",
+                            self.process_id, limit, reason)
+                warn_at = None
             self._leaving.wait(pause)
             pause = min(1.0, 2 * pause)
         return None
