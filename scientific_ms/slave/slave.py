@@ -159,7 +159,7 @@ class SlaveProcess:
                     if str(error).startswith("slave of"):
                         raise
                     # lost while registering, before the feed could say so
-                    raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
+                    raise ConnectionLostError(f"slave of {self.label!r} lost its master\n  {error}") from None
                 self._connection = connection
 
     def _serve_master(self, handlers: Dict[str, Callable]) -> None:
@@ -269,7 +269,7 @@ class SlaveProcess:
         except ConnectionLostError as error:
             if self._master_gone is not None:
                 raise ConnectionLostError(self._master_gone) from None
-            raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
+            raise ConnectionLostError(f"slave of {self.label!r} lost its master\n  {error}") from None
         finally:
             if feed.stop(timeout=0.5):
                 self._connection.claim()
