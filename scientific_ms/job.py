@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
-           progress: Optional[bool] = None, journal: Optional[str] = None) -> None:
-    """Run a job whose master and slave are defined in the calling script.
+           progress: Optional[bool] = None, journal: Optional[str] = None) -> Any:
+    """Run a job whose master and slave are defined in the calling script; in the master,
+    return what its ``run()`` returned.
 
     The process becomes the master, unless it runs as a slave: started by
     ``task_manager slave LABEL``, spawned by the master (``launch_slaves``
@@ -47,10 +48,10 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         # As under MPI, a slave's runJob does not return into the script: the code
         # after it (saving the results, say) belongs to the master.
         raise SystemExit(0)
+    _refuse_master_in_slave(label, "runJob")
     if mpi.runs_under_mpi():
-        mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves, progress=progress,
-                    journal=journal)
-        return
+        return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
+                           progress=progress, journal=journal)
     master = start_script_master(label, master_class, progress=progress, journal=journal)
     if launch_slaves and main_script() is None:
         master.shutdown()
@@ -58,7 +59,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
                                  "but this program has no script file (interactive session?)")
     if launch_slaves:
         master.launchSlaveJobs(launch_slaves)
-    master.start()
+    return master.start()
 
 
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
@@ -96,6 +97,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"from scientific_ms import startSlaveProcess\n"
                   f"startSlaveProcess()\n")
         argv = [slave_module]
+    _refuse_master_in_slave(label, "initializeMasterProcess")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
     master = MasterProcess(label, use_name_server, progress=progress, journal=journal, **options)
@@ -106,6 +108,27 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
     if mpi.runs_under_mpi():
         mpi.announce_master(master)
     return master
+
+
+def _refuse_master_in_slave(label: str, caller: str) -> None:
+    """A process started as a slave never becomes a master: its master spawned it to serve,
+    and a master here would spawn slaves of its own, which would do the same (a fork bomb)."""
+    context = discovery.current_slave_context()
+    if context is None:
+        return
+    if context.label != label:
+        problem = (f"this process was spawned as a slave of {context.label!r},\n"
+                   f"  but its script asks {caller} for the label {label!r}.\n"
+                   f"  A label computed in each process (from os.getpid() or the time) differs in\n"
+                   f"  every slave, and each would start a master of its own.")
+    else:
+        problem = (f"this process was spawned as a slave of {label!r},\n"
+                   f"  but its script calls {caller}: a slave's code must not start a master.")
+    raise ConfigurationError(
+        f"{problem}\n"
+        f"  Fix: use a fixed label, or compute it once in the master and pass it to the slaves\n"
+        f"  through the environment (they inherit it), e.g.\n"
+        f"  label = os.environ.setdefault(\"MY_JOB_LABEL\", f\"sweep-{{os.getpid()}}\")")
 
 
 def _exit_on_sigterm() -> None:

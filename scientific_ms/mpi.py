@@ -41,7 +41,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from . import settings
 from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
@@ -183,8 +183,9 @@ def _announce_failure_at_exit() -> None:
 
 
 def run_job(label: str, master_class, slave_class, watchdog_period: Optional[float],
-            launch_slaves: int, progress: Optional[bool] = None, journal: Optional[str] = None) -> None:
-    """runJob under an MPI launcher: rank 0 runs the master, the other ranks serve."""
+            launch_slaves: int, progress: Optional[bool] = None, journal: Optional[str] = None) -> Any:
+    """runJob under an MPI launcher: rank 0 runs the master (returns what its run() returns),
+    the other ranks serve."""
     world = _start()
     if world.rank != 0:
         _serve_rank(label, lambda: slave_class(label, watchdog_period=watchdog_period).start())
@@ -201,7 +202,7 @@ def run_job(label: str, master_class, slave_class, watchdog_period: Optional[flo
         raise
     if launch_slaves:
         master.launchSlaveJobs(launch_slaves)
-    master.start()
+    return master.start()
 
 
 # ---------------------------------------------------------------- ranks >= 1

@@ -163,7 +163,11 @@ def slave(args) -> int:
     leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
     link = agent_link.current()
     if link is not None:   # a node agent started this slave: the code comes through it
-        code = fetch_stored_code(link, STATUS_TIMEOUT)
+        try:
+            code = fetch_stored_code(link, STATUS_TIMEOUT)
+        except agent_link.MasterEndedError as ended:   # a normal end: one line, no traceback
+            print(f"{_program()}: slave of {args.label!r}: {ended}", file=sys.stderr)
+            return 0
         if code is None:
             _no_slave_code(args.label)
             return 1

@@ -362,6 +362,11 @@ class TaskManager:
         with self._lock:
             return self._traffic.counts()
 
+    def task_state(self, task_id: str) -> Optional[str]:
+        """The state of a task ("waiting", "running", ...); None if unknown or delivered."""
+        with self._lock:
+            return self._traffic.state_of(task_id)
+
     def wait_for_running(self, count: int = 1, timeout: Optional[float] = None) -> bool:
         """Block until at least ``count`` tasks are running on slaves; False on timeout."""
         with self._lock:

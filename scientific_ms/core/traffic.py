@@ -244,6 +244,11 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- what it reports
 
+    def state_of(self, task_id: str) -> Optional[str]:
+        """The state of a task ("waiting", "running", ...); None if unknown or delivered."""
+        task = self._tasks.get(task_id)
+        return None if task is None else task.state.value
+
     def counts(self) -> Dict[str, Dict[str, int]]:
         """Tasks per state and tag (see :meth:`TaskTable.counts`)."""
         return self._tasks.counts()

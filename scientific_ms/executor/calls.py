@@ -29,6 +29,7 @@ import re
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from . import by_value
 from ..wire import discovery
 from ..errors import ConfigurationError, ScientificMSError, SerializationError
 from ..wire.payload import dumps_by_value, loads_value
@@ -60,7 +61,7 @@ def dumps_function(function: Any) -> bytes:
     cloudpickle is imported only when needed: it takes a while.
     """
     try:
-        return dumps_by_value(function)
+        return dumps_by_value(by_value.with_source(function))   # by value: with its source lines
     except Exception as error:
         raise SerializationError(
             f"the function {function!r} cannot be pickled ({type(error).__name__}: {error}); "

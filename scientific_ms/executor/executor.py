@@ -32,12 +32,13 @@ import itertools
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import calls
+from . import by_value, calls
 
 from .. import mpi, settings
 from ..errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
@@ -132,6 +133,7 @@ class Executor(concurrent.futures.Executor):
                                            daemon=True)
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _exit_on_sigterm()
         log.info("Executor %r started (%d local slaves)", self.label, slaves)
 
     # ------------------------------------------------------------------ the public face
@@ -208,6 +210,7 @@ class Executor(concurrent.futures.Executor):
         if known is not None:
             return known[1], known[2]
         pickled = calls.dumps_function(fn)
+        by_value.warn_if_large(fn, len(pickled), MasterProcess.LARGE_PARAMETERS, self.label)
         # Named by its pickle, the same in every run: a journal then matches its calls again.
         label = f"{calls.FUNCTION_PREFIX}{hashlib.blake2b(pickled, digest_size=8).hexdigest()}"
         self.master.store_data(label, pickled)
@@ -270,6 +273,10 @@ class Executor(concurrent.futures.Executor):
             return False
         self._slots.pop(slot.task_id, None)
         return True
+
+    def _started(self, task_id: str) -> bool:
+        """True if a slave has taken the task (called by a Future's ``running``)."""
+        return self.master.task_manager.task_state(task_id) == "running"
 
     # ------------------------------------------------------------------ the collector thread
 
@@ -372,5 +379,28 @@ def _batches(items: Iterator, largest: int) -> Iterator[list]:
 
 def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:
     executor = reference()
-    if executor is not None:
+    if executor is None:
+        return
+    if _terminated:   # SIGTERM: end now, as on an error; the calls still running are not waited for
+        executor.__exit__(SystemExit, None, None)
+    else:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+#: Set when SIGTERM ended the script: the shutdown at exit then does not wait for running calls.
+_terminated = False
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that the master shuts down at exit (slaves told, label
+    file removed) instead of the process dying at once. Only from the main thread, and
+    only when nobody installed a handler."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum, frame):
+    global _terminated
+    _terminated = True
+    raise SystemExit(128 + signum)

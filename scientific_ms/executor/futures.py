@@ -54,6 +54,7 @@ class _LeanCondition(threading.Condition):
 
 
 _PENDING = concurrent.futures._base.PENDING
+_CANCELLED = concurrent.futures._base.CANCELLED
 
 
 class Future(concurrent.futures.Future):
@@ -77,9 +78,28 @@ class Future(concurrent.futures.Future):
         with self._condition:
             if self._state == _PENDING and not self._executor._withdraw(self):
                 return False
-        return super().cancel()
+        if not super().cancel():
+            return False
+        # A standard executor calls set_running_or_notify_cancel() when it reaches a cancelled
+        # future: that wakes wait() and as_completed(), which count only CANCELLED_AND_NOTIFIED
+        # as done. A withdrawn task never reaches a slave, so do it now.
+        with self._condition:   # an RLock: set_running_or_notify_cancel takes it again
+            if self._state == _CANCELLED:
+                self.set_running_or_notify_cancel()
+        return True
+
+    def running(self) -> bool:
+        """True while a slave runs the call (asked of the master's task manager)."""
+        if super().running():
+            return True
+        with self._condition:
+            if self._state != _PENDING or self.task_id is None:
+                return False
+        return self._executor._started(self.task_id)
 
     def _settle(self, ok: bool, value: Any) -> None:
+        if self.cancelled():   # withdrawn: its answer, if any, is not for anyone
+            return
         if self.set_running_or_notify_cancel():
             if ok:
                 self.set_result(value)

@@ -57,6 +57,7 @@ import os
 import queue
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -75,6 +76,7 @@ from .journal_file import (
     lock,
     read_meta,
     sql_error,
+    unlock,
 )
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,9 @@ class Journal:
         self._closed = False
         self._closing = threading.Event()
         self.replayed = 0                    # requests answered from the journal
+        self.label = label
+        self._new_requests = 0               # requests of this run not answered from the journal
+        self._resume_said = threading.Lock()   # taken for good once the resume is announced
         self._writer = threading.Thread(target=self._write_loop, name="scientific_ms-journal", daemon=True)
         self._writer.start()
 
@@ -251,6 +256,7 @@ class Journal:
         with self._mutex:
             self._queue.put((self._next_number, task_id, tag, key, payload))
             self._next_number += 1
+            self._new_requests += 1
 
     def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None) -> str:
         """Match a request with a journaled answer, or queue it for the writer; returns the task id.
@@ -278,7 +284,19 @@ class Journal:
 
         Only queued: the writer joins each answer with its request.
         """
+        self._say_resumed()
         self._queue.put(answers)
+
+    def _say_resumed(self) -> None:
+        """Once, on the master's stderr whatever the logging: a resumed job says what it
+        took from the journal. Said at the first answer a slave brings (the requests made
+        by then are, in a script that requests and then collects, all of them), or at the end."""
+        if not self.journaled or not self._resume_said.acquire(blocking=False):
+            return
+        sys.stderr.write(f"scientific_ms: resuming job {self.label!r}: {self.replayed} results read from "
+                         f"the journal, {self._new_requests} tasks left to run\n"
+                         f"  journal: {self.path}\n")
+        sys.stderr.flush()
 
     # -------------------------------------------------------------- writer thread
     #
@@ -347,6 +365,7 @@ class Journal:
         if self._closed:
             return
         self._closed = True
+        self._say_resumed()
         self._closing.set()
         self._queue.put(None)
         self._writer.join()
@@ -366,4 +385,4 @@ class Journal:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(str(self.path) + suffix)
             log.info("journal %s removed: the job ended cleanly", self.path)
-        os.close(self._lock_fd)
+        unlock(self._lock_fd, self._lock_path)

@@ -79,7 +79,33 @@ def check_writable(path: Path) -> None:
 
 
 def lock(path: Path) -> Tuple[int, Path]:
-    """Take the journal's lock (flock on ``<journal>-lock``); the lock dies with the process."""
+    """Take the journal's lock (flock on ``<journal>-lock``); the lock dies with the process.
+
+    Its holder removes the lock file when it is done (:func:`unlock`): a lock taken on a
+    file that was removed meanwhile is taken again on the new one.
+    """
+    for _ in range(10):
+        fd, lock_path = _lock_once(path)
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                return fd, lock_path
+        except FileNotFoundError:
+            pass
+        os.close(fd)   # its holder removed it while we waited for it: lock the new one
+    raise JournalError(f"cannot lock the journal {path}: its lock file {lock_path} keeps being "
+                       f"replaced; is another master starting with it?")
+
+
+def unlock(fd: int, lock_path: Path) -> None:
+    """Release the journal's lock and remove its file (removed first: still ours)."""
+    try:
+        os.unlink(lock_path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def _lock_once(path: Path) -> Tuple[int, Path]:
     lock_path = path.with_name(path.name + "-lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)

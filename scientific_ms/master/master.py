@@ -293,11 +293,12 @@ class MasterProcess:
         """The master's work; override it in a subclass."""
         raise NotImplementedError("subclass MasterProcess and override run()")
 
-    def start(self) -> None:
-        """Run :meth:`run`, then :meth:`shutdown` (also when run() raises or is interrupted)."""
+    def start(self) -> Any:
+        """Run :meth:`run`, then :meth:`shutdown` (also when run() raises or is interrupted);
+        returns what run() returned."""
         with terminate_on_sigterm():
             try:
-                self.run()
+                return self.run()
             except BaseException:
                 self._run_failed = True   # the journal is kept, whatever keep_journal says
                 raise

@@ -33,7 +33,13 @@ from .. import settings
 from ..core.tasks import ANY_TAG
 from ..machine import process_info
 
+from ..errors import TaskManagerTermination
+
 ENVIRONMENT = "SCIENTIFIC_MS_AGENT_FD"
+
+
+class MasterEndedError(TaskManagerTermination):
+    """The agent says the master ended while this slave waited for data: a normal end."""
 
 _link: Optional["AgentLink"] = None
 
@@ -51,8 +57,13 @@ class AgentLink:
     def call(self, method: str, *args, timeout: Optional[float] = None):
         if method != "get_data":
             raise ValueError(f"a slave behind a node agent cannot call {method!r}")
-        self._conn.send(("get_data",) + args)
-        reply = self._conn.recv()
+        try:
+            self._conn.send(("get_data",) + args)
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            reply = ("end",)   # the agent is gone
+        if reply[0] != "data":   # ("end",): the master ended, its agent ends its slaves
+            raise MasterEndedError("the master ended before this slave got its code; exiting")
         return reply[1], reply[2]
 
     def close(self) -> None:

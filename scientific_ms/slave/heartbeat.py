@@ -29,6 +29,10 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
+#: A slave that lost its master says it retries only if the master is still silent after this
+#: long: a master that is plainly gone (its port refuses) gets one message, not two.
+RECONNECT_QUIET_SECONDS = 1.0
+
 
 class Heartbeat:
     """The watch thread of ``slave`` (a SlaveProcess) for one session.
@@ -88,19 +92,22 @@ class Heartbeat:
         """Reach the master again within the heartbeat limit, or give up and exit."""
         limit = max(5.0, 4 * self._slave.watchdog_period)
         deadline = time.monotonic() + limit
-        log.warning("slave %s: %s; trying to reach the master again for %.0f s", self._slave.process_id,
-                    reason, limit)
         pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
+        warn_at: Optional[float] = time.monotonic() + RECONNECT_QUIET_SECONDS   # a master plainly gone: one message
         while not self._session.leaving.is_set():
             try:
                 return self._connection.duplicate()
             except MasterNotFoundError as error:
                 if getattr(error, "refused", False) or time.monotonic() >= deadline:
-                    self._master_lost(f"{reason}; the master is gone ({error})")
+                    self._master_lost(f"the master is gone\n  {reason}\n  last try: {error}")
                     return None
             except ScientificMSError as error:
-                self._master_lost(f"{reason}; {error}")
+                self._master_lost(f"{error}\n  {reason}")
                 return None
+            if warn_at is not None and time.monotonic() >= warn_at:
+                log.warning("slave %s: the master does not answer; trying again for up to %.0f s\n  %s",
+                            self._slave.process_id, limit, reason)
+                warn_at = None
             self._session.leaving.wait(pause)
             pause = min(1.0, 2 * pause)
         return None

@@ -58,6 +58,7 @@ from .timelimit import time_limit
 log = logging.getLogger(__name__)
 
 
+
 def handlers_in(namespace: Dict[str, object]) -> Dict[str, Callable]:
     """``{tag: handler}`` for every callable ``do_<tag>`` in a namespace."""
     return {name[3:]: value for name, value in namespace.items()
@@ -154,7 +155,7 @@ class SlaveProcess:
                     if str(error).startswith("slave of"):
                         raise
                     # lost while registering, before the feed could say so
-                    raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
+                    raise ConnectionLostError(f"slave of {self.label!r} lost its master\n  {error}") from None
                 self._session = self._session.renewed()
                 self.done = False
                 self._connection = connection
@@ -244,7 +245,7 @@ class SlaveProcess:
         except ConnectionLostError as error:
             if session.master_gone is not None:
                 raise ConnectionLostError(session.master_gone) from None
-            raise ConnectionLostError(f"slave of {self.label!r} lost its master: {error}") from None
+            raise ConnectionLostError(f"slave of {self.label!r} lost its master\n  {error}") from None
         finally:
             if feed.stop(timeout=0.5):
                 self._connection.claim()

@@ -219,12 +219,12 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
                     raise
                 except MasterNotFoundError as error:
                     tried.append(f"{candidate.source}: {error}")
-        looked = "; ".join(tried + notes)
+        looked = "\n".join(f"  - {place}" for place in tried + notes)   # the short news first
         if not wait or (deadline is not None and time.monotonic() >= deadline):
             hint = "start the master first, pass the master's HOST:PORT, or wait for it (-w / wait=True)"
-            raise MasterNotFoundError(f"no master found for label {label!r} ({looked}); {hint}")
+            raise MasterNotFoundError(f"no master found for label {label!r}\n  {hint}\n  looked at:\n{looked}")
         if time.monotonic() >= next_note:
-            log.warning("waiting for a master of %r to start (asked to wait; looked at: %s)", label, looked)
+            log.warning("waiting for a master of %r to start (asked to wait); looked at:\n%s", label, looked)
             next_note = time.monotonic() + WAIT_NOTE_SECONDS
         time.sleep(delay)  # polling for a master that does not exist yet
         delay = min(1.0, delay * 2)

@@ -139,12 +139,16 @@ def missing_label_file(label: str) -> str:
     """Why no label file was found, and what to do when master and slave run on different hosts."""
     path = label_file(label)
     kind = filesystem_type(path.parent)
-    where = (f"{path.parent} is on a local {kind} file system of {socket.gethostname()}, which other hosts "
-             f"cannot see" if kind in LOCAL_FILESYSTEMS else f"{path.parent} must be shared with the master's host")
-    return (f"no label file {path} (a master on another host writes its label file on its own host: "
-            f"{where}; on a cluster set {settings.PREFIX}REGISTRY to a folder on a shared file system, "
-            f"such as the shared home, for master and slaves alike, "
-            f"or give the master's address (-m HOST:PORT, master_host=))")
+    # One short line per point: this note is one item of a "no master found" message.
+    where = (f"{path.parent} is on a local {kind} file system of {socket.gethostname()},\n"
+             f"    which other hosts cannot see" if kind in LOCAL_FILESYSTEMS
+             else f"{path.parent} must be shared with the master's host")
+    return (f"no label file {path}\n"
+            f"    (a master on another host writes its label file on its own host:\n"
+            f"    {where};\n"
+            f"    on a cluster set {settings.PREFIX}REGISTRY to a folder on a shared file system,\n"
+            f"    such as the shared home, for master and slaves alike,\n"
+            f"    or give the master's address (-m HOST:PORT, master_host=))")
 
 
 def read_label_file(label: str) -> Optional[Dict]:
