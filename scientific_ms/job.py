@@ -5,13 +5,12 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any, List, Optional, Type
 
 from . import mpi
 from .errors import ConfigurationError
+from .master.ending import exit_on_sigterm
 from .master.launch import main_script, start_script_master
 from .master.master import MasterProcess
 from .slave.slave import SlaveProcess
@@ -102,7 +101,7 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
         mpi.serve_as_slave_rank(label)  # does not return
     master = MasterProcess(label, use_name_server, progress=progress, journal=journal, **options)
     atexit.register(master.shutdown)
-    _exit_on_sigterm()
+    exit_on_sigterm()
     if source is not None:
         master.store_slave_code(source, script, argv)
     if mpi.runs_under_mpi():
@@ -129,17 +128,3 @@ def _refuse_master_in_slave(label: str, caller: str) -> None:
         f"  Fix: use a fixed label, or compute it once in the master and pass it to the slaves\n"
         f"  through the environment (they inherit it), e.g.\n"
         f"  label = os.environ.setdefault(\"MY_JOB_LABEL\", f\"sweep-{{os.getpid()}}\")")
-
-
-def _exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so that the atexit shutdown runs (slaves told, label file removed).
-
-    Only from the main thread, and only when nobody installed a handler.
-    """
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
-def _raise_system_exit(signum, frame):
-    raise SystemExit(128 + signum)

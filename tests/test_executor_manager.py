@@ -117,4 +117,4 @@ def test_our_future_sets_every_field_of_a_concurrent_futures_future():
     import concurrent.futures
 
     from scientific_ms.executor.futures import Future
-    assert set(vars(concurrent.futures.Future())) <= set(vars(Future(None)))
+    assert set(vars(concurrent.futures.Future())) <= set(vars(Future(None, None)))

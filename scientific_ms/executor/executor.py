@@ -32,7 +32,6 @@ import itertools
 import logging
 import os
 import secrets
-import signal
 import threading
 import time
 import weakref
@@ -44,6 +43,7 @@ from .. import mpi, settings
 from ..errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
                      TaskRaisedException)
 from .futures import Future, MapResults
+from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Executor(concurrent.futures.Executor):
                                            daemon=True)
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
-        _exit_on_sigterm()
+        exit_on_sigterm()
         log.info("Executor %r started (%d local slaves)", self.label, slaves)
 
     # ------------------------------------------------------------------ the public face
@@ -143,7 +143,7 @@ class Executor(concurrent.futures.Executor):
 
         An argument that cannot be pickled raises SerializationError here.
         """
-        return self._submit(self._function(fn), (calls.CALL, args, kwargs), self.master.task_time_limit)
+        return self._submit_call(fn, args, kwargs, self.master.task_time_limit)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -166,7 +166,7 @@ class Executor(concurrent.futures.Executor):
         if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
             raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
                                      f"got {time_limit!r}")
-        return CallOptions(self, time_limit)
+        return CallOptions(self._submit_call, self._map, time_limit)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more calls; the master and its slaves end once every future is done.
@@ -221,11 +221,12 @@ class Executor(concurrent.futures.Executor):
                         "define functions once rather than per call", self.label, MANY_FUNCTIONS)
         return label, tag
 
-    def _submit(self, function: Tuple[str, str], call: tuple, time_limit: Optional[float]) -> Future:
+    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, time_limit: Optional[float]) -> Future:
         if self._shutting_down:   # before pickling: after shutdown, that is the error to see
             raise RuntimeError("cannot schedule new futures after shutdown")
-        label, tag = function
-        future = Future(self)
+        label, tag = self._function(fn)
+        call = (calls.CALL, args, kwargs)
+        future = Future(self._withdraw, self._started)
         self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], time_limit)
         return future
 
@@ -261,7 +262,7 @@ class Executor(concurrent.futures.Executor):
             early = table.setdefault(task_id, slot)
             if early is not slot:   # its answer came first
                 del table[task_id]
-                slot._settle(*early)
+                slot.settle(*early)
         if self._collector_idle:
             self._wakeup.set()
         if self._closed:   # the collector ended meanwhile: nobody else will settle them
@@ -276,7 +277,7 @@ class Executor(concurrent.futures.Executor):
 
     def _started(self, task_id: str) -> bool:
         """True if a slave has taken the task (called by a Future's ``running``)."""
-        return self.master.task_manager.task_state(task_id) == "running"
+        return self.master.task_state(task_id) == "running"
 
     # ------------------------------------------------------------------ the collector thread
 
@@ -322,7 +323,7 @@ class Executor(concurrent.futures.Executor):
                 slot = slots.setdefault(outcome.task_id, (ok, value))
                 if type(slot) is not tuple:   # the slot is there: settle it (else submit will)
                     del slots[outcome.task_id]
-                    slot._settle(ok, value)
+                    slot.settle(ok, value)
 
     def _fail_leftovers(self, error: Optional[BaseException] = None) -> None:
         error = error or RuntimeError("the executor was shut down before this call was done")
@@ -332,23 +333,24 @@ class Executor(concurrent.futures.Executor):
             except KeyError:
                 return
             if type(slot) is not tuple:
-                slot._settle(False, error)
+                slot.settle(False, error)
 
 
 class CallOptions:
     """``submit`` and ``map`` of an Executor with per-call options (see ``Executor.options``)."""
 
-    def __init__(self, executor: Executor, time_limit: Optional[float]):
-        self._executor = executor
+    def __init__(self, submit: Callable[..., Future], map_calls: Callable[..., Iterator],
+                 time_limit: Optional[float]):
+        self._submit = submit
+        self._map = map_calls
         self.time_limit = time_limit
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        executor = self._executor
-        return executor._submit(executor._function(fn), (calls.CALL, args, kwargs), self.time_limit)
+        return self._submit(fn, args, kwargs, self.time_limit)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
-        return self._executor._map(fn, iterables, timeout, chunksize, self.time_limit)
+        return self._map(fn, iterables, timeout, chunksize, self.time_limit)
 
 
 def _remote(error: TaskRaisedException) -> BaseException:
@@ -381,26 +383,7 @@ def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:
     executor = reference()
     if executor is None:
         return
-    if _terminated:   # SIGTERM: end now, as on an error; the calls still running are not waited for
+    if ended_by_sigterm():   # SIGTERM: end now, as on an error; the calls still running are not waited for
         executor.__exit__(SystemExit, None, None)
     else:
         executor.shutdown(wait=True, cancel_futures=True)
-
-
-#: Set when SIGTERM ended the script: the shutdown at exit then does not wait for running calls.
-_terminated = False
-
-
-def _exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so that the master shuts down at exit (slaves told, label
-    file removed) instead of the process dying at once. Only from the main thread, and
-    only when nobody installed a handler."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_system_exit)
-
-
-def _raise_system_exit(signum, frame):
-    global _terminated
-    _terminated = True
-    raise SystemExit(128 + signum)

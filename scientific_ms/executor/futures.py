@@ -9,9 +9,10 @@ map's iterator, which waits on one condition for the whole map.
 
 Both kinds have the same two methods the Executor calls:
 
-* ``_settle(ok, value)``: the answer (result, or exception), given once by
+* ``settle(ok, value)``: the answer (result, or exception), given once by
   the collector thread, or a failure when the Executor ends without it;
-* ``cancel()``: withdraw the task if no slave has started it.
+* ``cancel()``: withdraw the task if no slave has started it, through the
+  ``withdraw`` function the Executor gave them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ _CANCELLED = concurrent.futures._base.CANCELLED
 class Future(concurrent.futures.Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` withdraws its task from the farm."""
 
-    def __init__(self, executor):
+    def __init__(self, withdraw: Callable[[Any], bool], started: Callable[[str], bool]):
         # The fields of concurrent.futures.Future.__init__, set here rather than by it:
         # it builds a threading.Condition that _LeanCondition would replace at once
         # (measured: a fifth of the master's time in a map of small chunks).
@@ -70,13 +71,14 @@ class Future(concurrent.futures.Future):
         self._exception = None
         self._waiters = []
         self._done_callbacks = []
-        self._executor = executor   # its _withdraw(future) takes the task back
+        self._withdraw = withdraw   # withdraw(future): take the task back if no slave started it
+        self._started = started     # started(task_id): has a slave taken the task?
         self.task_id: Optional[str] = None   # set once the task is queued
 
     def cancel(self) -> bool:
         """Cancel the call if no slave has started it; True if it is (now) cancelled."""
         with self._condition:
-            if self._state == _PENDING and not self._executor._withdraw(self):
+            if self._state == _PENDING and not self._withdraw(self):
                 return False
         if not super().cancel():
             return False
@@ -95,9 +97,9 @@ class Future(concurrent.futures.Future):
         with self._condition:
             if self._state != _PENDING or self.task_id is None:
                 return False
-        return self._executor._started(self.task_id)
+        return self._started(self.task_id)
 
-    def _settle(self, ok: bool, value: Any) -> None:
+    def settle(self, ok: bool, value: Any) -> None:
         if self.cancelled():   # withdrawn: its answer, if any, is not for anyone
             return
         if self.set_running_or_notify_cancel():
@@ -123,10 +125,10 @@ class MapSlot:
         """Withdraw the task if no slave has started it; reading it then raises CancelledError."""
         if self.done or not self._map.withdraw(self):
             return False
-        self._settle(False, concurrent.futures.CancelledError())
+        self.settle(False, concurrent.futures.CancelledError())
         return True
 
-    def _settle(self, ok: bool, value: Any) -> None:
+    def settle(self, ok: bool, value: Any) -> None:
         condition = self._map.condition
         with condition:   # the reader checks ``done`` and starts waiting under it: no wake-up lost
             if self.done:

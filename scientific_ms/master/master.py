@@ -180,6 +180,10 @@ class MasterProcess:
         """
         return self.task_manager.get_answers(limit, tag, timeout)
 
+    def task_state(self, task_id: str) -> Optional[str]:
+        """A task's state ("waiting", "running", "finished", "failed"); None if unknown or delivered."""
+        return self.task_manager.task_state(task_id)
+
     def store_data(self, label: str, data: bytes) -> None:
         """Store pickled bytes under ``label`` for the slaves to fetch (an Executor's functions)."""
         self.task_manager.store_data(label, data)
