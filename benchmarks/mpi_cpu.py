@@ -15,7 +15,7 @@ the ideal makespan is 2.00 s. The script runs itself under
   psutil every 0.1 s until it exits (the last sample of an idle process is
   its total).
 
-CPU is user + system time. Nothing here is asserted; see docs/mpi.md.
+CPU is user + system time. Nothing here is asserted; see docs/guide/mpi.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ How a slave rank lives and ends, and why::
           `-- python job.py   the slave: serves tasks over Pyro5, then leaves
                               with os._exit (no PMI traffic at all)
 
-Measured with MPICH 5.0.2's Hydra (see docs/mpi.md):
+Measured with MPICH 5.0.2's Hydra (see docs/guide/mpi.md):
 
 * The proxy SIGKILLs every rank as soon as it reaps a direct child that a
   signal killed, whatever ``-disable-auto-cleanup`` says; so the process
@@ -108,7 +108,7 @@ def _import_mpi():
         raise ConfigurationError(
             f"this process was started by an MPI launcher ({found}) but mpi4py is not installed: "
             f"install it ('pip install mpi4py', built against the MPI that runs mpiexec; see "
-            f"docs/mpi.md), or run the script without mpiexec") from None
+            f"docs/guide/mpi.md), or run the script without mpiexec") from None
     # MPI_Finalize is called by this module right after the broadcast; the
     # PMI goodbye is sent by MPICH's own C exit handler.
     mpi4py.rc.finalize = False

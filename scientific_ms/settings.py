@@ -1,7 +1,7 @@
 """Every option read from the environment, in one place.
 
 Each keyword option of the public API falls back to an environment variable
-``SCIENTIFIC_MS_<NAME>``; docs/configuration.md lists them. Values are read
+``SCIENTIFIC_MS_<NAME>``; docs/guide/configuration.md lists them. Values are read
 when they are needed, so a test or a script may set them at any time.
 """
 

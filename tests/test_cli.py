@@ -145,7 +145,7 @@ def test_show_verbose_adds_tags_and_one_line_per_process(master):
     assert steady(run_cli("-v", "show", "cli").stdout) == steady(out)
 
 
-#: The documented keys (docs/task_manager.md); adding one is fine, changing these is not.
+#: The documented keys (docs/guide/task_manager.md); adding one is fine, changing these is not.
 REPORT_KEYS = {"schema", "label", "address", "terminated", "started_at", "elapsed_seconds",
                "active_processes", "slaves", "agents", "tasks", "tasks_by_tag", "processes_lost",
                "throughput_per_second", "progress", "unserved_tags", "processes", "slaves_left"}

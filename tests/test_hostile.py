@@ -1,6 +1,6 @@
-"""Hostile input on the master's port while a job runs (issue 5, scenario 8).
+"""Hostile input on the master's port while a job runs.
 
-DESIGN 4, guarantees 5 and 7: a connection that cannot prove it knows the
+A connection that cannot prove it knows the
 secret can call nothing and is never unpickled; garbage on the port drops
 that connection only; the master's memory stays bounded.
 

@@ -1,6 +1,6 @@
 """Large values with real processes: intact both ways, and how many copies they cost.
 
-Buffers of 64 KiB or more travel out of band (``payload.py``, ``wire.py``):
+Buffers of 64 KiB or more travel out of band (``payload.py``, ``buffers.py``):
 the tests send each kind of buffer to a real slave and back, and count the
 copies of a large value on each side with tracemalloc (the master's in this
 process, the slave's in its own: ``large_data_slave.py``).

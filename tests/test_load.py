@@ -1,4 +1,4 @@
-"""1,000 slaves connected to one master at once (issue 5, scenario 9; DESIGN 4, guarantee 7).
+"""1,000 slaves connected to one master at once: it serves them all, and heartbeats keep up.
 
 The slaves are genuine ``SlaveProcess`` objects (feed and heartbeat threads,
 two connections each), 250 per process as threads, driven by
@@ -25,7 +25,7 @@ PROCESSES = 4
 # 2 s, not 1 s: with a 1 s period (4 s limit) this shared 2-core machine
 # wrongly declared slaves dead in some runs, when 1,000 completions or
 # 1,000 synchronized idle polls arrive at once and the master stalls for
-# 2-5 s (see docs/reliability-hostile-load.md); benchmarks/load.py
+# 2-5 s (see docs/hostile-and-load.md); benchmarks/load.py
 # --watchdog 1 reproduces it.
 WATCHDOG = 2.0
 

@@ -1,4 +1,4 @@
-"""The recipes of docs/clusters.md, run on a real single-node SLURM (22.05, Debian's packages).
+"""The recipes of docs/guide/clusters.md, run on a real single-node SLURM (22.05, Debian's packages).
 
 ``scripts/slurm_cluster.py`` brings munged, slurmctld and slurmd up for the
 module (root and apt-get needed; skipped with the reason otherwise) and

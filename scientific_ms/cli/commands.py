@@ -10,7 +10,7 @@ Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
 ``-v/--verbose``, ``-k/--key-file FILE``. Exit codes: 0 success, 1 the
 master cannot be found, reached or authenticated (a message on stderr says
-where it looked), 2 usage errors, 130 interrupted. docs/task_manager.md
+where it looked), 2 usage errors, 130 interrupted. docs/guide/task_manager.md
 describes the output and the JSON keys.
 """
 
@@ -245,7 +245,7 @@ def _positive(kind: type) -> Callable[[str], object]:
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object (keys: docs/task_manager.md)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (keys: docs/guide/task_manager.md)")
 
 
 def _watch_options(parser: argparse.ArgumentParser) -> None:
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="task_manager",
         description="Inspect scientific_ms task managers and run slaves for them.",
         epilog="Exit codes: 0 success, 1 master not found, unreachable or wrong secret, "
-               "2 usage error, 130 interrupted. See docs/task_manager.md.")
+               "2 usage error, 130 interrupted. See docs/guide/task_manager.md.")
     _add_common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():

@@ -1,7 +1,7 @@
 """The status report of a task manager: one dict built from its status, and its text form.
 
 ``task_manager show`` prints it as text or JSON, ``watch`` redraws it,
-``list`` summarises it; docs/task_manager.md documents the keys.
+``list`` summarises it; docs/guide/task_manager.md documents the keys.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _merge(*counts: Dict[str, int]) -> Dict[str, int]:
 
 
 def build_report(label: str, address: str, status: Dict) -> Dict:
-    """The facts ``show`` prints, as the stable JSON document (see docs/task_manager.md)."""
+    """The facts ``show`` prints, as the stable JSON document (see docs/guide/task_manager.md)."""
     counters = status.get("counters", {})
     tasks = status["tasks"]
     by_tag = {

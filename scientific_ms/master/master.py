@@ -60,7 +60,7 @@ class MasterProcess:
     ``journal`` (a file name, or SCIENTIFIC_MS_JOURNAL) keeps every accepted
     answer, with its request, in an SQLite journal: a master killed and
     started again with the same journal resumes, answering the requests
-    already answered from it (see README, "Resuming a sweep"). ``keep_journal`` (default True, or
+    already answered from it (see docs/guide/journal.md). ``keep_journal`` (default True, or
     SCIENTIFIC_MS_KEEP_JOURNAL): False removes the journal when the job ends
     cleanly (run() returned and every result was retrieved).
     """

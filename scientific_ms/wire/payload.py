@@ -8,7 +8,7 @@ slave puts the value in its place, fetched once per slave.
 Large buffers travel out of band: a ``bytes``, ``bytearray``,
 ``memoryview`` or numpy array of at least ``OUT_OF_BAND_BYTES`` is not
 copied into the pickle but kept beside it in a :class:`Pickled`, and
-``wire.py`` sends it on the socket as it is. Copies of one large value,
+``buffers.py`` sends it on the socket as it is. Copies of one large value,
 master to handler and result to ``retrieveResult`` (kernel copies into
 and out of the socket not counted):
 
