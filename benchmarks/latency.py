@@ -29,11 +29,12 @@ above 1 this one is faster).
 
 ``--tree PATH`` imports scientific_ms from PATH (it goes first on
 ``sys.path`` and on PYTHONPATH, so that the slaves import it too; without
-it, PYTHONPATH decides, or when unset the checkout holding this file). ``--compare-tree OLD`` measures the Executor only,
-from OLD and from ``--tree`` (default: the checkout holding this file): each
-round runs one subprocess per tree (``--rounds 1 --only scientific_ms``),
-alternating which goes first, and the table gives old / new time (above 1:
-the new tree is faster).
+it, PYTHONPATH decides, or when unset the checkout holding this file).
+``--compare-tree OLD`` measures the Executor only, from OLD and from
+``--tree`` (default: the checkout holding this file): each round runs one
+subprocess per tree (``--rounds 1 --only scientific_ms``), alternating
+which goes first, and the table gives old / new time (above 1: the new
+tree is faster).
 """
 
 import argparse
@@ -162,8 +163,8 @@ def run_trees(args):
     names = list(trees)
     for round in range(args.rounds):
         for name in (names if round % 2 == 0 else names[::-1]):
-            command = [sys.executable, str(HERE / "latency.py"), "--tree", trees[name], "--only", "scientific_ms", "--rounds", "1",
-                       "--steps", str(args.steps), "--maps", str(args.maps), "--json"]
+            command = [sys.executable, str(HERE / "latency.py"), "--tree", trees[name], "--only", "scientific_ms",
+                       "--rounds", "1", "--steps", str(args.steps), "--maps", str(args.maps), "--json"]
             done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=trees[name])
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0 or not lines:
