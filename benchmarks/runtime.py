@@ -1,7 +1,7 @@
 """Two trees of scientific_ms side by side on throughput.py's workloads, alternating, in one run.
 
     python benchmarks/runtime.py                        # /work/old against the checkout holding this file
-    python benchmarks/runtime.py OLD NEW [--rounds 5] [--repeat 3] [--only W1 W2 W3] [--kinds spawned agent]
+    python benchmarks/runtime.py OLD NEW [--rounds 4] [--repeat 2] [--only W1 W2 W3] [--kinds spawned agent]
 
 The workloads are those of throughput.py (benchmarks/workloads.py): W1 =
 20,000 tasks x + 1, W2 = 200 tasks sending and returning 1 MB, W3 = 400
@@ -149,9 +149,9 @@ def main():
     parser.add_argument("old", nargs="?", default="/work/old", help="the tree to compare against (default /work/old)")
     parser.add_argument("new", nargs="?", default=str(HERE.parent),
                         help="the tree measured (default: the checkout holding this file)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
-    parser.add_argument("--repeat", type=int, default=3, help="runs of W1 and W2 in each subprocess (the best counts)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of W1 and W2 in each subprocess (the best counts)")
     parser.add_argument("--kinds", nargs="*", choices=KINDS, default=KINDS)
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)   # one measurement, in a subprocess
     args = parser.parse_args()
