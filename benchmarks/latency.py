@@ -12,8 +12,10 @@ answers before the next. Its pool is, in turn, ``scientific_ms.Executor(
 slaves=2)``, ``concurrent.futures.ProcessPoolExecutor(2)``,
 ``multiprocessing.Pool(2)`` and ``loky.get_reusable_executor(2)`` (skipped,
 with a message, when loky is not installed), each with its own ``map`` as
-emcee calls it (default chunksize: 1 for the executors, Pool picks its
-own). Two figures:
+emcee calls it (default chunksize: 1 for the executors; Pool.map picks
+ceil(calls / 8) with 2 workers: 2 for emcee's 16 calls, 4 for the bare
+map's 32, so it makes 4 to 8 round trips where the others make 16 or 32).
+Two figures:
 
 * step: milliseconds per emcee step over ``--steps`` steps;
 * map: milliseconds for ``list(pool.map(x + 1, range(32)))``, the median
