@@ -18,13 +18,14 @@ Plus start-up: from before ``import scientific_ms`` to the first result of
 one task, both slaves having joined (Python's own start is not counted).
 
 Each measurement runs in a fresh subprocess (this file with ``--child
-KIND``) whose PYTHONPATH and working directory are the tree measured; it
-prints JSON, and checks that it imported scientific_ms from that tree. A
-round runs every kind once from each tree, the tree going first alternating
-from round to round, so that a slow spell of the machine falls on both.
-Figures are the best and the median over the rounds, and the ratio new /
-old in tasks per second (old / new in seconds for start-up): above 1 the
-new tree is faster. With the same code in both trees the ratios should be
+KIND``) whose PYTHONPATH and working directory are the tree measured, with
+a label registry of its own (SCIENTIFIC_MS_REGISTRY); it prints JSON, and
+checks that it imported scientific_ms from that tree. A round runs every
+kind once from each tree, the tree going first alternating from round to
+round, so that a slow spell of the machine falls on both. Figures are the
+best and the median over the rounds, and the ratio new / old in tasks per
+second (old / new in seconds for start-up): above 1 the new tree is faster.
+With the same code in both trees the ratios should be
 about 1.00, which is the check of the harness itself.
 """
 
@@ -34,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,9 +96,11 @@ def child(kind, only, repeat):
 def run_child(tree, kind, args):
     command = [sys.executable, str(HERE / "runtime.py"), "--child", kind, "--repeat", str(args.repeat),
                "--only", *args.only]
-    env = dict(os.environ, PYTHONPATH=tree)
-    # The working directory is the tree: slaves run ``python -m scientific_ms``, which puts it first on sys.path.
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tree, env=env)
+    # A registry of its own: throughput.py's fixed label cannot clash with another master on this machine.
+    with tempfile.TemporaryDirectory(prefix="runtime-bench-") as registry:
+        env = dict(os.environ, PYTHONPATH=tree, SCIENTIFIC_MS_REGISTRY=registry)
+        # The working directory is the tree: slaves run ``python -m scientific_ms``, which puts it first on sys.path.
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tree, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         sys.exit(f"PYTHONPATH={tree} {' '.join(command)} exited with {done.returncode}:\n{done.stderr[-2000:]}")
