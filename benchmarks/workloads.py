@@ -42,3 +42,8 @@ def time_executor(executor, function, parameters):
     for future in concurrent.futures.as_completed([executor.submit(function, value) for value in parameters]):
         future.result()
     return time.perf_counter() - started
+
+
+def gaussian_log_prob(x):
+    """A cheap log-probability (a standard normal in len(x) dimensions) for emcee: x is a numpy array."""
+    return -0.5 * float(x @ x)
