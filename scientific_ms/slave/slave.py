@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import agent_link, departure, leaving, rejoin
+from . import departure, keeper, leaving, rejoin, worker_link
 
 from ..wire import discovery
 
@@ -45,7 +45,7 @@ from .. import settings
 from ..wire.client import MasterConnection, connect
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
 from .feed import END, LEAVE, TaskFeed
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, abandon
 from .session import Session
 from ..wire.limits import check_result
 from ..logs import apply_debug_flag
@@ -87,7 +87,7 @@ class SlaveProcess:
                  watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
                  wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
                  hard_exit: bool = True, rejoin_grace: Optional[float] = None,
-                 idle_timeout: Optional[float] = None):
+                 idle_timeout: Optional[float] = None, keeper: Optional[bool] = None):
         self.label = discovery.check_label(label)
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
@@ -110,6 +110,8 @@ class SlaveProcess:
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
+        self._keeper = keeper
+        self._link: Optional[worker_link.WorkerLink] = None   # to this process's keeper, if it has one
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -131,13 +133,51 @@ class SlaveProcess:
                 "subclass, or do_<tag> functions in the slave script")
         apply_debug_flag()
         tune_allocator()
-        link = agent_link.current()
-        if link is not None:   # started by a node agent: it holds the connection to the master
-            self._session.data_connection = link   # get_data goes through the agent
-            link.serve(handlers, self._run, self.terminationTest, self.label, self.watchdog_period)
-            self.done = True
-            leaving.announce()
+        self._link = worker_link.current()   # a worker of ``task_manager slave -n``
+        if self._link is None and self._keeps_itself():
+            self._link = keeper.become_lone_keeper(self.label)   # see keeper.py
+        if self._link is not None:
+            self._link.listen(self._keeper_news)
+        try:
+            self._start(handlers)
+        except SystemExit:
+            raise   # a handler ended this worker: its keeper sees a death
+        except BaseException:
+            self._finish_link()
+            raise
+        self._finish_link()
+
+    def _keeps_itself(self) -> bool:
+        """Whether this slave gets a keeper: in the main thread of a POSIX process, unless
+        ``keeper=False`` or SCIENTIFIC_MS_KEEPER=0 (then it beats its own heart, which a
+        handler holding the GIL can delay past the watchdog limit)."""
+        return (settings.keeper(self._keeper) and hasattr(os, "fork")
+                and threading.current_thread() is threading.main_thread())
+
+    def _finish_link(self) -> None:
+        if self._link is not None:
+            self._link.finish()
+
+    def _keeper_news(self, message: tuple) -> None:
+        """What the keeper learnt from the master (on the link's thread): revoked tasks, or
+        the master's end; a handler still running then is abandoned after a moment."""
+        session = self._session
+        if message[0] == "poke":
+            if session.feed is not None:
+                session.feed.poke()
             return
+        if message[0] == "terminated":
+            code, text = 0, (f"the master of {self.label!r} finished while slave {self.process_id} was "
+                             f"running task {session.current_task}; abandoning it and exiting")
+        else:
+            session.master_gone = text = f"slave of {self.label!r} lost its master: {message[1]}"
+            code = 1
+            if session.rejoin_grace:
+                return   # the main thread finishes its task, then waits for the master to come back
+        if not session.main_done.wait(settings.ABANDON_GRACE_SECONDS):
+            abandon(code, text, self.hard_exit)
+
+    def _start(self, handlers: Dict[str, Callable]) -> None:
         self._connection = departure.connect_or_leave(
             functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
             self.wait, self.wait_timeout, self.idle_timeout, self.label)
@@ -165,7 +205,10 @@ class SlaveProcess:
         termination = departure.TerminationSignal(self._on_sigterm)
         termination.install()
         try:
-            self._registration = (process_info(), sorted(handlers), self.watchdog_period)
+            info = process_info()
+            if self._link is not None and self._link.keeper_id is not None:
+                info["agent"] = self._link.keeper_id   # the master binds us to our keeper's connection
+            self._registration = (info, sorted(handlers), self.watchdog_period)
             status, self.process_id = self._connection.call("register", "slave", *self._registration)
             if status != OK:
                 log.info("the master of %r has already finished", self.label)
@@ -182,7 +225,9 @@ class SlaveProcess:
                  self._connection.address, ", ".join(sorted(handlers)))
         session = self._session
         session.rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
-        if self.watchdog_period is not None:
+        if self._link is not None:   # the keeper beats our heart, and times our tasks
+            self._say_hello(self._connection)
+        elif self.watchdog_period is not None:
             Heartbeat(self, session, self._connection, self._rejoin).start()
         clean = False
         try:
@@ -199,6 +244,12 @@ class SlaveProcess:
             session.close_connections()
             self.done = True   # the watch thread ends when its long-poll returns
         leaving.announce()   # reached only when serving ended cleanly
+
+    def _say_hello(self, connection: MasterConnection) -> None:
+        """Tell the keeper our id (after each registration) and where the master is."""
+        if self._link is not None and self.process_id is not None:
+            self._link.hello(self.process_id, self.watchdog_period,
+                             (connection.host, connection.port, connection.secret), self._session.rejoin_grace)
 
     def _goodbye(self, connection: MasterConnection) -> None:
         """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
@@ -265,8 +316,15 @@ class SlaveProcess:
             if limit is None:          # most tasks: no context manager, no message to format
                 result = handler(*parameters)
             else:
-                with time_limit(limit, f"task {task_id} (do_{tag})"):
-                    result = handler(*parameters)
+                link = self._link
+                if link is not None:   # the keeper ends the handler if SIGALRM cannot
+                    link.started(task_id, assignment, tag, limit)
+                try:
+                    with time_limit(limit, f"task {task_id} (do_{tag})"):
+                        result = handler(*parameters)
+                finally:
+                    if link is not None:
+                        link.ended(assignment)
             try:
                 data = self._dump_result(result)
             except Exception as error:
@@ -304,6 +362,7 @@ class SlaveProcess:
                 status, new_id = connection.call("register", "slave", *self._registration)
                 if status == OK:
                     self.process_id = new_id
+                    self._say_hello(connection)
             return self.process_id
 
     def _fetch_state(self, label: str) -> object:
@@ -345,6 +404,8 @@ class SlaveProcess:
             if connection is not None:   # the main thread still runs the handler: a connection of our own
                 self._goodbye(connection)
             leaving.announce()
+            if self._link is not None:
+                self._link.bye()
             log.warning("%s", message)
             sys.stderr.write(f"scientific_ms: {message}\n")
             sys.stderr.flush()
