@@ -1,17 +1,19 @@
 """Slave processes: take tasks, run their ``do_<tag>`` handlers, send answers.
 
-Three threads, each with its own connection:
+Two threads, each with its own connection:
 
 * the main thread runs handlers, one task after another;
 * the feed thread (``feed.py``) hands in answers and fetches tasks, ahead of
-  time while tasks are short, so the handler rarely waits for the network;
-* the watch thread (``heartbeat.py``) long-polls ``watch``, which is the
-  heartbeat, brings the CPU and memory samples, and returns at once when
-  the master finishes. If the main thread is then still inside a handler,
-  the slave gives it a moment and exits anyway, so no slave outlives its
-  master by more than about a second. A broken connection means the master
-  died: the slave tries to reach it again for a while (a cut link may heal)
-  and then exits.
+  time while tasks are short, so the handler rarely waits for the network.
+
+Its heartbeats come from its keeper (``keeper.py``, ``kept.py``), a process
+that runs no user code: a handler holding the GIL or stuck in C code keeps
+them, and one stuck past its time limit is ended there. The keeper learns
+at once when the master finishes; if the main thread is then still inside a
+handler, the slave gives it a moment and exits anyway (the keeper kills it
+a moment later if it cannot), so no slave outlives its master by more than
+about a second. A slave started in a thread (or with ``keeper=False``) has
+no keeper: a watch thread (``heartbeat.py``) beats its heart instead.
 
 What the threads share while serving one master is a ``Session``
 (``session.py``).
@@ -37,7 +39,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import departure, keeper, leaving, rejoin, worker_link
+from . import departure, leaving, rejoin
 
 from ..wire import discovery
 
@@ -45,7 +47,8 @@ from .. import settings
 from ..wire.client import MasterConnection, connect
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
 from .feed import END, LEAVE, TaskFeed
-from .heartbeat import Heartbeat, abandon
+from .heartbeat import Heartbeat
+from .kept import KeeperSide
 from .session import Session
 from ..wire.limits import check_result
 from ..logs import apply_debug_flag
@@ -80,7 +83,9 @@ class SlaveProcess:
     ``idle_timeout``: leave after that many seconds without a task (default
     SCIENTIFIC_MS_IDLE_TIMEOUT, else never), so that a batch allocation is
     freed when the queue runs dry. SIGTERM makes the slave leave too: see
-    ``departure.py``.
+    ``departure.py``. ``keeper``: whether :meth:`start`, in the main thread
+    of a POSIX process, forks a keeper process (``keeper.py``; default
+    SCIENTIFIC_MS_KEEPER, else yes).
     """
 
     def __init__(self, label: str, master_host: Optional[str] = None,
@@ -111,7 +116,7 @@ class SlaveProcess:
         self._rejoin_lock = threading.Lock()
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._keeper = keeper
-        self._link: Optional[worker_link.WorkerLink] = None   # to this process's keeper, if it has one
+        self._kept = KeeperSide(self)   # this process's keeper, if it has one (kept.py)
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -133,49 +138,15 @@ class SlaveProcess:
                 "subclass, or do_<tag> functions in the slave script")
         apply_debug_flag()
         tune_allocator()
-        self._link = worker_link.current()   # a worker of ``task_manager slave -n``
-        if self._link is None and self._keeps_itself():
-            self._link = keeper.become_lone_keeper(self.label)   # see keeper.py
-        if self._link is not None:
-            self._link.listen(self._keeper_news)
+        self._kept.attach(self._keeper)
         try:
             self._start(handlers)
         except SystemExit:
             raise   # a handler ended this worker: its keeper sees a death
         except BaseException:
-            self._finish_link()
+            self._kept.finish()
             raise
-        self._finish_link()
-
-    def _keeps_itself(self) -> bool:
-        """Whether this slave gets a keeper: in the main thread of a POSIX process, unless
-        ``keeper=False`` or SCIENTIFIC_MS_KEEPER=0 (then it beats its own heart, which a
-        handler holding the GIL can delay past the watchdog limit)."""
-        return (settings.keeper(self._keeper) and hasattr(os, "fork")
-                and threading.current_thread() is threading.main_thread())
-
-    def _finish_link(self) -> None:
-        if self._link is not None:
-            self._link.finish()
-
-    def _keeper_news(self, message: tuple) -> None:
-        """What the keeper learnt from the master (on the link's thread): revoked tasks, or
-        the master's end; a handler still running then is abandoned after a moment."""
-        session = self._session
-        if message[0] == "poke":
-            if session.feed is not None:
-                session.feed.poke()
-            return
-        if message[0] == "terminated":
-            code, text = 0, (f"the master of {self.label!r} finished while slave {self.process_id} was "
-                             f"running task {session.current_task}; abandoning it and exiting")
-        else:
-            session.master_gone = text = f"slave of {self.label!r} lost its master: {message[1]}"
-            code = 1
-            if session.rejoin_grace:
-                return   # the main thread finishes its task, then waits for the master to come back
-        if not session.main_done.wait(settings.ABANDON_GRACE_SECONDS):
-            abandon(code, text, self.hard_exit)
+        self._kept.finish()
 
     def _start(self, handlers: Dict[str, Callable]) -> None:
         self._connection = departure.connect_or_leave(
@@ -206,8 +177,8 @@ class SlaveProcess:
         termination.install()
         try:
             info = process_info()
-            if self._link is not None and self._link.keeper_id is not None:
-                info["agent"] = self._link.keeper_id   # the master binds us to our keeper's connection
+            if self._kept.keeper_id is not None:
+                info["agent"] = self._kept.keeper_id   # the master binds us to our keeper's connection
             self._registration = (info, sorted(handlers), self.watchdog_period)
             status, self.process_id = self._connection.call("register", "slave", *self._registration)
             if status != OK:
@@ -225,8 +196,8 @@ class SlaveProcess:
                  self._connection.address, ", ".join(sorted(handlers)))
         session = self._session
         session.rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
-        if self._link is not None:   # the keeper beats our heart, and times our tasks
-            self._say_hello(self._connection)
+        if self._kept.link is not None:   # the keeper beats our heart, and times our tasks
+            self._kept.hello(self._connection)
         elif self.watchdog_period is not None:
             Heartbeat(self, session, self._connection, self._rejoin).start()
         clean = False
@@ -244,12 +215,6 @@ class SlaveProcess:
             session.close_connections()
             self.done = True   # the watch thread ends when its long-poll returns
         leaving.announce()   # reached only when serving ended cleanly
-
-    def _say_hello(self, connection: MasterConnection) -> None:
-        """Tell the keeper our id (after each registration) and where the master is."""
-        if self._link is not None and self.process_id is not None:
-            self._link.hello(self.process_id, self.watchdog_period,
-                             (connection.host, connection.port, connection.secret), self._session.rejoin_grace)
 
     def _goodbye(self, connection: MasterConnection) -> None:
         """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
@@ -316,7 +281,7 @@ class SlaveProcess:
             if limit is None:          # most tasks: no context manager, no message to format
                 result = handler(*parameters)
             else:
-                link = self._link
+                link = self._kept.link
                 if link is not None:   # the keeper ends the handler if SIGALRM cannot
                     link.started(task_id, assignment, tag, limit)
                 try:
@@ -362,7 +327,7 @@ class SlaveProcess:
                 status, new_id = connection.call("register", "slave", *self._registration)
                 if status == OK:
                     self.process_id = new_id
-                    self._say_hello(connection)
+                    self._kept.hello(connection)
             return self.process_id
 
     def _fetch_state(self, label: str) -> object:
@@ -404,8 +369,7 @@ class SlaveProcess:
             if connection is not None:   # the main thread still runs the handler: a connection of our own
                 self._goodbye(connection)
             leaving.announce()
-            if self._link is not None:
-                self._link.bye()
+            self._kept.bye()
             log.warning("%s", message)
             sys.stderr.write(f"scientific_ms: {message}\n")
             sys.stderr.flush()
