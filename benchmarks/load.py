@@ -8,18 +8,20 @@ The master runs in this process (so psutil measures it: CPU seconds, RSS,
 threads). The slaves are threads spread over ``--processes`` subprocesses,
 each thread a complete slave:
 
-* ``real``: a genuine ``SlaveProcess(..., hard_exit=False).start(...)``,
-  with its feed and heartbeat threads and two connections (main, watch):
+* ``real``: a genuine ``SlaveProcess(..., hard_exit=False).start(...)``
+  (in a thread, so without a keeper process: it beats its own heart), with
+  its feed and heartbeat threads and two connections (main, watch):
   3 threads and 2 master connections per slave;
 * ``light``: one thread and one connection per slave, speaking the
-  protocol directly (register, exchange, and ``watch`` as the heartbeat);
-* ``agent``: light slaves behind node agents of ``--per-agent`` slaves
-  each (a thread per agent, with the three connections of a real agent),
-  speaking the agent protocol directly: each slave registered under its own
-  id, heartbeats of all of them in one ``agent_watch``, tasks and answers
-  of all of them in one ``agent_exchange``. This is what a real agent
-  (``task_manager slave LABEL -n N``) costs the master, with slaves that
-  answer at once, so that 10,000 of them fit on one machine.
+  protocol directly (register, exchange, and ``agent_watch`` of itself as
+  the heartbeat);
+* ``agent``: light workers kept by keepers of ``--per-agent`` workers each,
+  as ``task_manager slave LABEL -n N`` runs them (``slave/keeper.py``): each
+  worker a thread with its own connection (register with its keeper's id,
+  exchange, no heartbeat of its own); each keeper a thread with two
+  connections that registers as "agent" and sends the heartbeats of all its
+  workers in one ``agent_watch``. Workers answer at once, so that 10,000
+  of them fit on one machine.
 
 ``--table`` runs once per number of slaves, each with a fresh master, and
 prints one table: master CPU per short task (and its ratio to the first
@@ -100,24 +102,37 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
             if not released:
                 window.release()
 
-    def light_slave():
+    def light_slave(keeper=None, on_registered=None):
+        """A slave speaking the protocol directly; ``keeper``: the id of the keeper that
+        beats its heart (then it sends no heartbeat of its own)."""
         from scientific_ms.wire.client import MasterConnection
         from scientific_ms.wire.payload import dumps_value, loads_parameters
         from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
+        info = {"pid": os.getpid()} if keeper is None else {"pid": os.getpid(), "agent": keeper}
         try:
             connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
                                           timeout=30)
-            status, process_id = connection.call("register", "slave", {"pid": os.getpid()},
+            status, process_id = connection.call("register", "slave", info,
                                                  sorted(name[3:] for name in handlers), watchdog)
         finally:
-            window.release()
+            if keeper is None:
+                window.release()
+        if on_registered is not None:
+            on_registered(process_id if status == OK else None)
         if status != OK:
             return
+
+        def alive():
+            """The heartbeat (agent_watch of itself, not waiting); False once the job ended."""
+            if keeper is not None:
+                return True
+            return connection.call("agent_watch", process_id, [(process_id, {})], 0.0)[0] != TERMINATED
+
         answers = []
         while True:
-            # One exchange per heartbeat period at most; a watch(timeout=0) call
-            # is the heartbeat while a task holds this thread.
+            # One exchange per heartbeat period at most; a heartbeat of its own while
+            # a task holds this thread.
             status, tasks, _revoked = connection.call("exchange", process_id, answers, 1, watchdog / 2)
             answers = []
             if status == TERMINATED:
@@ -126,78 +141,53 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 parameters = loads_parameters(payload, None)
                 if tag == "hold":
                     while not release.wait(watchdog / 2):
-                        if connection.call("watch", process_id, {}, 0.0) == TERMINATED:
+                        if not alive():
                             return
                     result = (os.getpid(), threading.get_ident())
                 else:
                     result = handlers["do_" + tag](*parameters)
                 answers.append((task_id, assignment, True, dumps_value(result), ""))
-            if connection.call("watch", process_id, {}, 0.0) == TERMINATED:
+            if not alive():
                 break
         connection.close()
 
     def light_agent(size):
-        """A node agent for ``size`` light slaves, speaking the agent protocol directly:
-        its slaves are slots that answer at once (or hold until released)."""
-        from scientific_ms.slave.feed import MAX_BATCH
+        """A keeper of ``size`` light workers (threads here, processes in a real keeper):
+        it registers as "agent" and beats all their hearts in one ``agent_watch``."""
         from scientific_ms.wire.client import MasterConnection
-        from scientific_ms.wire.payload import dumps_value, loads_parameters
         from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
         secret = os.environb[b"SCIENTIFIC_MS_SECRET"]
         try:
             main = MasterConnection(host, int(port), secret, label, timeout=30)
-            status, agent_id = main.call("register", "agent", {"pid": os.getpid()}, None, None)
-            ids = [main.call("register", "slave", {"pid": os.getpid(), "agent": agent_id},
-                             sorted(name[3:] for name in handlers), watchdog)[1] for _ in range(size)]
-            fetch = main.duplicate()
+            status, keeper_id = main.call("register", "agent", {"pid": os.getpid()}, None, None)
+            ids: list = []
+            registered = threading.Condition()
+
+            def on_registered(process_id):
+                with registered:
+                    ids.append(process_id)
+                    registered.notify_all()
+
+            workers = [threading.Thread(target=light_slave, args=(keeper_id, on_registered))
+                       for _ in range(size if status == OK else 0)]
+            for worker in workers:
+                worker.start()
+            with registered:
+                registered.wait_for(lambda: len(ids) == len(workers), 120)
         finally:
             window.release()
         if status != OK:
             return
-        done = threading.Event()
-
-        def heartbeats():
-            watch = main.duplicate()
-            beats = [(process_id, {}) for process_id in ids]
-            while not done.is_set():
-                status, _ = watch.call("agent_watch", agent_id, beats, watchdog * random.uniform(0.75, 1.0))
-                if status == TERMINATED:
-                    done.set()
-            watch.close()
-
-        watcher = threading.Thread(target=heartbeats, daemon=True)
-        watcher.start()
-        idle = set(ids)
-        held = []
-        answers = []
-        while not done.is_set():
-            if held and release.is_set():
-                answers += [(process_id, (task_id, assignment, True, dumps_value((os.getpid(), process_id)), ""))
-                            for process_id, task_id, assignment in held]
-                idle.update(process_id for process_id, _, _ in held)
-                held = []
-            # As a real agent asks: as many as the master will give (it caps a batch by
-            # the tasks' measured durations), since these slots answer at once.
-            wants = [(process_id, MAX_BATCH) for process_id in idle]
-            if not wants and not answers:
-                release.wait(watchdog / 2)
-                continue
-            status, tasks, _, _ = fetch.call("agent_exchange", answers, wants, watchdog / 2 if wants else 0.0)
-            answers = []
+        watch = main.duplicate()
+        beats = [(process_id, {}) for process_id in ids if process_id is not None]
+        while True:
+            status, _ = watch.call("agent_watch", keeper_id, beats, watchdog * random.uniform(0.75, 1.0))
             if status == TERMINATED:
                 break
-            for process_id, batch in tasks:
-                for task_id, assignment, tag, payload, _limit in batch:
-                    if tag == "hold":
-                        held.append((process_id, task_id, assignment))
-                        idle.discard(process_id)
-                    else:
-                        result = handlers["do_" + tag](*loads_parameters(payload, None))
-                        answers.append((process_id, (task_id, assignment, True, dumps_value(result), "", 1e-6)))
-        done.set()
-        watcher.join()
-        fetch.close()
+        for worker in workers:
+            worker.join()
+        watch.close()
         main.close()
 
     if kind == "agent":

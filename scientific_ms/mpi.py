@@ -12,7 +12,10 @@ How a slave rank lives and ends, and why::
           |              waits for its child (os.waitpid: no CPU) and exits
           |              through libc exit(), which sends PMI "finalize"
           `-- python job.py   the slave: serves tasks over Pyro5, then leaves
-                              with os._exit (no PMI traffic at all)
+               |              with os._exit (no PMI traffic at all)
+               `-- its keeper (``slave/keeper.py``): heartbeats, time limits; a
+                   worker it forks to replace a slave it killed is served until
+                   the end too (the rank is their subreaper)
 
 Measured with MPICH 5.0.2's Hydra (see docs/guide/mpi.md):
 
@@ -246,6 +249,7 @@ def _serve_rank(label: Optional[str], serve: Callable[[], None]) -> NoReturn:
         _leave(_run(serve, where))
     sys.stdout.flush()
     sys.stderr.flush()
+    _become_subreaper()
     child = os.fork()
     if child == 0:
         code = _run(serve, where)
@@ -293,6 +297,7 @@ def _wait_and_leave(child: int, where: str) -> NoReturn:
     atexit._clear()  # the script's exit handlers belong to the slave, which ran them
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
+    _reap_the_rest()
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -304,6 +309,31 @@ def _wait_and_leave(child: int, where: str) -> NoReturn:
         _leave(0, f"scientific_ms: {where}: the slave process {child} was killed by {name}; "
                   f"its tasks run again on other slaves", run_exit_handlers=False)
     _leave(code, run_exit_handlers=False)
+
+
+def _become_subreaper() -> None:
+    """Linux: the slave's keeper, and a worker it forked to replace a slave it killed for
+    a time limit, become this process's children when the slave ends, so that this
+    rank lasts as long as they serve (see ``slave/keeper.py``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_the_rest() -> None:
+    """Wait for the descendants that came back to us (the slave's keeper and workers)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def _forward(child: int, signum: int) -> None:

@@ -54,6 +54,12 @@ def number(name: str, default: float, minimum: float = 0.0) -> float:
     return result
 
 
+def keeper(explicit: Optional[bool] = None) -> bool:
+    """Whether a slave started in a main thread gets a keeper process (``slave/keeper.py``):
+    ``keeper=`` of SlaveProcess, else ``SCIENTIFIC_MS_KEEPER`` (default on)."""
+    return explicit if explicit is not None else flag("KEEPER", True)
+
+
 def registry_dir() -> Path:
     """Folder of label files (``SCIENTIFIC_MS_REGISTRY``, default ``~/.scientific_ms``)."""
     value = raw("REGISTRY")

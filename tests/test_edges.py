@@ -327,31 +327,28 @@ def test_a_function_closing_over_a_large_value_warns_once(caplog):
     assert "'big'" in warnings[0] and "setGlobalState" in warnings[0] and "argument" in warnings[0]
 
 
-# ---------------------------------------------------------------- a node agent's slave when the master ends
+# ---------------------------------------------------------------- a node's slaves when the master ends
 
-def test_a_slave_behind_an_agent_whose_master_ends_says_it_in_one_line(tmp_path):
-    """The agent's side is played by the test: the slave asks for its code, the agent says "end"."""
-    ours, theirs = socket.socketpair()
-    env = dict(os.environ, SCIENTIFIC_MS_AGENT_FD=f"{theirs.fileno()},{os.getpid()}")
-    child = subprocess.Popen([sys.executable, "-m", "scientific_ms", "slave", "ended"], env=env,
-                             pass_fds=[theirs.fileno()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, text=True)
-    theirs.close()
+def test_slaves_of_a_node_whose_master_ends_say_it_without_a_traceback(processes, tmp_path):
+    """The end of a master is a normal event, even while the workers of ``slave -n 2`` are
+    still fetching its code: a short message, exit status 0, no traceback."""
+    from scientific_ms import MasterProcess
+    master = MasterProcess("ended", use_name_server=False, port=0)
     try:
-        from multiprocessing.connection import Connection
-        agent = Connection(ours.detach())
-        assert agent.poll(60), "the slave asked for nothing"
-        assert agent.recv()[0] == "get_data"
-        agent.send(("end",))
-        output, _ = child.communicate(timeout=60)
-        agent.close()
+        script = tmp_path / "slave_code.py"
+        script.write_text("from scientific_ms import startSlaveProcess\n"
+                          "def do_f(x):\n    return x\n"
+                          "startSlaveProcess()\n")
+        master.store_slave_code(script.read_text(), str(script), [str(script)])
+        node = processes.task_manager("slave", "ended", "-n", "2")
+        wait_for(lambda: any(info.get("role") == "agent" for info in master.task_manager.status()["processes"]),
+                 60, "the node's keeper to register")
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert "Traceback" not in output and "IndexError" not in output, output
-    assert len(output.strip().splitlines()) == 1 and "ended" in output, output
-    assert child.returncode == 0, output
+        master.shutdown()
+    code, output = processes.finish(node, 60)
+    assert "Traceback" not in output and "Error" not in output.replace("MasterEndedError", ""), output
+    assert len(output.strip().splitlines()) <= 4, output
+    assert code == 0, output
 
 
 # ---------------------------------------------------------------- messages fit a terminal

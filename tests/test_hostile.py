@@ -253,9 +253,10 @@ EXPOSED = {
     "register": ("slave", {"pid": 666}, ["work"], None),
     "unregister": (1,),
     "exchange": (marshal.dumps((2, [], 1, 0.0)),),
-    "watch": (2, {}, 0.0),
     "get_data": ("slave_code",),
     "status": (),
+    "agent_watch": (2, [(2, {})], 0.0),
+    "lost": (2, "gone", []),
 }
 
 

@@ -24,14 +24,15 @@ import logging
 import os
 import sys
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+import traceback
+from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple
 
 from .. import logs, settings
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from ..master.launch import fetch_stored_code, master_state, run_stored_code, slave_command
+from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
-from ..slave import agent_link, departure, leaving
-from ..slave.agent import NodeAgent
+from ..slave import departure, leaving, worker_link
+from ..slave.keeper import run_keeper
 from ..wire import discovery
 from ..wire.client import MasterConnection, connect
 from .listing import list_managers
@@ -159,23 +160,9 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
 
 def slave(args) -> int:
     """Run the slave code stored by the master, in the master's working directory
-    (-n N: N slave processes behind one node agent)."""
+    (-n N: N slave processes forked from one keeper, ``slave/keeper.py``)."""
     leaving.claim()   # before the slave's code runs: a spawning master's pipe is ours alone
-    link = agent_link.current()
-    if link is not None:   # a node agent started this slave: the code comes through it
-        try:
-            code = fetch_stored_code(link, STATUS_TIMEOUT)
-        except agent_link.MasterEndedError as ended:   # a normal end: one line, no traceback
-            print(f"{_program()}: slave of {args.label!r}: {ended}", file=sys.stderr)
-            return 0
-        if code is None:
-            _no_slave_code(args.label)
-            return 1
-        # The agent holds the connection to the master: no address or secret of our own.
-        discovery.set_slave_context(discovery.SlaveContext(args.label, None, None, None))
-        run_stored_code(code)
-        return 0
-    if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n children
+    if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n workers
         os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
     idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
     connection = departure.connect_or_leave(
@@ -192,18 +179,41 @@ def slave(args) -> int:
     except BaseException:
         connection.close()
         raise
+    context = discovery.SlaveContext(args.label, connection.host, connection.port, connection.secret)
     if args.n > 1:
-        agent = NodeAgent(args.label, connection, args.n, slave_command(args.label, args.verbose),
-                          idle_timeout=idle_timeout)
-        try:
-            return agent.run()
-        finally:
-            connection.close()
+        result = run_keeper(args.label, connection, args.n, settings.slave_restarts(None))
+        if isinstance(result, worker_link.WorkerLink):   # a worker forked by the keeper
+            worker_link.become_worker(result)
+            _serve_as_worker(context, code)
+        connection.close()
+        return result
     connection.close()
-    discovery.set_slave_context(discovery.SlaveContext(
-        args.label, connection.host, connection.port, connection.secret))
+    discovery.set_slave_context(context)
     run_stored_code(code)
     return 0
+
+
+def _serve_as_worker(context: discovery.SlaveContext, code) -> NoReturn:
+    """In a worker of ``slave -n``: run the stored slave code, then end this process
+    (never returning into the keeper's code it was forked from)."""
+    status = 1
+    try:
+        discovery.set_slave_context(context)
+        run_stored_code(code)
+        status = 0
+    except SystemExit as end:
+        if end.code is None or isinstance(end.code, int):
+            status = end.code or 0
+        else:
+            print(end.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def _no_slave_code(label: str) -> None:
@@ -255,8 +265,8 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 
 def _slave_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", type=_positive(int), default=1, metavar="N",
-                        help="run N slave processes behind one node agent, which holds the connection "
-                             "to the master and replaces slaves that die (default 1)")
+                        help="run N slave processes forked from one keeper, which beats their hearts, "
+                             "enforces their time limits and replaces those that die (default 1)")
     parser.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
                         help="leave after SECONDS without work, so that a batch allocation is freed "
                              "when the queue runs dry (default: SCIENTIFIC_MS_IDLE_TIMEOUT, else never)")

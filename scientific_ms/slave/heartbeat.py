@@ -1,6 +1,9 @@
 """A slave process's watch thread (``slave.py``): heartbeats, and the master's end.
 
-It long-polls ``watch``, which is the heartbeat, brings the CPU and memory
+Used only by a slave without a keeper (``keeper.py``): one started in a
+thread, or with ``keeper=False`` / SCIENTIFIC_MS_KEEPER=0; a handler holding
+the GIL delays its heartbeats. It long-polls ``agent_watch`` with its own
+id (as a keeper of itself), which is the heartbeat, brings the CPU and memory
 samples, and returns at once when the master finishes. If the main thread
 is then still inside a handler, the slave gives it a moment and exits
 anyway, so no slave outlives its master by more than about a second. A
@@ -69,8 +72,8 @@ class Heartbeat:
             process_id = slave.process_id
             try:
                 # A little early and jittered: a heartbeat at least every period, not all at once.
-                status = connection.call("watch", process_id, sampler.sample(),
-                                         period * random.uniform(0.75, 1.0), timeout=period + 30.0)
+                status, _ = connection.call("agent_watch", process_id, [(process_id, sampler.sample())],
+                                            period * random.uniform(0.75, 1.0), timeout=period + 30.0)
             except ConnectionLostError as error:
                 if session.leaving.is_set():
                     break

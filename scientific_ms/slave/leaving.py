@@ -92,3 +92,12 @@ def announce() -> None:
     with contextlib.suppress(OSError):
         os.write(fd, b"1")
         os.close(fd)
+
+
+def forget() -> None:
+    """In a process forked from the slave (its keeper): close our copy of the pipe unwritten."""
+    global _claimed
+    fd, _claimed = _claimed, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)

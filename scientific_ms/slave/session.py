@@ -11,10 +11,9 @@ new events, no cached global state (a new master numbers its own).
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
 
 from ..wire.client import MasterConnection
-from .agent_link import AgentLink
 from .feed import TaskFeed
 
 
@@ -29,7 +28,7 @@ class Session:
         self.watch_thread: Optional[threading.Thread] = None
         self.feed: Optional[TaskFeed] = None
         self.current_task: Optional[str] = None  # the task id a handler runs now
-        self.data_connection: Optional[Union[MasterConnection, AgentLink]] = None   # for get_data
+        self.data_connection: Optional[MasterConnection] = None   # for get_data
         self.busy_connection: Optional[MasterConnection] = None   # still waiting for work
         self.state_cache: Dict[str, object] = {}
 

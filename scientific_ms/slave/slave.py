@@ -1,17 +1,19 @@
 """Slave processes: take tasks, run their ``do_<tag>`` handlers, send answers.
 
-Three threads, each with its own connection:
+Two threads, each with its own connection:
 
 * the main thread runs handlers, one task after another;
 * the feed thread (``feed.py``) hands in answers and fetches tasks, ahead of
-  time while tasks are short, so the handler rarely waits for the network;
-* the watch thread (``heartbeat.py``) long-polls ``watch``, which is the
-  heartbeat, brings the CPU and memory samples, and returns at once when
-  the master finishes. If the main thread is then still inside a handler,
-  the slave gives it a moment and exits anyway, so no slave outlives its
-  master by more than about a second. A broken connection means the master
-  died: the slave tries to reach it again for a while (a cut link may heal)
-  and then exits.
+  time while tasks are short, so the handler rarely waits for the network.
+
+Its heartbeats come from its keeper (``keeper.py``, ``kept.py``), a process
+that runs no user code: a handler holding the GIL or stuck in C code keeps
+them, and one stuck past its time limit is ended there. The keeper learns
+at once when the master finishes; if the main thread is then still inside a
+handler, the slave gives it a moment and exits anyway (the keeper kills it
+a moment later if it cannot), so no slave outlives its master by more than
+about a second. A slave started in a thread (or with ``keeper=False``) has
+no keeper: a watch thread (``heartbeat.py``) beats its heart instead.
 
 What the threads share while serving one master is a ``Session``
 (``session.py``).
@@ -37,7 +39,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import agent_link, departure, leaving, rejoin
+from . import departure, leaving, rejoin
 
 from ..wire import discovery
 
@@ -46,6 +48,7 @@ from ..wire.client import MasterConnection, connect
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
+from .kept import KeeperSide
 from .session import Session
 from ..wire.limits import check_result
 from ..logs import apply_debug_flag
@@ -81,14 +84,16 @@ class SlaveProcess:
     ``idle_timeout``: leave after that many seconds without a task (default
     SCIENTIFIC_MS_IDLE_TIMEOUT, else never), so that a batch allocation is
     freed when the queue runs dry. SIGTERM makes the slave leave too: see
-    ``departure.py``.
+    ``departure.py``. ``keeper``: whether :meth:`start`, in the main thread
+    of a POSIX process, forks a keeper process (``keeper.py``; default
+    SCIENTIFIC_MS_KEEPER, else yes).
     """
 
     def __init__(self, label: str, master_host: Optional[str] = None,
                  watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
                  wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
                  hard_exit: bool = True, rejoin_grace: Optional[float] = None,
-                 idle_timeout: Optional[float] = None):
+                 idle_timeout: Optional[float] = None, keeper: Optional[bool] = None):
         self.label = discovery.check_label(label)
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
@@ -111,6 +116,8 @@ class SlaveProcess:
         self._registration: tuple = ()
         self._rejoin_lock = threading.Lock()
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
+        self._keeper = keeper
+        self._kept = KeeperSide(self)   # this process's keeper, if it has one (kept.py)
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -132,13 +139,17 @@ class SlaveProcess:
                 "subclass, or do_<tag> functions in the slave script")
         apply_debug_flag()
         tune_allocator()
-        link = agent_link.current()
-        if link is not None:   # started by a node agent: it holds the connection to the master
-            self._session.data_connection = link   # get_data goes through the agent
-            link.serve(handlers, self._run, self.terminationTest, self.label, self.watchdog_period)
-            self.done = True
-            leaving.announce()
-            return
+        self._kept.attach(self._keeper)
+        try:
+            self._start(handlers)
+        except SystemExit:
+            raise   # a handler ended this worker: its keeper sees a death
+        except BaseException:
+            self._kept.finish()
+            raise
+        self._kept.finish()
+
+    def _start(self, handlers: Dict[str, Callable]) -> None:
         self._connection = departure.connect_or_leave(
             functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
             self.wait, self.wait_timeout, self.idle_timeout, self.label)
@@ -166,7 +177,10 @@ class SlaveProcess:
         termination = departure.TerminationSignal(self._on_sigterm)
         termination.install()
         try:
-            self._registration = (process_info(), sorted(handlers), self.watchdog_period)
+            info = process_info()
+            if self._kept.keeper_id is not None:
+                info["agent"] = self._kept.keeper_id   # the master binds us to our keeper's connection
+            self._registration = (info, sorted(handlers), self.watchdog_period)
             status, self.process_id = self._connection.call("register", "slave", *self._registration)
             if status != OK:
                 log.info("the master of %r has already finished", self.label)
@@ -183,7 +197,9 @@ class SlaveProcess:
                  self._connection.address, ", ".join(sorted(handlers)))
         session = self._session
         session.rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
-        if self.watchdog_period is not None:
+        if self._kept.link is not None:   # the keeper beats our heart, and times our tasks
+            self._kept.hello(self._connection)
+        elif self.watchdog_period is not None:
             Heartbeat(self, session, self._connection, self._rejoin).start()
         clean = False
         try:
@@ -266,8 +282,15 @@ class SlaveProcess:
             if limit is None:          # most tasks: no context manager, no message to format
                 result = handler(*parameters)
             else:
-                with time_limit(limit, f"task {task_id} (do_{tag})"):
-                    result = handler(*parameters)
+                link = self._kept.link
+                if link is not None:   # the keeper ends the handler if SIGALRM cannot
+                    link.started(task_id, assignment, tag, limit)
+                try:
+                    with time_limit(limit, f"task {task_id} (do_{tag})"):
+                        result = handler(*parameters)
+                finally:
+                    if link is not None:
+                        link.ended(assignment)
             try:
                 data = self._dump_result(result)
             except Exception as error:
@@ -305,6 +328,7 @@ class SlaveProcess:
                 status, new_id = connection.call("register", "slave", *self._registration)
                 if status == OK:
                     self.process_id = new_id
+                    self._kept.hello(connection)
             return self.process_id
 
     def _fetch_state(self, label: str) -> object:
@@ -346,6 +370,7 @@ class SlaveProcess:
             if connection is not None:   # the main thread still runs the handler: a connection of our own
                 self._goodbye(connection)
             leaving.announce()
+            self._kept.bye()
             log.warning("%s", message)
             sys.stderr.write(f"scientific_ms: {message}\n")
             sys.stderr.flush()

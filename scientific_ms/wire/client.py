@@ -136,30 +136,6 @@ class MasterConnection:
                 raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
         return status, tasks, revoked
 
-    def agent_exchange(self, answers: List[tuple], wants: List[tuple], wait: float,
-                       timeout: Optional[float] = None) -> Tuple[str, list, list, list]:
-        """A node agent's ``agent_exchange``: (slave id, Answer) pairs in, tasks out per
-        slave, their large buffers beside the messages as for :meth:`exchange`."""
-        records, buffers = answers_to_wire(answer for _, answer in answers)
-        connection = self._proxy._pyroConnection
-        if connection is None:
-            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
-        connection.trailer = buffers
-        try:
-            status, handed, revoked, unknown = self.call(
-                "agent_exchange", [(process_id, record) for (process_id, _), record in zip(answers, records)],
-                wants, wait, timeout=timeout)
-        finally:
-            connection.trailer = ()
-        if any(type(task[TASK_PAYLOAD]) is tuple for _, tasks in handed for task in tasks):
-            try:
-                handed = [(process_id, records_from_wire(tasks, TASK_PAYLOAD, connection.sock))
-                          for process_id, tasks in handed]
-            except Pyro5.errors.CommunicationError as error:
-                self.close()
-                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
-        return status, handed, revoked, unknown
-
     def status(self, timeout: float, wait: float = 0.0) -> dict:
         """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
         if wait > 0:

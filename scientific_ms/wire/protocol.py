@@ -28,10 +28,11 @@ The whole path of one task, master to slave and back::
     TaskManager.get_answer() --> ResultStore.pop()  (DELIVERED)
     payload.loads_answer()  -> (task_id, tag, result), or TaskRaisedException
 
-  Beside it: the slave's watch thread calls ``watch`` (the heartbeat, which
-  also returns at once when the master ends, or REVOKED when an idle slave
-  took over a task this one held unstarted: the feed then calls exchange
-  and drops the revoked assignments it lists); the server's reaper calls
+  Beside it: the slave's keeper (``keeper.py``) calls ``agent_watch`` (the
+  heartbeat, which also returns at once when the master ends, or REVOKED
+  when an idle slave took over a task this one held unstarted: the keeper
+  pokes the worker's feed, which calls exchange and drops the revoked
+  assignments it lists); the server's reaper calls
   TaskManager.check_liveness(); a dropped connection calls
   TaskManager.process_lost(); either requeues the tasks of a dead slave.
 
@@ -65,7 +66,7 @@ def object_name(label: str) -> str:
 OK = "ok"
 TERMINATED = "terminated"   # the master has finished: the slave exits
 UNKNOWN = "unknown"         # the master declared this process dead: register again
-REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle one: exchange now
+REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to an idle one: exchange now
 
 #: The calls a master serves (``server.TaskManagerService``):
 #:
@@ -77,21 +78,19 @@ REVOKED = "revoked"         # (watch) tasks handed to this slave went to an idle
 #: ``register`` info: ``machine.process_info()``, with ``slurm`` (job ids) in a SLURM job
 #: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
-#: ``watch(process_id, stats, timeout) -> status``   heartbeat + wait for the end or a revocation
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
 #:                                               answered when the job ends, or after ``wait`` s
 #:
-#: A node agent (``agent.py``) registers its slaves with ``register`` and then speaks
-#: for all of them at once:
+#: A keeper (``keeper.py``: a process that runs no user code and keeps the slave
+#: processes, its workers, that do) registers as role "agent" (a lone slave's keeper
+#: does not register), and a worker it forked registers with ``info["agent"]`` = its id:
 #:
-#: ``agent_exchange([(process_id, Answer)], [(process_id, max_tasks)], wait)``
-#:     ``-> (status, [(process_id, [TaskMessage])], [(process_id, [revoked])], [unknown ids])``
 #: ``agent_watch(agent_id, [(process_id, stats or None)], timeout) -> (status, [unknown ids])``
-#: ``lost(process_id, reason, running=[]) -> bool``  one of its slaves died: reschedule now,
+#:     the heartbeats of its workers (None: stopped), then a wait for the end or a revocation
+#: ``lost(process_id, reason, running=[]) -> bool``  one of its workers died: reschedule now,
 #:                                               blaming only the assignment it had started
-CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "status",
-                   "agent_exchange", "agent_watch", "lost"})
+CALLS = frozenset({"register", "unregister", "exchange", "get_data", "status", "agent_watch", "lost"})
 
 #: Calls whose arguments, and reply, travel packed into one marshal string (:func:`pack`):
 #: Pyro5 rebuilds every list, tuple and dict of a message element by element after
@@ -99,7 +98,7 @@ CALLS = frozenset({"register", "unregister", "exchange", "watch", "get_data", "s
 #: that carry every answer and every task that walk cost more per task than storing
 #: the answer (the master's side) or running a small task (the slave's). One bytes
 #: value is passed through as it is.
-PACKED_CALLS = frozenset({"exchange", "agent_exchange"})
+PACKED_CALLS = frozenset({"exchange"})
 
 
 def pack(values: tuple) -> bytes:

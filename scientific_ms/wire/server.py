@@ -2,16 +2,17 @@
 
 Slave traffic is a few coarse calls (``protocol.CALLS``): one
 ``exchange`` carries a batch of answers in and a batch of tasks out (their
-large buffers right behind the message, ``wire.py``), and a
-``watch`` long-poll doubles as the heartbeat and as the slave's way to learn
-at once that the master finished. Payloads are pickled bytes carried by
+large buffers right behind the message, ``wire.py``), and a keeper's
+``agent_watch`` long-poll carries the heartbeats of its workers and returns
+at once when the master finished. Payloads are pickled bytes carried by
 Pyro5's marshal serializer, which passes bytes through without base64.
 
 Each connection runs in its own thread of Pyro5's thread-pool server, sized
 for thousands of slaves rather than Pyro5's default 80. A connection is
 authenticated (``auth.server_handshake``) before Pyro5 reads anything from
 it. When a connection that a slave used drops, the slave is declared dead at
-once unless it said goodbye first.
+once unless it said goodbye first; so are the workers of a keeper whose
+registering connection drops.
 """
 
 from __future__ import annotations
@@ -44,21 +45,35 @@ class TaskManagerService:
         self._manager = manager
         self._lock = threading.Lock()
         self._processes_by_connection: Dict[object, Set[int]] = {}
+        self._keeper_connections: Dict[int, object] = {}   # keeper id -> the connection it registered on
         self._status_waits = 0        # status(wait=) calls not yet answered
         self._status_waits_done = threading.Condition(self._lock)
 
     # -- bookkeeping of which connection speaks for which process
 
-    def _bind(self, process_id: int) -> None:
+    def _bind(self, process_id: int, keeper: Optional[int] = None) -> None:
+        """Declare ``process_id`` dead when the current connection drops, and when
+        the one its ``keeper`` registered on does (a killed keeper's workers die with it)."""
         connection = current_context.client
         if connection is None:
             return
         with self._lock:
             self._processes_by_connection.setdefault(connection, set()).add(process_id)
+            keeper_connection = self._keeper_connections.get(keeper) if keeper is not None else None
+            if keeper_connection is not None and keeper_connection in self._processes_by_connection:
+                self._processes_by_connection[keeper_connection].add(process_id)
+
+    def _forget(self, process_id: int) -> None:
+        with self._lock:
+            for process_ids in self._processes_by_connection.values():
+                process_ids.discard(process_id)
+            self._keeper_connections.pop(process_id, None)
 
     def connection_closed(self, connection) -> None:
         with self._lock:
             process_ids = self._processes_by_connection.pop(connection, ())
+            for process_id in process_ids:
+                self._keeper_connections.pop(process_id, None)
         for process_id in process_ids:
             if self._manager.process_lost(process_id, "its connection dropped"):
                 log.debug("process %s declared dead: connection closed", process_id)
@@ -72,7 +87,11 @@ class TaskManagerService:
             process_id = self._manager.register_process(role, info, tags, watchdog_period)
         except TaskManagerTermination:
             return TERMINATED, 0
-        self._bind(process_id)
+        keeper = info.get("agent") if isinstance(info, dict) else None
+        self._bind(process_id, keeper if isinstance(keeper, int) else None)
+        if role == "agent" and current_context.client is not None:
+            with self._lock:
+                self._keeper_connections[process_id] = current_context.client
         return OK, process_id
 
     @Pyro5.server.expose
@@ -116,76 +135,19 @@ class TaskManagerService:
             connection.trailer = buffers   # sent right after the reply (wire.BufferConnection)
         return OK, records, self._manager.take_revoked(process_id)
 
-    @Pyro5.server.expose
-    def watch(self, process_id: int, stats: dict, timeout: float) -> str:
-        """Heartbeat, then wait up to ``timeout`` s for the end of the job or a revocation.
-
-        It also returns as soon as this process is declared dead or says
-        goodbye, so that the thread and socket of a killed slave are let go.
-        """
-        if self._manager.terminated:
-            return TERMINATED
-        self._bind(process_id)
-        if not self._manager.heartbeat(process_id, stats):
-            return UNKNOWN
-        terminated, revoked = self._manager.wait_for_news(process_id, max(0.0, min(timeout, 3600.0)))
-        return TERMINATED if terminated else REVOKED if revoked else OK
-
-    # -- a node agent speaks for several slaves over one connection (agent.py)
-
-    @Pyro5.server.expose
-    def agent_exchange(self, packed: bytes) -> bytes:
-        """``exchange`` for the slaves behind a node agent, in one call.
-
-        ``packed``: (answers, wants, wait), see ``protocol.PACKED_CALLS``.
-        ``answers``: (process_id, answer) pairs; ``wants``: (process_id,
-        max_tasks) pairs, max_tasks 0 to collect only revoked assignments.
-        The reply, packed too: (status, [(process_id, [TaskMessage])],
-        [(process_id, [revoked assignment])], [unknown process ids]).
-        """
-        return pack(self._agent_exchange(*unpack(packed)))
-
-    def _agent_exchange(self, answers: list, wants: list, wait: float) -> Tuple[str, list, list, list]:
-        connection = current_context.client
-        if answers:
-            records = [answer for _, answer in answers]
-            if connection is not None:   # first of all: the buffers wait on the socket
-                records = records_from_wire(records, ANSWER_PAYLOAD, connection.sock)
-            by_process: Dict[int, list] = {}
-            for (process_id, _), record in zip(answers, records):
-                by_process.setdefault(process_id, []).append(record)
-            self._manager.store_answers_of(by_process.items())
-        asking = [(process_id, count) for process_id, count in wants if count > 0]
-        try:
-            assigned, unknown = self._manager.take_tasks_for(asking, wait) if asking else ({}, [])
-        except TaskManagerTermination:
-            return TERMINATED, [], [], []
-        revoked = []
-        for process_id, _ in wants:
-            taken_back = self._manager.take_revoked(process_id)
-            if taken_back:
-                revoked.append((process_id, taken_back))
-        if not asking:
-            unknown = self._manager.heartbeats((process_id, None) for process_id, _ in wants)
-        batches = list(assigned.items())
-        records, buffers = tasks_to_wire([task for _, tasks in batches for task in tasks])
-        if buffers:
-            connection.trailer = buffers   # sent right after the reply, in the tasks' order
-        handed, start = [], 0
-        for process_id, tasks in batches:
-            handed.append((process_id, records[start:start + len(tasks)]))
-            start += len(tasks)
-        return OK, handed, revoked, unknown
+    # -- a keeper speaks for the workers it keeps (slave/keeper.py)
 
     @Pyro5.server.expose
     def agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
-        """``watch`` for a node agent: ``beats`` are (process_id, stats or None) pairs
-        (None: the agent cannot vouch for that slave now, e.g. it is stopped).
-        Returns (status, [unknown process ids]) as soon as there is news, or after ``timeout`` s."""
+        """A keeper's heartbeats: ``beats`` are (process_id, stats or None) pairs (None:
+        the keeper cannot vouch for that worker now, e.g. it is stopped); ``agent_id``
+        is the keeper's id (a lone keeper, not registered, gives its worker's). Then
+        waits up to ``timeout`` s for the end of the job, a revocation, or one of them
+        leaving. Returns (status, [unknown process ids]); status UNKNOWN: ``agent_id`` is."""
         if self._manager.terminated:
             return TERMINATED, []
-        # Not bound to this connection: the agent and its slaves are bound to the one
-        # they registered on, which the agent closes last, after saying goodbye.
+        # Not bound to this connection: the keeper and its workers are bound to the one
+        # the keeper registered on, which it closes last, after saying goodbye.
         unknown = self._manager.heartbeats([(agent_id, {})] + [tuple(beat) for beat in beats])
         if agent_id in unknown:
             return UNKNOWN, unknown
@@ -197,11 +159,9 @@ class TaskManagerService:
 
     @Pyro5.server.expose
     def lost(self, process_id: int, reason: str, running: Optional[List[int]] = None) -> bool:
-        """A node agent reports that one of its slaves died (it is the slave's parent);
-        ``running``: the assignment it had started, if any (only that one is blamed)."""
-        with self._lock:
-            for process_ids in self._processes_by_connection.values():
-                process_ids.discard(process_id)
+        """A keeper reports that one of its workers died; ``running``: the assignment
+        it had started, if known (only that one is blamed)."""
+        self._forget(process_id)
         return self._manager.process_lost(process_id, reason, running or ())
 
     @Pyro5.server.expose

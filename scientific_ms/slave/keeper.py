@@ -1,0 +1,371 @@
+"""The keeper: a process that runs no user code and keeps the slave processes that do.
+
+Every slave process that runs handlers (a *worker*) talks to the master
+itself, on connections of its own (``slave.py``, ``feed.py``): tasks and
+answers never pass through the keeper. The keeper holds one registration
+at the master (role ``"agent"``) and, for all its workers at once:
+
+* sends their heartbeats, in one long-polled ``agent_watch``
+  (``keeper_watch.py``): a handler holding the GIL or stuck in C keeps its
+  heartbeats; a stopped worker gets none and is declared dead at the
+  watchdog limit (when it runs again it registers again on its own);
+* notices at once that a worker ended (a pidfd), reports it with ``lost``,
+  and replaces it when it died (``task_manager slave -n``);
+* ends a task that overruns its time limit by ``KILL_GRACE_SECONDS`` with
+  the handler stuck where SIGALRM cannot reach it: answers it with
+  TaskTimeLimitError, says goodbye for the worker (its queued tasks run
+  elsewhere, unblamed), kills it and everything it started, and forks a
+  fresh worker;
+* ends the workers when the master ends (after ``ABANDON_GRACE_SECONDS``,
+  for one stuck in C) or is lost (unless it keeps a journal: then the
+  workers wait for it, ``rejoin.py``, and the keeper follows them to it);
+* passes SIGTERM (a batch system's walltime) and SIGINT on to its workers.
+
+Two shapes. ``task_manager slave LABEL -n N`` (:func:`run_keeper`): the
+started process is the keeper of N workers forked from it::
+
+    master  <== register, agent_watch, lost, ==  keeper (task_manager slave -n N)
+       ^        unregister, exchange (a            |  fork, pidfd, socket pair
+       |        time-out's answer)                 +-- worker 1 (own process group)
+       |                                           +-- worker N
+       +==== register, exchange, get_data, unregister ==== each worker, directly
+
+A lone slave (``SlaveProcess.start()`` in the main thread of a POSIX
+process; :func:`become_lone_keeper`): the started process stays the worker,
+so that its PID is the slave's, its signals (Ctrl-C in a terminal, SIGTERM
+from a launcher) reach its handlers as before, and whoever started it waits
+for it; the keeper is a child forked from it at ``start()``, before any
+connection or thread exists::
+
+    launcher, shell, supervisor or MPI rank
+     `-- slave process (worker): serves tasks  <== exchange ==>  master
+          `-- keeper (own process group)       <== agent_watch => master
+
+A lone keeper ends when its worker does. When it kills its worker for a
+time limit it forks a replacement from itself (a fresh copy of the slave as
+it was at ``start()``), unless someone else replaces it: a master's
+supervisor (spawned slaves) or nobody (an MPI rank: its waiter reports the
+death). A worker dies with its keeper (``worker_link.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from multiprocessing.connection import Connection, wait as wait_for_any
+from typing import List, Optional, Tuple, Union
+
+from .. import settings
+from ..errors import ConnectionLostError, ScientificMSError
+from ..machine import process_info
+from ..wire import tls
+from ..wire.client import MasterConnection
+from ..wire.protocol import OK
+from . import leaving
+from .keeper_lives import BecameWorker, WorkerLives, flush_output
+from .keeper_watch import KeeperWatch
+from .keeper_workers import Worker
+from .worker_link import WorkerLink
+
+log = logging.getLogger(__name__)
+
+#: A task past its time limit whose handler has not stopped this long after is killed.
+KILL_GRACE_SECONDS = 0.5
+#: When the master ends, a worker abandons its running handler itself after
+#: ``ABANDON_GRACE_SECONDS``, with a message; the keeper kills it this much later.
+STOP_MARGIN_SECONDS = 1.0
+#: Whether a lone keeper replaces the worker it killed (see the module docstring).
+_replace_lone = True
+
+
+def replace_lone_workers(enabled: bool) -> None:
+    """Say whether a lone keeper forked from this process replaces a worker it kills
+    (False where something else replaces it or reports its death: an MPI rank)."""
+    global _replace_lone
+    _replace_lone = enabled
+
+
+class Keeper(WorkerLives):
+    """Keeps workers of ``label``; see the module docstring.
+
+    ``lone``: the keeper of the process it was forked from; else of
+    ``count`` workers forked from it, with ``connection`` to the master.
+    :meth:`run` returns the exit code in the keeper, and a
+    :class:`WorkerLink` in each worker it forks (which then serves).
+    """
+
+    def __init__(self, label: str, *, lone: bool, connection: Optional[MasterConnection] = None,
+                 count: int = 1, max_restarts: int = 0, replace_killed: bool = True):
+        self.label = label
+        self.lone = lone
+        self.count = count
+        self.max_restarts = max_restarts
+        self.replace_killed = replace_killed
+        self.connection = connection
+        self.keeper_id: Optional[int] = None
+        self.workers: List[Worker] = []
+        self._watch: Optional[KeeperWatch] = None
+        self._events: List[tuple] = []
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
+        self._signalled: Optional[int] = None
+        self.stopping: Optional[str] = None
+        self._stop_deadline = 0.0
+        self.exit_code = 0
+        self._rejoin_grace = 0.0
+
+    # ------------------------------------------------------------------ the main loop
+
+    def run(self) -> Union[int, WorkerLink]:
+        try:
+            if not self.lone:
+                if not self._register():
+                    return 0
+                for _ in range(self.count):
+                    self._fork_worker(self.max_restarts)
+            self._loop()
+        except BecameWorker as became:
+            return became.link
+        self._end()
+        return self.exit_code
+
+    def _loop(self) -> None:
+        while self.workers:
+            ready = wait_for_any(self._waitables(), self._timeout())
+            for item in ready:
+                if item is self._wake_reader:
+                    with contextlib.suppress(OSError):
+                        self._wake_reader.recv(4096)
+                else:
+                    self._on_ready(item)
+            self._take_events()
+            self._enforce_time_limits(KILL_GRACE_SECONDS)
+            self._replace_ended(self.max_restarts)
+            self._wind_down()
+
+    def _waitables(self) -> list:
+        items: list = [self._wake_reader]
+        for worker in self.workers:
+            if not worker.conn.closed:
+                items.append(worker.conn)
+            if worker.pidfd is not None:
+                items.append(worker.pidfd)
+        return items
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        due = [now + settings.POLL_SECONDS]
+        due.extend(d for d in (w.deadline(KILL_GRACE_SECONDS) for w in self.workers) if d is not None)
+        if self.stopping is not None:
+            due.append(self._stop_deadline)
+        if any(worker.pidfd is None for worker in self.workers):
+            due.append(now + 0.25)   # no pidfd here: look at the processes now and then
+        return max(0.0, min(due) - now) + 0.001
+
+    def _on_ready(self, item) -> None:
+        for worker in self.workers:
+            if item is worker.conn:
+                self._read(worker)
+            elif item == worker.pidfd and isinstance(item, int):
+                worker.has_ended()
+                worker.ended = True
+
+    def _read(self, worker: Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._on_message(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            worker.conn.close()   # it ended, or is ending: its pidfd (or the next look) says so
+
+    def _on_message(self, worker: Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "start":
+            worker.running = (message[1], message[2], message[3], message[4], time.monotonic())
+        elif kind == "end":
+            worker.running = None
+        elif kind == "hello":
+            _, worker.process_id, worker.period, worker.address, grace = message
+            self._rejoin_grace = max(self._rejoin_grace, grace or 0.0)
+            self._follow(worker.address)
+        elif kind == "bye":
+            worker.leaving = True
+
+    # ------------------------------------------------------------------ the master
+
+    def _follow(self, address: Tuple[str, int, bytes]) -> None:
+        """A worker registered at ``address``: watch it there (a lone keeper follows its
+        worker to a restarted master; a keeper of -n N registered first)."""
+        host, port, secret = address
+        current = self.connection
+        if not self.lone:
+            if self.keeper_id is not None:
+                return
+        elif current is not None and (current.host, current.port) == (host, port) and self._watch is not None:
+            return
+        self._drop_registration()
+        try:
+            self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
+        except ScientificMSError as error:
+            log.warning("keeper of %r cannot reach the master at %s:%d: %s", self.label, host, port, error)
+            self.connection = None
+            return
+        if not self.lone:
+            self._register()
+            return
+        self._watch = KeeperWatch(self.connection, None, self._targets, self._post)
+        self._watch.start()
+
+    def _register(self) -> bool:
+        """Register as the agent of the workers and start the watch thread; False if the job is over."""
+        assert self.connection is not None
+        try:
+            status, self.keeper_id = self.connection.call(
+                "register", "agent", dict(process_info(), slaves=self.count), None, None)
+        except ConnectionLostError as error:
+            self._post(("lost", str(error)))
+            return True
+        if status != OK:
+            log.info("the master of %r has already finished", self.label)
+            self.keeper_id = None
+            return False
+        log.info("keeper %s of %r at %s (%d worker(s))", self.keeper_id, self.label,
+                 self.connection.address, self.count)
+        self._watch = KeeperWatch(self.connection, self.keeper_id, self._targets, self._post)
+        self._watch.start()
+        return True
+
+    def _drop_registration(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        self.keeper_id = None
+
+    def _targets(self) -> Tuple[List[Worker], bool]:
+        """For the watch thread: the workers to beat for, and whether one is still starting."""
+        workers = list(self.workers)
+        return [w for w in workers if w.process_id is not None and not w.killed], \
+            any(w.process_id is None for w in workers)
+
+    def _post(self, event: tuple) -> None:
+        """Any thread: hand an event to the main loop (list appends are atomic)."""
+        self._events.append(event)
+        self.wake()
+
+    def wake(self) -> None:
+        """Interrupt the main loop's wait (safe in a signal handler: takes no lock)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_writer.send(b"x")
+
+    def _call(self, method: str, *args) -> object:
+        """A call on the main connection; a lost master stops the keeper."""
+        if self.connection is None:
+            return None
+        try:
+            return self.connection.call(method, *args, timeout=30.0)
+        except ScientificMSError as error:
+            self._post(("lost", str(error)))
+            return None
+
+    def _take_events(self) -> None:
+        if self._signalled is not None:
+            signum, self._signalled = self._signalled, None
+            self._take_signal(signum)
+        while self._events:
+            event = self._events.pop(0)
+            kind = event[0]
+            if kind == "terminated":
+                self._tell_workers(("terminated",))
+                self._stop("terminated", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 0)
+            elif kind == "unknown":
+                for worker in self.workers:
+                    if worker.process_id in event[1]:
+                        log.warning("the master of %r declared %r dead (no heartbeat in time); it joins "
+                                    "again when it runs", self.label, worker)
+                        worker.process_id = None   # it registers again on its own, and says hello
+            elif kind == "revoked":
+                self._tell_workers(("poke",))
+            elif kind == "forgotten":
+                self._drop_registration()
+                if self.workers and self.workers[0].address is not None:
+                    self._follow(self.workers[0].address)
+            elif kind == "lost":
+                self._master_lost(event[1])
+
+    def _master_lost(self, message: str) -> None:
+        self._drop_registration()
+        if self._rejoin_grace and self.stopping is None:
+            log.warning("keeper of %r lost its master (%s); its workers wait for it to come back",
+                        self.label, message)
+            for worker in self.workers:
+                worker.process_id = None
+            return
+        if self.stopping is None:
+            log.error("keeper of %r lost its master: %s; ending its workers", self.label, message)
+            self._tell_workers(("lost", message))
+        self._stop("lost", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 1)
+
+    def _tell_workers(self, message: tuple) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(message)
+
+    def _close_wake(self) -> None:
+        for end in (self._wake_reader, self._wake_writer):
+            end.close()
+
+    def _end(self) -> None:
+        """The last worker ended: say goodbye (unless the master is over or gone) and close."""
+        if self._watch is not None:
+            self._watch.stop()
+        if self.keeper_id is not None and self.connection is not None and self.stopping not in ("terminated", "lost"):
+            with contextlib.suppress(ScientificMSError):
+                self.connection.call("unregister", self.keeper_id, timeout=5.0)
+        if self.connection is not None:
+            self.connection.close()
+        self._close_wake()
+
+
+def become_lone_keeper(label: str) -> WorkerLink:
+    """Fork this process's keeper (see the module docstring); returns this worker's link.
+
+    The keeper never returns from here, but the replacements it forks do:
+    each continues as the worker, with its own link.
+    """
+    ours, theirs = socket.socketpair()
+    flush_output()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        theirs.close()
+        return WorkerLink(Connection(ours.detach()), pid, keeper_is_child=True)
+    ours.close()
+    code = 1
+    try:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)   # a killpg of the worker's group (its launcher's) spares its keeper
+        leaving.forget()       # the supervisor's pipe is the worker's to write
+        keeper = Keeper(label, lone=True, replace_killed=_replace_lone and not leaving.spawned_by_master())
+        keeper.install_signals()
+        keeper.workers.append(Worker(parent, Connection(theirs.detach()), False, 0))
+        result = keeper.run()
+        if isinstance(result, WorkerLink):
+            return result   # a replacement worker: it serves
+        code = result
+    except BaseException:   # never unwind into the slave's code: this process is the keeper
+        log.exception("the keeper of %r failed", label)
+    flush_output()
+    os._exit(code)
+
+
+def run_keeper(label: str, connection: MasterConnection, count: int, max_restarts: int) -> Union[int, WorkerLink]:
+    """``task_manager slave LABEL -n N``: keep ``count`` workers; the exit code in the
+    keeper, a :class:`WorkerLink` in each worker (which then runs the slave code)."""
+    keeper = Keeper(label, lone=False, connection=connection, count=count, max_restarts=max_restarts)
+    keeper.install_signals()
+    return keeper.run()

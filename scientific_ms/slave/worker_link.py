@@ -1,0 +1,147 @@
+"""A worker's end of the socket pair to its keeper (``keeper.py``).
+
+A worker is a slave process that runs handlers; its keeper runs none and
+keeps it alive, beats its heart and times its tasks. The worker talks to the
+master itself (its own connections, ``feed.py``); to its keeper it says only
+who it is and when a task with a time limit starts and ends. Messages are
+pickled tuples in ``multiprocessing.connection`` framing, on one host::
+
+    worker -> keeper  ("hello", process_id, watchdog_period, (host, port, secret), rejoin_grace)
+                                                 registered (again) with the master at that address
+                      ("start", task_id, assignment, tag, limit)   only tasks with a time limit
+                      ("end", assignment)
+                      ("bye",)                   it leaves on purpose: not a death
+    keeper -> worker  ("poke",)                  the master revoked tasks it holds: exchange now
+                      ("terminated",)            the master finished
+                      ("lost", reason)           the master is gone (the keeper's heartbeats say so)
+
+A thread of the worker reads its keeper's messages; the end of file there
+means the keeper died, and the worker ends at once: a worker never outlives
+its keeper (on Linux its keeper's death also kills it: ``die_with``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Callable, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+_link: Optional["WorkerLink"] = None
+
+
+class WorkerLink:
+    """The worker's end; any thread may send (one lock), one thread reads."""
+
+    def __init__(self, conn: Connection, keeper_pid: int, keeper_id: Optional[int] = None,
+                 keeper_is_child: bool = False):
+        self._conn = conn
+        self.keeper_is_child = keeper_is_child   # a lone slave's keeper: this process reaps it
+        self._lock = threading.Lock()
+        self.keeper_pid = keeper_pid
+        #: The keeper's id at the master, when it registered before this worker was forked
+        #: (``task_manager slave -n``): the worker registers with ``info["agent"]`` set to it.
+        self.keeper_id = keeper_id
+        self._reader: Optional[threading.Thread] = None
+        self.closed = False
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self._conn.send(message)
+            except OSError:
+                pass   # the keeper is gone: the reader thread ends this process
+
+    def hello(self, process_id: int, watchdog_period: Optional[float], address: Tuple[str, int, bytes],
+              rejoin_grace: float) -> None:
+        self._send(("hello", process_id, watchdog_period, address, rejoin_grace))
+
+    def started(self, task_id: str, assignment: int, tag: str, limit: float) -> None:
+        self._send(("start", task_id, assignment, tag, limit))
+
+    def ended(self, assignment: int) -> None:
+        self._send(("end", assignment))
+
+    def bye(self) -> None:
+        """This worker leaves on purpose; then the link closes."""
+        self._send(("bye",))
+        self.close()
+
+    def finish(self) -> None:
+        """This worker is done serving: say bye, and reap a keeper that is our child
+        (on a thread: the keeper ends right after, and nobody need wait for it)."""
+        self.bye()
+        if self.keeper_is_child:
+            threading.Thread(target=_reap, args=(self.keeper_pid,), name="scientific_ms-reap-keeper",
+                             daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                with contextlib.suppress(OSError):
+                    self._conn.close()
+
+    def listen(self, on_news: Callable[[tuple], None]) -> None:
+        """Start the thread that reads the keeper's messages (once); it calls ``on_news(message)``."""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read, args=(on_news,), name="scientific_ms-keeper-link",
+                                            daemon=True)
+            self._reader.start()
+
+    def _read(self, on_news: Callable[[tuple], None]) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            on_news(message)
+        if self.closed:
+            return   # we closed it: leaving
+        message = f"the keeper (PID {self.keeper_pid}) of this slave process ended; it ends too"
+        log.error("%s", message)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"scientific_ms: {message}\n")
+            sys.stderr.flush()
+        os._exit(1)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def current() -> Optional[WorkerLink]:
+    """This process's link to its keeper: None unless it is a worker."""
+    return _link
+
+
+def become_worker(link: WorkerLink) -> None:
+    """Mark this process (just forked) as a worker of the keeper at the other end of ``link``."""
+    global _link
+    _link = link
+
+
+def die_with(keeper_pid: int) -> None:
+    """In a worker just forked from its keeper: be killed when the keeper dies (Linux).
+
+    Elsewhere the link's end of file does it (``WorkerLink._read``).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != keeper_pid:   # the keeper died before we could ask
+        os._exit(1)
