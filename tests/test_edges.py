@@ -8,9 +8,6 @@ import concurrent.futures
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 

@@ -192,7 +192,9 @@ def test_a_slave_killed_in_the_middle_of_a_map_changes_no_result():
         assert not ex._slots
 
 
-def test_a_stopped_slave_that_comes_back_late_completes_no_future_twice():
+def test_a_stopped_slave_that_comes_back_late_completes_no_future_twice(monkeypatch):
+    # Slaves without keepers: a kept worker declared dead is killed, one without comes back late.
+    monkeypatch.setenv("SCIENTIFIC_MS_KEEPER", "0")
     with Executor(slaves=2, use_name_server=False, watchdog_period=0.5) as ex:
         victim = slave_pids(ex, 2)[0]
         counters = ex.master.task_manager.counters

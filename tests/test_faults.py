@@ -55,7 +55,9 @@ def test_kill_9_mid_task_reschedules_at_once(master, processes):
 
 def test_sigstop_past_the_watchdog_limit_reschedules_and_drops_the_late_result(master, processes):
     period = 0.25          # declared dead after 4 x 0.25 s of silence
-    stopped = processes.python(SLAVE_SCRIPT, "faults", period, name="stopped")
+    # Without a keeper: a kept worker declared dead is killed (tests/test_runtime.py); one
+    # without (SCIENTIFIC_MS_KEEPER=0) wakes up and answers late, which the master must drop.
+    stopped = processes.python(SLAVE_SCRIPT, "faults", period, name="stopped", env={"SCIENTIFIC_MS_KEEPER": "0"})
     wait_for(lambda: slave_of(master, stopped.pid), 30, "the slave to register")
     task_id = master.requestTask("work", 1.5, "slow")
     wait_for(lambda: slave_of(master, stopped.pid)["running"], 30, "the slave to start the task")

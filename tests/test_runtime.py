@@ -7,14 +7,17 @@ script with slave scripts or ``SlaveProcess`` subclasses started by hand,
 The test drives the master over a socket of its own (``runtime_jobs/control.py``)
 and watches the slaves through files that every execution of a task leaves
 (``runtime_jobs/work.py``) and through the process tree: the *keeper* is the
-process the launcher started, the *worker* that runs the handlers is its child.
-A slave that runs handlers in the process the launcher started has no keeper,
-and the faults that need one fail saying so.
+process that runs no user code and beats the heart of the *worker* that runs the
+handlers: the process started for a lone slave is its worker and the keeper its
+child; ``task_manager slave -n 2`` starts a keeper that forks its workers. The
+master reports each slave's keeper (``keeper`` in its status). A slave without a
+keeper fails the faults that need one, saying so.
 
 The faults share one job per mode, in the order of this file; a fault that left
 the job short of idle slaves makes the next one start it afresh.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -209,10 +212,17 @@ def each_result_once(job, keys, killed):
 def test_kill_9_of_a_worker_costs_only_its_running_task_and_the_worker_is_replaced(job):
     keys, worker = six_tasks(job)
     keeper = psutil.Process(job.keeper_of(worker))
+    lone = keeper.ppid() == worker   # a lone slave: the process started is the worker, its keeper a child
     os.kill(worker, signal.SIGKILL)
     twice = each_result_once(job, keys, {worker})
     assert len(twice) <= 1, twice
-    assert keeper.is_running() and keeper.status() != psutil.STATUS_ZOMBIE, f"[{job.mode}] the keeper died too"
+    if lone:   # the slave as its user knows it died: its keeper goes with it, its launcher replaces it
+        assert not descendants_gone([keeper.pid], ENDING), f"[{job.mode}] the keeper outlived its slave"
+        job.add_slave()
+        if job.mode == "mpiexec":
+            job.expected = 1     # that rank ends; the other one serves
+    else:
+        assert keeper.is_running() and keeper.status() != psutil.STATUS_ZOMBIE, f"[{job.mode}] the keeper died too"
     job.wait_ready(15)
     assert worker not in {p["pid"] for p in job.slaves()}
 
@@ -223,7 +233,7 @@ def test_kill_9_of_a_worker_costs_only_its_running_task_and_the_worker_is_replac
 def test_kill_9_of_a_keeper_takes_its_workers_along_and_their_tasks_run_elsewhere(job):
     keys, worker = six_tasks(job)
     keeper = job.keeper_of(worker)
-    workers = [child.pid for child in psutil.Process(keeper).children(recursive=True)]
+    workers = sorted(job.workers_of(keeper) | {child.pid for child in psutil.Process(keeper).children(recursive=True)})
     os.kill(keeper, signal.SIGKILL)
     job.add_slave()          # a replacement, where the launcher does not replace keepers itself
     if job.mode == "mpiexec":
@@ -242,8 +252,11 @@ def test_when_the_master_ends_every_keeper_and_worker_ends_a_stuck_one_included(
     job.submit("spin", key, STUCK)
     [(worker, _)] = job.started(key)
     job.keeper_of(worker)
-    keepers = [p for p in job.tagged() if p.pid != job.master_pid and job.is_launched(p)]
-    pids = {p.pid for p in keepers} | {c.pid for p in keepers for c in p.children(recursive=True)}
+    keepers = {p.pid for p in job.tagged() if p.pid != job.master_pid and job.is_launched(p)} | job.keepers()
+    pids = set(keepers) | {pid for keeper in keepers for pid in job.workers_of(keeper)}
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
     job.end()
     ended = time.monotonic()
     left = descendants_gone(pids, ENDING)

@@ -54,6 +54,7 @@ import contextlib
 import logging
 import os
 import socket
+import signal
 import time
 from multiprocessing.connection import Connection, wait as wait_for_any
 from typing import List, Optional, Tuple, Union
@@ -284,10 +285,8 @@ class Keeper(WorkerLives):
                 self._stop("terminated", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 0)
             elif kind == "unknown":
                 for worker in self.workers:
-                    if worker.process_id in event[1]:
-                        log.warning("the master of %r declared %r dead (no heartbeat in time); it joins "
-                                    "again when it runs", self.label, worker)
-                        worker.process_id = None   # it registers again on its own, and says hello
+                    if worker.process_id in event[1] and not worker.killed:
+                        self._end_declared_dead(worker)
             elif kind == "revoked":
                 self._tell_workers(("poke",))
             elif kind == "forgotten":
@@ -296,6 +295,18 @@ class Keeper(WorkerLives):
                     self._follow(self.workers[0].address)
             elif kind == "lost":
                 self._master_lost(event[1])
+
+    def _end_declared_dead(self, worker: Worker) -> None:
+        """The master declared ``worker`` dead (no heartbeat in time: stopped, or cut off). Its
+        tasks run elsewhere already; kill it, with whatever its handler started, and start
+        another in its place, so that no stopped worker holds a slot or comes back late."""
+        message = (f"the master of {self.label!r} declared slave process {worker.pid} dead (no heartbeat "
+                   f"in time: stopped or cut off); it was killed and replaced")
+        log.warning("%s", message)
+        worker.killed = message
+        worker.running = None
+        worker.process_id = None   # declared dead already: nothing to unregister
+        worker.kill(signal.SIGKILL)
 
     def _master_lost(self, message: str) -> None:
         self._drop_registration()

@@ -96,8 +96,8 @@ class KeeperWatch:
             period = min(period, STARTING_WATCH_SECONDS)
         beats = [(worker.process_id, worker.stats() if worker.runnable() else None) for worker in workers]
         watcher = self._keeper_id
-        if watcher is None:   # a lone keeper: the worker's own id, while it runs
-            beats = [beat for beat in beats if beat[1] is not None]
+        if watcher is None:   # a lone keeper: under the worker's own id (no beat while it is stopped)
+            beats = [beat for beat in beats if beat[0] is not None]
             if not beats:
                 self._stop.wait(min(period, STARTING_WATCH_SECONDS))
                 return True

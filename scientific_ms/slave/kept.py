@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import settings
 from ..wire.client import MasterConnection
 from . import keeper, worker_link
 from .heartbeat import abandon
+from .session import Session
 
 
 class KeeperSide:
     """The keeper of ``slave`` (a SlaveProcess), as the slave sees it.
 
     Reads the slave's public ``label``, ``process_id``, ``watchdog_period``
-    and ``hard_exit``, and its current session (``slave._session``).
+    and ``hard_exit``; ``session()`` gives the slave's current session.
     """
 
-    def __init__(self, slave):
+    def __init__(self, slave, session: Callable[[], Session]):
         self._slave = slave
+        self._session = session
         self.link: Optional[worker_link.WorkerLink] = None
 
     def attach(self, wanted: Optional[bool]) -> None:
@@ -45,6 +47,11 @@ class KeeperSide:
             self.link.listen(self._news)
 
     @property
+    def keeper_pid(self) -> Optional[int]:
+        """The keeper's process id, if this process has a keeper."""
+        return self.link.keeper_pid if self.link is not None else None
+
+    @property
     def keeper_id(self) -> Optional[int]:
         """The keeper's id at the master, if it registered itself (``slave -n``)."""
         return self.link.keeper_id if self.link is not None else None
@@ -54,7 +61,7 @@ class KeeperSide:
         slave = self._slave
         if self.link is not None and slave.process_id is not None:
             self.link.hello(slave.process_id, slave.watchdog_period,
-                            (connection.host, connection.port, connection.secret), slave._session.rejoin_grace)
+                            (connection.host, connection.port, connection.secret), self._session().rejoin_grace)
 
     def bye(self) -> None:
         if self.link is not None:
@@ -68,7 +75,7 @@ class KeeperSide:
         """What the keeper learnt from the master (on the link's thread): revoked tasks, or
         the master's end; a handler still running then is abandoned after a moment."""
         slave = self._slave
-        session = slave._session
+        session = self._session()
         if message[0] == "poke":
             if session.feed is not None:
                 session.feed.poke()

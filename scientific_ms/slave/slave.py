@@ -117,7 +117,7 @@ class SlaveProcess:
         self._rejoin_lock = threading.Lock()
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._keeper = keeper
-        self._kept = KeeperSide(self)   # this process's keeper, if it has one (kept.py)
+        self._kept = KeeperSide(self, lambda: self._session)   # this process's keeper, if any (kept.py)
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -178,6 +178,8 @@ class SlaveProcess:
         termination.install()
         try:
             info = process_info()
+            if self._kept.keeper_pid is not None:
+                info["keeper"] = self._kept.keeper_pid   # the process that beats our heart (show, tests)
             if self._kept.keeper_id is not None:
                 info["agent"] = self._kept.keeper_id   # the master binds us to our keeper's connection
             self._registration = (info, sorted(handlers), self.watchdog_period)

@@ -148,7 +148,11 @@ class TaskManagerService:
             return TERMINATED, []
         # Not bound to this connection: the keeper and its workers are bound to the one
         # the keeper registered on, which it closes last, after saying goodbye.
-        unknown = self._manager.heartbeats([(agent_id, {})] + [tuple(beat) for beat in beats])
+        beats = [tuple(beat) for beat in beats]
+        # The keeper's own beat, unless it speaks for itself among its beats (a lone keeper
+        # watches under its worker's id, and cannot vouch for it while it is stopped).
+        own: List[tuple] = [] if any(process_id == agent_id for process_id, _ in beats) else [(agent_id, {})]
+        unknown = self._manager.heartbeats(own + beats)
         if agent_id in unknown:
             return UNKNOWN, unknown
         if unknown:

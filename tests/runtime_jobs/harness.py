@@ -221,14 +221,23 @@ class Job:
             return False
 
     def keeper_of(self, worker):
-        """The keeper of the process that runs a handler; fails clearly when there is none."""
-        proc = psutil.Process(worker)
-        if self.is_launched(proc):
-            pytest.fail(f"[{self.mode}] no keeper: process {worker}, started by the launcher, runs the "
-                        f"handlers itself (expected a keeper that runs no user code, the worker its child)",
-                        pytrace=False)
-        parent = proc.parent()
-        if parent is None or not self.is_launched(parent):
-            pytest.fail(f"[{self.mode}] the parent of worker {worker} ({parent}) is not a process the "
-                        f"launcher started", pytrace=False)
-        return parent.pid
+        """The keeper of the process that runs a handler, as the master reports it (a process
+        that runs no user code, the worker's parent or child); fails clearly when there is none."""
+        record = next((p for p in self.slaves() if p["pid"] == worker), None)
+        keeper = None if record is None else record.get("keeper")
+        if keeper is None:
+            pytest.fail(f"[{self.mode}] no keeper: process {worker} runs the handlers and nothing else "
+                        f"beats its heart (expected a keeper that runs no user code)", pytrace=False)
+        related = {p.pid for p in psutil.Process(worker).children()} | {psutil.Process(worker).ppid()}
+        if keeper not in related:
+            pytest.fail(f"[{self.mode}] the keeper {keeper} of worker {worker} is neither its parent nor "
+                        f"its child", pytrace=False)
+        return keeper
+
+    def workers_of(self, keeper):
+        """The processes running handlers for ``keeper`` now, as the master reports them."""
+        return {p["pid"] for p in self.slaves() if p.get("keeper") == keeper}
+
+    def keepers(self):
+        """Every keeper the master knows of."""
+        return {p["keeper"] for p in self.slaves() if p.get("keeper") is not None}
