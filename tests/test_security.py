@@ -77,7 +77,8 @@ def test_a_master_of_another_version_is_named_as_such():
 
     thread = threading.Thread(target=old_master, daemon=True)
     thread.start()
-    with pytest.raises(MasterNotFoundError, match="version 1 of the scientific_ms protocol, this process version 2"):
+    with pytest.raises(MasterNotFoundError,
+                       match=f"version 1 of the scientific_ms protocol, this process version {auth.VERSION}"):
         MasterConnection("127.0.0.1", listener.getsockname()[1], b"correct horse", "secure")
     thread.join(10)
     listener.close()

@@ -286,7 +286,10 @@ class Keeper(WorkerLives):
             elif kind == "unknown":
                 for worker in self.workers:
                     if worker.process_id in event[1] and not worker.killed:
-                        self._end_declared_dead(worker)
+                        if not worker.conn.closed:
+                            self._read(worker)   # a "bye" said before it unregistered
+                        if not worker.leaving:
+                            self._end_declared_dead(worker)
             elif kind == "revoked":
                 self._tell_workers(("poke",))
             elif kind == "forgotten":
@@ -317,7 +320,9 @@ class Keeper(WorkerLives):
                 worker.process_id = None
             return
         if self.stopping is None:
-            log.error("keeper of %r lost its master: %s; ending its workers", self.label, message)
+            # A lone keeper's worker says so itself, to the user who started it: once is enough.
+            log.log(logging.INFO if self.lone else logging.ERROR,
+                    "keeper of %r lost its master: %s; ending its workers", self.label, message)
             self._tell_workers(("lost", message))
         self._stop("lost", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 1)
 
@@ -361,9 +366,11 @@ def become_lone_keeper(label: str) -> WorkerLink:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)   # a killpg of the worker's group (its launcher's) spares its keeper
         leaving.forget()       # the supervisor's pipe is the worker's to write
-        keeper = Keeper(label, lone=True, replace_killed=_replace_lone and not leaving.spawned_by_master())
+        restarts = settings.slave_restarts(None)   # for the replacements it forks itself
+        keeper = Keeper(label, lone=True, replace_killed=_replace_lone and not leaving.spawned_by_master(),
+                        max_restarts=restarts)
         keeper.install_signals()
-        keeper.workers.append(Worker(parent, Connection(theirs.detach()), False, 0))
+        keeper.workers.append(Worker(parent, Connection(theirs.detach()), False, restarts))
         result = keeper.run()
         if isinstance(result, WorkerLink):
             return result   # a replacement worker: it serves

@@ -175,9 +175,11 @@ class WorkerLives:
             if worker.process_id is not None:
                 self._call("lost", worker.process_id, f"its process {worker.pid} ended ({worker.cause()})",
                            [running[1]] if running else [])
-            if self.lone:
+            if self.lone and not worker.child:
+                # The process its user started: whoever started it sees its end, and may start another.
                 log.info("the slave process %d of %r ended (%s)", worker.pid, self.label, worker.cause())
                 continue
+            # Ours (-n N, or the replacement a lone keeper forked): nobody else can replace it.
             if worker.restarts_left <= 0:
                 log.error("worker process %d died (%s); restart limit of %d reached, not replacing it",
                           worker.pid, worker.cause(), max_restarts)

@@ -32,6 +32,7 @@ from .. import settings
 from ..errors import ConnectionLostError, MasterNotFoundError, ScientificMSError
 from ..wire.client import MasterConnection
 from ..wire.protocol import REVOKED, TERMINATED, UNKNOWN
+from .heartbeat import RECONNECT_QUIET_SECONDS
 from .keeper_workers import Worker
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,8 @@ class KeeperWatch:
         period = min((worker.period for worker in workers if worker.period), default=1.0)
         limit = max(5.0, 4 * period)
         deadline = time.monotonic() + limit
-        log.warning("keeper %s: %s; trying to reach the master again for %.0f s", self._keeper_id, reason, limit)
         pause = 0.1   # a dying master may still accept a connection or two: retry soon at first
+        warn_at: Optional[float] = time.monotonic() + RECONNECT_QUIET_SECONDS   # a master plainly gone: one message
         while not self._stop.is_set():
             try:
                 return self._connection.duplicate()
@@ -148,6 +149,10 @@ class KeeperWatch:
             except ScientificMSError as error:
                 self._post(("lost", f"{reason}; {error}"))
                 return None
+            if warn_at is not None and time.monotonic() >= warn_at:
+                who = f"keeper {self._keeper_id}" if self._keeper_id is not None else "the keeper of a slave"
+                log.warning("%s: the master does not answer; trying again for up to %.0f s\n  %s", who, limit, reason)
+                warn_at = None
             self._stop.wait(pause)
             pause = min(1.0, 2 * pause)
         return None

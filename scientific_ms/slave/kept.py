@@ -63,6 +63,11 @@ class KeeperSide:
             self.link.hello(slave.process_id, slave.watchdog_period,
                             (connection.host, connection.port, connection.secret), self._session().rejoin_grace)
 
+    def leaving(self) -> None:
+        """About to unregister: the keeper must not take our absence at the master for a death."""
+        if self.link is not None:
+            self.link.leaving()
+
     def bye(self) -> None:
         if self.link is not None:
             self.link.bye()

@@ -221,6 +221,7 @@ class SlaveProcess:
 
     def _goodbye(self, connection: MasterConnection) -> None:
         """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
+        self._kept.leaving()   # first: once unregistered, the keeper must not read our absence as a death
         arguments = [self._abandoned] if self._abandoned else []
         if self._leave_reason is not None:
             arguments = [self._abandoned, self._leave_reason]

@@ -10,7 +10,8 @@ pickled tuples in ``multiprocessing.connection`` framing, on one host::
                                                  registered (again) with the master at that address
                       ("start", task_id, assignment, tag, limit)   only tasks with a time limit
                       ("end", assignment)
-                      ("bye",)                   it leaves on purpose: not a death
+                      ("bye",)                   it leaves on purpose (said before it unregisters,
+                                                 and again as the link closes): not a death
     keeper -> worker  ("poke",)                  the master revoked tasks it holds: exchange now
                       ("terminated",)            the master finished
                       ("lost", reason)           the master is gone (the keeper's heartbeats say so)
@@ -27,6 +28,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from multiprocessing.connection import Connection
@@ -71,6 +73,10 @@ class WorkerLink:
     def ended(self, assignment: int) -> None:
         self._send(("end", assignment))
 
+    def leaving(self) -> None:
+        """This worker leaves on purpose (said before it unregisters): its end is not a death."""
+        self._send(("bye",))
+
     def bye(self) -> None:
         """This worker leaves on purpose; then the link closes."""
         self._send(("bye",))
@@ -85,11 +91,21 @@ class WorkerLink:
                              daemon=True).start()
 
     def close(self) -> None:
+        """Close our end. While the reader thread waits on it, shut the socket down instead
+        (it reads the end of file and closes it): closing a descriptor another thread reads
+        is a race (and the number may be reused)."""
         with self._lock:
-            if not self.closed:
-                self.closed = True
+            if self.closed:
+                return
+            self.closed = True
+            if self._reader is None or self._reader is threading.current_thread():
                 with contextlib.suppress(OSError):
                     self._conn.close()
+                return
+            with contextlib.suppress(OSError):
+                end = socket.socket(fileno=os.dup(self._conn.fileno()))
+                with end:
+                    end.shutdown(socket.SHUT_RDWR)
 
     def listen(self, on_news: Callable[[tuple], None]) -> None:
         """Start the thread that reads the keeper's messages (once); it calls ``on_news(message)``."""
@@ -106,6 +122,8 @@ class WorkerLink:
                 break
             on_news(message)
         if self.closed:
+            with contextlib.suppress(OSError):
+                self._conn.close()
             return   # we closed it: leaving
         message = f"the keeper (PID {self.keeper_pid}) of this slave process ended; it ends too"
         log.error("%s", message)
