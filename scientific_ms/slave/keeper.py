@@ -210,7 +210,9 @@ class Keeper(WorkerLives):
         try:
             self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
         except ScientificMSError as error:
-            log.warning("keeper of %r cannot reach the master at %s:%d: %s", self.label, host, port, error)
+            # A lone keeper's worker reached that master a moment ago: it says what went wrong, if anything.
+            log.log(logging.INFO if self.lone else logging.WARNING,
+                    "keeper of %r cannot reach the master at %s:%d\n  %s", self.label, host, port, error)
             self.connection = None
             return
         if not self.lone:
@@ -322,7 +324,7 @@ class Keeper(WorkerLives):
         if self.stopping is None:
             # A lone keeper's worker says so itself, to the user who started it: once is enough.
             log.log(logging.INFO if self.lone else logging.ERROR,
-                    "keeper of %r lost its master: %s; ending its workers", self.label, message)
+                    "keeper of %r lost its master; ending its workers\n  %s", self.label, message)
             self._tell_workers(("lost", message))
         self._stop("lost", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 1)
 

@@ -128,7 +128,7 @@ class KeeperWatch:
         try:
             return self._connection.duplicate()
         except ScientificMSError as error:
-            self._post(("lost", f"cannot open the heartbeat connection: {error}"))
+            self._post(("lost", f"cannot open the heartbeat connection\n  {error}"))
             return None
 
     def _reconnect(self, reason: str) -> Optional[MasterConnection]:
@@ -144,10 +144,10 @@ class KeeperWatch:
                 return self._connection.duplicate()
             except MasterNotFoundError as error:
                 if getattr(error, "refused", False) or time.monotonic() >= deadline:
-                    self._post(("lost", f"{reason}; the master is gone ({error})"))
+                    self._post(("lost", f"the master is gone\n  {reason}\n  last try: {error}"))
                     return None
             except ScientificMSError as error:
-                self._post(("lost", f"{reason}; {error}"))
+                self._post(("lost", f"{error}\n  {reason}"))
                 return None
             if warn_at is not None and time.monotonic() >= warn_at:
                 who = f"keeper {self._keeper_id}" if self._keeper_id is not None else "the keeper of a slave"
