@@ -137,13 +137,18 @@ def test_kills_while_commits_are_in_progress_leave_a_journal_that_opens(processe
     assert sorted(results) == list(range(tasks)) and all(v == [i * i] for i, v in results.items())
 
 
-def test_slaves_started_by_hand_wait_for_the_restarted_master_and_rejoin_it(processes, tmp_path):
+@pytest.mark.parametrize("workers", ["lone", "-n 2"])
+def test_slaves_started_by_hand_wait_for_the_restarted_master_and_rejoin_it(processes, tmp_path, workers):
+    """Lone slaves (each its own keeper's worker), or a keeper of two workers (``-n 2``)."""
     tasks = 600
     journal, side = tmp_path / "job.db", tmp_path / "executions"
     command = [JOB, "rejoin", journal, tasks, 0.005, side]     # no slaves of its own
     env = {"SCIENTIFIC_MS_REJOIN_GRACE": "60"}
     first = processes.python(*command, name="first", cwd=tmp_path)
-    slaves = [processes.task_manager("slave", "rejoin", "-w", "-v", name=f"slave{n}", env=env) for n in range(2)]
+    if workers == "lone":
+        slaves = [processes.task_manager("slave", "rejoin", "-w", "-v", name=f"slave{n}", env=env) for n in range(2)]
+    else:
+        slaves = [processes.task_manager("slave", "rejoin", "-w", "-v", "-n", "2", name="keeper", env=env)]
     kill_master_halfway(processes, side, tasks, tasks // 2)
     first.wait(30)
     for slave in slaves:
