@@ -1,9 +1,9 @@
 """Latency of a small map: emcee driven through each pool, and a bare map of 32 tiny calls, in one run.
 
     python benchmarks/latency.py [--rounds 5] [--steps 300] [--maps 200] [--only SYSTEM ...]
-    python benchmarks/latency.py --tree /work/old            # scientific_ms imported from that tree
-    python benchmarks/latency.py --compare-tree /work/old    # our Executor only: that tree vs this checkout
-    python benchmarks/latency.py --compare-tree /work/old --tree /other/tree   # vs /other/tree
+    python benchmarks/latency.py --tree /tmp/before            # scientific_ms imported from that tree
+    python benchmarks/latency.py --compare-tree /tmp/before    # our Executor only: that tree vs this checkout
+    python benchmarks/latency.py --compare-tree /tmp/before --tree /other/tree   # vs /other/tree
 
 An MCMC sampler is latency-bound: emcee (32 walkers, 5 dimensions, a
 Gaussian log-probability costing about a microsecond) calls ``pool.map``

@@ -1,6 +1,7 @@
 """Two trees of scientific_ms side by side on throughput.py's workloads, alternating, in one run.
 
-    python benchmarks/runtime.py                        # /work/old against the checkout holding this file
+    git worktree add /tmp/before COMMIT      # the tree to compare against, at any earlier commit
+    python benchmarks/runtime.py /tmp/before            # against the checkout holding this file
     python benchmarks/runtime.py OLD NEW [--rounds 4] [--repeat 2] [--only W1 W2 W3] [--kinds spawned agent]
 
 The workloads are those of throughput.py (benchmarks/workloads.py): W1 =
@@ -150,7 +151,7 @@ def report(trees, runs, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old", nargs="?", default="/work/old", help="the tree to compare against (default /work/old)")
+    parser.add_argument("old", help="the tree to compare against (a checkout of another commit)")
     parser.add_argument("new", nargs="?", default=str(HERE.parent),
                         help="the tree measured (default: the checkout holding this file)")
     parser.add_argument("--rounds", type=int, default=4)
