@@ -290,7 +290,13 @@ class Keeper(WorkerLives):
                     if worker.process_id in event[1] and not worker.killed:
                         if not worker.conn.closed:
                             self._read(worker)   # a "bye" said before it unregistered
-                        if not worker.leaving:
+                        if worker.leaving:
+                            continue
+                        if worker.runnable():
+                            # Alive and running (a cut link that healed, a late beat): it finds out at
+                            # its next call and joins again under a new id; no beats until it says so.
+                            worker.process_id = None
+                        else:
                             self._end_declared_dead(worker)
             elif kind == "revoked":
                 self._tell_workers(("poke",))
@@ -302,11 +308,11 @@ class Keeper(WorkerLives):
                 self._master_lost(event[1])
 
     def _end_declared_dead(self, worker: Worker) -> None:
-        """The master declared ``worker`` dead (no heartbeat in time: stopped, or cut off). Its
-        tasks run elsewhere already; kill it, with whatever its handler started, and start
-        another in its place, so that no stopped worker holds a slot or comes back late."""
+        """The master declared ``worker`` dead, and it is stopped. Its tasks run elsewhere
+        already; kill it, with whatever its handler started, and start another in its
+        place, so that no stopped worker holds a slot or comes back late."""
         message = (f"the master of {self.label!r} declared slave process {worker.pid} dead (no heartbeat "
-                   f"in time: stopped or cut off); it was killed and replaced")
+                   f"in time) while it was stopped; it was killed and replaced")
         log.warning("%s", message)
         worker.killed = message
         worker.running = None
