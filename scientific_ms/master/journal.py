@@ -263,7 +263,7 @@ class Journal:
 
         ``manager`` (a TaskManager) gets the task (``add_task``) or, when
         its answer is journaled, that answer (``add_answered_task``). A
-        master goes through ``journaled.JournaledTasks``, which does the same.
+        master goes through ``journaled.JournaledTasks``, which computes the key.
         """
         with self._mutex:   # one request at a time: task ids follow the request order
             answer = self.replay(tag, key)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from typing import Dict, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
@@ -67,7 +66,6 @@ class JournaledTasks:
         self._manager = manager
         self._journal = Journal(path, label, secret)
         self._digests: Dict[str, bytes] = {}   # global state label -> hash of its value
-        self._lock = threading.Lock()           # one request at a time: task ids follow the request order
         manager.on_answers = self._journal.answers
         # Slaves read this to know that a vanished master may come back (rejoin_grace).
         manager.store_data(JOURNALED_MASTER, dumps_value(
@@ -92,14 +90,7 @@ class JournaledTasks:
         """
         key = request_key(tag, payload, parameters, self._digest) if parameters is not None else \
             request_key(tag, payload)
-        journal, manager = self._journal, self._manager
-        with self._lock:
-            answer = journal.replay(tag, key)
-            if answer is not None:
-                return manager.add_answered_task(tag, *answer)
-            task_id = manager.add_task(tag, payload, time_limit)
-            journal.record(task_id, tag, key, payload)
-        return task_id
+        return self._journal.request(tag, key, payload, self._manager, time_limit)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
         """:meth:`add_task` for each payload, in order; returns their ids."""
