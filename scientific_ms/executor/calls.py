@@ -29,12 +29,12 @@ import re
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import by_value
-from ..wire import discovery
-from ..errors import ConfigurationError, ScientificMSError, SerializationError
-from ..wire.payload import dumps_by_value, loads_value
-from ..slave.slave import SlaveProcess
 from ..core.tasks import ANY_TAG
+from ..errors import ConfigurationError, ScientificMSError, SerializationError
+from ..slave.slave import SlaveProcess
+from ..wire import discovery
+from ..wire.payload import dumps_by_value, loads_value
+from . import by_value
 
 log = logging.getLogger(__name__)
 

@@ -114,7 +114,7 @@ class MapSlot:
 
     __slots__ = ("task_id", "_map", "ok", "value", "done")
 
-    def __init__(self, map_results: "MapResults"):
+    def __init__(self, map_results: MapResults):
         self.task_id: Optional[str] = None   # set once the task is queued
         self._map = map_results
         self.ok = False
@@ -190,7 +190,7 @@ class MapIterator:
         self._end = end
         self._slots = results.slots[::-1]   # pop() from the end: no reference kept to answers read
 
-    def __iter__(self) -> "MapIterator":
+    def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:

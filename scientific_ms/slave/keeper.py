@@ -53,8 +53,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import signal
+import socket
 import time
 from multiprocessing.connection import Connection, wait as wait_for_any
 from typing import List, Optional, Tuple, Union

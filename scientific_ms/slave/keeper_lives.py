@@ -77,7 +77,7 @@ class WorkerLives:
     stopping: Optional[str]
     exit_code: int
     _stop_deadline: float
-    _watch: Optional["KeeperWatch"]
+    _watch: Optional[KeeperWatch]
     _signalled: Optional[int]
 
     def _call(self, method: str, *args) -> object:

@@ -39,23 +39,21 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from . import departure, leaving, rejoin
-
-from ..wire import discovery
-
 from .. import settings
-from ..wire.client import MasterConnection, connect
+from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
+from ..logs import apply_debug_flag
+from ..machine import process_info, tune_allocator
+from ..wire import discovery
+from ..wire.client import MasterConnection, connect
+from ..wire.limits import check_result
+from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
+from ..wire.protocol import OK, Answer, TaskMessage
+from . import departure, leaving, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
 from .kept import KeeperSide
 from .session import Session
-from ..wire.limits import check_result
-from ..logs import apply_debug_flag
-from ..machine import process_info, tune_allocator
-from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
-from ..wire.protocol import OK, Answer, TaskMessage
-from ..core.tasks import ANY_TAG
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)

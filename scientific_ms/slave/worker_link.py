@@ -36,7 +36,7 @@ from typing import Callable, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-_link: Optional["WorkerLink"] = None
+_link: Optional[WorkerLink] = None
 
 
 class WorkerLink:
