@@ -35,7 +35,7 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Tuple
 
 from .. import mpi, settings
 from ..errors import (
@@ -187,7 +187,7 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._collector.join()
 
-    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+    def __exit__(self, exc_type, exc_value, traceback) -> Literal[False]:
         if exc_type is None:
             self.shutdown(wait=True)
         else:
@@ -240,7 +240,7 @@ class Executor(concurrent.futures.Executor):
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         label, tag = self._function(fn)
-        tasks = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
+        tasks: Iterator[tuple] = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
             calls.chunks(iterables, chunksize)
         results = MapResults(self._withdraw)
         try:

@@ -38,7 +38,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ REASONS = (IDLE, SIGTERM)
 TERM_GRACE_SECONDS = 20.0
 
 
-def connect_or_leave(connect: Callable[..., object], wait: bool, wait_timeout: Optional[float],
-                     idle_timeout: Optional[float], label: str):
+T = TypeVar("T")
+
+
+def connect_or_leave(connect: Callable[..., T], wait: bool, wait_timeout: Optional[float],
+                     idle_timeout: Optional[float], label: str) -> Optional[T]:
     """``connect(wait=..., wait_timeout=...)``, where a slave that waits for its master
     with an idle timeout (and no wait timeout) waits at most that long: waiting is idle
     too, and an array task started after its master finished must not wait forever.
@@ -84,7 +87,7 @@ class TerminationSignal:
 
     def __init__(self, on_signal: Callable[[], None]):
         self._on_signal = on_signal
-        self._read = self._write = None
+        self._write: Optional[int] = None   # the pipe's write end, once installed
         self._thread: Optional[threading.Thread] = None
         self.received = False
         self.installed = False
@@ -93,16 +96,16 @@ class TerminationSignal:
         if threading.current_thread() is not threading.main_thread() or \
                 signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return False
-        self._read, self._write = os.pipe()
+        read, self._write = os.pipe()
         os.set_blocking(self._write, False)
-        self._thread = threading.Thread(target=self._wait, name="scientific_ms-sigterm", daemon=True)
+        self._thread = threading.Thread(target=self._wait, args=(read,), name="scientific_ms-sigterm", daemon=True)
         self._thread.start()
         signal.signal(signal.SIGTERM, self._handle)
         self.installed = True
         return True
 
     def uninstall(self) -> None:
-        if not self.installed:
+        if not self.installed or self._write is None:
             return
         self.installed = False
         with contextlib.suppress(ValueError):   # not the main thread: leave it for the exit
@@ -114,17 +117,19 @@ class TerminationSignal:
             os.close(self._write)
 
     def _handle(self, signum, frame) -> None:
+        if self._write is None:
+            return
         with contextlib.suppress(OSError):   # a full pipe already holds a byte: enough
             os.write(self._write, b"T")
 
-    def _wait(self) -> None:
+    def _wait(self, read: int) -> None:
         try:
-            byte = os.read(self._read, 1)
+            byte = os.read(read, 1)
         except OSError:
             return
         finally:
             with contextlib.suppress(OSError):
-                os.close(self._read)
+                os.close(read)
         if byte == b"T":
             self.received = True
             try:
