@@ -14,8 +14,9 @@ process running several slaves (a node agent) can use them too:
   it interrupts); the thread reading the pipe does the work.
 * :class:`IdleClock` says when a process has had no work for
   ``idle_timeout`` seconds, and how long it may still wait for some.
-* :data:`IDLE` and :data:`SIGTERM` are the reasons sent with ``unregister``
-  (``protocol.CALLS``); the master counts them (``task_manager show``).
+* the reasons sent with ``unregister`` (``protocol.CALLS``) are those of
+  ``core/processes.py`` (``LEAVE_REASONS``); the master counts them
+  (``task_manager show``).
 
 ::
 
@@ -41,16 +42,6 @@ import time
 from typing import Callable, Optional, TypeVar
 
 log = logging.getLogger(__name__)
-
-#: Reasons a slave gives when it says goodbye on its own (``unregister``'s third argument).
-IDLE = "idle"
-SIGTERM = "sigterm"
-REASONS = (IDLE, SIGTERM)
-
-#: How long a slave that got SIGTERM lets a running handler go on before it abandons
-#: it (``SCIENTIFIC_MS_TERM_GRACE``). SLURM sends SIGKILL ``KillWait`` (default 30 s)
-#: after SIGTERM at a job's end; ``--signal=TERM@60`` gives more warning.
-TERM_GRACE_SECONDS = 20.0
 
 
 T = TypeVar("T")

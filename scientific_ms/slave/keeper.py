@@ -62,10 +62,9 @@ from typing import List, Optional, Tuple, Union
 from .. import settings
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
-from ..wire import tls
+from ..wire import leaving, tls
 from ..wire.client import MasterConnection
 from ..wire.protocol import OK
-from . import leaving
 from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
 from .keeper_watch import KeeperWatch
 from .keeper_workers import Worker

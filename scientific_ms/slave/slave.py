@@ -40,16 +40,17 @@ import time
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .. import settings
+from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
 from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
 from ..logs import apply_debug_flag
 from ..machine import process_info, tune_allocator
-from ..wire import discovery
+from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect
 from ..wire.limits import check_result
 from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
 from ..wire.protocol import OK, Answer, TaskMessage
-from . import departure, leaving, rejoin
+from . import departure, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
 from .kept import KeeperSide
@@ -104,7 +105,7 @@ class SlaveProcess:
         self.hard_exit = hard_exit
         self.rejoin_grace = None if rejoin_grace is None else settings.rejoin_grace(rejoin_grace)
         self.idle_timeout = settings.idle_timeout(idle_timeout)
-        self._leave_reason: Optional[str] = None   # departure.IDLE or SIGTERM once leaving on our own
+        self._leave_reason: Optional[str] = None   # LEFT_IDLE or LEFT_SIGTERM once leaving on our own
         self.done = False
         self.process_id: Optional[int] = None
         self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
@@ -253,7 +254,7 @@ class SlaveProcess:
                 task = feed.next_task(idle.wait(settings.POLL_SECONDS))
                 if task is None:
                     if idle.expired():
-                        self._leave_reason = departure.IDLE
+                        self._leave_reason = LEFT_IDLE
                         log.warning("slave %s of %r had no work for %g s (idle timeout): it leaves",
                                     self.process_id, self.label, self.idle_timeout)
                         return
@@ -362,7 +363,7 @@ class SlaveProcess:
 
     def _on_sigterm(self) -> None:
         """On the signal thread: stop taking tasks; abandon the running one after the grace."""
-        self._leave_reason = departure.SIGTERM
+        self._leave_reason = LEFT_SIGTERM
         session = self._session
         feed = session.feed
         dropped = feed.leave() if feed is not None else 0
