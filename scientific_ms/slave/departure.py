@@ -6,7 +6,7 @@ taking tasks, drops the ones it holds but has not started, says
 it held back at the front of the queue at once (no blame, no waiting for a
 dropped connection or missed heartbeats) and counts why it left, then
 exits 0. The pieces here are small and free of any slave logic, so that a
-process running several slaves (a node agent) can use them too:
+process keeping several slaves (a keeper, ``keeper.py``) could use them too:
 
 * :class:`TerminationSignal` turns SIGTERM into a call of your function on
   a thread of its own. The signal handler itself only writes one byte to

@@ -21,6 +21,11 @@ at the master (role ``"agent"``) and, for all its workers at once:
   workers wait for it, ``rejoin.py``, and the keeper follows them to it);
 * passes SIGTERM (a batch system's walltime) and SIGINT on to its workers.
 
+What it does to the worker processes (forking, time limits, replacing,
+stopping) is a :class:`~scientific_ms.slave.keeper_lives.WorkerLives` that
+the keeper holds; each worker is a ``keeper_workers.Worker``, and what a
+worker says arrives as the records of ``worker_link.py``.
+
 Two shapes. ``task_manager slave LABEL -n N`` (:func:`run_keeper`): the
 started process is the keeper of N workers forked from it::
 
