@@ -3,11 +3,10 @@ runs a script whose Executor is served by the other ranks under mpiexec."""
 
 import sys
 
+from .cli.commands import command_names, main
 from .executor.script import is_script, run
 
-if is_script(sys.argv[1:]):
+if is_script(sys.argv[1:], command_names()):
     sys.exit(run(sys.argv[1:]))
-
-from .cli.commands import main
 
 sys.exit(main())

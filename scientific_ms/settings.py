@@ -22,6 +22,10 @@ DEFAULT_PORT = 7766
 POLL_SECONDS = 5.0
 #: How long a slave gives a running handler to finish once the master is gone.
 ABANDON_GRACE_SECONDS = 0.5
+#: How long a slave that got SIGTERM lets a running handler go on before it abandons
+#: it (``SCIENTIFIC_MS_TERM_GRACE``; ``slave/departure.py``). SLURM sends SIGKILL
+#: ``KillWait`` (default 30 s) after SIGTERM at a job's end; ``--signal=TERM@60`` gives more warning.
+TERM_GRACE_SECONDS = 20.0
 
 
 def raw(name: str) -> Optional[str]:
@@ -236,6 +240,5 @@ def idle_timeout(explicit=None) -> Optional[float]:
 
 def term_grace() -> float:
     """Seconds a slave that got SIGTERM lets its running handler go on
-    (``SCIENTIFIC_MS_TERM_GRACE``, default ``departure.TERM_GRACE_SECONDS``)."""
-    from .slave.departure import TERM_GRACE_SECONDS
+    (``SCIENTIFIC_MS_TERM_GRACE``, default ``TERM_GRACE_SECONDS``)."""
     return number("TERM_GRACE", TERM_GRACE_SECONDS)

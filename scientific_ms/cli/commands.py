@@ -25,15 +25,15 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple
 
 from .. import logs, settings
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
-from ..slave import departure, leaving, worker_link
+from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
-from ..wire import discovery
+from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect
 from .listing import list_managers
 from .report import build_report, format_status, progress_line
@@ -286,6 +286,11 @@ COMMANDS: Dict[str, Command] = {
     "list": Command(list_managers, _json_option, takes_label=False),
     "slave": Command(slave, _slave_options),
 }
+
+
+def command_names() -> Set[str]:
+    """Every command's name and alias (``python -m scientific_ms NAME`` is a command, not a script)."""
+    return set(COMMANDS) | {alias for command in COMMANDS.values() for alias in command.aliases}
 
 
 def _add_common_options(parser: argparse.ArgumentParser, suppress: bool, takes_label: bool = True) -> None:

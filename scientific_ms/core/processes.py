@@ -16,13 +16,18 @@ import time
 from typing import Callable, Counter, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigurationError, SlaveLostError, TaskTimeLimitError, UnknownProcessError
-from ..slave.departure import REASONS
 from .registry import ProcessRecord, Registry
 from .scheduling import Scheduler
 from .signals import Signals
 from .tasks import Task, TaskState
 
 log = logging.getLogger(__name__)
+
+#: Why a slave says goodbye on its own (``unregister``'s third argument; ``slave/departure.py``):
+#: each is counted as ``left_<reason>`` in the status.
+LEFT_IDLE = "idle"
+LEFT_SIGTERM = "sigterm"
+LEAVE_REASONS = (LEFT_IDLE, LEFT_SIGTERM)
 
 #: The slave interrupts a handler at its time limit; the master reports the
 #: task itself only this much later, if the slave has not answered by then.
@@ -68,9 +73,9 @@ class Processes:
         return proc.process_id
 
     def leave(self, process_id: int, abandoned: FrozenSet[int], reason: Optional[str]) -> Optional[Departure]:
-        """A process says goodbye; ``reason`` in ``departure.REASONS`` is counted as ``left_<reason>``."""
+        """A process says goodbye; ``reason`` in ``LEAVE_REASONS`` is counted as ``left_<reason>``."""
         departure = self.remove(process_id, None, abandoned)
-        if departure is not None and reason in REASONS:
+        if departure is not None and reason in LEAVE_REASONS:
             self._counters[f"left_{reason}"] += 1
         return departure
 

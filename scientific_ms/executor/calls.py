@@ -27,14 +27,14 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from . import by_value
-from ..wire import discovery
-from ..errors import ConfigurationError, ScientificMSError, SerializationError
-from ..wire.payload import dumps_by_value, loads_value
-from ..slave.slave import SlaveProcess
 from ..core.tasks import ANY_TAG
+from ..errors import ConfigurationError, ScientificMSError, SerializationError
+from ..slave.slave import SlaveProcess
+from ..wire import discovery
+from ..wire.payload import dumps_by_value, loads_value
+from . import by_value
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _culprit(parameters: Tuple) -> str:
     return "an argument"
 
 
-def chunks(iterables: Sequence[Iterable], size: int) -> Iterable[Tuple[int, List]]:
+def chunks(iterables: Sequence[Iterable], size: int) -> Iterator[Tuple[int, List]]:
     """``(MAP, items)`` or ``(STARMAP, argument tuples)``, ``size`` at a time (the last may be shorter)."""
     kind, items = (MAP, iter(iterables[0])) if len(iterables) == 1 else (STARMAP, zip(*iterables))
     return ((kind, chunk) for chunk in iter(lambda: list(itertools.islice(items, size)), []))
@@ -114,8 +114,11 @@ class FunctionSlave(SlaveProcess):
 
     def _call(self, function_label: str, kind: int, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
         function = self._fetch_state(function_label)   # cached: fetched once per slave
+        if not callable(function):
+            raise TypeError(f"the Executor's function {function_label!r} is a {type(function).__name__}, "
+                            f"not a callable: it was stored under a label of its own by other code")
         if kind == CALL:
-            return function(*arguments, **keywords)
+            return function(*arguments, **(keywords or {}))
         if kind == MAP:
             return list(map(function, arguments))
         return list(itertools.starmap(function, arguments))

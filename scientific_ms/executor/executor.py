@@ -35,16 +35,20 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
-
-from . import by_value, calls
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Tuple
 
 from .. import mpi, settings
-from ..errors import (ConfigurationError, NoTasksPendingError, RemoteTraceback, TaskManagerTermination,
-                     TaskRaisedException)
-from .futures import Future, MapResults
+from ..errors import (
+    ConfigurationError,
+    NoTasksPendingError,
+    RemoteTraceback,
+    TaskManagerTermination,
+    TaskRaisedException,
+)
 from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
+from . import by_value, calls
+from .futures import Future, MapResults
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,7 @@ class Executor(concurrent.futures.Executor):
         """
         return self._map(fn, iterables, timeout, chunksize, self.master.task_time_limit)
 
-    def options(self, *, time_limit: Optional[float] = None) -> "CallOptions":
+    def options(self, *, time_limit: Optional[float] = None) -> CallOptions:
         """``submit`` and ``map`` with options: ``ex.options(time_limit=60).submit(fn, x)``.
 
         ``time_limit``: seconds each call (each chunk of a map) may run; a
@@ -183,7 +187,7 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._collector.join()
 
-    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+    def __exit__(self, exc_type, exc_value, traceback) -> Literal[False]:
         if exc_type is None:
             self.shutdown(wait=True)
         else:
@@ -236,7 +240,7 @@ class Executor(concurrent.futures.Executor):
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         label, tag = self._function(fn)
-        tasks = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
+        tasks: Iterator[tuple] = ((calls.CALL, args, {}) for args in zip(*iterables)) if chunksize == 1 else \
             calls.chunks(iterables, chunksize)
         results = MapResults(self._withdraw)
         try:
@@ -379,7 +383,7 @@ def _batches(items: Iterator, largest: int) -> Iterator[list]:
         size = min(2 * size, largest)
 
 
-def _shutdown_at_exit(reference: "weakref.ref[Executor]") -> None:
+def _shutdown_at_exit(reference: weakref.ref[Executor]) -> None:
     executor = reference()
     if executor is None:
         return

@@ -22,7 +22,21 @@ import concurrent.futures
 import itertools
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Deque, Iterator, List, Optional, Protocol, cast
+
+
+class _ConditionLock(Protocol):
+    """What ``threading.Condition`` uses of an RLock (its owner checks and save/restore on wait)."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def _release_save(self) -> Any: ...
+
+    def _acquire_restore(self, state: Any) -> None: ...
+
+    def _is_owned(self) -> bool: ...
 
 
 class _LeanCondition(threading.Condition):
@@ -34,9 +48,10 @@ class _LeanCondition(threading.Condition):
     20,000 futures pending). Here they are methods of the class.
     """
 
-    def __init__(self):   # not Condition.__init__: see above
-        self._lock = threading.RLock()
-        self._waiters = collections.deque()
+    def __init__(self) -> None:   # not Condition.__init__: see above
+        # threading.Condition's protocol with its lock: an RLock has these methods (in C), its stub does not.
+        self._lock = cast(_ConditionLock, threading.RLock())
+        self._waiters: Deque[Any] = collections.deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return self._lock.acquire(blocking, timeout)
@@ -69,8 +84,8 @@ class Future(concurrent.futures.Future):
         self._state = _PENDING
         self._result = None
         self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
+        self._waiters: List[Any] = []
+        self._done_callbacks: List[Callable[[concurrent.futures.Future], object]] = []
         self._withdraw = withdraw   # withdraw(future): take the task back if no slave started it
         self._started = started     # started(task_id): has a slave taken the task?
         self.task_id: Optional[str] = None   # set once the task is queued
@@ -114,7 +129,7 @@ class MapSlot:
 
     __slots__ = ("task_id", "_map", "ok", "value", "done")
 
-    def __init__(self, map_results: "MapResults"):
+    def __init__(self, map_results: MapResults):
         self.task_id: Optional[str] = None   # set once the task is queued
         self._map = map_results
         self.ok = False
@@ -190,7 +205,7 @@ class MapIterator:
         self._end = end
         self._slots = results.slots[::-1]   # pop() from the end: no reference kept to answers read
 
-    def __iter__(self) -> "MapIterator":
+    def __iter__(self) -> MapIterator:
         return self
 
     def __next__(self) -> Any:
@@ -223,11 +238,13 @@ class FlatMapIterator(itertools.chain):
     """The items of a chunked map's lists, taken by C code (no Python frame per item),
     with the :meth:`close` of its :class:`MapIterator`."""
 
+    chunks: MapIterator
+
     def close(self) -> None:
         self.chunks.close()
 
 
 def flatten(chunks: MapIterator) -> FlatMapIterator:
-    flat = FlatMapIterator.from_iterable(chunks)
+    flat = cast(FlatMapIterator, FlatMapIterator.from_iterable(chunks))   # a classmethod: an instance of ours
     flat.chunks = chunks
     return flat

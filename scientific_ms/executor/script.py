@@ -13,19 +13,18 @@ import logging
 import os
 import runpy
 import sys
-from typing import List
+from typing import Collection, List
 
 from .. import mpi
 
 log = logging.getLogger(__name__)
 
 
-def is_script(argv: List[str]) -> bool:
-    """True if ``argv`` (after ``-m scientific_ms``) names a script rather than a task_manager command."""
+def is_script(argv: List[str], commands: Collection[str]) -> bool:
+    """True if ``argv`` (after ``-m scientific_ms``) names a script rather than one of the
+    task_manager ``commands`` (their names and aliases: ``cli.commands.command_names()``)."""
     if not argv or argv[0].startswith("-"):
         return False
-    from ..cli.commands import COMMANDS
-    commands = set(COMMANDS) | {alias for command in COMMANDS.values() for alias in command.aliases}
     return argv[0] not in commands and (argv[0].endswith(".py") or os.path.isfile(argv[0]))
 
 

@@ -14,7 +14,8 @@
   as ``__main__`` by ``task_manager slave`` and by MPI slave ranks;
 - :func:`slave_command`: the command a spawned slave runs, with
   :func:`protocol.slave_environment` telling it where its master is
-  (``task_manager slave -n N`` runs N behind a node agent, ``agent.py``;
+  (``task_manager slave -n N`` runs N workers forked by one keeper,
+  ``slave/keeper.py``;
   the master's own spawned slaves are supervised and replaced by
   ``supervisor.py``).
 """

@@ -4,7 +4,7 @@ Each child has a thread blocked in ``wait()`` (no polling). A child that
 dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
 replaced, at most ``max_restarts`` times per slot, so a job keeps its
 workers without looping forever on a slave that cannot start. A child that
-said it leaves on purpose (``terminationTest``; see ``leaving.py``) is not
+said it leaves on purpose (``terminationTest``; see ``wire/leaving.py``) is not
 replaced; exit status 0 alone proves nothing, since a handler may call
 ``sys.exit(0)`` or ``os._exit(0)``. Nor is one that ends once the job is over.
 
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Sequence
 
-from ..slave.leaving import LeavingChannel
+from ..wire.leaving import LeavingChannel
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ taking tasks, drops the ones it holds but has not started, says
 it held back at the front of the queue at once (no blame, no waiting for a
 dropped connection or missed heartbeats) and counts why it left, then
 exits 0. The pieces here are small and free of any slave logic, so that a
-process running several slaves (a node agent) can use them too:
+process keeping several slaves (a keeper, ``keeper.py``) could use them too:
 
 * :class:`TerminationSignal` turns SIGTERM into a call of your function on
   a thread of its own. The signal handler itself only writes one byte to
@@ -14,8 +14,9 @@ process running several slaves (a node agent) can use them too:
   it interrupts); the thread reading the pipe does the work.
 * :class:`IdleClock` says when a process has had no work for
   ``idle_timeout`` seconds, and how long it may still wait for some.
-* :data:`IDLE` and :data:`SIGTERM` are the reasons sent with ``unregister``
-  (``protocol.CALLS``); the master counts them (``task_manager show``).
+* the reasons sent with ``unregister`` (``protocol.CALLS``) are those of
+  ``core/processes.py`` (``LEAVE_REASONS``); the master counts them
+  (``task_manager show``).
 
 ::
 
@@ -38,23 +39,16 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 log = logging.getLogger(__name__)
 
-#: Reasons a slave gives when it says goodbye on its own (``unregister``'s third argument).
-IDLE = "idle"
-SIGTERM = "sigterm"
-REASONS = (IDLE, SIGTERM)
 
-#: How long a slave that got SIGTERM lets a running handler go on before it abandons
-#: it (``SCIENTIFIC_MS_TERM_GRACE``). SLURM sends SIGKILL ``KillWait`` (default 30 s)
-#: after SIGTERM at a job's end; ``--signal=TERM@60`` gives more warning.
-TERM_GRACE_SECONDS = 20.0
+T = TypeVar("T")
 
 
-def connect_or_leave(connect: Callable[..., object], wait: bool, wait_timeout: Optional[float],
-                     idle_timeout: Optional[float], label: str):
+def connect_or_leave(connect: Callable[..., T], wait: bool, wait_timeout: Optional[float],
+                     idle_timeout: Optional[float], label: str) -> Optional[T]:
     """``connect(wait=..., wait_timeout=...)``, where a slave that waits for its master
     with an idle timeout (and no wait timeout) waits at most that long: waiting is idle
     too, and an array task started after its master finished must not wait forever.
@@ -84,7 +78,7 @@ class TerminationSignal:
 
     def __init__(self, on_signal: Callable[[], None]):
         self._on_signal = on_signal
-        self._read = self._write = None
+        self._write: Optional[int] = None   # the pipe's write end, once installed
         self._thread: Optional[threading.Thread] = None
         self.received = False
         self.installed = False
@@ -93,16 +87,16 @@ class TerminationSignal:
         if threading.current_thread() is not threading.main_thread() or \
                 signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return False
-        self._read, self._write = os.pipe()
+        read, self._write = os.pipe()
         os.set_blocking(self._write, False)
-        self._thread = threading.Thread(target=self._wait, name="scientific_ms-sigterm", daemon=True)
+        self._thread = threading.Thread(target=self._wait, args=(read,), name="scientific_ms-sigterm", daemon=True)
         self._thread.start()
         signal.signal(signal.SIGTERM, self._handle)
         self.installed = True
         return True
 
     def uninstall(self) -> None:
-        if not self.installed:
+        if not self.installed or self._write is None:
             return
         self.installed = False
         with contextlib.suppress(ValueError):   # not the main thread: leave it for the exit
@@ -114,17 +108,19 @@ class TerminationSignal:
             os.close(self._write)
 
     def _handle(self, signum, frame) -> None:
+        if self._write is None:
+            return
         with contextlib.suppress(OSError):   # a full pipe already holds a byte: enough
             os.write(self._write, b"T")
 
-    def _wait(self) -> None:
+    def _wait(self, read: int) -> None:
         try:
-            byte = os.read(self._read, 1)
+            byte = os.read(read, 1)
         except OSError:
             return
         finally:
             with contextlib.suppress(OSError):
-                os.close(self._read)
+                os.close(read)
         if byte == b"T":
             self.received = True
             try:

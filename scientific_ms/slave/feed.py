@@ -31,8 +31,8 @@ import time
 from typing import Callable, Deque, List, Optional
 
 from .. import settings
-from ..wire.client import MasterConnection
 from ..errors import ConnectionLostError
+from ..wire.client import MasterConnection
 from ..wire.protocol import TERMINATED, UNKNOWN, Answer
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,8 @@ class TaskFeed:
                         self.process_id = self._rejoin(process_id, self._connection)
                     if revoked:   # another slave runs them now: drop those not started
                         dropped = set(revoked)
-                        self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)   # [1]: assignment
+                        # t[1]: the assignment
+                        self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)
                     if not self._leaving:   # else the goodbye gives them back
                         self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
                     self._server_drained = want > 0 and not tasks

@@ -21,6 +21,11 @@ at the master (role ``"agent"``) and, for all its workers at once:
   workers wait for it, ``rejoin.py``, and the keeper follows them to it);
 * passes SIGTERM (a batch system's walltime) and SIGINT on to its workers.
 
+What it does to the worker processes (forking, time limits, replacing,
+stopping) is a :class:`~scientific_ms.slave.keeper_lives.WorkerLives` that
+the keeper holds; each worker is a ``keeper_workers.Worker``, and what a
+worker says arrives as the records of ``worker_link.py``.
+
 Two shapes. ``task_manager slave LABEL -n N`` (:func:`run_keeper`): the
 started process is the keeper of N workers forked from it::
 
@@ -53,8 +58,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import signal
+import socket
 import time
 from multiprocessing.connection import Connection, wait as wait_for_any
 from typing import List, Optional, Tuple, Union
@@ -62,14 +67,13 @@ from typing import List, Optional, Tuple, Union
 from .. import settings
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
-from ..wire import tls
+from ..wire import leaving, tls
 from ..wire.client import MasterConnection
 from ..wire.protocol import OK
-from . import leaving
-from .keeper_lives import BecameWorker, WorkerLives, flush_output
+from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
 from .keeper_watch import KeeperWatch
 from .keeper_workers import Worker
-from .worker_link import WorkerLink
+from .worker_link import Hello, WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +93,14 @@ def replace_lone_workers(enabled: bool) -> None:
     _replace_lone = enabled
 
 
-class Keeper(WorkerLives):
+class Keeper:
     """Keeps workers of ``label``; see the module docstring.
 
     ``lone``: the keeper of the process it was forked from; else of
     ``count`` workers forked from it, with ``connection`` to the master.
-    :meth:`run` returns the exit code in the keeper, and a
-    :class:`WorkerLink` in each worker it forks (which then serves).
+    Their processes are ``self.lives`` (``keeper_lives.py``); the keeper
+    talks to the master for them. :meth:`run` returns the exit code in the
+    keeper, and a :class:`WorkerLink` in each worker it forks (which then serves).
     """
 
     def __init__(self, label: str, *, lone: bool, connection: Optional[MasterConnection] = None,
@@ -103,19 +108,16 @@ class Keeper(WorkerLives):
         self.label = label
         self.lone = lone
         self.count = count
-        self.max_restarts = max_restarts
-        self.replace_killed = replace_killed
         self.connection = connection
         self.keeper_id: Optional[int] = None
-        self.workers: List[Worker] = []
+        self.lives = WorkerLives(label, lone=lone, replace_killed=replace_killed, max_restarts=max_restarts,
+                                 connection=lambda: self.connection, call=self._call, post=self._post,
+                                 on_hello=self._on_hello)
         self._watch: Optional[KeeperWatch] = None
         self._events: List[tuple] = []
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
         self._signalled: Optional[int] = None
-        self.stopping: Optional[str] = None
-        self._stop_deadline = 0.0
-        self.exit_code = 0
         self._rejoin_grace = 0.0
 
     # ------------------------------------------------------------------ the main loop
@@ -126,75 +128,48 @@ class Keeper(WorkerLives):
                 if not self._register():
                     return 0
                 for _ in range(self.count):
-                    self._fork_worker(self.max_restarts)
+                    self.lives.fork(self.lives.max_restarts)
             self._loop()
         except BecameWorker as became:
-            return became.link
+            return self._as_worker(became)
         self._end()
-        return self.exit_code
+        return self.lives.exit_code
 
     def _loop(self) -> None:
-        while self.workers:
-            ready = wait_for_any(self._waitables(), self._timeout())
+        lives = self.lives
+        while lives.workers:
+            ready = wait_for_any([self._wake_reader, *lives.waitables()], self._timeout())
             for item in ready:
                 if item is self._wake_reader:
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
                 else:
-                    self._on_ready(item)
+                    lives.on_ready(item)
             self._take_events()
-            self._enforce_time_limits(KILL_GRACE_SECONDS)
-            self._replace_ended(self.max_restarts)
-            self._wind_down()
-
-    def _waitables(self) -> list:
-        items: list = [self._wake_reader]
-        for worker in self.workers:
-            if not worker.conn.closed:
-                items.append(worker.conn)
-            if worker.pidfd is not None:
-                items.append(worker.pidfd)
-        return items
+            lives.enforce_time_limits(KILL_GRACE_SECONDS)
+            lives.replace_ended()
+            lives.wind_down()
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        due = [now + settings.POLL_SECONDS]
-        due.extend(d for d in (w.deadline(KILL_GRACE_SECONDS) for w in self.workers) if d is not None)
-        if self.stopping is not None:
-            due.append(self._stop_deadline)
-        if any(worker.pidfd is None for worker in self.workers):
-            due.append(now + 0.25)   # no pidfd here: look at the processes now and then
-        return max(0.0, min(due) - now) + 0.001
+        return max(0.0, min([now + settings.POLL_SECONDS, *self.lives.due(KILL_GRACE_SECONDS)]) - now) + 0.001
 
-    def _on_ready(self, item) -> None:
-        for worker in self.workers:
-            if item is worker.conn:
-                self._read(worker)
-            elif item == worker.pidfd and isinstance(item, int):
-                worker.has_ended()
-                worker.ended = True
-
-    def _read(self, worker: Worker) -> None:
-        try:
-            while worker.conn.poll():
-                self._on_message(worker, worker.conn.recv())
-        except (EOFError, OSError):
-            worker.conn.close()   # it ended, or is ending: its pidfd (or the next look) says so
-
-    def _on_message(self, worker: Worker, message: tuple) -> None:
-        kind = message[0]
-        if kind == "start":
-            worker.running = (message[1], message[2], message[3], message[4], time.monotonic())
-        elif kind == "end":
-            worker.running = None
-        elif kind == "hello":
-            _, worker.process_id, worker.period, worker.address, grace = message
-            self._rejoin_grace = max(self._rejoin_grace, grace or 0.0)
-            self._follow(worker.address)
-        elif kind == "bye":
-            worker.leaving = True
+    def _as_worker(self, became: BecameWorker) -> WorkerLink:
+        """In a worker just forked: let go of the keeper's sockets and connections (never shut
+        them down: the keeper still uses them) and make the link to the keeper."""
+        self._close_wake()
+        if self.connection is not None:
+            self.connection.disown()
+        watching = self._watch.connection if self._watch is not None else None
+        if watching is not None:
+            watching.disown()
+        return WorkerLink(became.conn, became.keeper_pid, keeper_id=None if self.lone else self.keeper_id)
 
     # ------------------------------------------------------------------ the master
+
+    def _on_hello(self, hello: Hello) -> None:
+        self._rejoin_grace = max(self._rejoin_grace, hello.rejoin_grace or 0.0)
+        self._follow(hello.address)
 
     def _follow(self, address: Tuple[str, int, bytes]) -> None:
         """A worker registered at ``address``: watch it there (a lone keeper follows its
@@ -218,14 +193,15 @@ class Keeper(WorkerLives):
         if not self.lone:
             self._register()
             return
-        self._watch = KeeperWatch(self.connection, None, self._targets, self._post)
+        self._watch = KeeperWatch(self.connection, None, self.lives.targets, self._post)
         self._watch.start()
 
     def _register(self) -> bool:
         """Register as the agent of the workers and start the watch thread; False if the job is over."""
-        assert self.connection is not None
+        connection = self.connection
+        assert connection is not None   # given to run_keeper, or just opened by _follow
         try:
-            status, self.keeper_id = self.connection.call(
+            status, self.keeper_id = connection.call(
                 "register", "agent", dict(process_info(), slaves=self.count), None, None)
         except ConnectionLostError as error:
             self._post(("lost", str(error)))
@@ -235,8 +211,8 @@ class Keeper(WorkerLives):
             self.keeper_id = None
             return False
         log.info("keeper %s of %r at %s (%d worker(s))", self.keeper_id, self.label,
-                 self.connection.address, self.count)
-        self._watch = KeeperWatch(self.connection, self.keeper_id, self._targets, self._post)
+                 connection.address, self.count)
+        self._watch = KeeperWatch(connection, self.keeper_id, self.lives.targets, self._post)
         self._watch.start()
         return True
 
@@ -248,12 +224,6 @@ class Keeper(WorkerLives):
             self.connection.close()
             self.connection = None
         self.keeper_id = None
-
-    def _targets(self) -> Tuple[List[Worker], bool]:
-        """For the watch thread: the workers to beat for, and whether one is still starting."""
-        workers = list(self.workers)
-        return [w for w in workers if w.process_id is not None and not w.killed], \
-            any(w.process_id is None for w in workers)
 
     def _post(self, event: tuple) -> None:
         """Any thread: hand an event to the main loop (list appends are atomic)."""
@@ -276,68 +246,55 @@ class Keeper(WorkerLives):
             return None
 
     def _take_events(self) -> None:
+        lives = self.lives
         if self._signalled is not None:
             signum, self._signalled = self._signalled, None
-            self._take_signal(signum)
+            lives.pass_signal(signum)
         while self._events:
             event = self._events.pop(0)
             kind = event[0]
             if kind == "terminated":
-                self._tell_workers(("terminated",))
-                self._stop("terminated", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 0)
+                lives.tell(("terminated",))
+                lives.stop("terminated", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 0)
             elif kind == "unknown":
-                for worker in self.workers:
-                    if worker.process_id in event[1] and not worker.killed:
-                        if not worker.conn.closed:
-                            self._read(worker)   # a "bye" said before it unregistered
-                        if worker.leaving:
-                            continue
-                        if worker.runnable():
-                            # Alive and running (a cut link that healed, a late beat): it finds out at
-                            # its next call and joins again under a new id; no beats until it says so.
-                            worker.process_id = None
-                        else:
-                            self._end_declared_dead(worker)
+                lives.end_declared_dead(event[1])
             elif kind == "revoked":
-                self._tell_workers(("poke",))
+                lives.tell(("poke",))
             elif kind == "forgotten":
                 self._drop_registration()
-                if self.workers and self.workers[0].address is not None:
-                    self._follow(self.workers[0].address)
+                address = lives.workers[0].address if lives.workers else None
+                if address is not None:
+                    self._follow(address)
             elif kind == "lost":
                 self._master_lost(event[1])
 
-    def _end_declared_dead(self, worker: Worker) -> None:
-        """The master declared ``worker`` dead, and it is stopped. Its tasks run elsewhere
-        already; kill it, with whatever its handler started, and start another in its
-        place, so that no stopped worker holds a slot or comes back late."""
-        message = (f"the master of {self.label!r} declared slave process {worker.pid} dead (no heartbeat "
-                   f"in time) while it was stopped; it was killed and replaced")
-        log.warning("%s", message)
-        worker.killed = message
-        worker.running = None
-        worker.process_id = None   # declared dead already: nothing to unregister
-        worker.kill(signal.SIGKILL)
-
     def _master_lost(self, message: str) -> None:
+        lives = self.lives
         self._drop_registration()
-        if self._rejoin_grace and self.stopping is None:
+        if self._rejoin_grace and lives.stopping is None:
             log.warning("keeper of %r lost its master (%s); its workers wait for it to come back",
                         self.label, message)
-            for worker in self.workers:
-                worker.process_id = None
+            lives.forget_registrations()
             return
-        if self.stopping is None:
+        if lives.stopping is None:
             # A lone keeper's worker says so itself, to the user who started it: once is enough.
             log.log(logging.INFO if self.lone else logging.ERROR,
                     "keeper of %r lost its master; ending its workers\n  %s", self.label, message)
-            self._tell_workers(("lost", message))
-        self._stop("lost", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 1)
+            lives.tell(("lost", message))
+        lives.stop("lost", settings.ABANDON_GRACE_SECONDS + STOP_MARGIN_SECONDS, 1)
 
-    def _tell_workers(self, message: tuple) -> None:
-        for worker in self.workers:
-            with contextlib.suppress(OSError):
-                worker.conn.send(message)
+    # ------------------------------------------------------------------ signals and the end
+
+    def install_signals(self) -> None:
+        """SIGTERM and SIGINT go on to the workers (a lone keeper leaves Ctrl-C to its worker,
+        which has it from the terminal)."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.lone else self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # The main loop may be anywhere: only note it, and wake the loop.
+        self._signalled = signum
+        self.wake()
 
     def _close_wake(self) -> None:
         for end in (self._wake_reader, self._wake_writer):
@@ -347,7 +304,7 @@ class Keeper(WorkerLives):
         """The last worker ended: say goodbye (unless the master is over or gone) and close."""
         if self._watch is not None:
             self._watch.stop()
-        if self.keeper_id is not None and self.connection is not None and self.stopping not in ("terminated", "lost"):
+        if self.keeper_id is not None and self.connection is not None and self.lives.stopping not in SILENT_STOPS:
             with contextlib.suppress(ScientificMSError):
                 self.connection.call("unregister", self.keeper_id, timeout=5.0)
         if self.connection is not None:
@@ -378,7 +335,7 @@ def become_lone_keeper(label: str) -> WorkerLink:
         keeper = Keeper(label, lone=True, replace_killed=_replace_lone and not leaving.spawned_by_master(),
                         max_restarts=restarts)
         keeper.install_signals()
-        keeper.workers.append(Worker(parent, Connection(theirs.detach()), False, restarts))
+        keeper.lives.add(Worker(parent, Connection(theirs.detach()), False, restarts))
         result = keeper.run()
         if isinstance(result, WorkerLink):
             return result   # a replacement worker: it serves

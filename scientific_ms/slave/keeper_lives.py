@@ -1,9 +1,11 @@
 """The lives of a keeper's workers (``keeper.py``): forking, timing, replacing, ending them.
 
-:class:`WorkerLives` is the half of :class:`~scientific_ms.slave.keeper.Keeper`
-that acts on the worker processes; the other half talks to the master.
-Everything here runs on the keeper's main thread, which is the only
-thread that forks: a worker is forked from it, never from the watch thread.
+:class:`WorkerLives` owns the keeper's list of workers and everything it
+does to their processes; the :class:`~scientific_ms.slave.keeper.Keeper`
+holds one, talks to the master, and hands it what it needs of that (the
+connection, a call, an event to post) in its constructor. Everything here
+runs on the keeper's main thread, which is the only thread that forks: a
+worker is forked from it, never from the watch thread.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from .. import settings
 from ..errors import ScientificMSError, TaskTimeLimitError
@@ -24,32 +26,24 @@ from ..wire.client import MasterConnection
 from ..wire.payload import dumps_exception
 from ..wire.protocol import Answer
 from .keeper_workers import Worker
-from .worker_link import WorkerLink, die_with
-
-if TYPE_CHECKING:
-    from .keeper_watch import KeeperWatch
+from .worker_link import Hello, die_with
 
 log = logging.getLogger(__name__)
 
 #: Why a keeper stops without saying goodbye for its workers: the master is over or gone.
 SILENT_STOPS = ("terminated", "lost")
+#: With no pidfd (not Linux), how often the keeper looks whether its workers still run.
+NO_PIDFD_LOOK_SECONDS = 0.25
 
 
 class BecameWorker(Exception):
-    """Raised in a process just forked from the keeper: it unwinds to ``Keeper.run``."""
+    """Raised in a process just forked from the keeper: it unwinds to ``Keeper.run``, which
+    makes it a worker with the link ``conn`` to its keeper ``keeper_pid``."""
 
-    def __init__(self, link: WorkerLink):
+    def __init__(self, conn: Connection, keeper_pid: int):
         super().__init__("a worker")
-        self.link = link
-
-
-def disown(connection: Optional[MasterConnection]) -> None:
-    """In a forked child: never shut the parent's connection down (a shutdown
-    acts on the socket both processes share; a close only on our copy)."""
-    proxy = getattr(connection, "_proxy", None)
-    pyro_connection = getattr(proxy, "_pyroConnection", None)
-    if pyro_connection is not None:
-        pyro_connection.keep_open = True
+        self.conn = conn
+        self.keeper_pid = keeper_pid
 
 
 def flush_output() -> None:
@@ -60,41 +54,81 @@ def flush_output() -> None:
 
 
 class WorkerLives:
-    """Forks, times, replaces and ends the workers in ``self.workers``.
+    """Forks, times, replaces and ends the workers of the keeper of ``label``.
 
-    Expects of the class it is mixed into: ``label``, ``lone``,
-    ``replace_killed``, ``workers``, ``connection``, ``keeper_id``,
-    ``stopping``, ``exit_code``, ``_stop_deadline``, ``_watch``, ``_call``,
-    ``_post`` and ``_close_wake``.
+    ``lone``: the keeper of the process it was forked from (``replace_killed``:
+    whether it forks a replacement for a worker it killed); ``max_restarts``:
+    how many deaths a worker's line may be replaced after. From the keeper:
+    ``connection()`` its current connection to the master (or None),
+    ``call(method, *args)`` a call on it that posts ``("lost", ...)`` on
+    failure, ``post(event)`` an event for its main loop, and ``on_hello(hello)``
+    when a worker registered (again) with the master.
     """
 
-    label: str
-    lone: bool
-    replace_killed: bool
-    workers: List[Worker]
-    connection: Optional[MasterConnection]
-    keeper_id: Optional[int]
-    stopping: Optional[str]
-    exit_code: int
-    _stop_deadline: float
-    _watch: Optional["KeeperWatch"]
-    _signalled: Optional[int]
+    def __init__(self, label: str, *, lone: bool, replace_killed: bool, max_restarts: int,
+                 connection: Callable[[], Optional[MasterConnection]], call: Callable[..., object],
+                 post: Callable[[tuple], None], on_hello: Callable[[Hello], None]):
+        self.label = label
+        self.lone = lone
+        self.replace_killed = replace_killed
+        self.max_restarts = max_restarts
+        self._connection = connection
+        self._call = call
+        self._post = post
+        self._on_hello = on_hello
+        self.workers: List[Worker] = []
+        self.stopping: Optional[str] = None   # why the keeper stops, once it does
+        self.stop_deadline = 0.0               # when the workers still there are killed
+        self.exit_code = 0
 
-    def _call(self, method: str, *args) -> object:
-        raise NotImplementedError
+    # ------------------------------------------------------------------ what the main loop waits on
 
-    def _post(self, event: tuple) -> None:
-        raise NotImplementedError
+    def add(self, worker: Worker) -> None:
+        """Keep ``worker`` (a lone keeper's: the process it was forked from)."""
+        self.workers.append(worker)
 
-    def wake(self) -> None:
-        raise NotImplementedError
+    def waitables(self) -> list:
+        """The workers' links and pidfds, for the main loop's wait."""
+        items: list = []
+        for worker in self.workers:
+            if not worker.conn.closed:
+                items.append(worker.conn)
+            if worker.pidfd is not None:
+                items.append(worker.pidfd)
+        return items
 
-    def _close_wake(self) -> None:
-        raise NotImplementedError
+    def due(self, grace: float) -> List[float]:
+        """When the main loop must look again (monotonic): time limits past ``grace``, the stop."""
+        due = [d for d in (worker.deadline(grace) for worker in self.workers) if d is not None]
+        if self.stopping is not None:
+            due.append(self.stop_deadline)
+        if any(worker.pidfd is None for worker in self.workers):
+            due.append(time.monotonic() + NO_PIDFD_LOOK_SECONDS)   # no pidfd here: look now and then
+        return due
+
+    def on_ready(self, item: object) -> None:
+        """``item`` (a link or a pidfd) is ready: read the worker, or note that it ended."""
+        for worker in self.workers:
+            if item is worker.conn:
+                self.read(worker)
+            elif item == worker.pidfd and isinstance(item, int):
+                worker.has_ended()
+                worker.ended = True
+
+    def read(self, worker: Worker) -> None:
+        """Take what ``worker`` said; the keeper follows its hellos to the master."""
+        for hello in worker.receive():
+            self._on_hello(hello)
+
+    def targets(self) -> Tuple[List[Worker], bool]:
+        """For the watch thread: the workers to beat for, and whether one is still starting."""
+        workers = list(self.workers)
+        return [w for w in workers if w.process_id is not None and not w.killed], \
+            any(w.process_id is None for w in workers)
 
     # ------------------------------------------------------------------ forking
 
-    def _fork_worker(self, restarts_left: int) -> None:
+    def fork(self, restarts_left: int) -> None:
         """Fork a worker; in the child this raises BecameWorker (it serves, never returns here)."""
         ours, theirs = socket.socketpair()
         keeper_pid = os.getpid()
@@ -118,43 +152,78 @@ class WorkerLives:
         for worker in self.workers:
             worker.close()
         self.workers = []
-        self._close_wake()
-        disown(self.connection)
-        if self._watch is not None:
-            disown(self._watch.connection)
-        raise BecameWorker(WorkerLink(conn, keeper_pid, keeper_id=None if self.lone else self.keeper_id))
+        raise BecameWorker(conn, keeper_pid)
 
     # ------------------------------------------------------------------ time limits
 
-    def _enforce_time_limits(self, grace: float) -> None:
+    def enforce_time_limits(self, grace: float) -> None:
         """Answer each task overdue by ``grace`` with TaskTimeLimitError and kill its worker."""
         now = time.monotonic()
         for worker in self.workers:
-            deadline = worker.deadline(grace)
-            if deadline is None or now < deadline or worker.killed:
+            running = worker.running
+            if running is None or now < running.deadline(grace) or worker.killed:
                 continue
-            task_id, assignment, tag, limit, started = worker.running   # type: ignore[misc]
-            message = (f"task {task_id} (do_{tag}) ran longer than its time limit of {limit:g} s and did "
-                       f"not stop; its slave process {worker.pid} was killed and replaced")
+            message = (f"task {running.task_id} (do_{running.tag}) ran longer than its time limit of "
+                       f"{running.limit:g} s and did not stop; its slave process {worker.pid} was killed "
+                       f"and replaced")
             log.warning("%s", message)
             worker.kill(signal.SIGSTOP)   # no late answer of its own from now on
             worker.killed = message
             worker.running = None
-            if worker.process_id is not None and self.connection is not None:
-                answer = Answer(task_id, assignment, False, dumps_exception(TaskTimeLimitError(message)),
-                                f"TaskTimeLimitError: {message}\n", now - started)
+            connection = self._connection()
+            if worker.process_id is not None and connection is not None:
+                answer = Answer(running.task_id, running.assignment, False,
+                                dumps_exception(TaskTimeLimitError(message)),
+                                f"TaskTimeLimitError: {message}\n", now - running.started)
                 try:
-                    self.connection.exchange(worker.process_id, [answer], 0, 0.0)
+                    connection.exchange(worker.process_id, [answer], 0, 0.0)
                     # Before the kill: its dropped connection then costs nothing (its queued
                     # tasks run elsewhere, unblamed).
-                    self.connection.call("unregister", worker.process_id, timeout=30.0)
+                    connection.call("unregister", worker.process_id, timeout=30.0)
                 except ScientificMSError as error:
                     self._post(("lost", str(error)))
             worker.kill(signal.SIGKILL)
 
     # ------------------------------------------------------------------ ends
 
-    def _replace_ended(self, max_restarts: int) -> None:
+    def end_declared_dead(self, process_ids: Iterable[int]) -> None:
+        """The master declared these workers dead (no heartbeat in time). A stopped one is
+        killed, with whatever its handler started, so that another starts in its place and
+        no stopped worker holds a slot or comes back late (its tasks run elsewhere already).
+        One still running (a cut link that healed, a late beat) finds out at its next call
+        and joins again under a new id: no beats for it until it says so. One that said bye
+        before it unregistered is leaving, not dead."""
+        ids = set(process_ids)
+        for worker in self.workers:
+            if worker.process_id not in ids or worker.killed:
+                continue
+            if not worker.conn.closed:
+                self.read(worker)   # a "bye" said before it unregistered
+            if worker.leaving:
+                continue
+            if worker.runnable():
+                worker.process_id = None
+                continue
+            message = (f"the master of {self.label!r} declared slave process {worker.pid} dead (no "
+                       f"heartbeat in time) while it was stopped; it was killed and replaced")
+            log.warning("%s", message)
+            worker.killed = message
+            worker.running = None
+            worker.process_id = None   # declared dead already: nothing to unregister
+            worker.kill(signal.SIGKILL)
+
+    def forget_registrations(self) -> None:
+        """The master is gone: no worker is registered anywhere (until it says hello again)."""
+        for worker in self.workers:
+            worker.process_id = None
+
+    def tell(self, message: tuple) -> None:
+        """Send ``message`` to every worker (``worker_link.py`` lists what a keeper says)."""
+        for worker in self.workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(message)
+
+    def replace_ended(self) -> None:
         """Forget the workers that ended; report deaths; fork replacements."""
         for worker in list(self.workers):
             if not self._has_gone(worker):
@@ -169,12 +238,12 @@ class WorkerLives:
                 continue
             if worker.killed:
                 if not self.lone or self.replace_killed:
-                    self._fork_worker(worker.restarts_left)
+                    self.fork(worker.restarts_left)
                 continue
             running = worker.running
             if worker.process_id is not None:
                 self._call("lost", worker.process_id, f"its process {worker.pid} ended ({worker.cause()})",
-                           [running[1]] if running else [])
+                           [running.assignment] if running else [])
             if self.lone and not worker.child:
                 # The process its user started: whoever started it sees its end, and may start another.
                 log.info("the slave process %d of %r ended (%s)", worker.pid, self.label, worker.cause())
@@ -182,38 +251,35 @@ class WorkerLives:
             # Ours (-n N, or the replacement a lone keeper forked): nobody else can replace it.
             if worker.restarts_left <= 0:
                 log.error("worker process %d died (%s); restart limit of %d reached, not replacing it",
-                          worker.pid, worker.cause(), max_restarts)
+                          worker.pid, worker.cause(), self.max_restarts)
                 if not self.workers:
                     self.exit_code = 1
                 continue
             log.warning("worker process %d died (%s)%s; forking a replacement", worker.pid, worker.cause(),
-                        f" while running task {running[0]}" if running else "")
-            self._fork_worker(worker.restarts_left - 1)
+                        f" while running task {running.task_id}" if running else "")
+            self.fork(worker.restarts_left - 1)
 
     def _has_gone(self, worker: Worker) -> bool:
         if not worker.ended and not worker.conn.closed:
             return False
         if not worker.conn.closed:   # what it said before it ended (a "bye") counts
-            self._read(worker)
+            self.read(worker)
         if worker.leaving and worker.conn.closed and not worker.child:
             return True   # a lone slave that said bye: it goes on with its script, without us
         return worker.ended or (worker.pidfd is None and worker.has_ended())
 
-    def _read(self, worker: Worker) -> None:
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ stopping
 
-    def _stop(self, reason: str, grace: float, code: int) -> None:
+    def stop(self, reason: str, grace: float, code: int) -> None:
         """Stop (the first reason counts): workers get ``grace`` seconds to end on their own."""
         if self.stopping is None:
             self.stopping = reason
-            self._stop_deadline = time.monotonic() + grace
+            self.stop_deadline = time.monotonic() + grace
             self.exit_code = code
 
-    def _wind_down(self) -> None:
+    def wind_down(self) -> None:
         """Past the stop deadline: kill the workers still there."""
-        if self.stopping is None or time.monotonic() < self._stop_deadline:
+        if self.stopping is None or time.monotonic() < self.stop_deadline:
             return
         for worker in self.workers:
             if worker.killed or worker.ended or (worker.leaving and worker.conn.closed):
@@ -224,23 +290,13 @@ class WorkerLives:
             worker.killed = self.stopping
             worker.kill(signal.SIGKILL)
 
-    def install_signals(self) -> None:
-        """SIGTERM and SIGINT go on to the workers (a lone keeper leaves Ctrl-C to its worker,
-        which has it from the terminal)."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, signal.SIG_IGN if self.lone else self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        # The main loop may be anywhere: only note it, and wake the loop.
-        self._signalled = signum
-        self.wake()
-
-    def _take_signal(self, signum: int) -> None:
+    def pass_signal(self, signum: int) -> None:
+        """The keeper got SIGTERM or SIGINT: pass it on, and give the workers the grace to leave."""
         interrupted = signum == signal.SIGINT
         if self.stopping is None:
             log.warning("keeper of %r %s: its workers leave after their running tasks (within %.0f s)",
                         self.label, "interrupted" if interrupted else "got SIGTERM", settings.term_grace())
         for worker in self.workers:
             worker.send(signum)
-        self._stop("interrupted" if interrupted else "sigterm", settings.term_grace() + 2.0,
-                   130 if interrupted else 0)
+        self.stop("interrupted" if interrupted else "sigterm", settings.term_grace() + 2.0,
+                  130 if interrupted else 0)

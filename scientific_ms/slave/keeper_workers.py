@@ -16,15 +16,29 @@ import os
 import signal
 import time
 from multiprocessing.connection import Connection
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import psutil
 
 from ..machine import ResourceSampler
+from .worker_link import Bye, End, Hello, Start, decode
 
 #: Process states in which a worker cannot be vouched for (it would not answer).
 NOT_RUNNING = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP,
                          psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD})
+
+
+class Running(NamedTuple):
+    """The task with a time limit that a worker runs, as its keeper times it."""
+    task_id: str
+    assignment: int
+    tag: str
+    limit: float      # seconds
+    started: float    # time.monotonic() when the keeper heard of it
+
+    def deadline(self, grace: float) -> float:
+        """When it is overdue by ``grace`` (monotonic)."""
+        return self.started + self.limit + grace
 
 
 class Worker:
@@ -42,7 +56,7 @@ class Worker:
         self.process_id: Optional[int] = None    # its id at the master, once it said hello
         self.period: Optional[float] = None      # its watchdog period
         self.address: Optional[Tuple[str, int, bytes]] = None
-        self.running: Optional[tuple] = None     # (task_id, assignment, tag, limit, started) with a limit
+        self.running: Optional[Running] = None   # its task, if that has a time limit
         self.leaving = False                     # it said bye: its end is not a death
         self.killed: Optional[str] = None        # why the keeper killed it
         self.ended = False
@@ -56,9 +70,28 @@ class Worker:
 
     def deadline(self, grace: float) -> Optional[float]:
         """When its running task is overdue (monotonic), or None."""
-        if self.running is None:
-            return None
-        return self.running[4] + self.running[3] + grace
+        return None if self.running is None else self.running.deadline(grace)
+
+    def receive(self) -> List[Hello]:
+        """Note what the worker said (all of it, without waiting); returns its hellos, which
+        the keeper follows to the master. At the end of file the link closes."""
+        hellos: List[Hello] = []
+        try:
+            while self.conn.poll():
+                message = decode(self.conn.recv())
+                if isinstance(message, Start):
+                    self.running = Running(*message, time.monotonic())
+                elif isinstance(message, End):
+                    self.running = None
+                elif isinstance(message, Hello):
+                    self.process_id, self.period, self.address = \
+                        message.process_id, message.watchdog_period, message.address
+                    hellos.append(message)
+                elif isinstance(message, Bye):
+                    self.leaving = True
+        except (EOFError, OSError):
+            self.conn.close()   # it ended, or is ending: its pidfd (or the next look) says so
+        return hellos
 
     def runnable(self) -> bool:
         """Alive and not stopped: running, sleeping, or busy in C code."""

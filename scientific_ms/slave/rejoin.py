@@ -23,8 +23,8 @@ import socket
 from typing import Optional
 
 from .. import settings
-from ..wire.client import MasterConnection, connect
 from ..errors import ConnectionLostError, MasterNotFoundError
+from ..wire.client import MasterConnection, connect
 from ..wire.payload import loads_value
 from .session import Session
 

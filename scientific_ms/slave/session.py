@@ -38,7 +38,7 @@ class Session:
             if connection is not None:
                 connection.close()
 
-    def renewed(self) -> "Session":
+    def renewed(self) -> Session:
         """A fresh session for a restarted master; this one's extra connections close.
 
         The rejoin grace stays until the new master says otherwise: a slave

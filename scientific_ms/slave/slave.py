@@ -37,32 +37,31 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
-
-from . import departure, leaving, rejoin
-
-from ..wire import discovery
+from typing import Callable, Dict, List, Mapping, Optional
 
 from .. import settings
-from ..wire.client import MasterConnection, connect
+from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
+from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
+from ..logs import apply_debug_flag
+from ..machine import process_info, tune_allocator
+from ..wire import discovery, leaving
+from ..wire.client import MasterConnection, connect
+from ..wire.limits import check_result
+from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
+from ..wire.protocol import OK, Answer, TaskMessage
+from . import departure, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
 from .kept import KeeperSide
 from .session import Session
-from ..wire.limits import check_result
-from ..logs import apply_debug_flag
-from ..machine import process_info, tune_allocator
-from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
-from ..wire.protocol import OK, Answer, TaskMessage
-from ..core.tasks import ANY_TAG
 from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
 
 
-def handlers_in(namespace: Dict[str, object]) -> Dict[str, Callable]:
+def handlers_in(namespace: Mapping[str, object]) -> Dict[str, Callable]:
     """``{tag: handler}`` for every callable ``do_<tag>`` in a namespace."""
     return {name[3:]: value for name, value in namespace.items()
             if name.startswith("do_") and len(name) > 3 and callable(value)}
@@ -106,7 +105,7 @@ class SlaveProcess:
         self.hard_exit = hard_exit
         self.rejoin_grace = None if rejoin_grace is None else settings.rejoin_grace(rejoin_grace)
         self.idle_timeout = settings.idle_timeout(idle_timeout)
-        self._leave_reason: Optional[str] = None   # departure.IDLE or SIGTERM once leaving on our own
+        self._leave_reason: Optional[str] = None   # LEFT_IDLE or LEFT_SIGTERM once leaving on our own
         self.done = False
         self.process_id: Optional[int] = None
         self.task_methods = {name: method for name, method in inspect.getmembers(self, inspect.isroutine)
@@ -118,6 +117,13 @@ class SlaveProcess:
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._keeper = keeper
         self._kept = KeeperSide(self, lambda: self._session)   # this process's keeper, if any (kept.py)
+
+    @property
+    def _master_connection(self) -> MasterConnection:
+        """The connection to the master, from start() on."""
+        if self._connection is None:
+            raise ConnectionLostError(f"slave of {self.label!r} is not connected to its master")
+        return self._connection
 
     def terminationTest(self) -> bool:
         """Override to stop serving early; checked before each batch of tasks."""
@@ -176,6 +182,7 @@ class SlaveProcess:
         # SIGTERM from here on is a goodbye (before, there is nothing to give back).
         termination = departure.TerminationSignal(self._on_sigterm)
         termination.install()
+        connection = self._master_connection
         try:
             info = process_info()
             if self._kept.keeper_pid is not None:
@@ -183,11 +190,11 @@ class SlaveProcess:
             if self._kept.keeper_id is not None:
                 info["agent"] = self._kept.keeper_id   # the master binds us to our keeper's connection
             self._registration = (info, sorted(handlers), self.watchdog_period)
-            status, self.process_id = self._connection.call("register", "slave", *self._registration)
+            status, self.process_id = connection.call("register", "slave", *self._registration)
             if status != OK:
                 log.info("the master of %r has already finished", self.label)
                 self._session.main_done.set()
-                self._connection.close()
+                connection.close()
                 leaving.announce()
                 return
             self._serve_registered(handlers)
@@ -195,14 +202,15 @@ class SlaveProcess:
             termination.uninstall()
 
     def _serve_registered(self, handlers: Dict[str, Callable]) -> None:
+        connection = self._master_connection
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
-                 self._connection.address, ", ".join(sorted(handlers)))
+                 connection.address, ", ".join(sorted(handlers)))
         session = self._session
-        session.rejoin_grace = rejoin.grace_for(self._connection, self.rejoin_grace)
+        session.rejoin_grace = rejoin.grace_for(connection, self.rejoin_grace)
         if self._kept.link is not None:   # the keeper beats our heart, and times our tasks
-            self._kept.hello(self._connection)
+            self._kept.hello(connection)
         elif self.watchdog_period is not None:
-            Heartbeat(self, session, self._connection, self._rejoin).start()
+            Heartbeat(self, session, connection, self._rejoin).start()
         clean = False
         try:
             self._serve(handlers)
@@ -212,9 +220,9 @@ class SlaveProcess:
             if clean or isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit)):
                 # Say goodbye before closing, so that no closing connection reads as a death;
                 # name the task a handler was running when it ended the slave: that one is lost.
-                self._goodbye(self._connection)
+                self._goodbye(self._master_connection)   # (another one, if the feed kept the first busy)
             session.main_done.set()
-            self._connection.close()
+            self._master_connection.close()
             session.close_connections()
             self.done = True   # the watch thread ends when its long-poll returns
         leaving.announce()   # reached only when serving ended cleanly
@@ -222,7 +230,7 @@ class SlaveProcess:
     def _goodbye(self, connection: MasterConnection) -> None:
         """``unregister``: the tasks this slave holds go back; a reason if it leaves on its own."""
         self._kept.leaving()   # first: once unregistered, the keeper must not read our absence as a death
-        arguments = [self._abandoned] if self._abandoned else []
+        arguments: List[object] = [self._abandoned] if self._abandoned else []
         if self._leave_reason is not None:
             arguments = [self._abandoned, self._leave_reason]
         try:
@@ -231,8 +239,9 @@ class SlaveProcess:
             pass
 
     def _serve(self, handlers: Dict[str, Callable]) -> None:
-        session = self._session
-        session.feed = feed = TaskFeed(self._connection, self.process_id, self._rejoin)
+        session, connection, process_id = self._session, self._master_connection, self.process_id
+        assert process_id is not None   # registered (_serve_master)
+        session.feed = feed = TaskFeed(connection, process_id, self._rejoin)
         if self._leave_reason is not None:   # SIGTERM came before the feed existed
             feed.leave()
         idle = departure.IdleClock(self.idle_timeout)
@@ -245,7 +254,7 @@ class SlaveProcess:
                 task = feed.next_task(idle.wait(settings.POLL_SECONDS))
                 if task is None:
                     if idle.expired():
-                        self._leave_reason = departure.IDLE
+                        self._leave_reason = LEFT_IDLE
                         log.warning("slave %s of %r had no work for %g s (idle timeout): it leaves",
                                     self.process_id, self.label, self.idle_timeout)
                         return
@@ -267,13 +276,13 @@ class SlaveProcess:
             raise ConnectionLostError(f"slave of {self.label!r} lost its master\n  {error}") from None
         finally:
             if feed.stop(timeout=0.5):
-                self._connection.claim()
+                connection.claim()
             elif feed.ended is None:   # it waits for work on the main connection: say goodbye on another
-                session.busy_connection = self._connection
+                session.busy_connection = connection
                 try:
-                    self._connection = self._connection.duplicate()
+                    self._connection = connection.duplicate()
                 except ScientificMSError:
-                    self._connection = session.busy_connection
+                    self._connection = connection
 
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
         task_id, assignment, tag, payload, limit = task   # a TaskMessage (or the same fields as a tuple)
@@ -332,7 +341,8 @@ class SlaveProcess:
                 if status == OK:
                     self.process_id = new_id
                     self._kept.hello(connection)
-            return self.process_id
+            current = self.process_id
+        return old_process_id if current is None else current   # (None only before the first register)
 
     def _fetch_state(self, label: str) -> object:
         """A global state value, fetched from the master at most once per slave."""
@@ -342,7 +352,7 @@ class SlaveProcess:
         except KeyError:
             pass
         if session.data_connection is None:   # the main connection belongs to the feed thread
-            session.data_connection = self._connection.duplicate()
+            session.data_connection = self._master_connection.duplicate()
         found, value = session.data_connection.call("get_data", label)
         if not found:
             raise KeyError(f"global state {label!r} is not on the master: {value}")
@@ -353,7 +363,7 @@ class SlaveProcess:
 
     def _on_sigterm(self) -> None:
         """On the signal thread: stop taking tasks; abandon the running one after the grace."""
-        self._leave_reason = departure.SIGTERM
+        self._leave_reason = LEFT_SIGTERM
         session = self._session
         feed = session.feed
         dropped = feed.leave() if feed is not None else 0
@@ -366,8 +376,9 @@ class SlaveProcess:
         message = (f"slave {self.process_id} of {self.label!r} got SIGTERM; task {session.current_task} "
                    f"ran {grace:g} s longer: abandoning it (it runs again elsewhere) and exiting")
         if self.hard_exit:
+            connection: Optional[MasterConnection]
             try:
-                connection = self._connection.duplicate()
+                connection = self._master_connection.duplicate()
             except ScientificMSError:
                 connection = None
             if connection is not None:   # the main thread still runs the handler: a connection of our own

@@ -5,7 +5,9 @@ TaskTimeLimitError inside the handler: this also interrupts blocking calls
 such as ``time.sleep`` or a socket read. Elsewhere (a slave running in a
 thread) the error is raised asynchronously and takes effect at the
 handler's next Python bytecode. Neither can stop C code that never returns
-to the interpreter; the master then reports the task on its own.
+to the interpreter: the slave's keeper (``keeper.py``) then answers the task
+and kills the worker; a slave without a keeper stays busy, and the master
+reports the task on its own.
 """
 
 from __future__ import annotations

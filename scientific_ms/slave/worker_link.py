@@ -4,7 +4,8 @@ A worker is a slave process that runs handlers; its keeper runs none and
 keeps it alive, beats its heart and times its tasks. The worker talks to the
 master itself (its own connections, ``feed.py``); to its keeper it says only
 who it is and when a task with a time limit starts and ends. Messages are
-pickled tuples in ``multiprocessing.connection`` framing, on one host::
+pickled tuples in ``multiprocessing.connection`` framing, on one host (a
+worker's are the records below, :func:`encode` and :func:`decode`)::
 
     worker -> keeper  ("hello", process_id, watchdog_period, (host, port, secret), rejoin_grace)
                                                  registered (again) with the master at that address
@@ -32,11 +33,52 @@ import socket
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 log = logging.getLogger(__name__)
 
-_link: Optional["WorkerLink"] = None
+_link: Optional[WorkerLink] = None
+
+
+class Hello(NamedTuple):
+    """``"hello"``: the worker registered (again) with the master at ``address``."""
+    process_id: int
+    watchdog_period: Optional[float]
+    address: Tuple[str, int, bytes]
+    rejoin_grace: float
+
+
+class Start(NamedTuple):
+    """``"start"``: a task with a time limit started."""
+    task_id: str
+    assignment: int
+    tag: str
+    limit: float
+
+
+class End(NamedTuple):
+    """``"end"``: that task ended."""
+    assignment: int
+
+
+class Bye(NamedTuple):
+    """``"bye"``: the worker leaves on purpose; its end is not a death."""
+
+
+WorkerMessage = Union[Hello, Start, End, Bye]
+_KINDS: Dict[str, Type[WorkerMessage]] = {"hello": Hello, "start": Start, "end": End, "bye": Bye}
+_NAMES = {kind: name for name, kind in _KINDS.items()}
+
+
+def encode(message: WorkerMessage) -> tuple:
+    """A worker's message as it crosses the link: its kind's name, then its fields."""
+    return (_NAMES[type(message)], *message)
+
+
+def decode(message: tuple) -> Optional[WorkerMessage]:
+    """A worker's message as its record; None for a kind this keeper does not know."""
+    kind = _KINDS.get(message[0]) if message else None
+    return None if kind is None else kind._make(message[1:])
 
 
 class WorkerLink:
@@ -54,32 +96,32 @@ class WorkerLink:
         self._reader: Optional[threading.Thread] = None
         self.closed = False
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: WorkerMessage) -> None:
         with self._lock:
             if self.closed:
                 return
             try:
-                self._conn.send(message)
+                self._conn.send(encode(message))
             except OSError:
                 pass   # the keeper is gone: the reader thread ends this process
 
     def hello(self, process_id: int, watchdog_period: Optional[float], address: Tuple[str, int, bytes],
               rejoin_grace: float) -> None:
-        self._send(("hello", process_id, watchdog_period, address, rejoin_grace))
+        self._send(Hello(process_id, watchdog_period, address, rejoin_grace))
 
     def started(self, task_id: str, assignment: int, tag: str, limit: float) -> None:
-        self._send(("start", task_id, assignment, tag, limit))
+        self._send(Start(task_id, assignment, tag, limit))
 
     def ended(self, assignment: int) -> None:
-        self._send(("end", assignment))
+        self._send(End(assignment))
 
     def leaving(self) -> None:
         """This worker leaves on purpose (said before it unregisters): its end is not a death."""
-        self._send(("bye",))
+        self._send(Bye())
 
     def bye(self) -> None:
         """This worker leaves on purpose; then the link closes."""
-        self._send(("bye",))
+        self._send(Bye())
         self.close()
 
     def finish(self) -> None:

@@ -142,6 +142,13 @@ class MasterConnection:
             return self.call("status", wait, timeout=timeout + wait)
         return self.call("status", timeout=timeout)
 
+    def disown(self) -> None:
+        """In a process forked from the one that opened this connection: never shut the socket
+        down (a shutdown acts on the socket both processes share; a close only on our copy)."""
+        connection = getattr(self._proxy, "_pyroConnection", None)   # None once closed
+        if connection is not None:
+            connection.keep_open = True
+
     def close(self) -> None:
         try:
             self._proxy._pyroRelease()

@@ -1,40 +1,7 @@
 """What crosses the wire between a master and its slaves: names, statuses, records.
 
-The whole path of one task, master to slave and back::
-
-  master process                                        slave process
-  ==============                                        =============
-  MasterProcess.requestTask(tag, *params)
-    payload.dumps_parameters()   pickle, here, so a
-    |                            bad parameter fails here
-    TaskManager.add_task()  -->  scheduling.Scheduler.enqueue()
-                                 (WAITING; wakes a waiting slave thread)
-                                                        feed.TaskFeed._run()   feed thread
-                                   <--- exchange(answers, want, wait) ---  client.MasterConnection.call()
-    server.TaskManagerService.exchange()
-      TaskManager.store_answers()   (answers of earlier tasks)
-      TaskManager.take_tasks()  --> Scheduler.select()  (RUNNING)
-                                   --- [TaskMessage, ...] -------------->  TaskFeed inbox
-                                                        SlaveProcess._serve()   main thread
-                                                          payload.loads_parameters()
-                                                          (GlobalStateValue -> get_data, once)
-                                                          do_<tag>(*params)
-                                                          Answer(ok, pickled result or exception)
-                                                        TaskFeed.put_answer() -> outbox
-                                   <--- exchange([Answer, ...], ...) ----  (with the next call)
-      TaskManager.store_answers()  first answer wins
-        results.ResultStore.add()  (FINISHED or FAILED)
-  MasterProcess.retrieveResult()
-    TaskManager.get_answer() --> ResultStore.pop()  (DELIVERED)
-    payload.loads_answer()  -> (task_id, tag, result), or TaskRaisedException
-
-  Beside it: the slave's keeper (``keeper.py``) calls ``agent_watch`` (the
-  heartbeat, which also returns at once when the master ends, or REVOKED
-  when an idle slave took over a task this one held unstarted: the keeper
-  pokes the worker's feed, which calls exchange and drops the revoked
-  assignments it lists); the server's reaper calls
-  TaskManager.check_liveness(); a dropped connection calls
-  TaskManager.process_lost(); either requeues the tasks of a dead slave.
+The path of one task, master to slave and back, and the keeper's heartbeats
+beside it: ``docs/architecture.md`` ("The path of one task").
 
 Every call is authenticated before Pyro5 reads a byte (``auth.py``).
 Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
@@ -43,7 +10,7 @@ carries plain tuples, so the records below travel as tuples with their
 fields in order (:func:`tasks_to_wire`, :func:`answers_to_wire`); a slave
 keeps the tasks it receives as such tuples. Large buffers of a payload
 (``payload.Pickled``) travel out of band, right after the ``exchange``
-message that names them (``wire.py``).
+message that names them (``buffers.py``).
 """
 
 from __future__ import annotations
@@ -139,7 +106,7 @@ ANSWER_PAYLOAD = 3
 
 def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
     """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal,
-    and the out-of-band buffers that follow them (``wire.py``)."""
+    and the out-of-band buffers that follow them (``buffers.py``)."""
     buffers: list = []
     records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit)
                for t in tasks]

@@ -2,7 +2,7 @@
 
 Slave traffic is a few coarse calls (``protocol.CALLS``): one
 ``exchange`` carries a batch of answers in and a batch of tasks out (their
-large buffers right behind the message, ``wire.py``), and a keeper's
+large buffers right behind the message, ``buffers.py``), and a keeper's
 ``agent_watch`` long-poll carries the heartbeats of its workers and returns
 at once when the master finished. Payloads are pickled bytes carried by
 Pyro5's marshal serializer, which passes bytes through without base64.
@@ -98,7 +98,7 @@ class TaskManagerService:
     def unregister(self, process_id: int, abandoned: Optional[List[int]] = None,
                    reason: Optional[str] = None) -> None:
         """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each);
-        ``reason``: why a slave leaves on its own (``departure.REASONS``), counted in the status."""
+        ``reason``: why a slave leaves on its own (``core/processes.py``: ``LEAVE_REASONS``), counted in the status."""
         with self._lock:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
@@ -111,7 +111,7 @@ class TaskManagerService:
         ``packed``: (process_id, answers, max_tasks, wait); the reply, packed
         too (see ``protocol.PACKED_CALLS``): (status, tasks, revoked assignments).
         Large buffers of answers follow the request on the socket, those of
-        tasks follow the reply (``wire.py``).
+        tasks follow the reply (``buffers.py``).
         """
         return pack(self._exchange(*unpack(packed)))
 

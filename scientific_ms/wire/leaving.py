@@ -1,5 +1,10 @@
 """How a slave that the master spawned tells it that it leaves on purpose.
 
+Both ends of that pipe are here, beside the rest of what passes between a
+master and its slaves: the master's supervisor (``master/supervisor.py``)
+holds a :class:`LeavingChannel`, the slave (``slave/slave.py``, its keeper,
+``cli/commands.py``) calls the functions below.
+
 The master's supervisor replaces a spawned slave that dies, not one that
 leaves on purpose (its ``terminationTest`` is true, or the master finished).
 The exit status cannot tell them apart: a handler may end its process with
