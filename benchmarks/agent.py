@@ -42,6 +42,17 @@ def start(label, workers, agent):
     return master, slaves
 
 
+def stop(master, slaves):
+    """Shut the master down and reap the slave processes started for it."""
+    master.shutdown()
+    for slave in slaves:
+        try:
+            slave.wait(30)
+        except subprocess.TimeoutExpired:
+            slave.kill()
+            slave.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -66,13 +77,7 @@ def main():
                         figures[name, system] = (seconds, count, cpu)
     finally:
         for master, slaves in systems.values():
-            master.shutdown()
-            for slave in slaves:
-                try:
-                    slave.wait(30)
-                except subprocess.TimeoutExpired:
-                    slave.kill()
-                    slave.wait()
+            stop(master, slaves)
     print(f"{args.workers} slaves, best of {args.repeat} runs, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores")
     print(f"{'workload':8} {'slaves':8} {'seconds':>8} {'tasks/s':>9} {'master CPU/task':>16}")

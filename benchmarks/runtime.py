@@ -84,13 +84,7 @@ def child(kind, only, repeat):
                 if name not in figures or seconds < figures[name]["seconds"]:
                     figures[name] = {"seconds": seconds, "tasks": count, "cpu": cpu}
     finally:
-        master.shutdown()
-        for slave in slaves:
-            try:
-                slave.wait(30)
-            except subprocess.TimeoutExpired:
-                slave.kill()
-                slave.wait()
+        agent.stop(master, slaves)
     print(json.dumps({"tree": str(Path(scientific_ms.__file__).resolve().parent.parent), "figures": figures}))
 
 
