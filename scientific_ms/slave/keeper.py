@@ -82,17 +82,6 @@ KILL_GRACE_SECONDS = 0.5
 #: When the master ends, a worker abandons its running handler itself after
 #: ``ABANDON_GRACE_SECONDS``, with a message; the keeper kills it this much later.
 STOP_MARGIN_SECONDS = 1.0
-#: Whether a lone keeper replaces the worker it killed (see the module docstring).
-_replace_lone = True
-
-
-def replace_lone_workers(enabled: bool) -> None:
-    """Say whether a lone keeper forked from this process replaces a worker it kills
-    (False where something else replaces it or reports its death: an MPI rank)."""
-    global _replace_lone
-    _replace_lone = enabled
-
-
 class Keeper:
     """Keeps workers of ``label``; see the module docstring.
 
@@ -332,7 +321,7 @@ def become_lone_keeper(label: str) -> WorkerLink:
             os.setpgid(0, 0)   # a killpg of the worker's group (its launcher's) spares its keeper
         leaving.forget()       # the supervisor's pipe is the worker's to write
         restarts = settings.slave_restarts(None)   # for the replacements it forks itself
-        keeper = Keeper(label, lone=True, replace_killed=_replace_lone and not leaving.spawned_by_master(),
+        keeper = Keeper(label, lone=True, replace_killed=not leaving.spawned_by_master(),
                         max_restarts=restarts)
         keeper.install_signals()
         keeper.lives.add(Worker(parent, Connection(theirs.detach()), False, restarts))
