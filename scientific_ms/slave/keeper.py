@@ -82,6 +82,8 @@ KILL_GRACE_SECONDS = 0.5
 #: When the master ends, a worker abandons its running handler itself after
 #: ``ABANDON_GRACE_SECONDS``, with a message; the keeper kills it this much later.
 STOP_MARGIN_SECONDS = 1.0
+
+
 class Keeper:
     """Keeps workers of ``label``; see the module docstring.
 
