@@ -2,7 +2,7 @@
 
     git worktree add /tmp/before COMMIT      # the tree to compare against, at any earlier commit
     python benchmarks/runtime.py /tmp/before            # against the checkout holding this file
-    python benchmarks/runtime.py OLD NEW [--rounds 4] [--repeat 2] [--only W1 W2 W3] [--kinds spawned agent]
+    python benchmarks/runtime.py OLD NEW [--rounds 4] [--repeat 2] [--only W1 W2 W3] [--kinds spawned agent executor]
 
 The workloads are those of throughput.py (benchmarks/workloads.py): W1 =
 20,000 tasks x + 1, W2 = 200 tasks sending and returning 1 MB, W3 = 400
@@ -13,7 +13,9 @@ subprocess, keeping the fastest, W3 once. Two ways of serving the master, 2 slav
 
 * spawned: the master launches 2 slaves, as ``runJob(launch_slaves=2)``
   does (throughput.start_master: ``launchSlaveJobs(2)``);
-* agent: one node agent ``task_manager slave LABEL -n 2`` (agent.start).
+* agent: one keeper of 2 workers, ``task_manager slave LABEL -n 2`` (agent.start);
+* executor: ``Executor(slaves=2)``, executor.py's submit (5,000 calls one by
+  one, results by ``as_completed``) and map (50,000 calls, chunksize 64).
 
 Plus start-up: from before ``import scientific_ms`` to the first result of
 one task, both slaves having joined (Python's own start is not counted).
@@ -46,10 +48,36 @@ sys.path.insert(0, str(HERE))
 from workloads import WORKLOADS  # noqa: E402
 
 WORKERS = 2
-KINDS = ["spawned", "agent"]
+KINDS = ["spawned", "agent", "executor"]
+#: The executor kind's figures: executor.py's submit (calls one by one, as_completed) and map (chunksize 64).
+EXECUTOR_TASKS = 5000
 
 
 # ---------------------------------------------------------------- the child: one tree, one kind
+
+def executor_child(repeat):
+    """``Executor(slaves=2)``: start-up to the first result, then executor.py's submit and map, print JSON."""
+    import psutil
+    started = time.perf_counter()
+    import executor as bench  # benchmarks/executor.py
+
+    from scientific_ms import Executor
+    with Executor(slaves=WORKERS, use_name_server=False) as pool:
+        pool.submit(bench.inc, 0).result()
+        figures = {"startup": time.perf_counter() - started}
+        me = psutil.Process()
+        runs = {"submit": (lambda: bench.submit_as_completed(pool, EXECUTOR_TASKS), EXECUTOR_TASKS),
+                "map": (lambda: bench.map_in_order(pool.map, 10 * EXECUTOR_TASKS, 64), 10 * EXECUTOR_TASKS)}
+        for name, (run, count) in runs.items():
+            for _ in range(repeat):
+                cpu = sum(me.cpu_times()[:2])
+                seconds = bench.timed(run)
+                cpu = sum(me.cpu_times()[:2]) - cpu
+                if name not in figures or seconds < figures[name]["seconds"]:
+                    figures[name] = {"seconds": seconds, "tasks": count, "cpu": cpu}
+    import scientific_ms
+    print(json.dumps({"tree": str(Path(scientific_ms.__file__).resolve().parent.parent), "figures": figures}))
+
 
 def child(kind, only, repeat):
     """Start a master served the ``kind`` way, run the workloads, print JSON.
@@ -127,7 +155,7 @@ def report(trees, runs, args):
           f"  {'new/old best':>12} {'med':>5}  {'master CPU/task old, new':>26}")
     for kind in args.kinds:
         old, new = runs["old", kind], runs["new", kind]
-        for name in args.only:
+        for name in (["submit", "map"] if kind == "executor" else args.only):
             # tasks per second of each round
             rates = [[r[name]["tasks"] / r[name]["seconds"] for r in side] for side in (old, new)]
             cpus = [statistics.median(r[name]["cpu"] / r[name]["tasks"] * 1e6 for r in side) for side in (old, new)]
@@ -145,7 +173,7 @@ def report(trees, runs, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old", help="the tree to compare against (a checkout of another commit)")
+    parser.add_argument("old", nargs="?", help="the tree to compare against (a checkout of another commit)")
     parser.add_argument("new", nargs="?", default=str(HERE.parent),
                         help="the tree measured (default: the checkout holding this file)")
     parser.add_argument("--rounds", type=int, default=4)
@@ -154,9 +182,14 @@ def main():
     parser.add_argument("--kinds", nargs="*", choices=KINDS, default=KINDS)
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)   # one measurement, in a subprocess
     args = parser.parse_args()
+    if args.child == "executor":
+        executor_child(args.repeat)
+        return
     if args.child:
         child(args.child, args.only, args.repeat)
         return
+    if args.old is None:
+        parser.error("name the tree to compare against (a checkout of another commit)")
     trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
     report(trees, run_rounds(trees, args), args)
 
