@@ -139,7 +139,7 @@ def format_processes(report: Dict) -> List[str]:
         cpu = proc["cpu_percent"]
         role = proc["role"] or "?"
         if proc.get("agent") is not None:
-            role += f"@{proc['agent']}"   # a slave behind node agent <id>
+            role += f"@{proc['agent']}"   # a worker of the keeper <id> (task_manager slave -n N)
         rows.append([str(proc["id"]), role, proc["host"] or "?", str(proc["pid"] or "?"),
                      proc.get("slurm_job") or "-",
                      str(proc["tasks_done"]) if proc["role"] == "slave" else "-",

@@ -183,7 +183,7 @@ class TaskManager:
 
     def take_tasks_for(self, wants: Iterable[Tuple[int, int]],
                        timeout: float = 0.0) -> Tuple[Dict[int, List[Task]], List[int]]:
-        """Assign tasks to several processes at once (the slaves behind a node agent).
+        """Assign tasks to several processes at once (:meth:`take_tasks` asks for one).
 
         ``wants``: (process_id, max_tasks) pairs. Waits up to ``timeout`` seconds until at least
         one of them gets a task. Returns ({process_id: tasks}, [ids of unknown processes]);
@@ -203,7 +203,7 @@ class TaskManager:
         return self.store_answers_of([(process_id, answers)])
 
     def store_answers_of(self, batches: Iterable[Tuple[Optional[int], Iterable]]) -> int:
-        """:meth:`store_answers` for several processes at once (a node agent's slaves):
+        """:meth:`store_answers` for several processes at once:
         ``batches`` holds (process_id, answers) pairs."""
         on_answers = self.on_answers
         settled: Optional[List[Settled]] = [] if on_answers is not None else None
@@ -239,7 +239,7 @@ class TaskManager:
 
         Its running tasks go back to the front of the queue, or fail once they have lost
         ``max_slave_losses`` slaves. ``running``: the assignments it had started, when known (its
-        node agent saw it die): only those are blamed. Returns False if it was unknown.
+        keeper saw it die): only those are blamed. Returns False if it was unknown.
         """
         with self._lock:
             return self._traffic.take_back(self._processes.remove(process_id, reason, frozenset(running)))
@@ -249,10 +249,10 @@ class TaskManager:
         return not self.heartbeats([(process_id, stats or {})])
 
     def heartbeats(self, beats: Iterable[Tuple[int, Optional[dict]]]) -> List[int]:
-        """Signs of life of several processes (a node agent's slaves); returns the unknown ids.
+        """Signs of life of several processes (a keeper's workers); returns the unknown ids.
 
         ``beats``: (process_id, stats) pairs; stats None checks the id without counting a sign of
-        life (a stopped slave behind an agent).
+        life (a stopped worker of a keeper).
         """
         with self._lock:
             return self._processes.heartbeats(beats)
@@ -273,8 +273,8 @@ class TaskManager:
         """Report every task that ran ``TIME_LIMIT_GRACE`` s past its limit; returns their ids.
 
         Normally the slave interrupts the handler at the limit and answers first; this catches
-        slaves that cannot (a handler stuck in C code, a hung slave). The slave stays registered;
-        a later answer is dropped.
+        slaves that cannot and have no keeper to end the task for them (a handler stuck in C code,
+        a hung slave). The slave stays registered; a later answer is dropped.
         """
         with self._lock:
             overdue = self._processes.overdue()
@@ -298,7 +298,7 @@ class TaskManager:
         return self.wait_for_news_of([process_id], timeout)
 
     def wait_for_news_of(self, process_ids: Iterable[int], timeout: float) -> Tuple[bool, bool]:
-        """:meth:`wait_for_news` for several processes (a node agent's): returns when the manager
+        """:meth:`wait_for_news` for several processes (a keeper's workers): returns when the manager
         terminates, or tasks of any of them are revoked, or any of them leaves, or ``timeout`` passes."""
         with self._lock:
             return self._processes.wait_for_news(process_ids, timeout)

@@ -96,7 +96,7 @@ class Registry:
 
     def holders(self) -> List[ProcessRecord]:
         """The slaves holding unstarted tasks, so that stealing does not scan
-        every slave (thousands behind node agents); forgets the others."""
+        every slave (there may be thousands); forgets the others."""
         gone = [process_id for process_id, proc in self._holders.items()
                 if len(proc.running) < 2 or self._processes.get(process_id) is not proc]
         for process_id in gone:

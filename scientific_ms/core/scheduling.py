@@ -260,7 +260,7 @@ class Scheduler:
         ``held`` is in assignment order; requeued tasks keep that order.
         ``abandoned``: assignments it had started and gave up, each a loss as a
         death would be: named by a slave that said goodbye (a handler ended
-        it), or by the node agent of a slave that died. When they are named,
+        it), or by the keeper of a slave that died. When they are named,
         only they are blamed; the rest return without blame.
         """
         requeue: List[Task] = []
@@ -284,8 +284,8 @@ class Scheduler:
 # ---------------------------------------------------------------- waiting slave threads
 
 class Waiter:
-    """A thread blocked in ``take_tasks`` for one slave, or for the slaves behind a node
-    agent, woken when a task that one of them can run arrives."""
+    """A thread blocked in ``take_tasks`` for one slave (or in ``take_tasks_for`` for
+    several), woken when a task that one of them can run arrives."""
 
     __slots__ = ("process_ids", "tags", "condition", "woken", "room")
 
@@ -336,8 +336,8 @@ class WaitingSlaves:
     def wake_one(self, tag: str, skip: Optional[int] = None) -> None:
         """Wake the longest-waiting thread that can run ``tag`` (not one of process ``skip``).
 
-        A thread already woken that will take more tasks when it runs (an agent
-        waiting for many slaves) takes this one too: tasks that arrive one by one
+        A thread already woken that will take more tasks when it runs (one
+        waiting for several slaves) takes this one too: tasks that arrive one by one
         then go out in batches, instead of each waking a thread and a call.
         """
         for waiter in self._woken:

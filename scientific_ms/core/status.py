@@ -30,7 +30,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
         processes.append({
             "id": proc.process_id, "role": proc.role,
             "host": proc.info.get("host"), "pid": proc.info.get("pid"),
-            "agent": proc.info.get("agent"),   # the id of the node agent it runs behind
+            "agent": proc.info.get("agent"),   # a worker of task_manager slave -n N: its keeper's id
             "keeper": proc.info.get("keeper"),   # the PID of the keeper that beats its heart
             "slurm": proc.info.get("slurm"),
             "tags": sorted(proc.tags) if proc.tags is not None else None,

@@ -60,8 +60,8 @@ class Candidate:
 class SlaveContext:
     """Set while a slave runs code stored by its master (task_manager slave, spawned slaves).
 
-    Host, port and secret are None in a slave started by a node agent: the
-    agent holds the connection to the master.
+    Host, port and secret: where that master is (None when unknown; a slave
+    then finds the master by its label).
     """
     label: str
     host: Optional[str]
