@@ -5,6 +5,7 @@
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
     task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
+    task_manager dashboard LABEL|JOURNAL [--port PORT] [--host HOST] [--show-values]   (docs/guide/dashboard.md)
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -156,6 +157,19 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
         time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
 
 
+# ------------------------------------------------------------------ dashboard
+
+def dashboard(args) -> int:
+    """Serve a live web page of a job (a label) or of its journal file, until interrupted."""
+    from ..dashboard.command import run
+    return run(args, _connect)
+
+
+def _dashboard_options(parser: argparse.ArgumentParser) -> None:
+    from ..dashboard.command import add_options
+    add_options(parser)
+
+
 # ------------------------------------------------------------------ slave
 
 def slave(args) -> int:
@@ -285,6 +299,7 @@ COMMANDS: Dict[str, Command] = {
     "watch": Command(watch, _watch_options),
     "list": Command(list_managers, _json_option, takes_label=False),
     "slave": Command(slave, _slave_options),
+    "dashboard": Command(dashboard, _dashboard_options),
 }
 
 
