@@ -29,6 +29,7 @@ import traceback
 from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Tuple
 
 from .. import logs, settings
+from ..dashboard.published import dashboard_url
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
@@ -67,10 +68,13 @@ def show(args) -> int:
     finally:
         connection.close()
     report = build_report(args.label, connection.address, status)
+    url = dashboard_url(args.label)   # only a master that serves a dashboard leaves one
+    if url is not None:
+        report["dashboard"] = url
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_status(report, args.verbose))
+        print(format_status(report, args.verbose) + (f"\ndashboard: {url}" if url else ""))
     return 0
 
 

@@ -111,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "scientific_ms-dashboard"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # A request line too garbled to name a version still gets a status line and headers.
+    default_request_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
         parsed = self._parse()
