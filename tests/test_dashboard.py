@@ -3,7 +3,7 @@
 Real masters and slave processes; ``task_manager dashboard`` runs as a
 subprocess as a user starts it. The browser tests skip, with the reason,
 where chromium, chromedriver or selenium are missing (``.ci/run`` installs
-them as root). SCIENTIFIC_MS_SCREENSHOTS=DIR saves a screenshot of each page
+them as root). DASHBOARD_SCREENSHOTS=DIR saves a screenshot of each page
 there (docs/images/ holds the ones the guide shows).
 """
 
@@ -105,7 +105,7 @@ def go(driver, url, page):
 
 
 def screenshot(driver, name):
-    folder = os.environ.get("SCIENTIFIC_MS_SCREENSHOTS")
+    folder = os.environ.get("DASHBOARD_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(folder) / f"dashboard-{name}.png"))
@@ -216,14 +216,10 @@ def test_master_served_page_shows_failures_and_a_killed_slave_as_lost(processes,
                  60, "six results and a failure on the page")
         page_agrees_with_show(browser, "served")
         screenshot(browser, "overview")
-        go(browser, url, "stream")
-        assert browser.execute_script("return document.querySelectorAll('#stream rect.failed').length") >= 0
-        screenshot(browser, "stream")
 
         go(browser, url, "failures")
         wait_for(lambda: "ValueError: a bad value" in text(browser, "failures"), 20, "the traceback on the page")
         assert "a bad value" not in text(browser, "failures-note")
-        screenshot(browser, "failures")
 
         master.requestTask("work", 600.0, "long")
         go(browser, url, "slaves")
@@ -238,8 +234,12 @@ def test_master_served_page_shows_failures_and_a_killed_slave_as_lost(processes,
                  "the killed slave to appear as lost")
         assert str(victim) not in rows(browser, "slaves")
         screenshot(browser, "slaves")
+        go(browser, url, "stream")
+        assert browser.execute_script("return document.querySelectorAll('#stream rect.lost').length") == 1
+        screenshot(browser, "stream")
         go(browser, url, "failures")
         assert any("lost" in line for line in text(browser, "events").splitlines())
+        screenshot(browser, "failures")
     finally:
         master.shutdown()
     assert dashboard_url("served") is None   # show no longer names it
@@ -257,6 +257,11 @@ def test_journal_view_of_a_killed_master(processes, browser, tmp_path):
              journal_progress(journal)["tasks"]["failed"] == 2, 30, "the answers in the journal")
     os.killpg(job.pid, signal.SIGKILL)    # the master and the slaves it spawned
     job.wait(10)
+    # Run it again: the second run resumes the six answers of the first, then is killed too.
+    job = processes.python(JOB, "journaled", journal, name="job-again")
+    wait_for(lambda: "READY" in processes.output(job), 90, "the second run to replay the answers")
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(10)
     dashboard, url = start_dashboard(processes, str(journal))
     go(browser, url, "journal")
     assert text(browser, "label") == "journaled"
@@ -264,7 +269,8 @@ def test_journal_view_of_a_killed_master(processes, browser, tmp_path):
     assert {tag: cells[1:5] for tag, cells in tags.items()} == {
         "fail": ["2", "0", "2", "0"], "slow": ["2", "0", "0", "2"], "square": ["4", "4", "0", "0"]}
     runs = rows(browser, "runs")
-    assert list(runs) == ["1"] and runs["1"][4] == "killed (it never ended)"
+    assert list(runs) == ["1", "2"] and runs["1"][4] == runs["2"][4] == "killed (it never ended)"
+    assert runs["1"][5:7] == ["0 answer(s)", "6"] and runs["2"][5:7] == ["6 answer(s)", "0"]
     failures = text(browser, "journal-failures")
     assert failures.count("ValueError: cannot use bad input") == 2
     assert "parameters:" not in failures                 # values only with --show-values

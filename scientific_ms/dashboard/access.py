@@ -14,7 +14,7 @@ import logging
 import secrets
 import socket
 from http.cookies import CookieError, SimpleCookie
-from typing import Mapping, Optional
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ class Access:
         # One cookie per port: two dashboards on one host must not overwrite each other's.
         self.cookie_name = f"scientific_ms_dashboard_{port}"
 
-    def verdict(self, query_token: Optional[str], headers: Mapping[str, str]) -> int:
-        """200 if the request carries the token, 401 if it carries none, 403 if a wrong one."""
+    def verdict(self, query_token: Optional[str], headers: Any) -> int:
+        """200 if the request carries the token, 401 if it carries none, 403 if a wrong one
+        (``headers``: the request's, anything with ``get``)."""
         offered = [query_token, _bearer(headers.get("Authorization")), self._cookie(headers.get("Cookie"))]
         given = [token for token in offered if token]
         if not given:

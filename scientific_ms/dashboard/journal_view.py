@@ -55,7 +55,7 @@ class JournalSource:
 
     def _files(self) -> Tuple:
         """Size and modification time of the journal and its write-ahead log."""
-        signature = []
+        signature: List[Optional[Tuple[int, int]]] = []
         for path in (self.path, self.path.with_name(self.path.name + "-wal"),
                      self.path.with_name(self.path.name + "-lock")):
             try:

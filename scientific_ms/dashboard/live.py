@@ -70,7 +70,7 @@ class LiveSource:
         tasks = report["tasks"]
         rate = report["throughput_per_second"] or 0.0
         remaining = tasks["waiting"] + tasks["running"]
-        master = next((p for p in report["processes"] if p["role"] == "master"), {})
+        master: Dict[str, Any] = next((p for p in report["processes"] if p["role"] == "master"), {})
         return {
             "kind": self.kind, "label": self.label, "address": self.address, "now": round(now, 3),
             "host": master.get("host"), "show_values": self.show_values,

@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self) -> None:
         self._send(405, b"only GET is served", "text/plain; charset=utf-8", {"Allow": "GET"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse   # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
 
     def _send(self, code: int, body: bytes, kind: str, extra: Optional[Dict[str, str]] = None) -> None:
         self.send_response(code, HTTPStatus(code).phrase)
@@ -177,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         # Not the request line: its query holds the token.
         log.debug("%s %s %s: %s", self.address_string(), self.command,
                   urllib.parse.urlsplit(getattr(self, "path", "")).path, args[-2] if len(args) > 1 else "")

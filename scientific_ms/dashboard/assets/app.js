@@ -38,11 +38,14 @@ function bytes(n) {
 function clock(unix) { return unix ? new Date(unix * 1000).toLocaleTimeString() : "-"; }
 function date(unix) { return unix ? new Date(unix * 1000).toLocaleString() : "-"; }
 
+// Tags take colours from a palette without red, which marks failures.
+const PALETTE = ["#3b82f6", "#14b8a6", "#a855f7", "#f59e0b", "#22a06b", "#0ea5e9", "#6366f1", "#84cc16"];
+
 function colour(tag) {
   if (!tag) return "#9aa3b2";
   let h = 0;
-  for (const c of tag) h = (h * 31 + c.charCodeAt(0)) % 360;
-  return `hsl(${h}, 62%, 52%)`;
+  for (const c of tag) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
 }
 
 function bar(parts, total) {
@@ -140,10 +143,11 @@ function drawStream(s) {
   const slaves = s.slaves.map(p => p.id);
   for (const g of s.gone) if (!slaves.includes(g.id)) slaves.push(g.id);
   for (const span of s.stream) if (!slaves.includes(span.slave)) slaves.push(span.slave);
-  const rowH = 22, left = 90, W = 1000, H = Math.max(60, slaves.length * rowH + 24);
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const rowH = 22, left = 110, W = Math.max(400, svg.getBoundingClientRect().width || 1000), H = Math.max(60, slaves.length * rowH + 24);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);   // drawn at the page's own scale: text is not stretched
   svg.style.height = `${H}px`;
-  const t1 = s.now, t0 = Math.max(t1 - 300, Math.min(t1 - 30, ...s.stream.map(p => p.start)));
+  // The last 5 minutes at most, 20 seconds at least, from the oldest task shown.
+  const t1 = s.now, t0 = Math.max(t1 - 300, Math.min(t1 - 20, ...s.stream.map(p => p.start - 1)));
   const x = tt => left + Math.max(0, (tt - t0) / (t1 - t0)) * (W - left - 5);
   const nodes = [];
   slaves.forEach((id, i) => {
@@ -168,7 +172,7 @@ function drawStream(s) {
     nodes.push(rect);
   }
   nodes.push(el("svg:text", {x: left, y: H - 4, "font-size": 10, fill: "#6b7280"}, clock(t0)));
-  nodes.push(el("svg:text", {x: W - 60, y: H - 4, "font-size": 10, fill: "#6b7280"}, clock(t1)));
+  nodes.push(el("svg:text", {x: W - 5, y: H - 4, "font-size": 10, fill: "#6b7280", "text-anchor": "end"}, clock(t1)));
   svg.replaceChildren(...nodes);
   $("stream-legend").replaceChildren(...[...tags].map(tag => {
     const span = el("span", {}, tag || "short tasks");
@@ -236,7 +240,7 @@ async function refresh() {
     if (!answer.ok) throw new Error(`${answer.status} ${await answer.text()}`);
     latest = await answer.json();
     if (kind !== latest.kind) { kind = latest.kind; showPage(); }
-    if (kind === "journal") drawJournal(latest); else drawLive(latest);
+    draw();
     document.body.dataset.updated = String(latest.now);
   } catch (error) {
     const state = $("state");
@@ -245,7 +249,13 @@ async function refresh() {
   }
 }
 
-window.addEventListener("hashchange", showPage);
+function draw() {
+  if (latest === null) return;
+  if (kind === "journal") drawJournal(latest); else drawLive(latest);
+}
+
+// Charts are sized from the page they are on: draw again once it shows.
+window.addEventListener("hashchange", () => { showPage(); draw(); });
 window.addEventListener("DOMContentLoaded", () => {
   // The token came in the URL; the cookie set with the page now carries it: drop it from the address bar.
   if (location.search) history.replaceState(null, "", location.pathname + location.hash);
