@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from scientific_ms import MasterProcess
+from scientific_ms import Executor, MasterProcess
 from scientific_ms.dashboard.history import History
 from scientific_ms.dashboard.options import dashboard_port
 from scientific_ms.dashboard.published import dashboard_url
@@ -58,7 +58,8 @@ def browser(tmp_path_factory):
     """One headless chromium for the module; Selenium Manager is never asked to download anything."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    os.environ["SE_OFFLINE"] = "true"
+    offline = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"     # and Selenium Manager, should it run, downloads nothing
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -70,6 +71,10 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+    if offline is None:
+        os.environ.pop("SE_OFFLINE", None)
+    else:
+        os.environ["SE_OFFLINE"] = offline
 
 
 # ------------------------------------------------------------------ helpers
@@ -368,6 +373,23 @@ def test_dashboard_option_and_environment(monkeypatch):
         dashboard_port(None)
     with pytest.raises(ConfigurationError, match="port number"):
         dashboard_port(70000)
+
+
+def test_environment_and_executor_start_a_masters_dashboard(monkeypatch):
+    monkeypatch.setenv("SCIENTIFIC_MS_DASHBOARD", "1")
+    master = MasterProcess("by-environment", use_name_server=False, port=0)
+    try:
+        url = dashboard_url("by-environment")
+        assert url is not None and get(url)[0] == 200
+    finally:
+        master.shutdown()
+    assert dashboard_url("by-environment") is None
+    monkeypatch.delenv("SCIENTIFIC_MS_DASHBOARD")
+    with Executor(dashboard=0, use_name_server=False, port=0) as executor:
+        url = dashboard_url(executor.label)
+        assert url is not None and get(url.split("?")[0] + "api/state")[0] == 401
+    with Executor(use_name_server=False, port=0) as executor:
+        assert dashboard_url(executor.label) is None
 
 
 # ------------------------------------------------------------------ the history, from made-up statuses
