@@ -392,6 +392,20 @@ def test_environment_and_executor_start_a_masters_dashboard(monkeypatch):
         assert dashboard_url(executor.label) is None
 
 
+def test_a_dashboard_that_cannot_start_leaves_no_master(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port}"):
+            MasterProcess("no-port", use_name_server=False, port=0, dashboard=port,
+                          journal=str(tmp_path / "kept.journal"))
+    with pytest.raises(ConfigurationError, match="port number"):
+        MasterProcess("no-port", use_name_server=False, port=0, dashboard="yes")
+    assert (tmp_path / "kept.journal").exists()
+    MasterProcess("no-port", use_name_server=False, port=0).shutdown()   # the label is free again
+
+
 # ------------------------------------------------------------------ the history, from made-up statuses
 
 def status(processes, finished=0, lost=0):

@@ -28,11 +28,11 @@ class MasterDashboard:
     def __init__(self, master: Any, port: int):
         manager = master.task_manager
         self.failures = FailureLog()
-        manager.on_answers = self.failures.chain(manager.on_answers)   # after the journal's, if any
         host = os.environ.get("SCIENTIFIC_MS_DASHBOARD_HOST", "").strip() or DEFAULT_HOST
         shown = socket.gethostname() if master.host in ("", "0.0.0.0", "::") else master.host
         source = LiveSource(master.label, f"{shown}:{master.port}", manager.status, self.failures)
         self.server = DashboardServer(source, host, None if port == DEFAULT_PORT else port)
+        manager.on_answers = self.failures.chain(manager.on_answers)   # after the journal's, if any
         self.server.start()
         self._file: Optional[Path] = None
         try:

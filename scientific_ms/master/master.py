@@ -124,7 +124,13 @@ class MasterProcess:
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
-        self._dashboard = start_dashboard(self, dashboard)   # None unless asked for
+        self._dashboard = None
+        try:
+            self._dashboard = start_dashboard(self, dashboard)   # None unless asked for
+        except BaseException:   # a bad option, a port taken: no master is left behind
+            self._run_failed = True   # keeps the journal, whatever keep_journal says
+            self.shutdown()
+            raise
 
     @property
     def port(self) -> int:
