@@ -113,6 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # A request line too garbled to name a version still gets a status line and headers.
     default_request_version = "HTTP/1.0"
+    # Seconds a connection may stay silent (a page asks every second): idle or stalled
+    # connections do not keep their threads after the page, or the dashboard, is gone.
+    timeout = 30
 
     def do_GET(self) -> None:
         parsed = self._parse()
