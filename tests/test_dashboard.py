@@ -109,9 +109,16 @@ def go(driver, url, page):
     refreshed(driver)
 
 
-def screenshot(driver, name):
+def screenshot(driver, name, when=None):
+    """Save the page as docs/images/ shows it, if DASHBOARD_SCREENSHOTS names a folder; ``when``:
+    a moment worth showing, waited for (briefly, and never asserted: screenshots only)."""
     folder = os.environ.get("DASHBOARD_SCREENSHOTS")
     if folder:
+        if when is not None:
+            try:
+                wait_for(when, 10, "a moment worth a screenshot")
+            except AssertionError:
+                pass
         Path(folder).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(folder) / f"dashboard-{name}.png"))
 
@@ -214,13 +221,15 @@ def test_master_served_page_shows_failures_and_a_killed_slave_as_lost(processes,
         slaves = [processes.python(SLAVE_SCRIPT, "served", "0.2", name=f"slave{i}") for i in range(2)]
         master.wait_for_slaves(2, timeout=60)
         go(browser, url, "overview")
-        for i in range(6):
-            master.requestTask("work", 0.4 + 0.1 * i, i)
+        for i in range(10):
+            master.requestTask("work", 0.3 + 0.1 * (i % 4), i)
+        for _ in range(3):
+            master.requestTask("spin", 20_000_000)
         master.requestTask("fail", "a bad value")
-        wait_for(lambda: text(browser, "count-finished") == "6" and text(browser, "count-failed") == "1",
-                 60, "six results and a failure on the page")
+        screenshot(browser, "overview", lambda: int(text(browser, "count-finished")) >= 5)   # mid-way
+        wait_for(lambda: text(browser, "count-finished") == "13" and text(browser, "count-failed") == "1",
+                 60, "13 results and a failure on the page")
         page_agrees_with_show(browser, "served")
-        screenshot(browser, "overview")
 
         go(browser, url, "failures")
         wait_for(lambda: "ValueError: a bad value" in text(browser, "failures"), 20, "the traceback on the page")

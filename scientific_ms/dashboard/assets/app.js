@@ -95,6 +95,8 @@ function drawLive(s) {
   put("rate", `${r.throughput_per_second} tasks/s`);
   put("eta", s.eta_seconds === null ? "-" : duration(s.eta_seconds));
   for (const name of ["requested", "waiting", "running", "finished", "failed", "retrieved"]) put(`count-${name}`, t[name]);
+  $("progress").replaceChildren(bar([["finished", t.retrieved], ["answered", t.results_waiting],
+                                     ["running", t.running], ["waiting", t.waiting]], t.requested));
   const state = $("state");
   state.textContent = s.ended ? `master gone: ${s.ended}` : r.terminated ? "job ended" : `live, ${clock(s.now)}`;
   state.classList.toggle("ended", Boolean(s.ended || r.terminated));
@@ -117,7 +119,8 @@ function drawLive(s) {
 
 function drawThroughput(points) {
   const svg = $("throughput");
-  const W = 800, H = 160;
+  const W = Math.max(400, svg.getBoundingClientRect().width - 2 || 800), H = 160;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);   // at the page's own scale: text is not stretched
   const rates = [];
   for (let i = 1; i < points.length; i++) {
     const dt = points[i][0] - points[i - 1][0];
@@ -143,9 +146,9 @@ function drawStream(s) {
   const slaves = s.slaves.map(p => p.id);
   for (const g of s.gone) if (!slaves.includes(g.id)) slaves.push(g.id);
   for (const span of s.stream) if (!slaves.includes(span.slave)) slaves.push(span.slave);
-  const rowH = 22, left = 110, W = Math.max(400, svg.getBoundingClientRect().width || 1000), H = Math.max(60, slaves.length * rowH + 24);
+  const rowH = 22, left = 110, W = Math.max(400, svg.getBoundingClientRect().width - 2 || 1000), H = Math.max(60, slaves.length * rowH + 24);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);   // drawn at the page's own scale: text is not stretched
-  svg.style.height = `${H}px`;
+  svg.style.height = `${H + 2}px`;   // and its 1px borders
   // The last 5 minutes at most, 20 seconds at least, from the oldest task shown.
   const t1 = s.now, t0 = Math.max(t1 - 300, Math.min(t1 - 20, ...s.stream.map(p => p.start - 1)));
   const x = tt => left + Math.max(0, (tt - t0) / (t1 - t0)) * (W - left - 5);
