@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -93,11 +94,15 @@ class _Server(ThreadingHTTPServer):
     dashboard: DashboardServer
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def _bind(host: str, port: Optional[int]) -> _Server:
     tries = [port] if port is not None else [DEFAULT_PORT, 0]
     for index, candidate in enumerate(tries):
         try:
-            return _Server((host, candidate), _Handler)
+            return (_Server6 if ":" in host else _Server)((host, candidate), _Handler)
         except OSError as error:
             if index + 1 < len(tries) and error.errno == errno.EADDRINUSE:
                 continue
