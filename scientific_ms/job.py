@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
-           progress: Optional[bool] = None, journal: Optional[str] = None) -> Any:
+           progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None) -> Any:
     """Run a job whose master and slave are defined in the calling script; in the master,
     return what its ``run()`` returned.
 
@@ -35,6 +35,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
     ``journal``: a journal file, so that the same command run again after
     the master was killed resumes the job (see :class:`MasterProcess`).
+    ``dashboard``: a live web page of the job (see :class:`MasterProcess`).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -50,8 +51,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     _refuse_master_in_slave(label, "runJob")
     if mpi.runs_under_mpi():
         return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
-                           progress=progress, journal=journal)
-    master = start_script_master(label, master_class, progress=progress, journal=journal)
+                           progress=progress, journal=journal, dashboard=dashboard)
+    master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard)
     if launch_slaves and main_script() is None:
         master.shutdown()
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "

@@ -5,6 +5,7 @@
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
     task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
+    task_manager dashboard LABEL|JOURNAL [--port PORT] [--host HOST] [--show-values]   (docs/guide/dashboard.md)
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -28,6 +29,7 @@ import traceback
 from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple
 
 from .. import logs, settings
+from ..dashboard.published import dashboard_url
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
@@ -66,10 +68,13 @@ def show(args) -> int:
     finally:
         connection.close()
     report = build_report(args.label, connection.address, status)
+    url = dashboard_url(args.label)   # only a master that serves a dashboard leaves one
+    if url is not None:
+        report["dashboard"] = url
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_status(report, args.verbose))
+        print(format_status(report, args.verbose) + (f"\ndashboard: {url}" if url else ""))
     return 0
 
 
@@ -154,6 +159,19 @@ def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) ->
             return 1, (f"{where} stopped answering (PID {record.get('pid')} on {record.get('hostname')} "
                        f"still holds its label file); last status: {summary}")
         time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
+
+
+# ------------------------------------------------------------------ dashboard
+
+def dashboard(args) -> int:
+    """Serve a live web page of a job (a label) or of its journal file, until interrupted."""
+    from ..dashboard.command import run
+    return run(args, _connect)
+
+
+def _dashboard_options(parser: argparse.ArgumentParser) -> None:
+    from ..dashboard.command import add_options
+    add_options(parser)
 
 
 # ------------------------------------------------------------------ slave
@@ -285,6 +303,7 @@ COMMANDS: Dict[str, Command] = {
     "watch": Command(watch, _watch_options),
     "list": Command(list_managers, _json_option, takes_label=False),
     "slave": Command(slave, _slave_options),
+    "dashboard": Command(dashboard, _dashboard_options),
 }
 
 

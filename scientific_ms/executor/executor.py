@@ -79,7 +79,7 @@ class Executor(concurrent.futures.Executor):
     ``host``, ``port``, ``secret``, ``missed_heartbeats``,
     ``max_slave_losses``, ``progress``, ``slave_restarts``,
     ``task_time_limit``, ``tls_cert``, ``tls_key``, ``journal``,
-    ``keep_journal``). With a journal, an Executor killed and started again
+    ``keep_journal``, ``dashboard``). With a journal, an Executor killed and started again
     delivers the calls answered before from it, without running them (a
     call matches by its function's pickle and its arguments); without a
     ``label``, it takes one named after the journal file.

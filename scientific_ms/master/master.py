@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import settings
 from ..core.manager import TaskManager
 from ..core.results import Outcome
+from ..dashboard import start_in_master as start_dashboard
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from ..logs import apply_debug_flag
 from ..machine import process_info, tune_allocator
@@ -63,6 +64,8 @@ class MasterProcess:
     already answered from it (see docs/guide/journal.md). ``keep_journal`` (default True, or
     SCIENTIFIC_MS_KEEP_JOURNAL): False removes the journal when the job ends
     cleanly (run() returned and every result was retrieved).
+    ``dashboard`` (True, a port, or SCIENTIFIC_MS_DASHBOARD) serves a live web
+    page of the job on 127.0.0.1 and logs its URL (see docs/guide/dashboard.md).
     """
 
     #: One task's parameters above this size get a warning (once per tag).
@@ -74,7 +77,7 @@ class MasterProcess:
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
-                 keep_journal: Optional[bool] = None):
+                 keep_journal: Optional[bool] = None, dashboard=None):
         self.label = discovery.check_label(label)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
@@ -121,6 +124,13 @@ class MasterProcess:
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
+        self._dashboard = None
+        try:
+            self._dashboard = start_dashboard(self, dashboard)   # None unless asked for
+        except BaseException:   # a bad option, a port taken: no master is left behind
+            self._run_failed = True   # keeps the journal, whatever keep_journal says
+            self.shutdown()
+            raise
 
     @property
     def port(self) -> int:
@@ -324,6 +334,8 @@ class MasterProcess:
                         SHUTDOWN_GRACE_SECONDS)
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        if self._dashboard is not None:
+            self._dashboard.close()
         self._server.close()
         self._requests.close(failed=self._run_failed, keep=self.keep_journal)
         self._publication.withdraw()
