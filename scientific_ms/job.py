@@ -14,7 +14,7 @@ from .master.ending import exit_on_sigterm
 from .master.launch import main_script, start_script_master
 from .master.master import MasterProcess
 from .slave.slave import SlaveProcess
-from .wire import discovery
+from .wire import discovery, leaving
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def _refuse_master_in_slave(label: str, caller: str) -> None:
     else:
         problem = (f"this process was spawned as a slave of {label!r},\n"
                    f"  but its script calls {caller}: a slave's code must not start a master.")
+    leaving.refuse()   # the master that spawned us starts no other: it would refuse too
     raise ConfigurationError(
         f"{problem}\n"
         f"  Fix: use a fixed label, or compute it once in the master and pass it to the slaves\n"

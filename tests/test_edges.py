@@ -94,7 +94,12 @@ def test_a_label_computed_per_process_never_makes_a_slave_a_master(processes, tm
     try:
         wait_for(lambda: "was spawned as a slave of" in processes.output(master), 60,
                  "the spawned slaves to refuse the label they were not spawned for")
+        # Not replaced (a replacement would refuse too), and the master says no slave of its own is left.
+        wait_for(lambda: "No slave of this master's own is left" in processes.output(master), 60,
+                 "the master to say that its slaves refused")
         output = processes.output(master)
+        assert output.count("was spawned as a slave of") == 2, output
+        assert "starting a replacement" not in output, output
         assert f"'sweep-{master.pid}'" in output   # the label it was spawned for
         assert "fixed label" in output and "environment" in output
         assert "Traceback" not in output

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Sequence
 
-from ..wire.leaving import LeavingChannel
+from ..wire.leaving import LEFT, REFUSED, LeavingChannel
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class SlaveSupervisor:
         self._children: List[subprocess.Popen] = []
         self._threads: List[threading.Thread] = []
         self.restarts = 0
+        self.refused = 0   # children whose script refused to serve (never replaced)
 
     def launch(self, count: int) -> None:
         for _ in range(count):
@@ -75,11 +76,20 @@ class SlaveSupervisor:
 
     def _supervise(self, child: subprocess.Popen, restarts_left: int, channel: LeavingChannel) -> None:
         code = child.wait()
-        on_purpose = channel.left_on_purpose()
+        outcome = channel.outcome()
         with self._lock:
             if self._stopping or self._job_over():
                 return
-        if on_purpose:
+        if outcome == REFUSED:
+            with self._lock:
+                self.refused += 1
+                alive = any(other.returncode is None for other in self._children)
+            log.error("slave process %d refused to serve (its message above says why);\n"
+                      "  not replacing it: another would refuse too%s", child.pid,
+                      "" if alive else ".\n  No slave of this master's own is left: fix the script and run it\n"
+                      "  again, or start slaves by hand ('task_manager slave LABEL')")
+            return
+        if outcome == LEFT:
             log.info("slave process %d left (exit status %d); not replacing it", child.pid, code)
             return
         cause = f"killed by signal {-code}" if code < 0 else f"exit status {code}"

@@ -11,14 +11,17 @@ The exit status cannot tell them apart: a handler may end its process with
 ``sys.exit(0)`` or ``os._exit(0)`` in the middle of a task. So each child
 gets the write end of a pipe (its number in ``SCIENTIFIC_MS_LEAVING_FD``)
 and writes one byte there when it ends cleanly; a child that exits without
-writing it died, whatever its status.
+writing it died, whatever its status. A child whose script refuses to serve
+(it would start a master of its own: ``job.py``) writes another byte, so
+that the supervisor starts no replacement, which would refuse too.
 
 ::
 
     supervisor (master)                       spawned slave
     LeavingChannel()  -- pipe, pass_fds -->   claim()      at start-up
     ...                                       announce()   when it ends cleanly
-    left_on_purpose() <-- one byte, or EOF --
+                                              refuse()     when its script refuses to serve
+    outcome()         <-- one byte, or EOF --
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import os
 from typing import Dict, Optional, Tuple
 
 ENVIRONMENT = "SCIENTIFIC_MS_LEAVING_FD"
+#: What a child writes: it leaves on purpose, or it refuses to serve. Nothing: it died.
+LEFT, REFUSED = b"1", b"R"
 
 _claimed: Optional[int] = None
 _spawned = False
@@ -51,14 +56,15 @@ class LeavingChannel:
         """The child holds the write end now; ours must close, or EOF never comes."""
         os.close(self._write)
 
-    def left_on_purpose(self) -> bool:
-        """After the child exited: did it say it leaves on purpose? Closes the pipe."""
+    def outcome(self) -> Optional[bytes]:
+        """After the child exited: LEFT, REFUSED, or None (it died). Closes the pipe."""
         try:
-            return bool(os.read(self._read, 16))
+            said = os.read(self._read, 16)
         except BlockingIOError:   # a grandchild still holds the write end, and wrote nothing
-            return False
+            return None
         finally:
             os.close(self._read)
+        return REFUSED if REFUSED in said else LEFT if said else None
 
     def close(self) -> None:
         """When the child could not be started."""
@@ -90,12 +96,22 @@ def spawned_by_master() -> bool:
 
 def announce() -> None:
     """The slave ends on purpose: tell the supervisor that spawned it, if any."""
+    _say(LEFT)
+
+
+def refuse() -> None:
+    """The slave's script refuses to serve (its error says why): tell the supervisor
+    that spawned it, if any, not to start another."""
+    _say(REFUSED)
+
+
+def _say(what: bytes) -> None:
     global _claimed
     fd, _claimed = _claimed, None
     if fd is None:
         return
     with contextlib.suppress(OSError):
-        os.write(fd, b"1")
+        os.write(fd, what)
         os.close(fd)
 
 
