@@ -177,6 +177,10 @@ SIGNALLED = """\
         print("ready", flush=True)
         master.requestTask("wait", release)
         master.retrieveResult()
+    elif kind == "with":   # Ctrl-C while the end of the with block waits for a call no slave runs
+        with Executor("signalled", slaves=0, use_name_server=False) as executor:
+            executor.submit(fx.wait_for_file, release)
+            print("ready", flush=True)
     else:
         executor = Executor("signalled", slaves=1 if kind == "slaves" else 0, use_name_server=False)
         future = executor.submit(fx.wait_for_file, release)
@@ -188,7 +192,8 @@ SIGNALLED = """\
 
 
 @pytest.mark.parametrize("kind, sig", [("slaves", signal.SIGTERM), ("none", signal.SIGTERM),
-                                       ("none", signal.SIGINT), ("initialize", signal.SIGTERM)])
+                                       ("none", signal.SIGINT), ("with", signal.SIGINT),
+                                       ("initialize", signal.SIGTERM)])
 def test_a_signal_ends_an_executor_or_initialized_master_cleanly(processes, tmp_path, kind, sig):
     script = write_script(tmp_path / "signalled.py", SIGNALLED)
     process = processes.python(script, kind, tmp_path / "release", cwd=tmp_path)

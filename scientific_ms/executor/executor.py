@@ -189,7 +189,13 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, exc_type, exc_value, traceback) -> Literal[False]:
         if exc_type is None:
-            self.shutdown(wait=True)
+            try:
+                self.shutdown(wait=True)
+            except BaseException:   # Ctrl-C while waiting for calls: end as on an error, nothing left behind
+                self.shutdown(wait=False, cancel_futures=True)
+                self.master.shutdown()
+                self._collector.join()
+                raise
         else:
             # Leaving on an error or Ctrl-C: do not wait for calls that may run for hours.
             # The master ends now, its slaves exit, the calls not done fail.
