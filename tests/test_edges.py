@@ -16,7 +16,8 @@ import pytest
 
 import executor_functions as fx
 from conftest import descendants_gone, wait_for
-from scientific_ms import ConfigurationError, Executor, initializeMasterProcess
+from scientific_ms import ConfigurationError, Executor, initializeMasterProcess, read_journal
+from scientific_ms.master.journal_report import journal_progress
 from scientific_ms.wire import discovery
 
 HERE = Path(__file__).resolve().parent
@@ -245,6 +246,9 @@ def test_a_clean_end_leaves_only_the_journal(processes, tmp_path):
     run_journaled(processes, tmp_path, 3, "first")
     assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
     run_journaled(processes, tmp_path, 4, "second")   # the journal is still usable, its lock too
+    assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
+    assert len(list(read_journal(tmp_path / "job.db"))) == 4   # reading it leaves nothing either
+    assert journal_progress(tmp_path / "job.db")["tasks"]["finished"] == 4
     assert sorted(p.name for p in tmp_path.glob("job.db*")) == ["job.db"]
 
 

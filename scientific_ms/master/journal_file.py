@@ -140,8 +140,17 @@ def sql_error(path: Path, error: sqlite3.Error, doing: str) -> JournalError:
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """Open a journal; ``readonly``: for reading only, leaving no file behind where it can.
+
+    A journal without a write-ahead log beside it has no master writing it (a live
+    master keeps its ``-wal`` open) and nothing uncommitted to read: it is read as
+    immutable, so that SQLite creates no ``-wal`` and ``-shm`` of its own (a reader
+    may not remove them). Otherwise the log is read too, in SQLite's read-only mode.
+    """
     if readonly:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        wal = path.with_name(path.name + "-wal")
+        mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, check_same_thread=False)
     else:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout = 5000")
