@@ -235,9 +235,9 @@ def _serve_as_worker(context: discovery.SlaveContext, code) -> NoReturn:
 
 
 def _no_slave_code(label: str) -> None:
-    print(f"task_manager: the master of {label!r} stored no slave code "
-          f"(start it with runJob, or initializeMasterProcess(..., slave_script=...)); "
-          f"run your slave script directly instead", file=sys.stderr)
+    print(f"task_manager: the master of {label!r} stored no slave code\n"
+          f"  run your slave script directly instead, or start the master with runJob,\n"
+          f"  or initializeMasterProcess(..., slave_script=...)", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ main

@@ -78,7 +78,9 @@ def describe(label: str, report: Dict) -> str:
     else:
         who = (f"the {len(slaves)} connected slave(s) handle "
                f"{', '.join(repr(tag) for tag in served) or 'no tag'} (tag T needs a handler do_T)")
-    return (f"task manager {label!r}: tasks wait that no connected slave can run ({counts}); {who}. "
-            f"Start slaves with runJob(..., launch_slaves=N) or launchSlaveJobs(N), or run "
-            f"'task_manager slave {label}' (or a script calling startSlaveProcess({label!r})) "
-            f"in another shell or on another machine")
+    return (f"task manager {label!r}: tasks wait that no connected slave can run\n"
+            f"  waiting: {counts}\n"
+            f"  {who}\n"
+            f"  Start slaves with runJob(..., launch_slaves=N) or launchSlaveJobs(N), or run\n"
+            f"  'task_manager slave {label}' (or a script calling startSlaveProcess({label!r}))\n"
+            f"  in another shell or on another machine")

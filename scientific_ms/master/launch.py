@@ -289,7 +289,7 @@ def run_stored_code(code: StoredCode) -> None:
     exec(compile(code.source, module.__file__, "exec"), module.__dict__)
 
 
-NO_STORED_CODE = ("the master stored no slave code: start it with runJob, or "
+NO_STORED_CODE = ("the master stored no slave code\n  start it with runJob, or "
                   "initializeMasterProcess(label, slave_script=... or slave_module=...)")
 
 

@@ -204,7 +204,7 @@ def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional
                     tried.append(f"{candidate.source}: {error}")
         looked = "\n".join(f"  - {place}" for place in tried + notes)   # the short news first
         if not wait or (deadline is not None and time.monotonic() >= deadline):
-            hint = "start the master first, pass the master's HOST:PORT, or wait for it (-w / wait=True)"
+            hint = "start the master first, pass the master's HOST:PORT,\n  or wait for it (-w / wait=True)"
             raise MasterNotFoundError(f"no master found for label {label!r}\n  {hint}\n  looked at:\n{looked}")
         if time.monotonic() >= next_note:
             log.warning("waiting for a master of %r to start (asked to wait); looked at:\n%s", label, looked)

@@ -265,6 +265,8 @@ def candidates(label: str, master_host: Optional[str] = None,
         ns_candidate = _name_server_candidate(label)
         if ns_candidate is not None:
             found.append(ns_candidate)
+        elif not settings.use_name_server(True):
+            notes.append(f"the name server is not asked ({settings.PREFIX}NAME_SERVER=0)")
         else:
             from Pyro5 import config as pyro_config
             notes.append(f"no name server entry (looked at {pyro_config.NS_HOST}:{pyro_config.NS_PORT})")
