@@ -171,7 +171,8 @@ def test_show_json_has_the_documented_keys_and_the_same_facts(master):
                                "finished": 1, "failed": 1, "retrieved": 1, "rescheduled": 1,
                                "duplicates_dropped": 0}
     assert report["tasks_by_tag"] == {"waiting": {"other": 2, "work": 3}, "running": {"work": 1},
-                                      "results_waiting": {"work": 1}}
+                                      "results_waiting": {"work": 1}, "finished": {"work": 1},
+                                      "failed": {"work": 1}}
     assert report["processes_lost"] == 1 and report["progress"] == 0.125
     assert report["slaves_left"] == {"idle": 0, "sigterm": 0}
     assert report["throughput_per_second"] > 0 and report["unserved_tags"] == ["other"]

@@ -52,6 +52,18 @@ def test_a_task_goes_through_its_states(manager):
     assert manager.counts() == {"waiting": {}, "running": {}, "finished": {}, "failed": {}}
 
 
+def test_the_status_counts_answers_per_tag_once_delivered_too(manager):
+    slave = manager.register_process("slave", tags=["f", "g"])
+    for tag in ("f", "f", "g"):
+        manager.add_task(tag, b"p")
+    tasks = manager.take_tasks(slave, 3)
+    manager.store_answers(slave, [answer(tasks[0], 1), answer(tasks[1], 2, ok=False), answer(tasks[2], 3)])
+    for _ in range(3):
+        manager.get_answer()
+    assert manager.counts()["finished"] == {} and manager.counts()["failed"] == {}
+    assert manager.status()["answered"] == {"finished": {"f": 1, "g": 1}, "failed": {"f": 1}}
+
+
 def test_each_assignment_has_its_own_number(manager):
     slave = manager.register_process("slave", tags=["f"])
     manager.add_task("f", b"")

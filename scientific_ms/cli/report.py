@@ -50,6 +50,9 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "waiting": dict(sorted(tasks.get("waiting", {}).items())),
         "running": dict(sorted(tasks.get("running", {}).items())),
         "results_waiting": _merge(tasks.get("finished", {}), tasks.get("failed", {})),
+        # every answer since the start, retrieved or not
+        "finished": dict(sorted(status.get("answered", {}).get("finished", {}).items())),
+        "failed": dict(sorted(status.get("answered", {}).get("failed", {}).items())),
     }
     requested = counters.get("requested", 0)
     retrieved = counters.get("delivered", 0)

@@ -378,4 +378,5 @@ class TaskManager:
             now = self._clock()
             elapsed = now - self._started
             return snapshot(now, elapsed, self._signals.terminated, self._registry, self._traffic.counts(),
-                            dict(self.counters), self._traffic.completion_rate(now, elapsed))
+                            dict(self.counters), self._traffic.completion_rate(now, elapsed),
+                            self._traffic.answered())

@@ -40,6 +40,9 @@ class ResultStore:
     def __init__(self, tasks: TaskTable, counters: Counter):
         self._tasks = tasks
         self._counters = counters
+        #: Answers per outcome and tag since the start ({"finished": {tag: n}, "failed": {...}}):
+        #: what the tasks of each tag came to, once delivered tasks have left the table.
+        self.answered: Dict[str, Counter] = {"finished": collections.Counter(), "failed": collections.Counter()}
         self.completion_rate = RateMeter()
         # Two queues in completion order, all tags and per tag. A task delivered
         # through one stays in the other until it reaches that one's head or a
@@ -69,6 +72,7 @@ class ResultStore:
         task.answer = payload
         task.traceback = traceback
         self._counters["finished" if ok else "failed"] += 1
+        self.answered["finished" if ok else "failed"][task.tag] += 1
         self.completion_rate.add(now)
         self._add(task)
 

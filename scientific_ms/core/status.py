@@ -18,8 +18,9 @@ STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled"
 
 def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
              tasks: Dict[str, Dict[str, int]], counters: Dict[str, int],
-             throughput: float) -> dict:
-    """Everything ``show`` reports; ``tasks`` is the count per state and tag."""
+             throughput: float, answered: Dict[str, Dict[str, int]]) -> dict:
+    """Everything ``show`` reports; ``tasks`` is the count per state and tag of the tasks
+    held now, ``answered`` the answers per outcome and tag since the start."""
     processes = []
     served: set = set()
     for proc in registry:
@@ -47,6 +48,7 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
         "started_at": round(time.time() - elapsed, 3),  # Unix time; the clock may be a fake
         "processes": processes,
         "tasks": tasks,
+        "answered": answered,
         "unserved_tags": [] if ANY_TAG in served else
                          sorted(tag for tag in tasks.get("waiting", {}) if tag not in served),
         "counters": dict(dict.fromkeys(STATUS_COUNTERS, 0), **counters),

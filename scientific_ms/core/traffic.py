@@ -253,6 +253,10 @@ class TaskTraffic:
         """Tasks per state and tag (see :meth:`TaskTable.counts`)."""
         return self._tasks.counts()
 
+    def answered(self) -> Dict[str, Dict[str, int]]:
+        """Answers per outcome ("finished", "failed") and tag since the start."""
+        return {outcome: dict(by_tag) for outcome, by_tag in self._results.answered.items()}
+
     def wait_for_running(self, count: int, timeout: Optional[float]) -> bool:
         """Wait until at least ``count`` tasks run on slaves; False on timeout."""
         return self._signals.wait_for_start(

@@ -75,7 +75,7 @@ class LiveSource:
             "kind": self.kind, "label": self.label, "address": self.address, "now": round(now, 3),
             "host": master.get("host"), "show_values": self.show_values,
             "ended": self._ended, "report": report,
-            "tags": _per_tag(status.get("tasks", {})),
+            "tags": _per_tag(status.get("tasks", {}), status.get("answered", {})),
             "eta_seconds": round(remaining / rate, 1) if rate > 0 and remaining else (0 if not remaining else None),
             "throughput": self._history.throughput(),
             "stream": self._history.stream(now),
@@ -86,11 +86,13 @@ class LiveSource:
         }
 
 
-def _per_tag(tasks: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
-    """{tag: {waiting, running, finished, failed}}: the tasks the master holds now per state."""
+def _per_tag(tasks: Dict[str, Dict[str, int]], answered: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
+    """{tag: {waiting, running, finished, failed}}: the tasks waiting and running now, and
+    every answer since the start (retrieved or not)."""
     tags: Dict[str, Dict[str, int]] = {}
-    for state in ("waiting", "running", "finished", "failed"):
-        for tag, count in tasks.get(state, {}).items():
+    for state, counts in (("waiting", tasks.get("waiting", {})), ("running", tasks.get("running", {})),
+                          ("finished", answered.get("finished", {})), ("failed", answered.get("failed", {}))):
+        for tag, count in counts.items():
             tags.setdefault(tag, dict.fromkeys(("waiting", "running", "finished", "failed"), 0))[state] = count
     return dict(sorted(tags.items()))
 
