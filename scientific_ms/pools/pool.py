@@ -87,6 +87,11 @@ class Pool:
         """The job's label: ``task_manager slave LABEL`` adds slaves to this Pool."""
         return self._executor.label
 
+    @property
+    def executor(self) -> Executor:
+        """The Executor this Pool runs on (its ``master`` shows the counters and the slaves)."""
+        return self._executor
+
     def __repr__(self) -> str:
         return f"<scientific_ms.Pool state={self._state} label={self.label!r} local_slaves={self._processes}>"
 
@@ -238,7 +243,7 @@ class Pool:
     def _default_chunksize(self, count: int) -> int:
         """As multiprocessing's: about four chunks per worker (here: per local slave, else per
         slave connected now)."""
-        workers = self._processes or self._executor.master.task_manager.slave_count() or 1
+        workers = self._processes or self._executor.master.task_manager.slave_count or 1
         chunksize, extra = divmod(count, workers * 4)
         return chunksize + 1 if extra else max(chunksize, 1)
 
