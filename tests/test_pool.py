@@ -4,6 +4,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -223,6 +225,12 @@ def test_leaving_the_with_block_ends_the_slaves():
     for pid in pids:
         wait_for(lambda pid=pid: not _alive(pid), 30, f"slave {pid} to end")
     assert time.monotonic() - start < 120
+
+
+def test_importing_the_package_imports_neither_the_pools_nor_joblib():
+    code = "import sys, scientific_ms; print(sorted(m for m in ('joblib', 'scientific_ms.pools') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out
 
 
 def _alive(pid):

@@ -70,6 +70,6 @@ class Runner:
         return Runner, (with_source(self.function), self.initializer)
 
 
-def call(function: Callable[[], Any]) -> Any:
-    """``function()``: what a joblib batch needs on a slave (one stored function for every batch)."""
-    return function()
+def joblib_batch(batch: Callable[[], Any]) -> Any:
+    """``batch()``: one stored function runs every joblib batch (a batch is its argument)."""
+    return batch()
