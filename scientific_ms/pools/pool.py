@@ -177,7 +177,7 @@ class Pool:
         if self._owns_executor:
             self._executor.shutdown(wait=True)
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         self._check_running()
         return self
 

@@ -133,7 +133,7 @@ class IMapIterator:
         self._next = 0          # chunks given to the reader
         self._total: Optional[int] = None   # chunks in all, once the feeder has seen the end
 
-    def __iter__(self) -> "IMapIterator":
+    def __iter__(self) -> IMapIterator:
         return self
 
     def next(self, timeout: Optional[float] = None) -> Any:
@@ -160,7 +160,7 @@ class IMapIterator:
             return self.next(timeout)
         return self._items.popleft()
 
-    __next__ = next   # type: ignore[assignment]
+    __next__ = next
 
     def _take(self) -> Optional[Tuple[bool, Any]]:
         if self._ordered:
