@@ -77,11 +77,11 @@ def main():
     rows = [("tiny", f"map of {TINY} x+1, default chunksize"), ("tiny1", f"map of {TINY} x+1, chunksize 1"),
             ("naps", f"map of {NAPS} 10-ms calls, default chunksize"), ("startup", "start-up to the first result")]
     for kind, title in rows:
-        print(f"\n{title}\n  {'':22} {'best':>9} {'median':>9}")
+        print(f"\n{title}\n  {'':22} {'best':>10} {'median':>10}")
         ours = runs[kind, "scientific_ms.Pool"]
         for system in systems:
             best, median = min(runs[kind, system]), statistics.median(runs[kind, system])
-            line = f"  {system:22} {best:7.3f} s {median:7.3f} s"
+            line = f"  {system:22} {1000 * best:7.1f} ms {1000 * median:7.1f} ms"
             if system != "scientific_ms.Pool":
                 line += (f"   scientific_ms is {best / min(ours):.2f}x (best), "
                          f"{median / statistics.median(ours):.2f}x (median) as fast")
