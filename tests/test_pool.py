@@ -101,6 +101,10 @@ def test_a_call_s_exception_is_raised_in_the_caller_with_the_remote_traceback(po
     assert next(iterator) == 3   # as multiprocessing's imap of chunksize 1: the others still come
     with pytest.raises(SerializationError):
         pool.apply_async(pf.f, (threading.Lock(),))
+    errors.clear()
+    with pytest.raises(SerializationError):   # in the third chunk: the first two are withdrawn if waiting
+        pool.map_async(pf.f, [1, 2, threading.Lock()], chunksize=1, error_callback=errors.append)
+    assert len(errors) == 1 and isinstance(errors[0], SerializationError)
 
 
 def test_chunksize_batches_calls_per_task_and_map_computes_one_as_multiprocessing_does(pool):

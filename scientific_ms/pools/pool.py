@@ -234,7 +234,8 @@ class Pool:
                 future = self._submit(func, kind, chunk)
                 submitted.append(future)
                 future.add_done_callback(partial(result.chunk_done, index))
-        except BaseException:   # e.g. an item that cannot be pickled: nothing of this map runs
+        except BaseException as error:   # e.g. an item that cannot be pickled: nothing of this map runs
+            result.abandon(error)
             for future in submitted:
                 future.cancel()
             raise

@@ -98,6 +98,15 @@ class MapResult(AsyncResult):
         if chunks == 0:
             self._set(True, [])
 
+    def abandon(self, error: BaseException) -> None:
+        """The map failed while its chunks were being submitted: ``error`` is its outcome
+        (the chunks then withdrawn do not replace it)."""
+        with self._lock:
+            if self._event.is_set() or self._remaining == 0:
+                return
+            self._remaining = 0
+        self._set(False, error)
+
     def chunk_done(self, index: int, future: concurrent.futures.Future) -> None:
         """Chunk ``index``'s future is done (a done-callback the Pool adds)."""
         ok, value = outcome(future)
