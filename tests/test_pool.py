@@ -208,16 +208,15 @@ def test_a_slave_killed_during_a_map_loses_nothing():
         wait_for(lambda: len(master.spawned_slaves) >= 2, 30, "two slave processes")
         master.wait_for_slaves(2, timeout=30)
         victim = master.spawned_slaves[0]
-        seen = []
-        for x, (value, pid) in zip(range(300), pool.imap(fx.square_with_pid, range(300))):
-            assert value == x * x
-            seen.append(pid)
-            if len(seen) == 40:
-                os.kill(victim, signal.SIGKILL)
         counters = master.task_manager.counters
-        assert len(seen) == 300 and victim in seen
+        result = pool.map_async(fx.square_with_pid, range(300), chunksize=3)   # 100 tasks of 30 ms
+        wait_for(lambda: counters["delivered"] >= 10, 60, "the map to be under way")
+        os.kill(victim, signal.SIGKILL)
+        answers = result.get(timeout=100)
+        assert [value for value, _pid in answers] == [x * x for x in range(300)]
+        assert victim in {pid for _value, pid in answers}
         assert counters["processes_lost"] == 1 and counters["rescheduled"] >= 1
-        assert counters["delivered"] == counters["requested"] == 300   # each result delivered once
+        assert counters["delivered"] == counters["requested"] == 100   # each chunk delivered once
 
 
 def test_leaving_the_with_block_ends_the_slaves():

@@ -71,7 +71,8 @@ class Pool:
         elif processes is None:
             processes = 0 if label is not None else (os.cpu_count() or 1)
         elif isinstance(processes, bool) or not isinstance(processes, int) or processes < (0 if label else 1):
-            raise ValueError(f"Pool(processes=...): a whole number >= {0 if label else 1}, got {processes!r}")
+            raise ConfigurationError(f"Pool(processes=...): a whole number >= {0 if label else 1}, "
+                                     f"got {processes!r}")
         self._processes = processes or 0
         self._executor = executor if executor is not None else Executor(label, slaves=self._processes, **options)
         self._owns_executor = executor is None
@@ -282,7 +283,7 @@ class Pool:
 
 def _check_chunksize(chunksize: Any) -> None:
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be a whole number >= 1, got {chunksize!r}")
+        raise ConfigurationError(f"chunksize must be a whole number >= 1, got {chunksize!r}")
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
