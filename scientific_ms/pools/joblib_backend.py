@@ -33,7 +33,9 @@ import threading
 import weakref
 from typing import Any, Callable, Optional, Set
 
-from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
+# The base classes from where ray's backend and joblib's own import them (no public path).
+from joblib import register_parallel_backend
+from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
 from ..errors import ConfigurationError
 from ..executor.executor import Executor
