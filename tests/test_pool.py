@@ -161,9 +161,10 @@ def test_terminate_fails_the_calls_not_done(tmp_path):
     started = tmp_path / "started"
     running = pool.apply_async(fx.wait_for_file, (str(tmp_path / "never"), str(started)))
     waiting = pool.apply_async(pf.f, (3,))
+    mapped = pool.map_async(pf.f, range(10), chunksize=2)
     wait_for(started.exists, 60, "the call to start")
     pool.terminate()
-    for result in (running, waiting):
+    for result in (running, waiting, mapped):
         assert result.ready() and not result.successful()
         with pytest.raises(RuntimeError):
             result.get(timeout=0)
@@ -182,11 +183,22 @@ def test_the_initializer_runs_once_in_each_slave_before_its_first_call():
         Pool(1, initializer=42)
 
 
-def test_a_pool_on_a_given_executor_leaves_it_running():
+def test_a_pool_on_a_given_executor_leaves_it_running(tmp_path):
     with Executor(slaves=1, use_name_server=False) as ex:
         with Pool(executor=ex) as pool:
             assert pool.map(pf.f, range(5)) == [0, 1, 4, 9, 16]
         assert ex.submit(pf.f, 4).result(timeout=60) == 16
+        pool = Pool(executor=ex)
+        release, started = tmp_path / "release", tmp_path / "started"
+        blocked = pool.apply_async(fx.wait_for_file, (str(release), str(started)))
+        mapped = pool.map_async(pf.f, range(10), chunksize=2)
+        wait_for(started.exists, 60, "the call to start")
+        pool.terminate()   # withdraws the map's tasks (the slave may hold some: they run later)
+        with pytest.raises(RuntimeError, match="terminated"):
+            mapped.get(timeout=0)
+        release.touch()
+        assert blocked.get(timeout=60) == "released"
+        assert ex.submit(pf.f, 5).result(timeout=60) == 25
         with pytest.raises(ConfigurationError, match="executor"):
             Pool(2, executor=ex)
 

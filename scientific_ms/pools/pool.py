@@ -2,10 +2,11 @@
 
 ::
 
-    Pool.map / starmap / *_async   -- chunks, in the caller's thread --> Executor.submit(Runner(f), chunk)
-    Pool.imap / imap_unordered     -- chunks, in a feeder thread ---->        (one future per chunk)
-    Pool.apply / apply_async       -- one call ---------------------->
-    futures' done-callbacks (the Executor's collector thread) --> AsyncResult / MapResult / IMapIterator
+    Pool.map / starmap / *_async  -- chunks --> Executor.map(Runner(f), kinds, chunks)
+                                                 a reader thread per map completes its MapResult
+    Pool.imap / imap_unordered    -- chunks, in a feeder thread --> Executor.submit(Runner(f), MAP, chunk)
+    Pool.apply / apply_async      -- one call --> Executor.submit(Runner(f), APPLY, args, kwds)
+    futures' done-callbacks (the Executor's collector thread) --> AsyncResult / IMapIterator
 
 Every task is an Executor call, so the Executor's guarantees hold: a task
 whose slave dies runs again elsewhere, each result is delivered once, a
@@ -21,7 +22,6 @@ import logging
 import os
 import secrets
 import threading
-from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ConfigurationError
@@ -80,7 +80,8 @@ class Pool:
         self._runners: Dict[Any, Tuple[Callable, Runner]] = {}
         self._pending: Set[concurrent.futures.Future] = set()   # this Pool's futures not done yet
         self._pending_lock = threading.Lock()
-        self._feeders: List[threading.Thread] = []
+        # feeders of imaps, readers of maps (with the map's iterator and result)
+        self._threads: List[Tuple[threading.Thread, Optional[Tuple[Any, MapResult]]]] = []
         self._state = RUN
 
     @property
@@ -156,19 +157,17 @@ class Pool:
         for future in pending:   # a withdrawn call is done (cancelled) at once: it leaves _pending
             future.cancel()
         if self._owns_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            with self._pending_lock:
-                running = bool(self._pending)
-            if running:   # the slaves end, and the calls they run fail (else: a quiet ending)
-                self._executor.master.shutdown()
-            self._executor.shutdown(wait=True)
-        self._join_feeders()
+            self._executor.shutdown(wait=False, cancel_futures=True)   # maps' waiting tasks too
+            if sum(self._executor.master.task_manager.counts().get("running", {}).values()):
+                self._executor.master.shutdown()   # the slaves end, and the calls they run fail
+            self._executor.shutdown(wait=True)   # (else: a quiet ending)
+        self._end_threads()
 
     def join(self) -> None:
         """Wait until the work submitted is done (after :meth:`close` or :meth:`terminate`)."""
         if self._state == RUN:
             raise ValueError("Pool is still running: call close() or terminate() before join()")
-        self._join_feeders()
+        self._join_threads()
         while True:
             with self._pending_lock:
                 pending = list(self._pending)
@@ -222,25 +221,37 @@ class Pool:
 
     def _map_async(self, func: Callable, iterable: Iterable, kind: int, chunksize: Optional[int],
                    callback: Optional[Callable], error_callback: Optional[Callable]) -> MapResult:
+        """The chunks go as one ``Executor.map`` (queued in batches, a light slot per task), read in
+        order by a thread of the Pool that completes the MapResult."""
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         if chunksize is None:
             chunksize = self._default_chunksize(len(items))   # type: ignore[arg-type]
         _check_chunksize(chunksize)
         chunks = list(_chunks(items, chunksize))
-        result = MapResult(len(chunks), callback, error_callback)
-        submitted: List[concurrent.futures.Future] = []
+        result = MapResult(callback, error_callback)
+        if not chunks:
+            result.finish(True, [])
+            return result
         try:
-            for index, chunk in enumerate(chunks):
-                future = self._submit(func, kind, chunk)
-                submitted.append(future)
-                future.add_done_callback(partial(result.chunk_done, index))
+            answers = self._executor.map(self._runner(func), itertools.repeat(kind, len(chunks)), chunks)
         except BaseException as error:   # e.g. an item that cannot be pickled: nothing of this map runs
-            result.abandon(error)
-            for future in submitted:
-                future.cancel()
+            result.finish(False, error)
             raise
+        self._start(self._read, answers, result, name="reader", map_of=(answers, result))
         return result
+
+    @staticmethod
+    def _read(answers: Iterator[list], result: MapResult) -> None:
+        """Complete ``result`` from the map's chunks, in order (the first that failed fails it)."""
+        try:
+            values = [value for chunk in answers for value in chunk]
+        except concurrent.futures.CancelledError:   # withdrawn by terminate()
+            result.finish(False, RuntimeError("the pool was terminated before this call ran"))
+        except BaseException as error:
+            result.finish(False, error)
+        else:
+            result.finish(True, values)
 
     def _default_chunksize(self, count: int) -> int:
         """As multiprocessing's: about four chunks per worker (here: per local slave, else per
@@ -254,10 +265,7 @@ class Pool:
         _check_chunksize(chunksize)
         self._runner(func)   # a non-callable raises here, in the caller
         results = IMapIterator(ordered)
-        feeder = threading.Thread(target=self._feed, args=(func, iterable, chunksize, results),
-                                  name=f"scientific_ms-pool-feeder-{self.label}", daemon=True)
-        self._feeders = [thread for thread in self._feeders if thread.is_alive()] + [feeder]
-        feeder.start()
+        self._start(self._feed, func, iterable, chunksize, results, name="feeder")
         return results
 
     def _feed(self, func: Callable, iterable: Iterable, chunksize: int, results: IMapIterator) -> None:
@@ -275,8 +283,33 @@ class Pool:
         finally:
             results.finish(index)
 
-    def _join_feeders(self) -> None:
-        for thread in self._feeders:
+    def _start(self, target: Callable, *args: Any, name: str, map_of: Optional[Tuple[Any, MapResult]] = None) -> None:
+        """Run ``target(*args)`` in a thread of this Pool (``map_of``: the iterator and the
+        result of the map it reads, for terminate())."""
+        thread = threading.Thread(target=target, args=args, name=f"scientific_ms-pool-{name}-{self.label}",
+                                  daemon=True)
+        with self._pending_lock:
+            self._threads = [entry for entry in self._threads if entry[0].is_alive()] + [(thread, map_of)]
+        thread.start()
+
+    def _end_threads(self) -> None:
+        """terminate(): withdraw the maps' tasks that no slave has started and fail the maps; wait
+        for the feeders (and for the readers, once an own Executor has ended: they end with it;
+        a given Executor's slaves may still run a map's tasks, and its reader waits for them)."""
+        with self._pending_lock:
+            threads = list(self._threads)
+        for _, map_of in threads:
+            if map_of is not None:
+                answers, result = map_of
+                answers.close()
+                result.finish(False, RuntimeError("the pool was terminated before this map was done"))
+        self._join_threads([thread for thread, map_of in threads if map_of is None or self._owns_executor])
+
+    def _join_threads(self, threads: Optional[List[threading.Thread]] = None) -> None:
+        if threads is None:
+            with self._pending_lock:
+                threads = [thread for thread, _ in self._threads]
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
 

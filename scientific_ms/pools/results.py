@@ -1,10 +1,12 @@
 """What a Pool's callers wait on, as multiprocessing.pool's: AsyncResult, MapResult, IMapIterator.
 
-Each is fed by the Executor's futures (one per task: a call, or a chunk of
-a map) through their done-callbacks, which run on the Executor's collector
-thread; as in multiprocessing, a result's ``callback`` or
-``error_callback`` runs there too, before ``get()`` returns: it should be
-quick and must not wait for other results of the same Pool.
+An AsyncResult and an IMapIterator are fed by the Executor's futures (one
+per call, or per chunk of an imap) through their done-callbacks, on the
+Executor's collector thread; a MapResult by the Pool's thread that reads
+the map's answers in order. As in multiprocessing, a result's
+``callback`` or ``error_callback`` runs on that thread, before ``get()``
+returns: it should be quick and must not wait for other results of the
+same Pool.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import multiprocessing
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -85,44 +87,14 @@ class AsyncResult:
 
 
 class MapResult(AsyncResult):
-    """The result of ``map_async`` and ``starmap_async``: the list of every chunk's results.
+    """The result of ``map_async`` and ``starmap_async``: the list of every chunk's results
+    (the first chunk that failed, in order, fails it)."""
 
-    As multiprocessing's: the first chunk that fails makes the whole result fail at once.
-    """
-
-    def __init__(self, chunks: int, callback=None, error_callback=None):
-        super().__init__(callback, error_callback)
-        self._lock = threading.Lock()
-        self._chunks: List[list] = [[] for _ in range(chunks)]
-        self._remaining = chunks
-        if chunks == 0:
-            self._set(True, [])
-
-    def abandon(self, error: BaseException) -> None:
-        """The map failed while its chunks were being submitted: ``error`` is its outcome
-        (the chunks then withdrawn do not replace it)."""
-        with self._lock:
-            if self._event.is_set() or self._remaining == 0:
-                return
-            self._remaining = 0
-        self._set(False, error)
-
-    def chunk_done(self, index: int, future: concurrent.futures.Future) -> None:
-        """Chunk ``index``'s future is done (a done-callback the Pool adds)."""
-        ok, value = outcome(future)
-        with self._lock:
-            if self._event.is_set() or self._remaining == 0:
-                return   # already failed: the other chunks' answers are for no one
-            if not ok:
-                self._remaining = 0
-            else:
-                self._chunks[index] = value
-                self._remaining -= 1
-                if self._remaining:
-                    return
-                value = [item for chunk in self._chunks for item in chunk]
-                self._chunks = []
-        self._set(ok, value)
+    def finish(self, success: bool, value: Any) -> None:
+        """The map's outcome, given once by the thread that reads its chunks (or by the map
+        that failed while submitting them)."""
+        if not self.ready():
+            self._set(success, value)
 
 
 class IMapIterator:

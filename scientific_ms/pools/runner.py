@@ -4,9 +4,9 @@ A Pool sends one :class:`Runner` per function to its Executor, which
 pickles it once and each slave fetches it once; each task then carries
 only a chunk of arguments::
 
-    pool.map(f, items)  ->  Executor.submit(Runner(f), MAP, [x, ...])      ->  [f(x), ...]
-    pool.starmap(f, ...) -> Executor.submit(Runner(f), STARMAP, [args, ...]) -> [f(*args), ...]
-    pool.apply(f, a, k)  ->  Executor.submit(Runner(f), APPLY, a, k)        ->  f(*a, **k)
+    a chunk of pool.map(f, items)     Runner(f)(MAP, [x, ...])        ->  [f(x), ...]
+    a chunk of pool.starmap(f, ...)   Runner(f)(STARMAP, [args, ...]) ->  [f(*args), ...]
+    pool.apply(f, a, k)               Runner(f)(APPLY, a, k)          ->  f(*a, **k)
 
 A Pool's ``initializer`` runs once in each slave process, before its first
 call of that Pool (slaves are started before the Pool knows its work, and
