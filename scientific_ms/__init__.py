@@ -36,16 +36,23 @@ debug = False
 
 
 def __getattr__(name: str):
-    # Imported on first use: slave processes start faster without concurrent.futures.
+    # Imported on first use: slave processes start faster without concurrent.futures (nor
+    # multiprocessing, nor joblib).
     if name == "Executor":
         from .executor.executor import Executor
         return Executor
+    if name == "Pool":
+        from .pools.pool import Pool
+        return Pool
+    if name == "register_joblib":
+        from .pools import register_joblib
+        return register_joblib
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "MasterProcess", "SlaveProcess", "runJob", "initializeMasterProcess", "startSlaveProcess",
-    "GlobalStateValue", "getMachineInfo", "TaskManager", "Executor", "RemoteTraceback",
+    "GlobalStateValue", "getMachineInfo", "TaskManager", "Executor", "Pool", "register_joblib", "RemoteTraceback",
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",

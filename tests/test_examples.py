@@ -82,6 +82,15 @@ def test_executor_demo(processes, workdir):
     assert "sqrt(-1.0) raised ValueError('math domain error') on a slave (remote traceback attached)" in out
 
 
+def test_pool_map(processes, workdir):
+    out = run(processes, workdir, "pool_map.py")
+    squares = "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"
+    assert out.count(f"{squares}\n") >= 2 and "[32, 9]\n400\n" in out, out
+    assert "int('x') raised ValueError(\"invalid literal for int() with base 10: 'x'\") on a slave " \
+           "(remote traceback attached)" in out, out
+    assert f"joblib: {squares}" in out or "joblib is not installed" in out, out
+
+
 def test_faults_demo(processes, workdir):
     out = run(processes, workdir, "faults_demo.py")
     for square in (0, 1, 4, 9):
@@ -130,7 +139,7 @@ def test_mpi_demo_under_mpiexec(processes, workdir):
 #: The example files each test above runs; slave.py and sample_slave.py run as slaves.
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
-                "sample_slave.py", "mpi_demo.py"}
+                "sample_slave.py", "mpi_demo.py", "pool_map.py"}
 
 
 def test_every_example_is_run_by_a_test():
