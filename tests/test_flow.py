@@ -1,6 +1,7 @@
 """The flow policy (core/flow.py): what a slave holds and asks for, what the master grants."""
 
 import math
+import time
 
 import pytest
 
@@ -8,6 +9,9 @@ from scientific_ms.core import flow
 from scientific_ms.core.registry import Registry
 from scientific_ms.core.scheduling import QUEUE_SECONDS, Scheduler
 from scientific_ms.core.tasks import Task
+from scientific_ms.slave import feed as feed_module
+from scientific_ms.slave.feed import END, TaskFeed
+from scientific_ms.wire.protocol import OK, TERMINATED, Answer, TaskMessage
 
 
 def test_the_moving_average_starts_at_the_first_measurement_and_follows_the_rest():
@@ -111,6 +115,51 @@ def test_a_far_slave_gets_queued_tasks_shorter_than_its_target_but_not_longer():
 
 
 def test_the_feed_and_the_scheduler_keep_no_policy_constants_of_their_own():
-    from scientific_ms.slave import feed
     for name in ("TARGET_QUEUE_SECONDS", "PREFETCH_BELOW", "MAX_BATCH", "ANSWER_DELAY"):
-        assert not hasattr(feed, name), name
+        assert not hasattr(feed_module, name), name
+
+
+# ------------------------------------------------------------------ the feed follows the policy
+
+class SlowMaster:
+    """A fake connection whose every call takes at least ``trip`` s (a far master)."""
+
+    def __init__(self, count, trip):
+        self.tasks = [TaskMessage(f"t{n}", n, "f", b"", None) for n in range(count)]
+        self.trip = trip
+        self.calls = []   # (max_tasks, wait, queue_seconds, handed)
+
+    def claim(self):
+        pass
+
+    def exchange(self, process_id, answers, max_tasks, wait, queue_seconds=None):
+        time.sleep(self.trip)   # the link's delay: a floor under the measured round trip
+        if wait and not self.tasks:
+            return TERMINATED, [], []
+        handed, self.tasks = self.tasks[:max_tasks], self.tasks[max_tasks:]
+        self.calls.append((max_tasks, wait, queue_seconds, len(handed)))
+        return OK, handed, []
+
+
+def test_a_feed_far_from_its_master_asks_for_work_covering_its_round_trip():
+    master = SlowMaster(count=200, trip=0.05)   # a round trip of 50 ms at least
+    feed = TaskFeed(master, 1, rejoin=lambda process_id, connection: process_id)
+    feed.start()
+    ran = 0
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, f"the feed gave {ran} tasks of 200 in 60 s"
+        task = feed.next_task(timeout=1)
+        if task is None:
+            continue   # woken with nothing (yet)
+        if task is END:
+            break
+        ran += 1
+        feed.put_answer(Answer(task.task_id, task.assignment, True, b"", "", 0.005))   # said to take 5 ms
+    assert feed.stop(timeout=10)
+    assert ran == 200
+    fixed = flow.tasks_wanted(0.005)              # what a slave next to its master asks for
+    assert max(call[0] for call in master.calls) >= flow.tasks_wanted(0.005, flow.queue_target(0.05))
+    assert max(call[0] for call in master.calls) > fixed
+    holds = [call[2] for call in master.calls if call[2] is not None]
+    assert holds and min(holds) >= flow.RTT_FACTOR * 0.05   # it says how much it wants held
