@@ -57,10 +57,17 @@ async def _join(client_reader, client_writer, target, delay) -> None:
     except OSError:
         client_writer.close()
         return
+    except asyncio.CancelledError:   # the relay stops
+        client_writer.close()
+        return
     for writer in (client_writer, server_writer):
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    await asyncio.gather(_pump(client_reader, server_writer, delay), _pump(server_reader, client_writer, delay),
-                         return_exceptions=True)
+    try:
+        await asyncio.gather(_pump(client_reader, server_writer, delay),
+                             _pump(server_reader, client_writer, delay), return_exceptions=True)
+    except asyncio.CancelledError:   # the relay stops: end quietly (asyncio would print the cancellation)
+        client_writer.close()
+        server_writer.close()
 
 
 async def relay(listen_host: str, listen_port: int, target_host: str, target_port: int,

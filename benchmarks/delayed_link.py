@@ -58,6 +58,7 @@ def run_master(label, slaves, task_seconds, count):
     import scientific_ms
     from scientific_ms import MasterProcess
     master = MasterProcess(label, use_name_server=False, port=PORT)
+    print("listening", flush=True)   # the slaves may start
     try:
         master.wait_for_slaves(slaves, timeout=60)
         # Warm-up: the master learns the tasks' duration, each slave its tasks' and its round trip.
@@ -153,6 +154,10 @@ def measure(link, tree, slaves, task_seconds, count, registry):
     master = subprocess.Popen(link.command(link.master_host, sys.executable, me, "--child", "master", label,
                                            slaves, task_seconds, count),
                               env=env, cwd=tree, stdout=subprocess.PIPE, text=True)
+    if master.stdout.readline().strip() != "listening":
+        master.kill()
+        master.wait()
+        raise SystemExit(f"the master of {tree} did not start")
     workers = [subprocess.Popen(link.command(link.slave_host, sys.executable, me, "--child", "slave", label),
                                 env=env, cwd=tree, stdout=subprocess.DEVNULL)
                for _ in range(slaves)]
