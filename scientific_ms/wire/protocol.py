@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .buffers import payload_from_wire, payload_to_wire
 from .payload import Payload
@@ -146,19 +146,27 @@ def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
     return records, buffers
 
 
-def _names_buffers(payload: object) -> bool:
-    """Is this payload as it crossed the wire a ``payload.Pickled``'s head and buffer sizes?"""
-    return type(payload) is tuple
+#: Where the payload is in the tuple of a TaskMessage and of an Answer (this codec's own business).
+_PAYLOAD = 3
 
 
-def tasks_from_wire(records: Iterable, sock) -> List[TaskMessage]:
+def _name_buffers(records: Sequence[tuple]) -> bool:
+    """Does a payload among ``records`` (as they crossed the wire) stand for a
+    ``payload.Pickled``, its buffers following the message?"""
+    return any(type(record[_PAYLOAD]) is tuple for record in records)
+
+
+def _received(record: tuple, sock) -> tuple:
+    """``record`` with its payload's buffers read from ``sock`` (in message order)."""
+    return (*record[:_PAYLOAD], payload_from_wire(record[_PAYLOAD], sock), *record[_PAYLOAD + 1:])
+
+
+def tasks_from_wire(records: Sequence[tuple], sock) -> List[TaskMessage]:
     """The :class:`TaskMessage` records of a reply, their buffers read from ``sock``
     (the socket the reply came on) if any travelled out of band."""
-    tasks = list(map(TaskMessage._make, records))
-    if any(_names_buffers(task.payload) for task in tasks):
-        tasks = [task._replace(payload=payload_from_wire(task.payload, sock))
-                 if _names_buffers(task.payload) else task for task in tasks]
-    return tasks
+    if _name_buffers(records):
+        return [TaskMessage(*_received(record, sock)) for record in records]
+    return list(map(TaskMessage._make, records))
 
 
 def answers_to_wire(answers: Iterable[Answer]) -> Tuple[List[tuple], list]:
@@ -170,16 +178,14 @@ def answers_to_wire(answers: Iterable[Answer]) -> Tuple[List[tuple], list]:
     return records, buffers
 
 
-def answers_from_wire(records: Iterable, sock) -> List[Answer]:
+def answers_from_wire(records: Sequence[tuple], sock) -> List[Answer]:
     """The :class:`Answer` records of a request, their buffers read from ``sock``
     (the socket it came on) if any travelled out of band; ``sock`` None: none may."""
-    answers = [Answer(*record) for record in records]   # (``seconds`` may be left out)
-    if any(_names_buffers(answer.payload) for answer in answers):
+    if _name_buffers(records):
         if sock is None:
             raise ValueError("an answer names buffers sent out of band, but no socket carries them")
-        answers = [answer._replace(payload=payload_from_wire(answer.payload, sock))
-                   if _names_buffers(answer.payload) else answer for answer in answers]
-    return answers
+        return [Answer(*_received(record, sock)) for record in records]
+    return [Answer(*record) for record in records]   # (``seconds`` may be left out)
 
 
 # ---------------------------------------------------------------- stored slave code
