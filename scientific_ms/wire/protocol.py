@@ -10,7 +10,7 @@ The whole path of one task, master to slave and back::
     TaskManager.add_task()  -->  scheduling.Scheduler.enqueue()
                                  (WAITING; wakes a waiting slave thread)
                                                         feed.TaskFeed._run()   feed thread
-                                   <--- exchange(answers, want, wait) ---  client.MasterConnection.call()
+                                   <--- exchange(answers, want, wait, queue)  client.MasterConnection.call()
     server.TaskManagerService.exchange()
       TaskManager.store_answers()   (answers of earlier tasks)
       TaskManager.take_tasks()  --> Scheduler.select()  (RUNNING)
