@@ -59,7 +59,7 @@ class TaskFeed:
         self._main_idle = False       # the main thread waits in next_task
         self._feed_idle = False       # the feed thread waits for something to do
         self._answers_since = 0.0     # when the oldest answer in the outbox came
-        self._server_drained = False  # the last non-blocking fetch found nothing
+        self._server_drained = False  # the last fetch found nothing
         self._stopping = False
         self._leaving = False         # leave() was called: fetch nothing, start nothing more
         self._poked = False           # the master has news (revoked tasks): call it now
@@ -173,7 +173,7 @@ class TaskFeed:
             return False         # the answers go with stop(), which follows
         idle = self._main_idle and not self._inbox
         if idle:
-            return True          # hand in answers, fetch (blocking) the next work
+            return True          # hand in answers, fetch the next work (waiting for it if none came last)
         if self._outbox and time.monotonic() >= self._answers_since + flow.ANSWER_DELAY:
             return True          # answers held long enough
         if not self._prefetching():
