@@ -36,6 +36,7 @@ def test_the_round_trip_is_the_quickest_recent_call():
     assert trip.value == 0.5
     trip.add(0.1)
     assert trip.value == 0.1
+    assert trip.settled and not flow.RoundTrip().settled
 
 
 def test_the_queue_target_is_the_fixed_one_near_the_master_and_covers_the_round_trip_far_from_it():

@@ -80,6 +80,11 @@ class RoundTrip:
         self._recent: Deque[float] = collections.deque(maxlen=RTT_WINDOW)
         self.value: Optional[float] = None
 
+    @property
+    def settled(self) -> bool:
+        """Has it seen a window's worth of calls?"""
+        return len(self._recent) == RTT_WINDOW
+
     def add(self, seconds: float) -> float:
         """Take in the wall time of one call; returns the new round trip."""
         recent = self._recent

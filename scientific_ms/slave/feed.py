@@ -202,12 +202,13 @@ class TaskFeed:
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
                     want = 0 if (stopping or self._leaving) else (self._want() if (idle or self._prefetching()) else 0)
-                    # An idle slave waits for work at the master only once the master had none:
-                    # while it has, a call that returns at once times the round trip, which
-                    # decides how much work to hold (a slave that never prefetches, its tasks
-                    # being long, would otherwise never measure it). Jittered, so that a
-                    # thousand idle slaves do not all call back at once.
-                    block = idle and want and self._server_drained
+                    # An idle slave waits for work at the master, except while its round trip
+                    # is still being learned and the master had work last time: a call that
+                    # returns at once times the trip, which decides how much work to hold (a
+                    # slave that never prefetches, its tasks being long, would otherwise never
+                    # measure it). Jittered, so that a thousand idle slaves do not all call
+                    # back at once.
+                    block = idle and want and (self._server_drained or self._round_trip.settled)
                     wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if block else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
