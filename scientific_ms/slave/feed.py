@@ -70,6 +70,10 @@ class TaskFeed:
         self._seconds_per_task = flow.MovingAverage()
         self._round_trip = flow.RoundTrip()   # of the calls that did not wait for work
         self._target = flow.TARGET_QUEUE_SECONDS   # work to keep queued (flow.queue_target)
+        # What the policy says for the current average and target, worked out when either
+        # changes (asked several times per task): flow.tasks_wanted, flow.prefetches.
+        self._wanted = 1
+        self._prefetch = False
         self._thread = threading.Thread(target=self._run, name="scientific_ms-feed", daemon=True)
 
     def start(self) -> None:
@@ -126,6 +130,7 @@ class TaskFeed:
                 # give more now. (Tiny tasks are never capped that way: no call per answer.)
                 self._server_drained = False
             self._seconds_per_task.add(seconds)
+            self._follow_policy()
             if flow.answer_is_urgent(seconds) and self._inbox:
                 # A long task ended with more queued: tell the master now, so that it
                 # knows which task runs and never hands the next one to another slave.
@@ -160,11 +165,17 @@ class TaskFeed:
 
     # ------------------------------------------------------------------ feed thread
 
+    def _follow_policy(self) -> None:
+        """Work out how many tasks to ask for (the average task time or the target changed)."""
+        average = self._seconds_per_task.value
+        self._wanted = flow.tasks_wanted(average, self._target)
+        self._prefetch = flow.prefetches(average, self._target)
+
     def _want(self) -> int:
-        return flow.tasks_wanted(self._seconds_per_task.value, self._target)
+        return self._wanted
 
     def _prefetching(self) -> bool:
-        return flow.prefetches(self._seconds_per_task.value, self._target)
+        return self._prefetch
 
     def _should_call(self) -> bool:
         if self._stopping or self._poked or self._flush:
@@ -220,7 +231,10 @@ class TaskFeed:
                 with self._cond:
                     self._waiting_for_work = False
                     if not wait:   # a call that did not wait for work: one round trip
-                        self._target = flow.queue_target(self._round_trip.add(took))
+                        target = flow.queue_target(self._round_trip.add(took))
+                        if target != self._target:
+                            self._target = target
+                            self._follow_policy()
                     if status == TERMINATED:
                         self._ended = "terminated"
                     elif status == UNKNOWN and self._stopping:
