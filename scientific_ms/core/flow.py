@@ -110,16 +110,17 @@ def prefetches(average: Optional[float], target: float = TARGET_QUEUE_SECONDS) -
 
     Short tasks are prefetched; so are tasks shorter than the queue target
     of a slave far from its master (it would otherwise wait a round trip for each)."""
-    return average is not None and average < max(PREFETCH_BELOW, target)
+    return average is not None and average < (target if target > PREFETCH_BELOW else PREFETCH_BELOW)
 
 
 def tasks_wanted(average: Optional[float], target: float = TARGET_QUEUE_SECONDS) -> int:
     """How many tasks a slave asks for: one unless it prefetches, else about
     ``target`` seconds of them (at most ``MAX_BATCH``)."""
-    if not prefetches(average, target):
+    # (a slave asks this after every task: plain comparisons, no calls but one)
+    if average is None or average >= (target if target > PREFETCH_BELOW else PREFETCH_BELOW):
         return 1
-    assert average is not None
-    return max(1, min(MAX_BATCH, math.ceil(target / max(average, 1e-7))))
+    wanted = math.ceil(target / (average if average > 1e-7 else 1e-7))
+    return wanted if wanted < MAX_BATCH else MAX_BATCH
 
 
 def answer_is_urgent(seconds: float) -> bool:
