@@ -168,14 +168,18 @@ class TaskManager:
     # ----------------------------------------------------------------- tasks: slaves
 
     def take_tasks(self, process_id: int, max_tasks: int = 1,
-                   timeout: float = 0.0) -> List[Task]:
+                   timeout: float = 0.0, queue_seconds: Optional[float] = None) -> List[Task]:
         """Assign up to ``max_tasks`` tasks that the process can run.
 
-        Waits up to ``timeout`` seconds for the first one. The caller reads each task's ``task_id``,
+        Waits up to ``timeout`` seconds for the first one. ``queue_seconds``: the work the
+        slave wants queued behind the task it runs (``flow.py``; None: the fixed target).
+        The caller reads each task's ``task_id``,
         ``assignment``, ``tag``, ``payload`` and ``time_limit``. Raises TaskManagerTermination,
         or UnknownProcessError if the process is unknown (declared dead: it should register again).
         """
-        assigned, unknown = self.take_tasks_for([(process_id, max_tasks)], timeout)
+        want = Want(process_id, max(1, int(max_tasks)), queue_seconds)
+        with self._lock:
+            assigned, unknown = self._traffic.take([want], timeout)
         if unknown:
             with self._lock:
                 self._processes.live(process_id)   # raises the error that says why

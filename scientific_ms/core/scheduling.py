@@ -15,9 +15,11 @@ The rules:
   yet counts as long.
 - **Batches.** A slave may ask for several tasks at once (it prefetches
   short tasks). Beyond the task it runs, it gets queued work while what it
-  holds queued is under ``QUEUE_SECONDS`` by its tags' estimates (so at
-  most one more task's worth above that: about one round trip's worth),
-  no task longer than that, no task of a tag not yet measured, and nothing
+  holds queued is under the queue it asked for by its tags' estimates
+  (``QUEUE_SECONDS``, or more for a slave far from its master, at most
+  ``flow.MAX_QUEUE_SECONDS``; so at most one more task's worth above
+  that: about a round trip's worth), no task longer than that, no task of
+  a tag not yet measured, and nothing
   beyond a round trip's worth (``IDLE_FIRST_BEYOND``) while another slave
   that could run the task waits idle. A batch also stops at
   ``BATCH_PAYLOAD_LIMIT`` bytes of parameters and at the slave's fair share
@@ -47,6 +49,7 @@ import itertools
 import threading
 from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
+from . import flow
 from .registry import ProcessRecord
 from .tasks import ANY_TAG, Task
 
@@ -54,8 +57,9 @@ from .tasks import ANY_TAG, Task
 #: for many small tasks does not also hoard a queue of large ones.
 BATCH_PAYLOAD_LIMIT = 4 * 1024 * 1024
 
-#: Most estimated work (seconds) a slave may hold queued beyond the task it runs.
-QUEUE_SECONDS = 0.02
+#: Most estimated work (seconds) a slave may hold queued beyond the task it runs,
+#: unless it asks for more (``flow.queue_limit``).
+QUEUE_SECONDS = flow.TARGET_QUEUE_SECONDS
 
 #: A busy slave may queue work that an idle slave could run only while its
 #: queue stays this short (about one round trip): tiny tasks then travel in
@@ -71,21 +75,24 @@ STEAL_AFTER = 0.05
 
 
 class Durations:
-    """How long each tag's handler takes, learned from the slaves' measurements."""
-
-    #: Weight of the newest measurement in the moving average.
-    WEIGHT = 0.2
+    """How long each tag's handler takes, learned from the slaves' measurements
+    (a :class:`~scientific_ms.core.flow.MovingAverage` per tag)."""
 
     def __init__(self):
-        self._seconds: Dict[str, float] = {}
+        self._averages: Dict[str, flow.MovingAverage] = {}
+        self._seconds: Dict[str, float] = {}   # each average's value, read once per held task
 
     def record(self, tag: str, seconds: float) -> None:
-        old = self._seconds.get(tag)
-        self._seconds[tag] = seconds if old is None else (1 - self.WEIGHT) * old + self.WEIGHT * seconds
+        average = self._averages.get(tag)
+        if average is None:
+            average = self._averages[tag] = flow.MovingAverage()
+        self._seconds[tag] = average.add(seconds)
 
     def expect(self, tag: str, seconds: float) -> None:
         """A hint for a tag not measured yet; the measurements take over."""
-        self._seconds.setdefault(tag, seconds)
+        if tag not in self._averages:
+            self._averages[tag] = flow.MovingAverage(seconds)
+            self._seconds[tag] = seconds
 
     def estimate(self, tag: str) -> Optional[float]:
         """Seconds per task of ``tag``; None while not measured (then it counts as long)."""
@@ -162,11 +169,14 @@ class Scheduler:
     # ------------------------------------------------------------------ assignment
 
     def select(self, proc: ProcessRecord, max_tasks: int, slave_count: int,
-               idle_elsewhere: Callable[[str], bool] = lambda tag: False) -> List[Task]:
+               idle_elsewhere: Callable[[str], bool] = lambda tag: False,
+               queue_seconds: Optional[float] = None) -> List[Task]:
         """Take the tasks ``proc`` gets now (at most ``max_tasks``) out of the queues.
 
         ``idle_elsewhere(tag)``: whether another slave that can run ``tag``
         waits for work (it gets such a task before anyone prefetches it).
+        ``queue_seconds``: the work the slave asked to hold queued (None: it
+        did not say), granted within ``flow.queue_limit``.
         """
         if proc.tags is None or not self.waiting_count:   # not a slave (proc.is_slave), or nothing waits
             return []
@@ -179,6 +189,7 @@ class Scheduler:
         tasks: List[Task] = []
         size = 0
         queued = self.durations.queued(proc)
+        limit = flow.queue_limit(queue_seconds)
         idle: Dict[str, bool] = {}   # idle_elsewhere, asked once per tag
         every = ANY_TAG in proc.tags
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
@@ -191,7 +202,7 @@ class Scheduler:
                 if head.suspect:
                     break   # only an idle slave takes a suspect, and nothing with it
                 estimate = self.durations.estimate(head.tag)
-                if estimate is None or estimate > QUEUE_SECONDS or queued >= QUEUE_SECONDS:
+                if estimate is None or not flow.may_queue(queued, estimate, limit):
                     break   # no hoarding of long or unknown work
                 if queued + estimate > IDLE_FIRST_BEYOND:
                     if head.tag not in idle:

@@ -32,9 +32,11 @@ Settled = Tuple[str, bool, Payload, str]
 
 
 class Want(NamedTuple):
-    """How many tasks a process asks for."""
+    """How many tasks a process asks for, and how much work it wants queued
+    (None: the fixed target; ``flow.queue_limit``)."""
     process_id: int
     max_tasks: int
+    queue_seconds: Optional[float] = None
 
 
 class TaskTraffic:
@@ -140,7 +142,7 @@ class TaskTraffic:
                 live: List[ProcessRecord] = []
                 now = self._clock()
                 may_steal = True   # once per call: a steal scans the slaves that hold work
-                for process_id, count in wants:
+                for process_id, count, queue_seconds in wants:
                     proc = self._registry.get(process_id)
                     if proc is None:
                         unknown.append(process_id)
@@ -151,7 +153,7 @@ class TaskTraffic:
                     live.append(proc)
                     if not (self._scheduler.waiting_count or may_steal):
                         continue   # nothing left to give: the rest only wait
-                    tasks = self._assign(proc, count, may_steal)
+                    tasks = self._assign(proc, count, may_steal, queue_seconds)
                     if tasks:
                         assigned[process_id] = tasks
                     else:
@@ -204,7 +206,9 @@ class TaskTraffic:
             if proc is not None:
                 proc.last_seen = now
             for record in answers:
-                answer = Answer(*record)   # a tuple in the order of Answer, as it crossed the wire
+                # decoded by the wire's codec (protocol.answers_from_wire); a caller of the
+                # manager itself may still pass plain tuples in the order of Answer
+                answer = record if type(record) is Answer else Answer(*record)
                 if proc is not None:
                     proc.running.pop(answer.assignment, None)
                 task = self._results.unanswered(answer.task_id, answer.assignment, process_id)
@@ -286,11 +290,13 @@ class TaskTraffic:
         for tag in list(self._scheduler.waiting_tags()):
             self._waiters.wake_one(tag, skip=process_id)
 
-    def _assign(self, proc: ProcessRecord, max_tasks: int, may_steal: bool = True) -> List[Task]:
+    def _assign(self, proc: ProcessRecord, max_tasks: int, may_steal: bool = True,
+                queue_seconds: Optional[float] = None) -> List[Task]:
         if self._budget.hold_back_slaves():
             return []
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
-                                       lambda tag: self._waiters.idle_for(tag, proc.process_id))
+                                       lambda tag: self._waiters.idle_for(tag, proc.process_id),
+                                       queue_seconds)
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
             self._budget.add_waiting(-len(task.payload or b""))

@@ -8,13 +8,16 @@
     run handler
     put_answer() --> outbox ------>  (sent with the next exchange)
 
-While tasks are short (under ``PREFETCH_BELOW`` seconds on average) the
-feed keeps about ``TARGET_QUEUE_SECONDS`` of work queued, so the handler
-never waits for a round trip and one call carries many answers. Long tasks
-are fetched one at a time, only when the slave is idle: a slave never sits
-on a long task that another, idle slave could run. An answer waits at most
-``ANSWER_DELAY`` for others to travel with it: the master, or a reader of
-results in order, is never kept waiting for a whole queue's worth.
+The policy is ``core/flow.py``'s. While tasks are short the feed keeps
+work queued: ``flow.TARGET_QUEUE_SECONDS`` of it, or two round trips to
+the master if that is more (it times its calls that do not wait for work),
+so the handler never waits for a round trip and one call carries many
+answers; each call that asks for tasks tells the master how much work it
+wants queued. Long tasks are fetched one at a time, only when the slave is
+idle: a slave never sits on a long task that another, idle slave could
+run. An answer waits at most ``flow.ANSWER_DELAY`` for others to travel
+with it: the master, or a reader of results in order, is never kept
+waiting for a whole queue's worth.
 
 The two threads wake each other only when the other has something to do:
 not once per task.
@@ -24,26 +27,18 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import random
 import threading
 import time
 from typing import Callable, Deque, List, Optional
 
 from .. import settings
+from ..core import flow
 from ..errors import ConnectionLostError
 from ..wire.client import MasterConnection
-from ..wire.protocol import TERMINATED, UNKNOWN, Answer
+from ..wire.protocol import TERMINATED, UNKNOWN, Answer, TaskMessage
 
 log = logging.getLogger(__name__)
-
-#: Tasks shorter than this on average are prefetched.
-PREFETCH_BELOW = 0.05
-#: How much work (seconds) to keep queued while prefetching.
-TARGET_QUEUE_SECONDS = 0.02
-MAX_BATCH = 1024
-#: Longest an answer is held back so that more travel in the same call.
-ANSWER_DELAY = 0.005
 
 END = object()
 #: What ``next_task`` returns once :meth:`TaskFeed.leave` was called and no task is left.
@@ -59,12 +54,12 @@ class TaskFeed:
         self.process_id = process_id
         self._rejoin = rejoin
         self._cond = threading.Condition()
-        self._inbox: Deque[tuple] = collections.deque()   # the fields of protocol.TaskMessage
+        self._inbox: Deque[TaskMessage] = collections.deque()
         self._outbox: List[Answer] = []
         self._main_idle = False       # the main thread waits in next_task
         self._feed_idle = False       # the feed thread waits for something to do
         self._answers_since = 0.0     # when the oldest answer in the outbox came
-        self._server_drained = False  # the last non-blocking fetch found nothing
+        self._server_drained = False  # the last fetch found nothing
         self._stopping = False
         self._leaving = False         # leave() was called: fetch nothing, start nothing more
         self._poked = False           # the master has news (revoked tasks): call it now
@@ -72,7 +67,13 @@ class TaskFeed:
         self._waiting_for_work = False   # in a blocking exchange, every answer handed in
         self._ended: Optional[str] = None
         self._error: Optional[BaseException] = None
-        self._seconds_per_task: Optional[float] = None
+        self._seconds_per_task = flow.MovingAverage()
+        self._round_trip = flow.RoundTrip()   # of the calls that did not wait for work
+        self._target = flow.TARGET_QUEUE_SECONDS   # work to keep queued (flow.queue_target)
+        # What the policy says for the current average and target, worked out when either
+        # changes (asked several times per task): flow.tasks_wanted, flow.prefetches.
+        self._wanted = 1
+        self._prefetch = False
         self._thread = threading.Thread(target=self._run, name="scientific_ms-feed", daemon=True)
 
     def start(self) -> None:
@@ -124,13 +125,13 @@ class TaskFeed:
                 self._answers_since = time.monotonic()
                 self._cond.notify_all()   # the feed thread sends it within ANSWER_DELAY
             self._outbox.append(answer)
-            if seconds * 10 >= TARGET_QUEUE_SECONDS:
+            if flow.frees_room(seconds):
                 # We hold one task less: the master, which caps queued work by time, may
                 # give more now. (Tiny tasks are never capped that way: no call per answer.)
                 self._server_drained = False
-            average = self._seconds_per_task
-            self._seconds_per_task = seconds if average is None else 0.8 * average + 0.2 * seconds
-            if seconds > TARGET_QUEUE_SECONDS and self._inbox:
+            self._seconds_per_task.add(seconds)
+            self._follow_policy()
+            if flow.answer_is_urgent(seconds) and self._inbox:
                 # A long task ended with more queued: tell the master now, so that it
                 # knows which task runs and never hands the next one to another slave.
                 self._flush = True
@@ -164,15 +165,17 @@ class TaskFeed:
 
     # ------------------------------------------------------------------ feed thread
 
+    def _follow_policy(self) -> None:
+        """Work out how many tasks to ask for (the average task time or the target changed)."""
+        average = self._seconds_per_task.value
+        self._wanted = flow.tasks_wanted(average, self._target)
+        self._prefetch = flow.prefetches(average, self._target)
+
     def _want(self) -> int:
-        average = self._seconds_per_task
-        if average is None or average >= PREFETCH_BELOW:
-            return 1
-        return max(1, min(MAX_BATCH, math.ceil(TARGET_QUEUE_SECONDS / max(average, 1e-7))))
+        return self._wanted
 
     def _prefetching(self) -> bool:
-        average = self._seconds_per_task
-        return average is not None and average < PREFETCH_BELOW
+        return self._prefetch
 
     def _should_call(self) -> bool:
         if self._stopping or self._poked or self._flush:
@@ -181,8 +184,8 @@ class TaskFeed:
             return False         # the answers go with stop(), which follows
         idle = self._main_idle and not self._inbox
         if idle:
-            return True          # hand in answers, fetch (blocking) the next work
-        if self._outbox and time.monotonic() >= self._answers_since + ANSWER_DELAY:
+            return True          # hand in answers, fetch the next work (waiting for it if none came last)
+        if self._outbox and time.monotonic() >= self._answers_since + flow.ANSWER_DELAY:
             return True          # answers held long enough
         if not self._prefetching():
             return False         # long tasks: answer and fetch together, once idle
@@ -194,7 +197,7 @@ class TaskFeed:
         """Seconds until the held answers must go (None: none held, or they go with the goodbye)."""
         if not self._outbox or self._leaving:
             return None
-        return max(0.0, self._answers_since + ANSWER_DELAY - time.monotonic())
+        return max(0.0, self._answers_since + flow.ANSWER_DELAY - time.monotonic())
 
     def _run(self) -> None:
         try:
@@ -210,13 +213,28 @@ class TaskFeed:
                     stopping = self._stopping
                     idle = self._main_idle and not self._inbox
                     want = 0 if (stopping or self._leaving) else (self._want() if (idle or self._prefetching()) else 0)
-                    # jittered, so that a thousand idle slaves do not all call back at once
-                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if (idle and want) else 0.0
+                    # An idle slave waits for work at the master, except while its round trip
+                    # is still being learned and the master had work last time: a call that
+                    # returns at once times the trip, which decides how much work to hold (a
+                    # slave that never prefetches, its tasks being long, would otherwise never
+                    # measure it). Jittered, so that a thousand idle slaves do not all call
+                    # back at once.
+                    block = idle and want and (self._server_drained or self._round_trip.settled)
+                    wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2) if block else 0.0
                     self._waiting_for_work = wait > 0
                 process_id = self.process_id
-                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait)
+                # the queue this slave wants, said only when it holds more than the fixed target
+                hold = self._target if want and self._target > flow.TARGET_QUEUE_SECONDS else None
+                began = time.monotonic()
+                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold)
+                took = time.monotonic() - began
                 with self._cond:
                     self._waiting_for_work = False
+                    if not wait:   # a call that did not wait for work: one round trip
+                        target = flow.queue_target(self._round_trip.add(took))
+                        if target != self._target:
+                            self._target = target
+                            self._follow_policy()
                     if status == TERMINATED:
                         self._ended = "terminated"
                     elif status == UNKNOWN and self._stopping:
@@ -225,10 +243,10 @@ class TaskFeed:
                         self.process_id = self._rejoin(process_id, self._connection)
                     if revoked:   # another slave runs them now: drop those not started
                         dropped = set(revoked)
-                        # t[1]: the assignment
-                        self._inbox = collections.deque(t for t in self._inbox if t[1] not in dropped)
+                        self._inbox = collections.deque(task for task in self._inbox
+                                                        if task.assignment not in dropped)
                     if not self._leaving:   # else the goodbye gives them back
-                        self._inbox.extend(tasks)   # tuples with the fields of protocol.TaskMessage
+                        self._inbox.extend(tasks)
                     self._server_drained = want > 0 and not tasks
                     if stopping and not self._outbox:
                         self._ended = self._ended or "stopped"

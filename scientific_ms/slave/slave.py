@@ -266,7 +266,7 @@ class SlaveProcess:
                     log.warning("slave %s of %r got SIGTERM: it gave its unstarted tasks back and leaves",
                                 self.process_id, self.label)
                     return
-                handler = handlers.get(task[2]) or handlers[ANY_TAG]   # task[2]: TaskMessage.tag
+                handler = handlers.get(task.tag) or handlers[ANY_TAG]
                 feed.put_answer(self._run(handler, task))
                 if self.idle_timeout is not None:
                     idle.busy()
@@ -285,7 +285,7 @@ class SlaveProcess:
                     self._connection = connection
 
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
-        task_id, assignment, tag, payload, limit = task   # a TaskMessage (or the same fields as a tuple)
+        task_id, assignment, tag, payload, limit = task.task_id, task.assignment, task.tag, task.payload, task.time_limit
         session = self._session
         session.current_task = task_id
         started = time.perf_counter()

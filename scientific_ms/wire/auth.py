@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, NamedTuple, Optional
 
 from ..errors import AuthenticationError, ConnectionDroppedError, MasterNotFoundError
 
@@ -100,15 +100,21 @@ def server_handshake(sock: socket.socket, secret: bytes, label: str,
             pass
 
 
-def read_greeting(sock: socket.socket) -> Optional[Tuple[str, bytes, str]]:
-    """The master's greeting: (its protocol version, its nonce, the label it serves),
-    or None if it is not a scientific_ms master of any version."""
+class Greeting(NamedTuple):
+    """What a master says first on every connection."""
+    version: str   # its protocol version
+    nonce: bytes
+    label: str     # the label it serves
+
+
+def read_greeting(sock: socket.socket) -> Optional[Greeting]:
+    """The master's greeting, or None if it is not a scientific_ms master of any version."""
     header = _recv_exact(sock, len(MAGIC) + NONCE_SIZE + 2)
     if not header.startswith(PROTOCOL) or header[len(MAGIC) - 1:len(MAGIC)] != b"\n":
         return None
     version = header[len(PROTOCOL):len(MAGIC) - 1].decode(errors="replace")
     served = _recv_exact(sock, int.from_bytes(header[-2:], "big")).decode(errors="replace")
-    return version, header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served
+    return Greeting(version, header[len(MAGIC):len(MAGIC) + NONCE_SIZE], served)
 
 
 def client_handshake(sock: socket.socket, secret: bytes, label: str, where: str,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Iterable, List, Sequence, Union
+from typing import List, Sequence, Union
 
 from Pyro5 import errors as pyro_errors
 from Pyro5.socketutil import SocketConnection
@@ -73,16 +73,6 @@ def payload_from_wire(value, sock: socket.socket) -> Payload:
         return value
     head, sizes = value
     return Pickled(head, [_receive(sock, size, writable) for size, writable in sizes])
-
-
-def records_from_wire(records: Iterable[tuple], field: int, sock: socket.socket) -> List[tuple]:
-    """Records (tuples) whose ``field`` is a payload, with the buffers that follow the message read in."""
-    received = []
-    for record in records:
-        if type(record[field]) is tuple:
-            record = (*record[:field], payload_from_wire(record[field], sock), *record[field + 1:])
-        received.append(record)
-    return received
 
 
 # ---------------------------------------------------------------- the socket

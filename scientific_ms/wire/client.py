@@ -19,8 +19,18 @@ from ..errors import (
     MasterNotFoundError,
 )
 from . import auth, discovery, tls
-from .buffers import carry_buffers, records_from_wire
-from .protocol import CALLS, PACKED_CALLS, TASK_PAYLOAD, Answer, answers_to_wire, object_name, pack, unpack
+from .buffers import carry_buffers
+from .protocol import (
+    CALLS,
+    PACKED_CALLS,
+    Answer,
+    TaskMessage,
+    answers_to_wire,
+    object_name,
+    pack,
+    tasks_from_wire,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,26 +124,30 @@ class MasterConnection:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
 
     def exchange(self, process_id: int, answers: List[Answer], max_tasks: int,
-                 wait: float) -> Tuple[str, List[tuple], list]:
+                 wait: float, queue_seconds: Optional[float] = None) -> Tuple[str, List[TaskMessage], list]:
         """The ``exchange`` call: answers in, tasks out, their large buffers beside the messages.
 
-        Returns (status, tasks as tuples with the fields of TaskMessage, revoked assignments).
+        ``queue_seconds``: the work this slave wants queued behind the task it runs
+        (``core/flow.py``; None: the master's fixed target). Returns (status,
+        tasks, revoked assignments).
         """
         records, buffers = answers_to_wire(answers)
         connection = self._proxy._pyroConnection
         if connection is None:   # released by an earlier failure
             raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        arguments: tuple = (process_id, records, max_tasks, wait)
+        if queue_seconds is not None:
+            arguments += (queue_seconds,)
         connection.trailer = buffers   # sent right after the request
         try:
-            status, tasks, revoked = self.call("exchange", process_id, records, max_tasks, wait)
+            status, records, revoked = self.call("exchange", *arguments)
         finally:
             connection.trailer = ()    # not sent if the call failed before sending
-        if any(type(task[TASK_PAYLOAD]) is tuple for task in tasks):
-            try:
-                tasks = records_from_wire(tasks, TASK_PAYLOAD, connection.sock)
-            except Pyro5.errors.CommunicationError as error:
-                self.close()   # the rest of a buffer may still come: this socket is done
-                raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+        try:
+            tasks = tasks_from_wire(records, connection.sock)
+        except Pyro5.errors.CommunicationError as error:
+            self.close()   # the rest of a buffer may still come: this socket is done
+            raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
         return status, tasks, revoked
 
     def status(self, timeout: float, wait: float = 0.0) -> dict:

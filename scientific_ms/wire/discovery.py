@@ -191,7 +191,7 @@ def probe(host: str, port: int, label: str, timeout: float = 1.0) -> bool:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             greeting = auth.read_greeting(sock)
-            return greeting is not None and greeting[2] == label   # a master of any version
+            return greeting is not None and greeting.label == label   # a master of any version
     except (OSError, ConnectionError):
         return False
 

@@ -7,19 +7,22 @@ Every call is authenticated before Pyro5 reads a byte (``auth.py``).
 Payloads are pickled by ``payload.py`` and carried as bytes by Pyro5's
 marshal serializer, which passes bytes through without base64; marshal
 carries plain tuples, so the records below travel as tuples with their
-fields in order (:func:`tasks_to_wire`, :func:`answers_to_wire`); a slave
-keeps the tasks it receives as such tuples. Large buffers of a payload
-(``payload.Pickled``) travel out of band, right after the ``exchange``
-message that names them (``buffers.py``).
+fields in order. This module is their one codec: :func:`tasks_to_wire`
+and :func:`answers_to_wire` make the tuples, :func:`tasks_from_wire` and
+:func:`answers_from_wire` make :class:`TaskMessage` and :class:`Answer`
+records of them again; everywhere else they are read by field name.
+Large buffers of a payload (``payload.Pickled``) travel out of band, right
+after the ``exchange`` message that names them (``buffers.py``).
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .buffers import payload_to_wire
+from .buffers import payload_from_wire, payload_to_wire
+from .payload import Payload
 
 #: The Pyro5 object name of a master's task manager is this prefix plus its label.
 OBJECT_PREFIX = "TaskManager."
@@ -43,8 +46,10 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #:     "idle" or "sigterm" when a slave leaves on its own (``departure.py``), counted in the
 #:     status as ``left_idle`` / ``left_sigterm``; older slaves send one or two arguments
 #: ``register`` info: ``machine.process_info()``, with ``slurm`` (job ids) in a SLURM job
-#: ``exchange(process_id, answers, max_tasks, wait) -> (status, [TaskMessage], [revoked assignment])``
-#:     revoked: tasks handed to this slave earlier, not to be started (another slave has them)
+#: ``exchange(process_id, answers, max_tasks, wait[, queue_seconds]) -> (status, [TaskMessage], [revoked assignment])``
+#:     revoked: tasks handed to this slave earlier, not to be started (another slave has them);
+#:     queue_seconds: the work the slave wants queued behind the task it runs, which covers
+#:     its round trip (``core/flow.py``); a slave that leaves it out gets the fixed target
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
 #:                                               answered when the job ends, or after ``wait`` s
@@ -85,7 +90,7 @@ class TaskMessage(NamedTuple):
     task_id: str
     assignment: int              # this hand-out's number; its answer names it
     tag: str
-    payload: bytes               # pickled parameters (a payload.Pickled when buffers travel beside)
+    payload: Payload             # pickled parameters (a payload.Pickled when buffers travel beside)
     time_limit: Optional[float]  # seconds, or None
 
 
@@ -94,31 +99,60 @@ class Answer(NamedTuple):
     task_id: str
     assignment: int
     ok: bool          # False: payload is a pickled exception
-    payload: bytes    # pickled result or exception (a payload.Pickled when buffers travel beside)
+    payload: Payload  # pickled result or exception (a payload.Pickled when buffers travel beside)
     traceback: str    # the remote traceback as text ("" for a result)
     seconds: Optional[float] = None   # how long the handler ran (None: not measured)
 
 
-#: Where the payload is in a TaskMessage and in an Answer.
-TASK_PAYLOAD = 3
-ANSWER_PAYLOAD = 3
-
-
 def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
-    """Records with the fields of :class:`TaskMessage`, as plain tuples for marshal,
-    and the out-of-band buffers that follow them (``buffers.py``)."""
+    """Tasks (anything with the fields of :class:`TaskMessage`) as plain tuples for
+    marshal, and the out-of-band buffers that follow them (``buffers.py``)."""
     buffers: list = []
     records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit)
                for t in tasks]
     return records, buffers
 
 
+#: Where the payload is in the tuple of a TaskMessage and of an Answer (this codec's own business).
+_PAYLOAD = 3
+
+
+def _name_buffers(records: Sequence[tuple]) -> bool:
+    """Does a payload among ``records`` (as they crossed the wire) stand for a
+    ``payload.Pickled``, its buffers following the message?"""
+    return any(type(record[_PAYLOAD]) is tuple for record in records)
+
+
+def _received(record: tuple, sock) -> tuple:
+    """``record`` with its payload's buffers read from ``sock`` (in message order)."""
+    return (*record[:_PAYLOAD], payload_from_wire(record[_PAYLOAD], sock), *record[_PAYLOAD + 1:])
+
+
+def tasks_from_wire(records: Sequence[tuple], sock) -> List[TaskMessage]:
+    """The :class:`TaskMessage` records of a reply, their buffers read from ``sock``
+    (the socket the reply came on) if any travelled out of band."""
+    if _name_buffers(records):
+        return [TaskMessage(*_received(record, sock)) for record in records]
+    return list(map(TaskMessage._make, records))
+
+
 def answers_to_wire(answers: Iterable[Answer]) -> Tuple[List[tuple], list]:
-    """:class:`Answer` records as plain tuples for marshal (``Answer(*fields)`` reads them),
-    and the out-of-band buffers that follow them."""
+    """:class:`Answer` records as plain tuples for marshal, and the out-of-band
+    buffers that follow them."""
     buffers: list = []
-    records = [(a[0], a[1], a[2], payload_to_wire(a[3], buffers), *a[4:]) for a in answers]   # or plain tuples
+    records = [(a.task_id, a.assignment, a.ok, payload_to_wire(a.payload, buffers), a.traceback, a.seconds)
+               for a in answers]
     return records, buffers
+
+
+def answers_from_wire(records: Sequence[tuple], sock) -> List[Answer]:
+    """The :class:`Answer` records of a request, their buffers read from ``sock``
+    (the socket it came on) if any travelled out of band; ``sock`` None: none may."""
+    if _name_buffers(records):
+        if sock is None:
+            raise ValueError("an answer names buffers sent out of band, but no socket carries them")
+        return [Answer(*_received(record, sock)) for record in records]
+    return list(map(Answer._make, records))
 
 
 # ---------------------------------------------------------------- stored slave code

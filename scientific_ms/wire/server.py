@@ -33,8 +33,18 @@ from ..core.manager import TaskManager
 from ..core.unserved import UnservedTags
 from ..errors import ConfigurationError, TaskManagerTermination, UnknownProcessError
 from . import auth, tls
-from .buffers import carry_buffers, records_from_wire
-from .protocol import ANSWER_PAYLOAD, OK, REVOKED, TERMINATED, UNKNOWN, object_name, pack, tasks_to_wire, unpack
+from .buffers import carry_buffers
+from .protocol import (
+    OK,
+    REVOKED,
+    TERMINATED,
+    UNKNOWN,
+    answers_from_wire,
+    object_name,
+    pack,
+    tasks_to_wire,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,24 +118,27 @@ class TaskManagerService:
     def exchange(self, packed: bytes) -> bytes:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
 
-        ``packed``: (process_id, answers, max_tasks, wait); the reply, packed
+        ``packed``: (process_id, answers, max_tasks, wait[, queue_seconds]); the reply, packed
         too (see ``protocol.PACKED_CALLS``): (status, tasks, revoked assignments).
         Large buffers of answers follow the request on the socket, those of
         tasks follow the reply (``buffers.py``).
         """
         return pack(self._exchange(*unpack(packed)))
 
-    def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float) -> Tuple[str, list, list]:
+    def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float,
+                  queue_seconds: Optional[float] = None) -> Tuple[str, list, list]:
         connection = current_context.client
         if answers:
-            if connection is not None:   # first of all: the buffers wait on the socket
-                answers = records_from_wire(answers, ANSWER_PAYLOAD, connection.sock)
-            self._manager.store_answers(process_id, answers)   # tuples in the order of protocol.Answer
+            # first of all: the buffers wait on the socket
+            answers = answers_from_wire(answers, connection.sock if connection is not None else None)
+            self._manager.store_answers(process_id, answers)
         self._bind(process_id)
         tasks = []
         if max_tasks > 0:
+            if not isinstance(queue_seconds, (int, float)):
+                queue_seconds = None   # not said (or nonsense): the fixed target
             try:
-                tasks = self._manager.take_tasks(process_id, max_tasks, wait)
+                tasks = self._manager.take_tasks(process_id, max_tasks, wait, queue_seconds)
             except TaskManagerTermination:
                 return TERMINATED, [], []
             except UnknownProcessError:
