@@ -14,6 +14,7 @@ import threading
 from typing import Dict, Optional
 
 from ..wire.client import MasterConnection
+from ..wire.payload import loads_value
 from .feed import TaskFeed
 
 
@@ -31,6 +32,21 @@ class Session:
         self.data_connection: Optional[MasterConnection] = None   # for get_data
         self.busy_connection: Optional[MasterConnection] = None   # still waiting for work
         self.state_cache: Dict[str, object] = {}
+
+    def fetch_state(self, label: str, main: MasterConnection) -> object:
+        """A global state value, fetched from the master at most once per session, on a
+        connection of its own (``main`` belongs to the feed thread; it is duplicated)."""
+        try:
+            return self.state_cache[label]
+        except KeyError:
+            pass
+        if self.data_connection is None:
+            self.data_connection = main.duplicate()
+        found, value = self.data_connection.call("get_data", label)
+        if not found:
+            raise KeyError(f"global state {label!r} is not on the master: {value}")
+        self.state_cache[label] = result = loads_value(value)
+        return result
 
     def close_connections(self) -> None:
         """Close the connections opened besides the main one."""

@@ -36,26 +36,24 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .. import settings
 from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
 from ..core.tasks import ANY_TAG
-from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError, SerializationError
+from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError
 from ..logs import apply_debug_flag
 from ..machine import process_info, tune_allocator
 from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect
-from ..wire.limits import check_result
-from ..wire.payload import Payload, dumps_exception, dumps_result, format_exception, loads_parameters, loads_value
+from ..wire.payload import Payload, dumps_result, loads_parameters
 from ..wire.protocol import OK, Answer, TaskMessage
 from . import departure, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
 from .kept import KeeperSide
+from .running import run_task
 from .session import Session
-from .timelimit import time_limit
 
 log = logging.getLogger(__name__)
 
@@ -285,39 +283,12 @@ class SlaveProcess:
                     self._connection = connection
 
     def _run(self, handler: Callable, task: TaskMessage) -> Answer:
-        task_id, assignment, tag, payload, limit = task.task_id, task.assignment, task.tag, task.payload, task.time_limit
-        session = self._session
-        session.current_task = task_id
-        started = time.perf_counter()
         try:
-            parameters = self._load_parameters(payload)
-            if limit is None:          # most tasks: no context manager, no message to format
-                result = handler(*parameters)
-            else:
-                link = self._kept.link
-                if link is not None:   # the keeper ends the handler if SIGALRM cannot
-                    link.started(task_id, assignment, tag, limit)
-                try:
-                    with time_limit(limit, f"task {task_id} (do_{tag})"):
-                        result = handler(*parameters)
-                finally:
-                    if link is not None:
-                        link.ended(assignment)
-            try:
-                data = self._dump_result(result)
-            except Exception as error:
-                raise SerializationError(
-                    f"the result of do_{tag} ({type(result).__name__}) cannot be pickled: {error}") from error
-            check_result(tag, len(data))
-            return Answer._make((task_id, assignment, True, data, "", time.perf_counter() - started))
-        except Exception as error:
-            return Answer(task_id, assignment, False, dumps_exception(error), format_exception(error),
-                          time.perf_counter() - started)
+            return run_task(handler, task, self._session, self._kept.link, self._load_parameters,
+                            self._dump_result)
         except BaseException:   # KeyboardInterrupt, SystemExit: the handler ends this slave mid-task
-            self._abandoned.append(assignment)
+            self._abandoned.append(task.assignment)
             raise
-        finally:
-            session.current_task = None
 
     def _load_parameters(self, payload: Payload) -> tuple:
         """Unpickle a task's parameters (a subclass may know a faster way for its tasks)."""
@@ -346,18 +317,7 @@ class SlaveProcess:
 
     def _fetch_state(self, label: str) -> object:
         """A global state value, fetched from the master at most once per slave."""
-        session = self._session
-        try:
-            return session.state_cache[label]
-        except KeyError:
-            pass
-        if session.data_connection is None:   # the main connection belongs to the feed thread
-            session.data_connection = self._master_connection.duplicate()
-        found, value = session.data_connection.call("get_data", label)
-        if not found:
-            raise KeyError(f"global state {label!r} is not on the master: {value}")
-        session.state_cache[label] = result = loads_value(value)
-        return result
+        return self._session.fetch_state(label, self._master_connection)
 
     # ------------------------------------------------------------------ SIGTERM thread
 
