@@ -31,6 +31,7 @@ from .. import logs, settings
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
+from ..provision.table import format_jobs, slave_jobs
 from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
 from ..wire import discovery, leaving
@@ -63,13 +64,16 @@ def show(args) -> int:
     connection = _connect(args)
     try:
         status = connection.status(STATUS_TIMEOUT)
+        jobs = slave_jobs(connection)
     finally:
         connection.close()
     report = build_report(args.label, connection.address, status)
+    if jobs is not None:
+        report["slave_jobs"] = jobs
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_status(report, args.verbose))
+        print(format_status(report, args.verbose) + format_jobs(jobs))
     return 0
 
 

@@ -60,7 +60,9 @@ def decide(waiting: Mapping[str, int], estimates: Mapping[str, Optional[float]],
     needed = slaves_needed(waiting, estimates, running_tasks, target_seconds)
     wanted = max(min_jobs, min(max_jobs, math.ceil(needed / slaves_per_job)))
     held = jobs.pending + jobs.running
-    submit = max(0, wanted - held)
+    # Replacements of ending jobs may go beyond max_jobs, never beyond twice it: a walltime
+    # shorter than the time a job needs to start must not make the master submit without end.
+    submit = max(0, min(wanted - held, 2 * max_jobs - held - jobs.ending))
     cancel = 0
     if not any(waiting.values()) and held > wanted:
         cancel = min(jobs.pending, held - wanted)
