@@ -44,13 +44,16 @@ class Job:
         self.state = PENDING
         self.submitted = now
         self.started: Optional[float] = None
+        self.ended: Optional[float] = None      # when it was first seen done
         self.cancelled = False
 
     def as_dict(self, now: float, provider: str, ending: bool) -> Dict:
         state = "leaving" if (self.cancelled or ending) and self.state != DONE else self.state
+        until = now if self.ended is None else self.ended
         return {"id": self.job_id, "provider": provider, "state": state,
                 "seconds_since_submitted": round(now - self.submitted, 1),
-                "running_seconds": None if self.started is None else round(now - self.started, 1)}
+                "running_seconds": None if self.started is None else round(until - self.started, 1),
+                "seconds_since_ended": None if self.ended is None else round(now - self.ended, 1)}
 
 
 class Provisioner:
@@ -169,6 +172,8 @@ class Provisioner:
                     continue
                 if state != PENDING and job.started is None:
                     job.started = now
+                if state == DONE:
+                    job.ended = now
                 if state != job.state:
                     log.info("slave job %s: %s", job_id, state)
                 job.state = state
@@ -204,7 +209,7 @@ class Provisioner:
     # ------------------------------------------------------------------ the job table
 
     def jobs(self) -> List[Dict]:
-        """Every job not done, and the done ones of the last minutes: id, provider, state, ages."""
+        """Every job submitted: id, provider, state, ages in seconds."""
         now = time.monotonic()
         with self._lock:
             return [job.as_dict(now, self.provider.name, self._ending(job, now))
