@@ -12,7 +12,7 @@ import pytest
 
 from conftest import descendants_gone, wait_for
 from scientific_ms import ConfigurationError, LocalSlaves, MasterProcess, ProvisionError, SlurmSlaves
-from scientific_ms.provision.provider import DONE, PENDING, RUNNING, JobRequest, Provider, SlaveJobs
+from scientific_ms.provision.provider import DONE, PENDING, RUNNING, Provider, SlaveJobs
 from scientific_ms.provision.provisioner import Provisioner
 from scientific_ms.provision.scaling import Decision, JobCounts, decide, slaves_needed
 from scientific_ms.provision.slurm import SlurmProvider, walltime_seconds

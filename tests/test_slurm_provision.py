@@ -44,11 +44,11 @@ def master(tmp_path, on_cluster):
         created.shutdown()
 
 
-def live(slurm, job_ids):
+def live(cluster, job_ids):
     """The jobs among ``job_ids`` that SLURM still lists as pending or running."""
     found = {}
     for job_id in job_ids:
-        found.update(states(slurm, job_id))
+        found.update(states(cluster, job_id))
     return {job_id: state for job_id, state in found.items() if state not in DONE_STATES}
 
 

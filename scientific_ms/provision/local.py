@@ -13,10 +13,11 @@ import itertools
 import logging
 import subprocess
 import threading
-from typing import Dict, Iterable
+import time
+from typing import Dict, Iterable, List
 
-from ..master.supervisor import stop_processes
-from .provider import DONE, RUNNING, JobRequest, Provider, ProvisionError, SlaveJobs
+from ..errors import ProvisionError
+from .provider import DONE, RUNNING, JobRequest, Provider, SlaveJobs
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ class LocalProvider(Provider):
     def cancel(self, job_ids: Iterable[str]) -> None:
         with self._lock:
             processes = [self._jobs[job_id] for job_id in job_ids if job_id in self._jobs]
-        for process in processes:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()   # the keeper drains on SIGTERM
-        stop_processes(processes, CANCEL_GRACE_SECONDS, interrupt=False)
+        end_processes(processes, CANCEL_GRACE_SECONDS)
 
     def pid(self, job_id: str) -> int:
         """The node agent's PID of a local job (tests kill it to play a lost node)."""
@@ -69,7 +66,20 @@ class LocalProvider(Provider):
     def close(self) -> None:
         with self._lock:
             processes = list(self._jobs.values())
-        stop_processes(processes, 0.0, interrupt=False)
+        end_processes(processes, 0.0)
+
+
+def end_processes(processes: List[subprocess.Popen], grace: float) -> None:
+    """SIGTERM (the keeper drains), ``grace`` s, then SIGKILL; every process is reaped."""
+    for signal_sent in ("terminate", "kill"):
+        alive = [process for process in processes if process.poll() is None]
+        for process in alive:
+            with contextlib.suppress(ProcessLookupError):
+                getattr(process, signal_sent)()
+        deadline = time.monotonic() + grace
+        for process in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.05, deadline - time.monotonic()) if signal_sent == "terminate" else None)
 
 
 class LocalSlaves(SlaveJobs):

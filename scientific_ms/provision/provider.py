@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import Dict, Iterable, List, Optional
 
-from ..errors import ConfigurationError, ProvisionError
+from ..errors import ConfigurationError
 
 #: The states a job goes through, as providers report them.
 PENDING, RUNNING, DONE = "pending", "running", "done"
@@ -54,6 +54,7 @@ class Provider(abc.ABC):
 
     def check(self, request: JobRequest) -> None:
         """Raise :class:`ProvisionError` if ``request`` would be refused (checked once, at launch)."""
+        return None   # a provider that cannot check ahead finds out at the first submission
 
     @abc.abstractmethod
     def cancel(self, job_ids: Iterable[str]) -> None:
@@ -61,6 +62,7 @@ class Provider(abc.ABC):
 
     def close(self) -> None:
         """Release what the provider holds (processes to reap, ...); after every job is cancelled."""
+        return None
 
 
 class SlaveJobs(abc.ABC):

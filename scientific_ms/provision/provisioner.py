@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from .provider import DONE, PENDING, RUNNING, JobRequest, Provider, ProvisionError, SlaveJobs
+from ..errors import ProvisionError
+from .provider import DONE, PENDING, JobRequest, Provider, SlaveJobs
 from .scaling import JobCounts, decide
 
 log = logging.getLogger(__name__)
@@ -229,4 +230,3 @@ class Provisioner:
                 self._manager.store_data(JOBS_KEY, data)
 
 
-__all__ = ["Provisioner", "JOBS_KEY", "RUNNING"]

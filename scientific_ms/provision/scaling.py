@@ -14,7 +14,7 @@ before it did any work); pending ones are withdrawn once no work waits.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 #: Default slave-seconds of waiting work that justify one more slave.
 TARGET_SECONDS = 30.0

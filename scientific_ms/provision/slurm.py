@@ -22,8 +22,8 @@ import re
 import subprocess
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from ..errors import ConfigurationError
-from .provider import DONE, PENDING, RUNNING, JobRequest, Provider, ProvisionError, SlaveJobs
+from ..errors import ConfigurationError, ProvisionError
+from .provider import DONE, PENDING, RUNNING, JobRequest, Provider, SlaveJobs
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class SlurmProvider(Provider):
 
     name = "slurm"
 
-    def __init__(self, options: "SlurmSlaves"):
+    def __init__(self, options: SlurmSlaves):
         self.options = options
 
     def script(self, request: JobRequest) -> str:
@@ -89,7 +89,8 @@ class SlurmProvider(Provider):
     def submit(self, request: JobRequest) -> str:
         result = run_command(["sbatch", "--parsable"], env=request.environment, stdin=self.script(request))
         if result.returncode != 0:
-            raise ProvisionError(f"sbatch refused the slave job ({' '.join(self.options.sbatch_arguments(request.label))}): "
+            options = " ".join(self.options.sbatch_arguments(request.label))
+            raise ProvisionError(f"sbatch refused the slave job ({options}): "
                                  f"{result.stderr.strip() or result.stdout.strip()}")
         job_id = result.stdout.strip().split(";")[0]
         if not job_id:
