@@ -57,7 +57,11 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "
                                  "but this program has no script file (interactive session?)")
     if launch_slaves:
-        master.launchSlaveJobs(launch_slaves)
+        try:
+            master.launchSlaveJobs(launch_slaves)
+        except BaseException:   # a batch system that refuses the slave jobs (ProvisionError)
+            master.shutdown()
+            raise
     return master.start()
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import EXAMPLES, wait_for
 from scientific_ms import MasterProcess, ProvisionError, SlurmSlaves
 from test_slurm import DONE_STATES, SLAVE_CODE, figure, slurm, states  # noqa: F401 (slurm: the fixture)
 
@@ -178,3 +178,14 @@ def test_no_task_is_lost_when_a_busy_job_is_cancelled(master, on_cluster, tmp_pa
     figure("tasks rescheduled when a busy job is cancelled (scancel)", boss.task_manager.counters["rescheduled"])
     assert boss.task_manager.counters["rescheduled"] == 0
     assert boss.task_manager.counters["processes_lost"] == 0
+
+
+def test_the_example_holds_slurm_jobs(processes, on_cluster, tmp_path):
+    """examples/slurm_sweep.py picks SlurmSlaves when SLURM answers, and leaves no job behind."""
+    example = EXAMPLES / "slurm_sweep.py"
+    run = processes.python(example, cwd=tmp_path, env=on_cluster.environment())
+    code, out = processes.finish(run, 180)
+    assert code == 0, out
+    assert "integral ~ 0.5000 from 60 points" in out, out
+    assert re.search(r"^slave jobs held: [123] \(slurm\)$", out, re.M), out
+    wait_for(lambda: not live(on_cluster, list(on_cluster.jobs())), 30, "no job left after the example")

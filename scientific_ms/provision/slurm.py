@@ -17,8 +17,8 @@ such as psij-python would add a dependency to wrap the same three calls).
 from __future__ import annotations
 
 import logging
-import os
 import re
+import shutil
 import subprocess
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -213,7 +213,13 @@ class SlurmSlaves(SlaveJobs):
         return super().__repr__()[:-1] + f", walltime={self.walltime!r}, partition={self.partition!r})"
 
 
-def sbatch_on_path() -> bool:
-    """Whether sbatch can be run here (examples fall back to LocalSlaves without it)."""
-    return any(os.access(os.path.join(folder, "sbatch"), os.X_OK)
-               for folder in os.environ.get("PATH", "").split(os.pathsep) if folder)
+def slurm_reachable(timeout: float = 10.0) -> bool:
+    """Whether SLURM answers here (``sinfo`` runs and succeeds): a script may fall back to
+    ``LocalSlaves`` when it does not."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
