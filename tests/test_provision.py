@@ -286,7 +286,10 @@ def test_min_jobs_stay_and_every_job_ends_with_the_master(master):
     assert not descendants_gone(pids, 15)
 
 
-def test_the_master_killed_leaves_no_local_job_behind(processes, tmp_path):
+@pytest.mark.parametrize("ending", ["kill", "exception", "sigterm"])
+def test_no_local_job_outlives_its_master(processes, tmp_path, ending):
+    """kill -9: the agents lose their master and end; an exception in run() or SIGTERM: the master
+    cancels its jobs in its shutdown."""
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""\
         import sys, time
@@ -298,6 +301,8 @@ def test_the_master_killed_leaves_no_local_job_behind(processes, tmp_path):
                     self.requestTask("wait", i)
                 self.wait_for_slaves(2)
                 print("AGENTS", *[job["id"] for job in self.slave_jobs], flush=True)
+                if sys.argv[2] == "exception":
+                    raise RuntimeError("the master's run() failed")
                 time.sleep(600)
 
         class Slave(SlaveProcess):
@@ -306,10 +311,14 @@ def test_the_master_killed_leaves_no_local_job_behind(processes, tmp_path):
 
         runJob(sys.argv[1], Master, Slave, launch_slaves=LocalSlaves(1, 0, 2))
         """))
-    master = processes.python(script, "killed", cwd=tmp_path)
+    master = processes.python(script, "ending", ending, cwd=tmp_path)
     wait_for(lambda: "AGENTS" in processes.output(master), 60, "the master's jobs to serve")
     agents = [child.pid for child in psutil.Process(master.pid).children()]
     assert len(agents) == 2
-    master.kill()
-    master.wait()
+    if ending == "kill":
+        master.kill()
+    elif ending == "sigterm":
+        master.terminate()
+    code = master.wait(60)
+    assert code == {"kill": -9, "exception": 1, "sigterm": 143}[ending], processes.output(master)
     assert not descendants_gone(agents, 30), "node agents outlived their killed master"

@@ -8,6 +8,7 @@ job ahead of its walltime warning. Figures are printed (``pytest -s``).
 """
 
 import re
+import signal as signals
 import textwrap
 import time
 
@@ -102,7 +103,10 @@ def test_a_bad_partition_is_refused_with_sbatchs_message(master):
     assert boss.slave_jobs == []
 
 
-def test_after_kill_9_of_the_master_no_job_stays(processes, on_cluster, tmp_path):
+@pytest.mark.parametrize("signal", ["KILL", "TERM", "INT"])
+def test_no_job_stays_after_the_master_is_killed_terminated_or_interrupted(processes, on_cluster, tmp_path,
+                                                                          signal):
+    """SIGTERM and Ctrl-C: the master cancels its jobs; kill -9: the jobs end on their own."""
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""\
         import sys, time
@@ -127,12 +131,14 @@ def test_after_kill_9_of_the_master_no_job_stays(processes, on_cluster, tmp_path
     wait_for(lambda: "JOBS" in processes.output(boss), 90, "the master's first job to serve")
     jobs = re.search(r"^JOBS (.*)$", processes.output(boss), re.M).group(1).split()
     assert len(jobs) == 2
-    boss.kill()
-    boss.wait()
+    boss.send_signal(getattr(signals, "SIG" + signal))
+    code = boss.wait(60)
     killed = time.monotonic()
-    # the running job's agent loses its master and ends; the pending one starts, finds nobody, ends
-    wait_for(lambda: not live(on_cluster, jobs), 90, "the jobs of the killed master to end")
-    figure("kill -9 of the master to its last job gone", f"{time.monotonic() - killed:.2f} s")
+    # Python ends of an uncaught KeyboardInterrupt by SIGINT, after the cleanup
+    assert code == {"KILL": -9, "TERM": 143, "INT": -2}[signal], processes.output(boss)
+    # kill -9: the running job's agent loses its master and ends; the pending one starts, finds nobody, ends
+    wait_for(lambda: not live(on_cluster, jobs), 90, "the jobs of the ended master to end")
+    figure(f"SIG{signal} to the master to its last job gone", f"{time.monotonic() - killed:.2f} s")
 
 
 def test_a_job_given_its_walltime_warning_is_replaced_ahead_of_time(master, on_cluster, tmp_path):
