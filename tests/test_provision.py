@@ -15,7 +15,7 @@ from scientific_ms import ConfigurationError, LocalSlaves, MasterProcess, Provis
 from scientific_ms.provision.provider import DONE, PENDING, RUNNING, Provider, SlaveJobs
 from scientific_ms.provision.provisioner import Provisioner
 from scientific_ms.provision.scaling import Decision, JobCounts, decide, slaves_needed
-from scientific_ms.provision.slurm import SlurmProvider, walltime_seconds
+from scientific_ms.provision.slurm import SlurmProvider, submission_environment, walltime_seconds
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,6 +219,13 @@ def test_the_batch_script_runs_the_setup_lines_then_the_node_agent_with_the_secr
     assert "hush" not in script
 
 
+def test_a_master_inside_a_job_submits_without_its_jobs_variables():
+    environment = {"SLURM_CONF": "/etc/slurm.conf", "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "100",
+                   "SBATCH_PARTITION": "x", "SCIENTIFIC_MS_SECRET": "s", "PATH": "/bin"}
+    assert submission_environment(environment) == {"SLURM_CONF": "/etc/slurm.conf", "SBATCH_PARTITION": "x",
+                                                   "SCIENTIFIC_MS_SECRET": "s", "PATH": "/bin"}
+
+
 def test_no_sbatch_on_path_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     spec = SlurmSlaves()
@@ -322,3 +329,13 @@ def test_no_local_job_outlives_its_master(processes, tmp_path, ending):
     code = master.wait(60)
     assert code == {"kill": -9, "exception": 1, "sigterm": 143}[ending], processes.output(master)
     assert not descendants_gone(agents, 30), "node agents outlived their killed master"
+
+
+def test_an_executor_holds_local_slave_jobs():
+    from scientific_ms import Executor
+    with Executor(slaves=LocalSlaves(slaves_per_job=2, max_jobs=2, idle_timeout=5)) as executor:
+        assert list(executor.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+        jobs = executor.master.slave_jobs
+        assert 1 <= len(jobs) <= 2
+        pids = [child.pid for child in psutil.Process().children(recursive=True)]
+    assert not descendants_gone(pids, 15)

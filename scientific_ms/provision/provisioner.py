@@ -32,6 +32,9 @@ JOBS_KEY = "scientific_ms.provision.jobs"
 #: Seconds between two decisions.
 LOOP_SECONDS = 0.5
 
+#: Done jobs kept in the job table (``master.slave_jobs``).
+KEEP_DONE = 100
+
 #: Seconds to wait after a failed submission before trying again.
 RETRY_SECONDS = 30.0
 
@@ -67,7 +70,7 @@ class Provisioner:
         self._manager = manager
         self._request = request
         self.poll_seconds = poll_seconds if poll_seconds is not None else \
-            (0.5 if self.provider.name == "local" else 2.0)
+            (0.5 if self.provider.name == "local" else 5.0)   # squeue is a load on slurmctld
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
         self._stop = threading.Event()
@@ -196,6 +199,16 @@ class Provisioner:
             with self._lock:
                 self._jobs[job_id] = Job(job_id, keep, time.monotonic())
                 self.submitted += 1
+                self._forget_old_jobs()
+            if self._stop.is_set():   # stop() ran while sbatch was answering: this one goes too
+                self.provider.cancel([job_id])
+                return
+
+    def _forget_old_jobs(self) -> None:
+        """Keep at most ``KEEP_DONE`` done jobs (the oldest go): a long run submits many."""
+        done = [job_id for job_id, job in self._jobs.items() if job.state == DONE]
+        for job_id in done[:max(0, len(done) - KEEP_DONE)]:
+            del self._jobs[job_id]
 
     def _withdraw(self, count: int) -> None:
         with self._lock:

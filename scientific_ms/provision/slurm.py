@@ -70,6 +70,14 @@ def run_command(command: Sequence[str], env: Optional[Dict[str, str]] = None,
         raise ProvisionError(f"{' '.join(command[:2])} did not answer within {COMMAND_TIMEOUT:.0f} s") from None
 
 
+def submission_environment(environment: Dict[str, str]) -> Dict[str, str]:
+    """The environment for sbatch: without the SLURM_* variables of a job the master may itself
+    run in (they would shape the new job: its memory, CPUs, array...). SLURM_CONF stays, and so
+    do the user's SBATCH_* defaults (an account, a partition)."""
+    return {name: value for name, value in environment.items()
+            if name == "SLURM_CONF" or not name.startswith("SLURM_")}
+
+
 class SlurmProvider(Provider):
     """Jobs of one master on SLURM."""
 
@@ -87,7 +95,8 @@ class SlurmProvider(Provider):
         return "\n".join(lines) + "\n"
 
     def submit(self, request: JobRequest) -> str:
-        result = run_command(["sbatch", "--parsable"], env=request.environment, stdin=self.script(request))
+        result = run_command(["sbatch", "--parsable"], env=submission_environment(request.environment),
+                             stdin=self.script(request))
         if result.returncode != 0:
             options = " ".join(self.options.sbatch_arguments(request.label))
             raise ProvisionError(f"sbatch refused the slave job ({options}): "
@@ -100,7 +109,8 @@ class SlurmProvider(Provider):
 
     def check(self, request: JobRequest) -> None:
         """``sbatch --test-only``: a bad partition, account or QOS fails here, with sbatch's message."""
-        result = run_command(["sbatch", "--test-only"], env=request.environment, stdin=self.script(request))
+        result = run_command(["sbatch", "--test-only"], env=submission_environment(request.environment),
+                             stdin=self.script(request))
         if result.returncode != 0:
             raise ProvisionError(f"sbatch refuses the slave jobs "
                                  f"({' '.join(self.options.sbatch_arguments(request.label))}): "
