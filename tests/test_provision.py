@@ -2,6 +2,7 @@
 with a fake provider, SlurmSlaves' batch script, and LocalSlaves with real node agents."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -339,3 +340,28 @@ def test_an_executor_holds_local_slave_jobs():
         assert 1 <= len(jobs) <= 2
         pids = [child.pid for child in psutil.Process().children(recursive=True)]
     assert not descendants_gone(pids, 15)
+
+
+def test_task_manager_provision_holds_jobs_for_a_running_master_until_it_ends(master, processes):
+    command = processes.task_manager("provision", "provision", "--local", "-n", "2", "--max-jobs", "2",
+                                     "--idle-timeout", "2")
+    ids = [master.requestTask("step", i, 0.01) for i in range(100)]
+    got = {}
+    for _ in ids:
+        task_id, _, value = master.retrieveResult("step", timeout=60)
+        assert task_id not in got
+        got[task_id] = value
+    assert sorted(got.values()) == list(range(100))
+    agents = [child.pid for child in psutil.Process(command.pid).children()]
+    assert 1 <= len(agents) <= 2
+    master.shutdown()
+    code, out = processes.finish(command, 30)
+    assert code == 0, out
+    assert re.search(r"^[12] job\(s\) submitted; none left$", out, re.M), out
+    assert not descendants_gone(agents, 15)
+
+
+def test_task_manager_provision_refuses_bad_options(processes):
+    command = processes.task_manager("provision", "nobody", "--local", "--min-jobs", "3", "--max-jobs", "2")
+    code, out = processes.finish(command, 30)
+    assert code == 1 and "min_jobs (3) is above max_jobs (2)" in out, out

@@ -195,3 +195,21 @@ def test_the_example_holds_slurm_jobs(processes, on_cluster, tmp_path):
     assert "integral ~ 0.5000 from 60 points" in out, out
     assert re.search(r"^slave jobs held: [123] \(slurm\)$", out, re.M), out
     wait_for(lambda: not live(on_cluster, list(on_cluster.jobs())), 30, "no job left after the example")
+
+
+def test_task_manager_provision_serves_a_running_master_and_cancels_its_jobs_on_sigterm(
+        master, processes, on_cluster):
+    boss = master("fromcli")
+    command = processes.task_manager("provision", "fromcli", "--slurm", "-n", "2", "--min-jobs", "1",
+                                     "--max-jobs", "2", "--idle-timeout", "3", env=on_cluster.environment())
+    ids = [boss.requestTask("step", i, 0.05) for i in range(100)]
+    got = collect(boss, ids)
+    assert sorted(value for value, _ in got.values()) == list(range(100))
+    jobs = list(on_cluster.jobs())
+    assert jobs and live(on_cluster, jobs), "the job kept for --min-jobs 1 should still run"
+    command.terminate()
+    code, out = processes.finish(command, 60)
+    assert code == 143, out
+    assert "none left" in out, out
+    wait_for(lambda: not live(on_cluster, jobs), 30, "the command's jobs to be cancelled")
+    assert not boss.task_manager.terminated

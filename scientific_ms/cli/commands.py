@@ -5,6 +5,7 @@
     task_manager watch LABEL [-v] [--interval SECONDS]
     task_manager list [-v] [--json]
     task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
+    task_manager provision LABEL (--slurm | --local) [--max-jobs N] [-n N] [...]
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -31,6 +32,7 @@ from .. import logs, settings
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
+from ..provision import command as provision_command
 from ..provision.table import format_jobs, slave_jobs
 from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
@@ -289,6 +291,7 @@ COMMANDS: Dict[str, Command] = {
     "watch": Command(watch, _watch_options),
     "list": Command(list_managers, _json_option, takes_label=False),
     "slave": Command(slave, _slave_options),
+    "provision": Command(provision_command.run, provision_command.options),
 }
 
 
