@@ -2,8 +2,8 @@
 with a fake provider, SlurmSlaves' batch script, and LocalSlaves with real node agents."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import textwrap
