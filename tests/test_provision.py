@@ -179,6 +179,20 @@ def test_a_refused_first_submission_raises_with_the_batch_systems_message():
         provisioner_for(spec, manager).start()
 
 
+def test_jobs_submitted_before_a_refused_one_are_cancelled():
+    spec, manager = FakeSlaves(1, 2, 2), FakeManager()
+    refusing = spec.fake.submit
+
+    def submit_once(request):
+        if spec.fake.jobs:
+            raise ProvisionError("sbatch: error: QOSMaxSubmitJobPerUserLimit")
+        return refusing(request)
+    spec.fake.submit = submit_once
+    with pytest.raises(ProvisionError, match="QOSMaxSubmitJobPerUserLimit"):
+        provisioner_for(spec, manager).start()
+    assert spec.fake.cancelled == ["1"]
+
+
 def test_bad_options_are_refused_at_once():
     with pytest.raises(ConfigurationError, match="min_jobs"):
         LocalSlaves(min_jobs=3, max_jobs=2)

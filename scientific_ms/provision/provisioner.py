@@ -89,8 +89,12 @@ class Provisioner:
         Raises ProvisionError (with the batch system's message) if the check
         or the first submissions fail.
         """
-        self.provider.check(self._request(False))
-        self.step(raise_errors=True)
+        try:
+            self.provider.check(self._request(False))
+            self.step(raise_errors=True)
+        except BaseException:
+            self.stop()   # the jobs submitted before the one refused
+            raise
         self._thread = threading.Thread(target=self._loop, name="scientific_ms-provisioner", daemon=True)
         self._thread.start()
 
