@@ -124,8 +124,8 @@ class FakeManager:
 
 
 def provisioner_for(spec, manager):
-    def request(keep):
-        return spec.request("lab", "127.0.0.1", 1, {"SCIENTIFIC_MS_SECRET": "s"}, "/", keep)
+    def request(keep, number):
+        return spec.request("lab", "127.0.0.1", 1, {"SCIENTIFIC_MS_SECRET": "s"}, "/", keep, number)
     return Provisioner(spec, manager, request, poll_seconds=0.0)
 
 
@@ -239,6 +239,18 @@ def test_a_master_inside_a_job_submits_without_its_jobs_variables():
                    "SBATCH_PARTITION": "x", "SCIENTIFIC_MS_SECRET": "s", "PATH": "/bin"}
     assert submission_environment(environment) == {"SLURM_CONF": "/etc/slurm.conf", "SBATCH_PARTITION": "x",
                                                    "SCIENTIFIC_MS_SECRET": "s", "PATH": "/bin"}
+
+
+def test_jobs_submitted_together_end_staggered():
+    spec = SlurmSlaves(max_jobs=4, walltime="02:00:00", warning=300)
+    requests = [spec.request("s", "h", 1, {}, "/", False, number) for number in range(5)]
+    assert [request.time_limit for request in requests] == [7200, 6840, 6480, 6120, 7200]   # 6 min steps
+    assert [request.warning_after for request in requests] == [6900, 6540, 6180, 5820, 6900]
+    scripts = [SlurmProvider(spec).script(request) for request in requests]
+    assert "#SBATCH --time=02:00:00" in scripts[0] and "#SBATCH --time=114" in scripts[1]
+    assert all("#SBATCH --signal=B:TERM@300" in script for script in scripts)
+    # short walltimes are not staggered (the steps are whole minutes)
+    assert {SlurmSlaves(max_jobs=4, walltime="10").time_limit(n) for n in range(4)} == {600}
 
 
 def test_no_sbatch_on_path_is_a_clear_error(monkeypatch, tmp_path):

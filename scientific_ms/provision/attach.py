@@ -28,8 +28,8 @@ def provision(master, spec: SlaveJobs, cwd: str, tls_ca: Optional[str] = None) -
     host = master_host(master.host, spec.on_this_machine)
     environment = slave_environment(host, master.port, master.secret, tls_ca=tls_ca)
 
-    def request(keep: bool) -> JobRequest:
-        return spec.request(master.label, host, master.port, environment, cwd, keep)
+    def request(keep: bool, number: int) -> JobRequest:
+        return spec.request(master.label, host, master.port, environment, cwd, keep, number)
 
     provisioner = Provisioner(spec, master.task_manager, request)
     provisioner.start()

@@ -115,8 +115,8 @@ def provision(args: argparse.Namespace, spec: SlaveJobs, connection) -> int:
     work.update(connection.status(STATUS_TIMEOUT))
     cwd = code.cwd
 
-    def request(keep: bool) -> JobRequest:
-        return spec.request(args.label, host, connection.port, environment, cwd, keep)
+    def request(keep: bool, number: int) -> JobRequest:
+        return spec.request(args.label, host, connection.port, environment, cwd, keep, number)
 
     provisioner = Provisioner(spec, work, request)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

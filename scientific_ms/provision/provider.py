@@ -32,6 +32,8 @@ class JobRequest:
     command: List[str]          # the node agent: python -m scientific_ms slave LABEL -m HOST:PORT -n N ...
     environment: Dict[str, str]   # the whole environment, with SCIENTIFIC_MS_SECRET
     cwd: str
+    time_limit: Optional[float] = None      # this job's walltime in seconds (None: the options')
+    warning_after: Optional[float] = None   # seconds after its start at which it is told to drain
 
     def shell_line(self) -> str:
         """The command as one shell line (for batch scripts)."""
@@ -108,13 +110,14 @@ class SlaveJobs(abc.ABC):
         return None
 
     def request(self, label: str, host: str, port: int, environment: Dict[str, str], cwd: str,
-                keep: bool) -> JobRequest:
-        """The job that runs a node agent for the master at host:port (``keep``: no idle timeout)."""
+                keep: bool, number: int = 0) -> JobRequest:
+        """The job that runs a node agent for the master at host:port (``keep``: no idle timeout;
+        ``number``: how many jobs were submitted before it)."""
         command = [sys.executable, "-m", "scientific_ms", "slave", label, "-m", f"{host}:{port}",
                    "-n", str(self.slaves_per_job)]
         if self.idle_timeout is not None and not keep:
             command += ["--idle-timeout", repr(float(self.idle_timeout))]
-        return JobRequest(label, command, environment, cwd)
+        return JobRequest(label, command, environment, cwd, warning_after=self.walltime_warning())
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(slaves_per_job={self.slaves_per_job}, min_jobs={self.min_jobs}, "

@@ -42,9 +42,10 @@ RETRY_SECONDS = 30.0
 class Job:
     """One submitted job as the master sees it."""
 
-    def __init__(self, job_id: str, keep: bool, now: float):
+    def __init__(self, job_id: str, keep: bool, now: float, warning_after: Optional[float] = None):
         self.job_id = job_id
         self.keep = keep                  # holds min_jobs: submitted with no idle timeout
+        self.warning_after = warning_after   # seconds after its start at which it drains
         self.state = PENDING
         self.submitted = now
         self.started: Optional[float] = None
@@ -61,9 +62,9 @@ class Job:
 
 
 class Provisioner:
-    """Holds ``spec``'s jobs for one master (``request(keep)`` builds each job)."""
+    """Holds ``spec``'s jobs for one master (``request(keep, number)`` builds each job)."""
 
-    def __init__(self, spec: SlaveJobs, manager, request: Callable[[bool], JobRequest],
+    def __init__(self, spec: SlaveJobs, manager, request: Callable[[bool, int], JobRequest],
                  poll_seconds: Optional[float] = None):
         self.spec = spec
         self.provider: Provider = spec.provider()
@@ -90,7 +91,7 @@ class Provisioner:
         or the first submissions fail.
         """
         try:
-            self.provider.check(self._request(False))
+            self.provider.check(self._request(False, 0))
             self.step(raise_errors=True)
         except BaseException:
             self.stop()   # the jobs submitted before the one refused
@@ -157,7 +158,7 @@ class Provisioner:
 
     def _ending(self, job: Job, now: float) -> bool:
         """Whether a running job is close enough to its walltime warning to be replaced."""
-        warning = self.spec.walltime_warning()
+        warning = job.warning_after
         if warning is None or job.started is None:
             return False
         return now - job.started >= warning - self.spec.replace_ahead
@@ -191,8 +192,9 @@ class Provisioner:
             with self._lock:
                 keep = sum(1 for job in self._jobs.values()
                            if job.keep and job.state != DONE and not job.cancelled) < self.spec.min_jobs
+            request = self._request(keep, self.submitted)
             try:
-                job_id = self.provider.submit(self._request(keep))
+                job_id = self.provider.submit(request)
             except ProvisionError as error:
                 self.errors.append(str(error))
                 if raise_errors:
@@ -201,7 +203,7 @@ class Provisioner:
                 self._retry_at = now + RETRY_SECONDS
                 return
             with self._lock:
-                self._jobs[job_id] = Job(job_id, keep, time.monotonic())
+                self._jobs[job_id] = Job(job_id, keep, time.monotonic(), request.warning_after)
                 self.submitted += 1
                 self._forget_old_jobs()
             if self._stop.is_set():   # stop() ran while sbatch was answering: this one goes too

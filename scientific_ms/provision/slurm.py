@@ -16,7 +16,9 @@ such as psij-python would add a dependency to wrap the same three calls).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds an sbatch, squeue or scancel call may take.
 COMMAND_TIMEOUT = 60.0
+
+#: Jobs end staggered: the k-th of every ``max_jobs`` submitted asks for k steps less walltime,
+#: the steps whole minutes (SLURM's unit) adding up to at most this fraction of the walltime.
+STAGGER_FRACTION = 0.2
 
 #: squeue's states that mean the job has not started (yet), and those that mean it runs.
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
@@ -88,7 +94,8 @@ class SlurmProvider(Provider):
 
     def script(self, request: JobRequest) -> str:
         """The batch script of one job: #SBATCH lines, setup lines, exec of the node agent."""
-        lines = ["#!/bin/sh"] + [f"#SBATCH {option}" for option in self.options.sbatch_arguments(request.label)]
+        arguments = self.options.sbatch_arguments(request.label, request.time_limit)
+        lines = ["#!/bin/sh"] + [f"#SBATCH {option}" for option in arguments]
         lines += [f"cd {_quote(request.cwd)}"]
         lines += list(self.options.setup)
         lines += ["exec " + request.shell_line()]
@@ -206,12 +213,32 @@ class SlurmSlaves(SlaveJobs):
             return None
         return max(0.0, self.walltime_seconds - self.warning)
 
-    def sbatch_arguments(self, label: str) -> List[str]:
-        """The ``#SBATCH`` arguments of every job."""
+    def time_limit(self, number: int) -> Optional[float]:
+        """The walltime of the job submitted after ``number`` others: staggered so that jobs
+        submitted together do not all end (and need replacing) together."""
+        if self.walltime_seconds is None:
+            return None
+        step = 60 * math.floor(self.walltime_seconds * STAGGER_FRACTION / self.max_jobs / 60)
+        return self.walltime_seconds - (number % self.max_jobs) * step
+
+    def request(self, label: str, host: str, port: int, environment: Dict[str, str], cwd: str,
+                keep: bool, number: int = 0) -> JobRequest:
+        request = super().request(label, host, port, environment, cwd, keep, number)
+        limit = self.time_limit(number)
+        if limit is None:
+            return request
+        warning_after = None if self.warning is None else max(0.0, limit - self.warning)
+        return dataclasses.replace(request, time_limit=limit, warning_after=warning_after)
+
+    def sbatch_arguments(self, label: str, time_limit: Optional[float] = None) -> List[str]:
+        """The ``#SBATCH`` arguments of a job (``time_limit``: its staggered walltime, in seconds)."""
         arguments = [f"--job-name={self.job_name or 'sms-' + label}", "--nodes=1", "--ntasks=1",
                      f"--cpus-per-task={self.slaves_per_job * self.cpus_per_slave}",
                      f"--output={self.output}"]
-        for option, value in (("--time", self.walltime), ("--partition", self.partition),
+        walltime = self.walltime
+        if time_limit is not None and time_limit != self.walltime_seconds:
+            walltime = str(int(time_limit // 60))   # minutes: the steps are whole minutes
+        for option, value in (("--time", walltime), ("--partition", self.partition),
                               ("--account", self.account), ("--qos", self.qos), ("--mem", self.memory)):
             if value is not None:
                 arguments.append(f"{option}={value}")
