@@ -135,8 +135,7 @@ class SlurmProvider(Provider):
                 if len(parts) >= 2:
                     found[parts[0]] = parts[1]
         elif "invalid job id" not in result.stderr.lower():   # all gone is not an error
-            log.warning("squeue failed (%s); keeping the jobs' last states", result.stderr.strip())
-            raise ProvisionError(f"squeue failed: {result.stderr.strip()}")
+            raise ProvisionError(f"squeue failed, the jobs' last states are kept: {result.stderr.strip()}")
         return {job_id: _state(found.get(job_id)) for job_id in ids}
 
     def cancel(self, job_ids: Iterable[str]) -> None:
