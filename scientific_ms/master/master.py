@@ -18,6 +18,7 @@ from ..machine import process_info, tune_allocator
 from ..progress import master_progress
 from ..provision.attach import provision
 from ..provision.provider import SlaveJobs
+from ..provision.provisioner import Provisioner
 from ..wire import auth, discovery, tls
 from ..wire.payload import Payload, loads_answer, unreadable_answer
 from ..wire.protocol import slave_environment
@@ -120,7 +121,7 @@ class MasterProcess:
         self.slave_restarts = settings.slave_restarts(slave_restarts)
         self.task_time_limit = task_time_limit
         self._supervisor: Optional[SlaveSupervisor] = None
-        self._provisioners: List[Any] = []   # provision/provisioner.py: slave jobs held for this master
+        self._provisioners: List[Provisioner] = []   # slave jobs held for this master (provision/)
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
