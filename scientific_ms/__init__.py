@@ -12,6 +12,7 @@ from .errors import (
     LabelInUseError,
     MasterNotFoundError,
     NoTasksPendingError,
+    ProvisionError,
     RemoteError,
     RemoteTraceback,
     ScientificMSError,
@@ -26,6 +27,8 @@ from .machine import getMachineInfo
 from .master.journal_file import JournalError
 from .master.journal_report import JournalRecord, read_journal
 from .master.master import MasterProcess
+from .provision.local import LocalSlaves
+from .provision.slurm import SlurmSlaves
 from .slave.slave import SlaveProcess, startSlaveProcess
 from .wire.payload import GlobalStateValue
 
@@ -56,6 +59,6 @@ __all__ = [
     "TaskRaisedException", "TaskManagerTermination", "ScientificMSError", "ConfigurationError",
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
-    "read_journal", "JournalRecord", "JournalError",
+    "read_journal", "JournalRecord", "JournalError", "SlurmSlaves", "LocalSlaves", "ProvisionError",
     "debug",
 ]

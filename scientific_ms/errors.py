@@ -104,3 +104,7 @@ class SerializationError(ScientificMSError, TypeError):
 
 class ConnectionLostError(ScientificMSError, ConnectionError):
     """The connection to the master broke, or the master cannot be reached."""
+
+
+class ProvisionError(ScientificMSError):
+    """A batch system refused a slave job (its own message is in the text), or cannot be reached."""

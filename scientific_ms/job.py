@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
-           watchdog_period: Optional[float] = 120.0, launch_slaves: int = 0, *,
+           watchdog_period: Optional[float] = 120.0, launch_slaves: Any = 0, *,
            progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None) -> Any:
     """Run a job whose master and slave are defined in the calling script; in the master,
     return what its ``run()`` returned.
@@ -32,6 +32,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     after runJob runs in the master only, once its ``run()`` has ended. The master keeps
     the script's source so that ``task_manager slave LABEL`` can run more
     slaves, on any machine, in the master's working directory.
+    ``launch_slaves`` may also be ``SlurmSlaves(...)`` or ``LocalSlaves(...)``:
+    slave jobs the master holds from its waiting work (docs/guide/clusters.md).
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
     ``journal``: a journal file, so that the same command run again after
     the master was killed resumes the job (see :class:`MasterProcess`).
@@ -58,7 +60,11 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "
                                  "but this program has no script file (interactive session?)")
     if launch_slaves:
-        master.launchSlaveJobs(launch_slaves)
+        try:
+            master.launchSlaveJobs(launch_slaves)
+        except BaseException:   # a batch system that refuses the slave jobs (ProvisionError)
+            master.shutdown()
+            raise
     return master.start()
 
 

@@ -136,10 +136,18 @@ def test_mpi_demo_under_mpiexec(processes, workdir):
     assert sum(int(n) for n in re.findall(r"^\s*(\d+) tasks done by PID", out, re.M)) == 6, out
 
 
+def test_slurm_sweep_runs_with_local_slaves_without_slurm(processes, workdir):
+    """Without a SLURM that answers, the example holds LocalSlaves (tests/test_slurm_provision.py
+    runs it on a real SLURM)."""
+    out = run(processes, workdir, "slurm_sweep.py")
+    assert "integral ~ 0.5000 from 60 points" in out, out
+    assert re.search(r"^slave jobs held: [123] \((local|slurm)\)$", out, re.M), out
+
+
 #: The example files each test above runs; slave.py and sample_slave.py run as slaves.
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
-                "sample_slave.py", "mpi_demo.py", "pool_map.py"}
+                "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py"}
 
 
 def test_every_example_is_run_by_a_test():

@@ -6,6 +6,7 @@
     task_manager list [-v] [--json]
     task_manager slave LABEL [-n N] [--idle-timeout SECONDS]
     task_manager dashboard LABEL|JOURNAL [--port PORT] [--host HOST] [--show-values]   (docs/guide/dashboard.md)
+    task_manager provision LABEL (--slurm | --local) [--max-jobs N] [-n N] [...]
 
 Options common to the commands that take a label, accepted before or after
 the command name: ``-m/--master HOST[:PORT]``, ``-w/--wait``,
@@ -33,6 +34,8 @@ from ..dashboard.published import dashboard_url
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
 from ..progress import LiveView, format_duration
+from ..provision import command as provision_command
+from ..provision.table import format_jobs, slave_jobs
 from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
 from ..wire import discovery, leaving
@@ -65,16 +68,19 @@ def show(args) -> int:
     connection = _connect(args)
     try:
         status = connection.status(STATUS_TIMEOUT)
+        jobs = slave_jobs(connection)
     finally:
         connection.close()
     report = build_report(args.label, connection.address, status)
+    if jobs is not None:
+        report["slave_jobs"] = jobs
     url = dashboard_url(args.label)   # only a master that serves a dashboard leaves one
     if url is not None:
         report["dashboard"] = url
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(format_status(report, args.verbose) + (f"\ndashboard: {url}" if url else ""))
+        print(format_status(report, args.verbose) + format_jobs(jobs) + (f"\ndashboard: {url}" if url else ""))
     return 0
 
 
@@ -304,6 +310,7 @@ COMMANDS: Dict[str, Command] = {
     "list": Command(list_managers, _json_option, takes_label=False),
     "slave": Command(slave, _slave_options),
     "dashboard": Command(dashboard, _dashboard_options),
+    "provision": Command(provision_command.run, provision_command.options),
 }
 
 

@@ -366,6 +366,11 @@ class TaskManager:
         with self._lock:
             return self._traffic.counts()
 
+    def waiting_estimates(self) -> Dict[str, Optional[float]]:
+        """Seconds per task of each tag with waiting tasks; None while not measured."""
+        with self._lock:
+            return {tag: self._scheduler.durations.estimate(tag) for tag in self._scheduler.waiting_tags()}
+
     def task_state(self, task_id: str) -> Optional[str]:
         """The state of a task ("waiting", "running", ...); None if unknown or delivered."""
         with self._lock:

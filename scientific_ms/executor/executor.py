@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
+from ..provision.provider import SlaveJobs
 from . import by_value, calls
 from .futures import Future, MapResults
 
@@ -95,8 +96,10 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, label: Optional[str] = None, slaves: int = 0, *,
                  watchdog_period: Optional[float] = 120.0, **options: Any):
         global _mpi_ranks_taken
-        if isinstance(slaves, bool) or not isinstance(slaves, int) or slaves < 0:
-            raise ConfigurationError(f"Executor(slaves=...): a whole number >= 0, got {slaves!r}")
+        if not isinstance(slaves, SlaveJobs) and (isinstance(slaves, bool) or not isinstance(slaves, int)
+                                                  or slaves < 0):
+            raise ConfigurationError(f"Executor(slaves=...): a whole number >= 0, SlurmSlaves(...) or "
+                                     f"LocalSlaves(...), got {slaves!r}")
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"Executor(watchdog_period=...): a positive number of seconds or None, "
                                      f"got {watchdog_period!r}")
@@ -138,7 +141,7 @@ class Executor(concurrent.futures.Executor):
         self._collector.start()
         atexit.register(_shutdown_at_exit, weakref.ref(self))
         exit_on_sigterm()
-        log.info("Executor %r started (%d local slaves)", self.label, slaves)
+        log.info("Executor %r started (slaves: %r)", self.label, slaves)
 
     # ------------------------------------------------------------------ the public face
 

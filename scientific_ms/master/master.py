@@ -17,6 +17,9 @@ from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedExcep
 from ..logs import apply_debug_flag
 from ..machine import process_info, tune_allocator
 from ..progress import master_progress
+from ..provision.attach import provision
+from ..provision.provider import SlaveJobs
+from ..provision.provisioner import Provisioner
 from ..wire import auth, discovery, tls
 from ..wire.payload import Payload, loads_answer, unreadable_answer
 from ..wire.protocol import slave_environment
@@ -121,6 +124,7 @@ class MasterProcess:
         self.slave_restarts = settings.slave_restarts(slave_restarts)
         self.task_time_limit = task_time_limit
         self._supervisor: Optional[SlaveSupervisor] = None
+        self._provisioners: List[Provisioner] = []   # slave jobs held for this master (provision/)
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
@@ -258,12 +262,23 @@ class MasterProcess:
         """Keep the slaves' code so that ``task_manager slave LABEL`` and spawned slaves can run it."""
         launch.store_slave_code(self.task_manager, source, script, argv)
 
-    def launchSlaveJobs(self, n: int = 1) -> None:
+    def launchSlaveJobs(self, n: Any = 1) -> None:
         """Start ``n`` slave processes on this machine, running the stored slave code.
 
         They are supervised: one that dies while the job runs is replaced (up
         to ``slave_restarts`` times each), and all are reaped at shutdown.
+        ``n`` may instead be ``SlurmSlaves(...)`` or ``LocalSlaves(...)``: jobs
+        of slaves held between a minimum and a maximum from the waiting work,
+        all cancelled at shutdown (``provision/``); ProvisionError, with the
+        batch system's message, if it refuses them.
         """
+        if isinstance(n, SlaveJobs):
+            cwd = launch.stored_cwd(self.task_manager)
+            if cwd is None:
+                raise ConfigurationError("launchSlaveJobs() needs the slaves' code: use runJob(), or "
+                                         "initializeMasterProcess(label, slave_script=... or slave_module=...)")
+            self._provisioners.append(provision(self, n, cwd, tls_ca=self.tls_cert))
+            return
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
         cwd = launch.stored_cwd(self.task_manager)
@@ -279,6 +294,11 @@ class MasterProcess:
                                                self.slave_restarts,
                                                job_over=lambda: self.task_manager.terminated)
         self._supervisor.launch(n)
+
+    @property
+    def slave_jobs(self) -> List[Dict]:
+        """The jobs held for ``launchSlaveJobs(SlurmSlaves(...))``: id, provider, state, ages."""
+        return [job for provisioner in self._provisioners for job in provisioner.jobs()]
 
     @property
     def spawned_slaves(self) -> List[int]:
@@ -334,6 +354,8 @@ class MasterProcess:
                         SHUTDOWN_GRACE_SECONDS)
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        for provisioner in self._provisioners:
+            provisioner.stop()   # cancels the slave jobs still pending or running
         if self._dashboard is not None:
             self._dashboard.close()
         self._server.close()
