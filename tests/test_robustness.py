@@ -183,8 +183,10 @@ def test_a_master_waiting_for_an_unserved_tag_says_so_in_its_log(processes, tmp_
     master = processes.python(tmp_path / "typo_master.py", cwd=tmp_path, name="master")
     out = wait_for(lambda: "task_manager slave typo" in processes.output(master) and processes.output(master),
                    30, "the master's warning")
-    warning = next(line for line in out.splitlines() if "task_manager slave typo" in line)
-    assert "'hits'" in warning and "'hit'" in warning, out
+    lines = out.splitlines()
+    first = next(n for n, line in enumerate(lines) if "tasks wait that no connected slave can run" in line)
+    warning = "\n".join(lines[first:first + 6])   # the news first, then the details, in short lines
+    assert "'hits'" in warning and "'hit'" in warning and "task_manager slave typo" in warning, out
     show = processes.task_manager("show", "-v", "typo", name="show")
     code, shown = processes.finish(show, 30)
     assert code == 0, shown

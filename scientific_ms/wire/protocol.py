@@ -152,7 +152,7 @@ def answers_from_wire(records: Sequence[tuple], sock) -> List[Answer]:
         if sock is None:
             raise ValueError("an answer names buffers sent out of band, but no socket carries them")
         return [Answer(*_received(record, sock)) for record in records]
-    return list(map(Answer._make, records))
+    return [Answer(*record) for record in records]   # ``seconds`` may be left out (it has a default)
 
 
 # ---------------------------------------------------------------- stored slave code
