@@ -8,7 +8,7 @@ import pytest
 
 import executor_functions as fx
 import pool_functions as pf
-from conftest import wait_for
+from conftest import descendants_gone, wait_for
 from scientific_ms import ConfigurationError, Executor, RemoteTraceback, register_joblib
 
 joblib = pytest.importorskip("joblib")
@@ -57,8 +57,7 @@ def test_parallel_calls_errors_and_the_slaves_end_with_the_block():
     # Once collected: the failed call's batches still running held joblib's Parallel (a cycle) when it raised.
     wait_for(lambda: gc.collect() >= 0 and master.task_manager.terminated, 60,
              "the backend's master to end with the block")
-    for pid in pids:
-        wait_for(lambda pid=pid: not _alive(pid), 60, f"slave {pid} to end")
+    assert not descendants_gone(pids, 60), "the slaves outlived the backend"
 
 
 def test_a_given_executor_serves_and_stays():
@@ -80,11 +79,3 @@ def test_the_slaves_of_a_label_serve(processes):
         assert joblib.Parallel()(joblib.delayed(pf.f)(i) for i in range(10)) == [i * i for i in range(10)]
     code, output = processes.finish(slave, 60)
     assert code == 0, output
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -14,7 +14,7 @@ import pytest
 
 import executor_functions as fx
 import pool_functions as pf
-from conftest import wait_for
+from conftest import descendants_gone, wait_for
 from scientific_ms import ConfigurationError, Executor, Pool, RemoteTraceback, SerializationError
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,8 +237,7 @@ def test_leaving_the_with_block_ends_the_slaves():
         assert pool.apply(pf.f, (2,)) == 4
         pids = list(pool.executor.master.spawned_slaves)
     assert pool.executor.master.task_manager.terminated
-    for pid in pids:
-        wait_for(lambda pid=pid: not _alive(pid), 30, f"slave {pid} to end")
+    assert not descendants_gone(pids, 30), "the slaves outlived their pool"
     assert time.monotonic() - start < 120
 
 
@@ -246,11 +245,3 @@ def test_importing_the_package_imports_neither_the_pools_nor_joblib():
     code = "import sys, scientific_ms; print(sorted(m for m in ('joblib', 'scientific_ms.pools') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

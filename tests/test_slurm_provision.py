@@ -117,6 +117,9 @@ def test_no_job_stays_after_the_master_is_killed_terminated_or_interrupted(proce
                 for i in range(100):
                     self.requestTask("wait", i)
                 self.wait_for_slaves(1)
+                deadline = time.monotonic() + 60   # min_jobs=2: the second is submitted by the next round
+                while len(self.slave_jobs) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 print("JOBS", *[job["id"] for job in self.slave_jobs], flush=True)
                 time.sleep(600)
 
