@@ -34,15 +34,24 @@ def raw(name: str) -> Optional[str]:
     return value or None
 
 
+def yes_or_no(value: str) -> Optional[bool]:
+    """True for 1/true/yes/on, False for 0/false/no/off (any case), None for anything else."""
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 def flag(name: str, default: bool) -> bool:
     value = raw(name)
     if value is None:
         return default
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{PREFIX}{name}={value!r}: expected 1/0, true/false, yes/no or on/off")
+    answer = yes_or_no(value)
+    if answer is None:
+        raise ConfigurationError(f"{PREFIX}{name}={value!r}: expected 1/0, true/false, yes/no or on/off")
+    return answer
 
 
 def number(name: str, default: float, minimum: float = 0.0) -> float:

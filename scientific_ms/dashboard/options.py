@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
+from .. import settings
 from ..errors import ConfigurationError
 from . import DEFAULT_PORT, ENVIRONMENT
-
-_YES = {"1", "true", "yes", "on"}
-_NO = {"", "0", "false", "no", "off"}
 
 
 def dashboard_port(option: Any) -> Optional[int]:
@@ -19,11 +16,12 @@ def dashboard_port(option: Any) -> Optional[int]:
     ``True`` means :data:`DEFAULT_PORT`, or any free port if it is taken.
     """
     if option is None:
-        text = os.environ.get(ENVIRONMENT, "").strip().lower()
-        if text in _NO:
+        text = settings.raw("DASHBOARD")
+        if text is None:
             return None
-        if text in _YES:
-            return DEFAULT_PORT
+        answer = settings.yes_or_no(text)
+        if answer is not None:
+            return DEFAULT_PORT if answer else None
         try:
             option = int(text)
         except ValueError:
