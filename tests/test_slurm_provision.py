@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import EXAMPLES, wait_for
-from scientific_ms import MasterProcess, ProvisionError, SlurmSlaves
-from test_slurm import DONE_STATES, SLAVE_CODE, figure, slurm, states  # noqa: F401 (slurm: the fixture)
+from scientific_ms import ProvisionError, SlurmSlaves
+from test_slurm import DONE_STATES, figure, master_with_code, slurm, states  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,19 +30,9 @@ def on_cluster(slurm, monkeypatch):  # noqa: F811
 
 
 @pytest.fixture
-def master(tmp_path, on_cluster):
-    masters = []
-
-    def start(label):
-        script = tmp_path / f"{label}_slave.py"
-        script.write_text(SLAVE_CODE)
-        created = MasterProcess(label, use_name_server=False, port=0)
-        created.store_slave_code(SLAVE_CODE, str(script), [str(script)])
-        masters.append(created)
-        return created
-    yield start
-    for created in masters:
-        created.shutdown()
+def master(master_with_code, on_cluster):  # noqa: F811
+    """test_slurm's masters storing SLAVE_CODE, with this cluster's sbatch for their jobs."""
+    return master_with_code
 
 
 def live(cluster, job_ids):
