@@ -191,21 +191,23 @@ class Executor(concurrent.futures.Executor):
             self._collector.join()
 
     def __exit__(self, exc_type, exc_value, traceback) -> Literal[False]:
-        if exc_type is None:
-            try:
+        # Leaving on an error or Ctrl-C (also while waiting for the calls): do not wait for
+        # calls that may run for hours. The master ends now, its slaves exit, the calls not
+        # done fail, nothing is left behind.
+        try:
+            if exc_type is None:
                 self.shutdown(wait=True)
-            except BaseException:   # Ctrl-C while waiting for calls: end as on an error, nothing left behind
-                self.shutdown(wait=False, cancel_futures=True)
-                self.master.shutdown()
-                self._collector.join()
-                raise
-        else:
-            # Leaving on an error or Ctrl-C: do not wait for calls that may run for hours.
-            # The master ends now, its slaves exit, the calls not done fail.
-            self.shutdown(wait=False, cancel_futures=True)
-            self.master.shutdown()
-            self._collector.join()
+                return False
+        except BaseException:
+            self._end_now()
+            raise
+        self._end_now()
         return False
+
+    def _end_now(self) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
+        self.master.shutdown()
+        self._collector.join()
 
     # ------------------------------------------------------------------ submitting
 
