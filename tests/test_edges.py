@@ -128,7 +128,7 @@ def test_initialize_master_process_in_a_slave_is_refused():
 
 # ---------------------------------------------------------------- cancelled futures
 
-def check_cancelled_futures_notify(executor, release, nudge=False):
+def check_cancelled_futures_notify(executor, release, while_busy=True):
     blocker = executor.submit(fx.wait_for_file, release)
     futures = [executor.submit(fx.add, i) for i in range(10)]
     called = []
@@ -136,11 +136,11 @@ def check_cancelled_futures_notify(executor, release, nudge=False):
         future.add_done_callback(called.append)
     cancelled = [future for future in futures if future.cancel()]
     assert cancelled, "nothing could be cancelled"
-    if nudge:
-        # ProcessPoolExecutor notifies a cancelled future's waiters only when its manager
-        # thread next looks at its queue, which a submit wakes (on a loaded machine it may
-        # have looked before the cancels: then not until the blocker ends). Ours: at once.
-        executor.submit(fx.add, 0)
+    if not while_busy:
+        # ProcessPoolExecutor notifies a cancelled future's waiters only when its manager thread
+        # moves that future towards its call queue, which stays full while the blocker runs:
+        # its cancelled futures reach wait() once the blocker ends. Ours do while it runs.
+        Path(release).touch()
     done, not_done = concurrent.futures.wait(cancelled, timeout=8)
     assert not not_done and done == set(cancelled)
     assert set(concurrent.futures.as_completed(cancelled, timeout=8)) == set(cancelled)
@@ -149,14 +149,16 @@ def check_cancelled_futures_notify(executor, release, nudge=False):
     cancelled[0].add_done_callback(late.append)   # called at once, as for any future done
     assert late == [cancelled[0]]
     assert all(future.cancelled() and future.done() for future in cancelled)
+    if while_busy:
+        assert not blocker.done(), "the cancelled futures were to be notified while the blocker still ran"
     Path(release).touch()
     assert blocker.result(timeout=60) == "released"
     concurrent.futures.wait(futures, timeout=60)
 
 
 def test_cancelled_futures_notify_wait_as_completed_and_callbacks(tmp_path):
-    with concurrent.futures.ProcessPoolExecutor(1) as pool:
-        check_cancelled_futures_notify(pool, str(tmp_path / "release-pool"), nudge=True)
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:    # the reference
+        check_cancelled_futures_notify(pool, str(tmp_path / "release-pool"), while_busy=False)
     with Executor(slaves=1, use_name_server=False) as executor:
         check_cancelled_futures_notify(executor, str(tmp_path / "release-farm"))
 
