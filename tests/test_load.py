@@ -14,6 +14,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -77,6 +78,41 @@ def test_a_thousand_slaves_all_get_work_and_none_is_wrongly_declared_dead(proces
     assert figures["threads_after"] <= figures["threads_before"]
     # Generous sanity bound on the master's memory: ~60 kB per slave measured.
     assert figures["rss_peak"] - figures["rss_before"] < 1000 * 1024 * 1024
+
+
+BURST = 300   # three times Pyro5's listen backlog of 100
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_of_connections_beyond_the_listen_backlog_all_authenticate():
+    """A node's keeper starting its workers, several nodes at once: every connection is
+    accepted and authenticated promptly, none left waiting in a full listen backlog
+    for the master's SYN-ACK retransmissions (about half a minute)."""
+    from scientific_ms.wire.client import MasterConnection
+
+    master = MasterProcess("burst", use_name_server=False, port=0, host="127.0.0.1")
+    start = threading.Barrier(BURST)
+    connected, errors = [], []
+
+    def connect():
+        start.wait(20)
+        try:
+            connected.append(MasterConnection("127.0.0.1", master.port, master.secret, master.label, timeout=15))
+        except Exception as error:   # reported by the assertion below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=connect) for _ in range(BURST)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(40)
+        assert not errors, f"{len(errors)} of {BURST} connections failed, e.g. {errors[:3]}"
+        assert len(connected) == BURST
+    finally:
+        for connection in connected:
+            connection.close()
+        master.shutdown()
 
 
 if __name__ == "__main__":

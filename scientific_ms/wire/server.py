@@ -233,6 +233,11 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         self._pending: collections.OrderedDict[object, None] = collections.OrderedDict()
         self._pending_limit = max(8, pyro_config.THREADPOOL_SIZE // 4)
         super().__init__(host=host, port=port)
+        # Pyro5 listens with a backlog of 100. Beyond it Linux drops the handshake's last
+        # ACK: the slave believes it is connected while the master retransmits its SYN-ACK
+        # for half a minute, so a node's keeper starting 64 workers among a few such nodes
+        # waits out its authentication. The kernel caps the backlog at net.core.somaxconn.
+        self.sock.listen(settings.max_connections())
 
     def _handshake(self, conn, denied_reason=None):
         if denied_reason:
@@ -282,18 +287,19 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
             self._connections.discard(conn)
         self._service.connection_closed(conn)
 
-    def close_connections(self) -> None:
-        """Close every client connection, waking the threads that serve them."""
+    def close_connections(self, how: int = socket.SHUT_RDWR) -> None:
+        """Shut every client connection down (``how``: as socket.shutdown), waking the
+        threads that serve them."""
         with self._connections_lock:
             connections = list(self._connections)
         for conn in connections:
-            _shutdown(conn)
+            _shutdown(conn, how)
 
 
-def _shutdown(conn) -> None:
+def _shutdown(conn, how: int = socket.SHUT_RDWR) -> None:
     """Wake the thread serving a connection by shutting its socket down."""
     try:
-        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.sock.shutdown(how)
     except (OSError, ValueError):
         pass
 
@@ -372,6 +378,10 @@ class MasterServer:
     def close(self) -> None:
         self._stop.set()
         self.service.answer_status_waits(1.0)   # watchers get the final state
+        # Pyro5's shutdown joins each thread still serving a connection for up to 0.1 s:
+        # half a minute for 300 slaves that have not left. Ending their reads first lets
+        # those threads go at once, while replies already on their way still go out.
+        self.daemon.close_connections(socket.SHUT_RD)
         self.daemon.shutdown()
         self.daemon.close_connections()
         for thread in self._threads:
