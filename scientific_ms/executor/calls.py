@@ -158,6 +158,14 @@ def import_paths() -> Tuple[List[str], List[str]]:
     return first, [path for path in dict.fromkeys(last) if path not in first]
 
 
+def add_import_paths(first: Iterable[str], last: Iterable[str]) -> None:
+    """Put the folders of :func:`import_paths` before and after this process's sys.path."""
+    for path in reversed(list(first)):
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
+    sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
+
+
 def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
                     watchdog_period: Optional[float] = 120.0) -> None:
     """Run a FunctionSlave for the master of the current slave context.
@@ -171,10 +179,7 @@ def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
     if context is None:
         raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
                                  "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
-    for path in reversed(first):
-        if os.path.isdir(path) and path not in sys.path:
-            sys.path.insert(0, path)
-    sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
+    add_import_paths(first, last)
     try:
         FunctionSlave(context.label, watchdog_period=watchdog_period).start()
     except ScientificMSError as error:
