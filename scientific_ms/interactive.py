@@ -38,7 +38,7 @@ Handlers = Union[Mapping[str, Callable], Iterable[Callable]]
 BY_VALUE_ARGV = ["scientific_ms-by-value"]
 
 #: The masters that runJob and initializeMasterProcess started in this process, by label.
-_masters: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_masters: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def is_interactive() -> bool:
@@ -89,7 +89,7 @@ def handlers_code(handlers: Mapping[str, Callable], watchdog_period: Optional[fl
 
 
 def _code(what: tuple, name: str) -> str:
-    from .executor.calls import import_paths   # where the slaves find the modules the code imports
+    from .executor.calls import import_paths  # where the slaves find the modules the code imports
     try:
         pickled = dumps_by_value(what)
     except Exception as error:

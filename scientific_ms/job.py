@@ -31,7 +31,11 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     runJob does not return: the process exits when the slave ends, so code
     after runJob runs in the master only, once its ``run()`` has ended. The master keeps
     the script's source so that ``task_manager slave LABEL`` can run more
-    slaves, on any machine, in the master's working directory.
+    slaves, on any machine, in the master's working directory. Without a
+    script file (a Jupyter notebook, a REPL, ``python -c``) it keeps
+    ``slave_class`` itself, pickled by value, and a master of ``label``
+    that this process started earlier (the same cell run again) is shut
+    down first (docs/guide/notebooks.md).
     ``launch_slaves`` may also be ``SlurmSlaves(...)`` or ``LocalSlaves(...)``:
     slave jobs the master holds from its waiting work (docs/guide/clusters.md).
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).

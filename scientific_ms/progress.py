@@ -244,7 +244,7 @@ class LiveView:
                 pass
 
 
-def master_progress(label: str, requested: Optional[bool] = None) -> "Optional[ProgressBar | NotebookBar]":
+def master_progress(label: str, requested: Optional[bool] = None) -> Optional[ProgressBar | NotebookBar]:
     """The master's bar of results retrieved against tasks requested, or None.
 
     ``requested``: the ``progress`` keyword; None defers to

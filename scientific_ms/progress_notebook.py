@@ -9,6 +9,7 @@ installed, text updated in place otherwise). tqdm is optional (the
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import threading
@@ -64,7 +65,8 @@ def notebook_bar(label: str) -> Optional[NotebookBar]:
         with warnings.catch_warnings():
             # Without ipywidgets tqdm.auto warns, then draws text: that is fine here.
             warnings.simplefilter("ignore")
-            from tqdm.auto import tqdm
+            # imported by name: tqdm is optional, and ships no type information
+            tqdm = importlib.import_module("tqdm.auto").tqdm
     except ImportError:
         log.warning("progress=True in a notebook needs tqdm (pip install 'scientific_ms[notebook]'); "
                     "no progress bar is shown")
