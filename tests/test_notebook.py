@@ -108,7 +108,8 @@ def _slaves_of(pid):
     return found
 
 
-def test_killed_kernel_takes_its_slaves_with_it(kernel_name, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "shut down"])
+def test_a_kernel_that_ends_takes_its_slaves_with_it(how, kernel_name, tmp_path):
     from jupyter_client import KernelManager
     manager = KernelManager(kernel_name=kernel_name)
     manager.start_kernel(cwd=str(tmp_path))
@@ -132,8 +133,11 @@ def test_killed_kernel_takes_its_slaves_with_it(kernel_name, tmp_path):
         kernel = manager.provisioner.process.pid
         slaves = _slaves_of(kernel)
         assert len(slaves) >= 2, slaves   # each slave's processes (a keeper and its worker)
-        os.kill(kernel, signal.SIGKILL)
-        assert descendants_gone(slaves, 30.0) == [], "the killed kernel's slaves still run"
+        if how == "killed":
+            os.kill(kernel, signal.SIGKILL)
+        else:
+            manager.shutdown_kernel(now=False)   # as Jupyter's "shut down" or "restart" does
+        assert descendants_gone(slaves, 30.0) == [], f"the {how} kernel's slaves still run"
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
@@ -196,6 +200,36 @@ def test_handlers_by_value_served_by_task_manager_slave_and_a_rerun_ends_the_ear
     assert "round 1 8" in out and "round 2 27" in out, out
     assert "slaves exit [0, 0]" in out, out
     assert "ending this process's earlier master of that label" in out, out
+
+
+def test_code_the_slaves_cannot_load_is_not_restarted_in_a_loop(processes, tmp_path):
+    """A handler from a module the slaves cannot import: each slave says why and refuses,
+    and the master starts no replacement, which would fail the same way."""
+    (tmp_path / "vanishing.py").write_text("def square(x):\n    return x * x\n")
+    out = run_c(processes, f"""\
+        import logging, os, sys, threading
+        sys.path.insert(0, {str(tmp_path)!r})
+        import vanishing
+        os.remove(vanishing.__file__)   # the slaves, importing it by name, find nothing
+        sys.path.remove({str(tmp_path)!r})
+        from scientific_ms import initializeMasterProcess
+
+        refusals, refused = [], threading.Event()
+        class Catch(logging.Handler):
+            def emit(self, record):
+                if "refused to serve" in record.getMessage():
+                    refusals.append(record)
+                    refused.set()
+        logging.getLogger("scientific_ms").addHandler(Catch())
+        master = initializeMasterProcess("cannot-load", handlers=[vanishing.square])
+        master.launchSlaveJobs(1)
+        refused.wait(60)
+        master.shutdown()
+        print("refusals", len(refusals))
+        """)
+    assert "refusals 1" in out, out
+    assert out.count("cannot be loaded here (ModuleNotFoundError") == 1, out
+    assert "must be importable in the slave too" in out, out
 
 
 def test_unpicklable_slave_class_is_refused_and_leaves_no_master(processes):
