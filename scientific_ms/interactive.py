@@ -37,6 +37,9 @@ Handlers = Union[Mapping[str, Callable], Iterable[Callable]]
 #: The argv that slaves running code stored by value see (there is no script to name).
 BY_VALUE_ARGV = ["scientific_ms-by-value"]
 
+#: Stored code above this size (bytes, pickled) gets a warning: it is fetched by every slave.
+LARGE_CODE = 16 * 1024 * 1024
+
 #: The masters that runJob and initializeMasterProcess started in this process, by label.
 _masters: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
@@ -97,6 +100,10 @@ def _code(what: tuple, name: str) -> str:
             f"{name} cannot be pickled to be sent to the slaves ({type(error).__name__}: {error}); "
             f"in a notebook the slaves get the code by value: what it refers to must be picklable "
             f"(open files, locks and connections in its class attributes or globals are not)") from error
+    if len(pickled) > LARGE_CODE:
+        log.warning("%s take %.0f MB pickled: they carry the notebook's values they use (globals, "
+                    "closures), and every slave fetches them. Pass large values as task parameters, "
+                    "or share them once with setGlobalState.", name, len(pickled) / 1e6)
     first, last = import_paths()
     return ("from scientific_ms.interactive import serve_by_value\n"
             f"serve_by_value({first!r}, {last!r}, {base64.b64encode(pickled).decode()!r})\n")

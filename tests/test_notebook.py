@@ -8,6 +8,7 @@ the tests write a kernelspec pointing at ``sys.executable`` into a JUPYTER_PATH 
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,9 +21,9 @@ import psutil
 import pytest
 
 from conftest import EXAMPLES, descendants_gone
-from scientific_ms import MasterProcess
+from scientific_ms import MasterProcess, SlaveProcess
 from scientific_ms.errors import ConfigurationError, LabelInUseError
-from scientific_ms.interactive import handler_table
+from scientific_ms.interactive import handler_table, handlers_code, slave_class_code
 from scientific_ms.progress_notebook import NotebookBar, in_ipython_kernel
 
 pytestmark = pytest.mark.timeout(240)
@@ -254,6 +255,23 @@ def test_unpicklable_slave_class_is_refused_and_leaves_no_master(processes):
         """)
     assert "refused: the slave class Worker cannot be pickled" in out, out
     assert "label file left: False" in out, out
+
+
+def test_large_values_carried_by_value_get_a_warning(caplog):
+    table = bytes(20 * 1024 * 1024)
+
+    class Heavy(SlaveProcess):   # defined in a function: cloudpickle sends it by value, with table
+        def do_look(self, index):
+            return table[index]
+
+    with caplog.at_level(logging.WARNING, logger="scientific_ms.interactive"):
+        code = slave_class_code(Heavy, 120.0)
+    assert len(code) > len(table), "the table travels inside the stored code"
+    assert re.search(r"the slave class .*Heavy take \d+ MB pickled", caplog.text), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scientific_ms.interactive"):
+        handlers_code({"square": abs})
+    assert caplog.text == ""
 
 
 def test_a_master_of_this_process_names_the_fix():
