@@ -24,7 +24,7 @@ import sys
 import weakref
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 
-from .errors import ConfigurationError, ScientificMSError, SerializationError
+from .errors import ConfigurationError, SerializationError
 from .master.launch import main_script
 from .wire import discovery, leaving
 from .wire.payload import dumps_by_value, loads_value
@@ -132,7 +132,7 @@ def serve_by_value(first: Iterable[str], last: Iterable[str], pickled: str) -> N
     """Run the slave code stored by value (see :func:`slave_class_code`, :func:`handlers_code`)
     for the master of the current slave context. Errors end the process with a message."""
     from .executor.calls import add_import_paths
-    from .slave.slave import SlaveProcess
+    from .slave.slave import SlaveProcess, ending_with_a_message
     context = discovery.current_slave_context()
     if context is None:
         raise ConfigurationError("serve_by_value() runs under 'task_manager slave LABEL' or in a slave "
@@ -146,16 +146,9 @@ def serve_by_value(first: Iterable[str], last: Iterable[str], pickled: str) -> N
                          f"loaded here ({type(error).__name__}: {error}).\n  A module it refers to must be "
                          f"importable in the slave too (installed, or in the master's working directory)\n")
         raise SystemExit(1) from None
-    try:
+    with ending_with_a_message(context.label):
         if kind == "class":
             code(context.label, watchdog_period=watchdog_period).start()
         else:
             SlaveProcess(context.label, watchdog_period=watchdog_period).start(
                 {f"do_{tag}": function for tag, function in code.items()})
-    except ScientificMSError as error:
-        sys.stderr.write(f"scientific_ms: {error}\n")
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        sys.stderr.write(f"scientific_ms: slave of {context.label!r} interrupted; "
-                         f"its tasks went back to the master\n")
-        raise SystemExit(130) from None

@@ -30,8 +30,8 @@ import sys
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.tasks import ANY_TAG
-from ..errors import ConfigurationError, ScientificMSError, SerializationError
-from ..slave.slave import SlaveProcess
+from ..errors import ConfigurationError, SerializationError
+from ..slave.slave import SlaveProcess, ending_with_a_message
 from ..wire import discovery
 from ..wire.payload import dumps_by_value, loads_value
 from . import by_value
@@ -180,12 +180,5 @@ def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
         raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
                                  "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
     add_import_paths(first, last)
-    try:
+    with ending_with_a_message(context.label):
         FunctionSlave(context.label, watchdog_period=watchdog_period).start()
-    except ScientificMSError as error:
-        sys.stderr.write(f"scientific_ms: {error}\n")
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        sys.stderr.write(f"scientific_ms: slave of {context.label!r} interrupted; "
-                         f"its tasks went back to the master\n")
-        raise SystemExit(130) from None
