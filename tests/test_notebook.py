@@ -45,7 +45,6 @@ def kernel_name(tmp_path, monkeypatch):
         "display_name": "scientific_ms tests", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")]))
     from jupyter_client.kernelspec import KernelSpecManager
     assert KernelSpecManager().get_kernel_spec(KERNEL).argv[0] == sys.executable
     return KERNEL
