@@ -101,8 +101,8 @@ def _code(what: tuple, name: str) -> str:
             f"in a notebook the slaves get the code by value: what it refers to must be picklable "
             f"(open files, locks and connections in its class attributes or globals are not)") from error
     if len(pickled) > LARGE_CODE:
-        log.warning("%s take %.0f MB pickled: they carry the notebook's values they use (globals, "
-                    "closures), and every slave fetches them. Pass large values as task parameters, "
+        log.warning("%s: %.0f MB pickled, with the notebook's values they use (globals, closures); "
+                    "every slave fetches all of it. Pass large values as task parameters, "
                     "or share them once with setGlobalState.", name, len(pickled) / 1e6)
     first, last = import_paths()
     return ("from scientific_ms.interactive import serve_by_value\n"

@@ -266,7 +266,7 @@ def test_large_values_carried_by_value_get_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="scientific_ms.interactive"):
         code = slave_class_code(Heavy, 120.0)
     assert len(code) > len(table), "the table travels inside the stored code"
-    assert re.search(r"the slave class .*Heavy take \d+ MB pickled", caplog.text), caplog.text
+    assert re.search(r"the slave class .*Heavy: \d+ MB pickled", caplog.text), caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="scientific_ms.interactive"):
         handlers_code({"square": abs})
