@@ -8,10 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any, List, Optional, Type
 
-from . import mpi
+from . import interactive, mpi
 from .errors import ConfigurationError
 from .master.ending import exit_on_sigterm
-from .master.launch import main_script, start_script_master
+from .master.launch import start_script_master
 from .master.master import MasterProcess
 from .slave.slave import SlaveProcess
 from .wire import discovery, leaving
@@ -31,7 +31,11 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     runJob does not return: the process exits when the slave ends, so code
     after runJob runs in the master only, once its ``run()`` has ended. The master keeps
     the script's source so that ``task_manager slave LABEL`` can run more
-    slaves, on any machine, in the master's working directory.
+    slaves, on any machine, in the master's working directory. Without a
+    script file (a Jupyter notebook, a REPL, ``python -c``) it keeps
+    ``slave_class`` itself, pickled by value, and a master of ``label``
+    that this process started earlier (the same cell run again) is shut
+    down first (docs/guide/notebooks.md).
     ``launch_slaves`` may also be ``SlurmSlaves(...)`` or ``LocalSlaves(...)``:
     slave jobs the master holds from its waiting work (docs/guide/clusters.md).
     ``progress``: see :class:`MasterProcess` (None: SCIENTIFIC_MS_PROGRESS).
@@ -54,11 +58,19 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     if mpi.runs_under_mpi():
         return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
                            progress=progress, journal=journal, dashboard=dashboard)
+    by_value = interactive.is_interactive()
+    if by_value:
+        interactive.end_earlier_master(label)   # the same cell run again
     master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard)
-    if launch_slaves and main_script() is None:
-        master.shutdown()
-        raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "
-                                 "but this program has no script file (interactive session?)")
+    if by_value:
+        # No script for the slaves to run again: they get the slave class itself, by value.
+        interactive.remember(master)
+        try:
+            master.store_slave_code(interactive.slave_class_code(slave_class, watchdog_period), None,
+                                    interactive.BY_VALUE_ARGV)
+        except BaseException:
+            master.shutdown()
+            raise
     if launch_slaves:
         try:
             master.launchSlaveJobs(launch_slaves)
@@ -70,22 +82,28 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
 
 def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                             slave_module: Optional[str] = None,
-                            use_name_server: bool = True, *,
+                            use_name_server: bool = True, *, handlers: Optional[interactive.Handlers] = None,
                             progress: Optional[bool] = None, journal: Optional[str] = None,
                             **options: Any) -> MasterProcess:
     """Start a master without subclassing; it shuts down when the interpreter exits.
 
     ``slave_script`` (a file) or ``slave_module`` (an importable module
     with ``do_<tag>`` functions) is stored so that ``task_manager slave
-    LABEL`` and ``launchSlaveJobs`` can run slaves. Under mpiexec, ranks
+    LABEL`` and ``launchSlaveJobs`` can run slaves. Or ``handlers``, the
+    handler functions themselves, sent to the slaves by value (for a
+    notebook or a REPL, where no file holds them): a dict ``{tag: function}``,
+    or a list of functions each serving the tag of its name (``square`` or
+    ``do_square`` serve ``"square"``). Under mpiexec, ranks
     other than 0 become slaves running that code and exit when it ends.
+    In a notebook or a REPL, a master of the same label started earlier by
+    this process (the same cell run again) is shut down first.
     ``journal``: see :class:`MasterProcess`. Other keyword options
     (``task_time_limit``, ``port``, ``secret``, ``slave_restarts``, ...) are
     those of :class:`MasterProcess`. SIGTERM ends the interpreter as Ctrl-C
     does, so the master still shuts down.
     """
-    if slave_script is not None and slave_module is not None:
-        raise ConfigurationError("give slave_script or slave_module, not both")
+    if sum(given is not None for given in (slave_script, slave_module, handlers)) > 1:
+        raise ConfigurationError("give one of slave_script, slave_module and handlers, not several")
     source = script = None
     argv: List[str] = []    # the slaves' sys.argv: the script or the module
     if slave_script is not None:
@@ -103,10 +121,16 @@ def initializeMasterProcess(label: str, slave_script: Optional[str] = None,
                   f"from scientific_ms import startSlaveProcess\n"
                   f"startSlaveProcess()\n")
         argv = [slave_module]
+    elif handlers is not None:
+        source = interactive.handlers_code(interactive.handler_table(handlers))
+        argv = interactive.BY_VALUE_ARGV
     _refuse_master_in_slave(label, "initializeMasterProcess")
     if mpi.runs_under_mpi() and mpi.rank() != 0:
         mpi.serve_as_slave_rank(label)  # does not return
+    if interactive.is_interactive():
+        interactive.end_earlier_master(label)   # the same cell run again
     master = MasterProcess(label, use_name_server, progress=progress, journal=journal, **options)
+    interactive.remember(master)
     atexit.register(master.shutdown)
     exit_on_sigterm()
     if source is not None:

@@ -21,6 +21,7 @@ import time
 from typing import IO, List, Optional
 
 from . import settings
+from .progress_notebook import NotebookBar, in_ipython_kernel, notebook_bar
 
 #: Erase from the cursor to the end of the line / of the screen.
 ERASE_LINE = "\x1b[K"
@@ -243,14 +244,17 @@ class LiveView:
                 pass
 
 
-def master_progress(label: str, requested: Optional[bool] = None) -> Optional[ProgressBar]:
+def master_progress(label: str, requested: Optional[bool] = None) -> Optional[ProgressBar | NotebookBar]:
     """The master's bar of results retrieved against tasks requested, or None.
 
     ``requested``: the ``progress`` keyword; None defers to
     ``SCIENTIFIC_MS_PROGRESS``. Drawn on stderr, and only when stderr is a
-    terminal, so logs and pipes never fill with carriage returns.
+    terminal, so logs and pipes never fill with carriage returns; in a
+    Jupyter kernel, by tqdm instead (``progress_notebook.py``).
     """
     wanted = settings.flag("PROGRESS", False) if requested is None else bool(requested)
+    if wanted and in_ipython_kernel():
+        return notebook_bar(label)
     if not wanted or not is_terminal(sys.stderr):
         return None
     bar = ProgressBar(sys.stderr, label)

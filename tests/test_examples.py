@@ -176,7 +176,13 @@ def python_blocks(text):
 
 
 def example_sources():
-    return {path.name: path.read_text() for path in sorted(EXAMPLES.glob("*.py"))}
+    """The text of every example: each examples/*.py, and the code cells of each examples/*.ipynb
+    (run by tests/test_notebook.py)."""
+    sources = {path.name: path.read_text() for path in sorted(EXAMPLES.glob("*.py"))}
+    for path in sorted(EXAMPLES.glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        sources[path.name] = "\n\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+    return sources
 
 
 def problem(code, sources, name="<block>"):
@@ -188,7 +194,7 @@ def problem(code, sources, name="<block>"):
         runner.run(test, out=output.append)
         return ("".join(output) or "a doctest failed") if runner.failures else None
     if not any(code.strip() in source for source in sources.values()):
-        return "it is in no examples/*.py file (copy it from one, or mark it <!-- fragment -->)"
+        return "it is in no examples/*.py or *.ipynb file (copy it from one, or mark it <!-- fragment -->)"
     return None
 
 

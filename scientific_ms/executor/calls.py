@@ -30,8 +30,8 @@ import sys
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.tasks import ANY_TAG
-from ..errors import ConfigurationError, ScientificMSError, SerializationError
-from ..slave.slave import SlaveProcess
+from ..errors import ConfigurationError, SerializationError
+from ..slave.slave import SlaveProcess, ending_with_a_message
 from ..wire import discovery
 from ..wire.payload import dumps_by_value, loads_value
 from . import by_value
@@ -158,6 +158,14 @@ def import_paths() -> Tuple[List[str], List[str]]:
     return first, [path for path in dict.fromkeys(last) if path not in first]
 
 
+def add_import_paths(first: Iterable[str], last: Iterable[str]) -> None:
+    """Put the folders of :func:`import_paths` before and after this process's sys.path."""
+    for path in reversed(list(first)):
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
+    sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
+
+
 def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
                     watchdog_period: Optional[float] = 120.0) -> None:
     """Run a FunctionSlave for the master of the current slave context.
@@ -171,16 +179,6 @@ def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
     if context is None:
         raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
                                  "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
-    for path in reversed(first):
-        if os.path.isdir(path) and path not in sys.path:
-            sys.path.insert(0, path)
-    sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
-    try:
+    add_import_paths(first, last)
+    with ending_with_a_message(context.label):
         FunctionSlave(context.label, watchdog_period=watchdog_period).start()
-    except ScientificMSError as error:
-        sys.stderr.write(f"scientific_ms: {error}\n")
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        sys.stderr.write(f"scientific_ms: slave of {context.label!r} interrupted; "
-                         f"its tasks went back to the master\n")
-        raise SystemExit(130) from None

@@ -146,6 +146,12 @@ def publish(label: str, port: int, secret: bytes, bound_host: str, use_name_serv
     return Publication(label, path, record, uri)
 
 
+_HELD_HERE = ("label {label!r} is already served by a live master: one this very process (PID {pid}) "
+              "started earlier (a notebook cell run again?); call that master's shutdown() "
+              "(an Executor's: shutdown(), or use it in a with block) before starting another, "
+              "or choose another label")
+
+
 def _claim_label_file(label: str, record: Dict) -> Path:
     folder = discovery.private_registry()
     path = folder / f"{label}.json"
@@ -166,6 +172,8 @@ def _claim_label_file(label: str, record: Dict) -> Path:
                 state, reason = master_state(existing) if existing is not None else ("dead", "")
                 if state == "live":
                     assert existing is not None   # a missing record counts as dead
+                    if existing.get("pid") == os.getpid() and existing.get("hostname") == record["hostname"]:
+                        raise LabelInUseError(_HELD_HERE.format(label=label, pid=os.getpid())) from None
                     raise LabelInUseError(
                         f"label {label!r} is already served by a live master (PID {existing.get('pid')} "
                         f"on {existing.get('hostname')}, started {existing.get('started')}); "

@@ -30,13 +30,14 @@ has been rescheduled, and its late answer counts only if it is the first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
 import sys
 import threading
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional
 
 from .. import settings
 from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
@@ -370,9 +371,17 @@ def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = 
                                      "script is run by 'task_manager slave LABEL'")
         label = context.label
     namespace = vars(sys.modules["__main__"])
-    try:
+    with ending_with_a_message(label):
         SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout,
                      idle_timeout=idle_timeout).start(namespace)
+
+
+@contextlib.contextmanager
+def ending_with_a_message(label: str) -> Iterator[None]:
+    """Around a slave entry point's serving: its errors end the process with a message
+    (exit status 1), Ctrl-C with status 130, without a traceback."""
+    try:
+        yield
     except ScientificMSError as error:
         sys.stderr.write(f"scientific_ms: {error}\n")
         raise SystemExit(1) from None
