@@ -360,6 +360,17 @@ def test_the_master_keeps_the_last_failures_only():
     assert kept[0]["traceback"].endswith("ValueError: the end\n")
     assert len(kept[0]["traceback"]) < failures.MAX_TRACEBACK + 100
 
+    # failed by the master (its slave was lost), and resumed from a journal
+    manager = TaskManager(max_slave_losses=1)
+    slave_id = manager.register_process("slave", {"host": "node", "pid": 43}, ["work"])
+    lost_id, = manager.add_tasks("work", [dumps_value(0)])
+    manager.take_tasks(slave_id)
+    manager.process_lost(slave_id, "killed")
+    journaled_id = manager.add_answered_task("work", False, dumps_value(ValueError()), "ValueError: before\n")
+    lost, journaled = manager.status(failures=True)["failures"]
+    assert lost["task_id"] == lost_id and lost["slave"] == slave_id and "SlaveLostError" in lost["traceback"]
+    assert journaled["task_id"] == journaled_id and journaled["slave"] is None
+
 
 # ------------------------------------------------------------------ security, without a browser
 

@@ -111,7 +111,8 @@ function drawLive(s) {
   drawStream(s);
   drawSlaves(s);
   drawFailures($("failures"), s.failures, s.show_values);
-  $("failures-note").textContent = `${t.failed} task(s) failed; the master keeps the last ${s.failures.length}:`;
+  $("failures-note").textContent = `${t.failed} task(s) failed` +
+    (s.failures.length < t.failed ? `; the last ${s.failures.length}, which the master keeps:` : ":");
   fill($("events"), s.events.slice().reverse().map(e => el("li", {class: e.kind}, `${clock(e.time)}  ${e.text}`)));
 }
 
