@@ -27,7 +27,7 @@ from scientific_ms.dashboard.history import History
 from scientific_ms.dashboard.options import dashboard_port
 from scientific_ms.dashboard.published import dashboard_url
 from scientific_ms.dashboard.server import DashboardServer
-from scientific_ms.errors import ConfigurationError
+from scientific_ms.errors import ConfigurationError, TaskRaisedException
 from scientific_ms.master.journal_report import journal_progress
 
 HERE = Path(__file__).resolve().parent
@@ -200,6 +200,12 @@ def test_page_of_a_live_master_agrees_with_show_and_follows_the_tasks(processes,
         assert str(slave.pid) in slaves and slaves[str(slave.pid)][-1] == "3"   # tasks done
         go(browser, url, "stream")
         assert browser.execute_script("return document.querySelectorAll('#stream rect').length") >= 1
+
+        master.requestTask("fail", "a remote mistake")   # its traceback reaches the external dashboard
+        go(browser, url, "failures")
+        wait_for(lambda: "ValueError: a remote mistake" in text(browser, "failures"), 30, "the traceback on the page")
+        assert "in do_fail" in text(browser, "failures") and f"PID {slave.pid}" in text(browser, "failures")
+        assert "1 task(s) failed" in text(browser, "failures-note")
     finally:
         master.shutdown()
     wait_for(lambda: "master gone" in text(browser, "state") or "job ended" in text(browser, "state"),
@@ -299,6 +305,71 @@ def test_journal_view_of_a_killed_master(processes, browser, tmp_path):
     assert "parameters: ('bad input 0',)" in text(browser, "journal-failures")
     dashboard.send_signal(signal.SIGINT)
     assert processes.finish(dashboard, 20)[0] == 0
+
+
+# ------------------------------------------------------------------ the page's data, without a browser
+
+def test_external_dashboard_gets_the_tracebacks_of_a_live_masters_failures(processes):
+    master = MasterProcess("remote-failures", use_name_server=False, port=0)
+    try:
+        slave = processes.python(SLAVE_SCRIPT, "remote-failures", name="slave")
+        for i in range(3):
+            master.requestTask("fail", f"mistake {i}")
+        master.requestTask("work", 0.0, "a-value-never-shown")
+        raised = 0
+        for _ in range(4):   # retrieved: the record outlives them
+            try:
+                master.retrieveResult()
+            except TaskRaisedException:
+                raised += 1
+        assert raised == 3
+        dashboard, url = start_dashboard(processes, "remote-failures")
+        code, body = get(url.replace("/?token=", "/api/state?token="))
+        assert code == 200, body
+        state = json.loads(body)
+        failures = state["failures"]
+        assert sorted(f["task_id"] for f in failures) == [f"fail_{i}" for i in range(1, 4)]
+        for failure in failures:
+            i = int(failure["task_id"].split("_")[1]) - 1
+            assert failure["tag"] == "fail" and failure["pid"] == slave.pid
+            assert f"ValueError: mistake {i}" in failure["traceback"] and "in do_fail" in failure["traceback"]
+        assert "a-value-never-shown" not in body.decode()   # values never
+        assert "failures" not in show_json("remote-failures")   # show does not carry them
+    finally:
+        master.shutdown()
+    dashboard.send_signal(signal.SIGINT)
+    assert processes.finish(dashboard, 20)[0] == 0
+    processes.finish(slave, 20)
+
+
+def test_the_master_keeps_the_last_failures_only():
+    from scientific_ms.core import failures
+    from scientific_ms.core.manager import TaskManager
+    from scientific_ms.wire.payload import dumps_value
+    manager = TaskManager()
+    slave_id = manager.register_process("slave", {"host": "node", "pid": 42}, ["fail"])
+    ids = manager.add_tasks("fail", [dumps_value(i) for i in range(failures.LIMIT + 50)])
+    huge = "x" * (failures.MAX_TRACEBACK * 3) + "ValueError: the end\n"
+    for _ in ids:   # one at a time: the scheduler gives a new tag's tasks so
+        task, = manager.take_tasks(slave_id)
+        manager.store_answers(slave_id, [(task.task_id, task.assignment, False, dumps_value(ValueError()), huge)])
+    assert "failures" not in manager.status()
+    kept = manager.status(failures=True)["failures"]
+    assert [f["task_id"] for f in kept] == ids[-failures.LIMIT:]
+    assert kept[0]["slave"] == slave_id and (kept[0]["host"], kept[0]["pid"]) == ("node", 42)
+    assert kept[0]["traceback"].endswith("ValueError: the end\n")
+    assert len(kept[0]["traceback"]) < failures.MAX_TRACEBACK + 100
+
+    # failed by the master (its slave was lost), and resumed from a journal
+    manager = TaskManager(max_slave_losses=1)
+    slave_id = manager.register_process("slave", {"host": "node", "pid": 43}, ["work"])
+    lost_id, = manager.add_tasks("work", [dumps_value(0)])
+    manager.take_tasks(slave_id)
+    manager.process_lost(slave_id, "killed")
+    journaled_id = manager.add_answered_task("work", False, dumps_value(ValueError()), "ValueError: before\n")
+    lost, journaled = manager.status(failures=True)["failures"]
+    assert lost["task_id"] == lost_id and lost["slave"] == slave_id and "SlaveLostError" in lost["traceback"]
+    assert journaled["task_id"] == journaled_id and journaled["slave"] is None
 
 
 # ------------------------------------------------------------------ security, without a browser

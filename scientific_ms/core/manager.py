@@ -381,11 +381,18 @@ class TaskManager:
         with self._lock:
             return self._traffic.wait_for_running(count, timeout)
 
-    def status(self) -> dict:
-        """A snapshot of everything ``task_manager show`` reports (plain data)."""
+    def status(self, failures: bool = False) -> dict:
+        """A snapshot of everything ``task_manager show`` reports (plain data).
+
+        ``failures``: also the last failed tasks with their tracebacks (``failures.py``), under
+        ``"failures"``, oldest first (for the dashboard; only turned into data when asked).
+        """
         with self._lock:
             now = self._clock()
             elapsed = now - self._started
-            return snapshot(now, elapsed, self._signals.terminated, self._registry, self._traffic.counts(),
-                            dict(self.counters), self._traffic.completion_rate(now, elapsed),
-                            self._traffic.answered())
+            status = snapshot(now, elapsed, self._signals.terminated, self._registry, self._traffic.counts(),
+                              dict(self.counters), self._traffic.completion_rate(now, elapsed),
+                              self._traffic.answered())
+            if failures:
+                status["failures"] = self._traffic.recent_failures()
+            return status

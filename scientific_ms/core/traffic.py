@@ -20,6 +20,7 @@ from ..errors import NoTasksPendingError
 from ..wire.payload import Payload, dumps_value
 from ..wire.protocol import Answer
 from .budget import MemoryBudget
+from .failures import RecentFailures
 from .processes import Departure
 from .registry import ProcessRecord, Registry
 from .results import Outcome, ResultStore
@@ -55,6 +56,7 @@ class TaskTraffic:
         self._waiters = WaitingSlaves()
         self._budget = MemoryBudget(memory_budget)
         self._assignment_numbers = itertools.count(1)
+        self._failures = RecentFailures()   # the last failures, for the dashboard
 
     # ---------------------------------------------------------------- the master's side
 
@@ -79,6 +81,8 @@ class TaskTraffic:
         self._counters["requested"] += 1
         self._results.settle(task, ok, answer, traceback, self._clock())
         self._budget.add_results(len(answer))
+        if not ok:
+            self._failures.add(task.task_id, tag, None, None, traceback)
         self._signals.answer_ready.notify_all()
         return task.task_id
 
@@ -217,6 +221,8 @@ class TaskTraffic:
                 if answer.seconds is not None:   # how long the handler ran
                     self._scheduler.durations.record(task.tag, answer.seconds)
                 self._settle(task, answer.ok, answer.payload, answer.traceback)
+                if not answer.ok:
+                    self._failures.add(answer.task_id, task.tag, process_id, proc, answer.traceback)
                 if proc is not None:
                     proc.tasks_done += 1
                 accepted += 1
@@ -242,7 +248,9 @@ class TaskTraffic:
     def fail_all(self, failures: List[Tuple[Task, Exception]]) -> None:
         """Answer each task with its error (a lost slave, an overrun time limit)."""
         for task, error in failures:
-            self._settle(task, False, dumps_value(error), f"{type(error).__name__}: {error}\n")
+            traceback = f"{type(error).__name__}: {error}\n"
+            self._settle(task, False, dumps_value(error), traceback)
+            self._failures.add(task.task_id, task.tag, task.process_id, self._registry.get(task.process_id), traceback)
         if failures:
             self._signals.answer_ready.notify_all()
 
@@ -260,6 +268,10 @@ class TaskTraffic:
     def answered(self) -> Dict[str, Dict[str, int]]:
         """Answers per outcome ("finished", "failed") and tag since the start."""
         return {outcome: dict(by_tag) for outcome, by_tag in self._results.answered.items()}
+
+    def recent_failures(self) -> List[Dict[str, object]]:
+        """The last failures with their tracebacks, oldest first (``failures.py``)."""
+        return self._failures.recent()
 
     def wait_for_running(self, count: int, timeout: Optional[float]) -> bool:
         """Wait until at least ``count`` tasks run on slaves; False on timeout."""

@@ -1,8 +1,9 @@
 """The dashboard a master serves itself (``dashboard=True``, a port, or SCIENTIFIC_MS_DASHBOARD).
 
-It reads the task manager directly (no connection), keeps the last failures
-with their tracebacks (``failures.py``), logs its URL, and leaves it next to
-the label file (``published.py``) so that ``task_manager show`` names it.
+It reads the task manager directly (no connection), with the last failures
+that the task manager keeps (``core/failures.py``), logs its URL, and leaves
+it next to the label file (``published.py``) so that ``task_manager show``
+names it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any, Optional
 
 from . import DEFAULT_PORT, published
 from .access import DEFAULT_HOST
-from .failures import FailureLog
 from .live import LiveSource
 from .server import DashboardServer
 
@@ -27,12 +27,10 @@ class MasterDashboard:
 
     def __init__(self, master: Any, port: int):
         manager = master.task_manager
-        self.failures = FailureLog()
         host = os.environ.get("SCIENTIFIC_MS_DASHBOARD_HOST", "").strip() or DEFAULT_HOST
         shown = socket.gethostname() if master.host in ("", "0.0.0.0", "::") else master.host
-        source = LiveSource(master.label, f"{shown}:{master.port}", manager.status, self.failures)
+        source = LiveSource(master.label, f"{shown}:{master.port}", lambda: manager.status(failures=True))
         self.server = DashboardServer(source, host, None if port == DEFAULT_PORT else port)
-        manager.on_answers = self.failures.chain(manager.on_answers)   # after the journal's, if any
         self.server.start()
         self._file: Optional[Path] = None
         try:

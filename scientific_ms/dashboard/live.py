@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, Optional
 
 from ..cli.report import build_report
 from ..errors import ScientificMSError
-from .failures import FailureLog
 from .history import History
 
 log = logging.getLogger(__name__)
@@ -23,20 +22,19 @@ MIN_INTERVAL = 0.5
 class LiveSource:
     """A live master's state for the page, asked for only when a page asks.
 
-    ``status``: returns the master's status (``TaskManager.status`` in the
-    master, a connection's ``status`` call elsewhere); ``failures``: the
-    failed tasks with their tracebacks, when the master serves the page itself.
+    ``status``: returns the master's status with its last failures
+    (``TaskManager.status(failures=True)`` in the master, a connection's
+    ``status`` call, :class:`RemoteStatus`, elsewhere).
     """
 
     kind = "live"
 
     def __init__(self, label: str, address: str, status: Callable[[], Dict[str, Any]],
-                 failures: Optional[FailureLog] = None, show_values: bool = False):
+                 show_values: bool = False):
         self.label = label
         self.address = address
         self.show_values = show_values
         self._status = status
-        self._failures = failures
         self._history = History()
         self._lock = threading.Lock()
         self._document: Optional[Dict[str, Any]] = None
@@ -55,7 +53,6 @@ class LiveSource:
 
     def _refresh(self) -> Dict[str, Any]:
         now = time.time()
-        failures = self._failures.recent() if self._failures is not None else None
         if self._ended is None:
             try:
                 status = self._status()
@@ -63,7 +60,7 @@ class LiveSource:
                 self._ended = str(error)
                 log.info("the master stopped answering: %s", error)
             else:
-                self._history.update(status, now, (f["task_id"] for f in failures or ()))
+                self._history.update(status, now, (f["task_id"] for f in status.get("failures", ())))
                 self._last_status = status
         status = self._last_status or {"tasks": {}, "processes": [], "counters": {}}
         report = build_report(self.label, self.address, status)
@@ -82,7 +79,7 @@ class LiveSource:
             "slaves": [p for p in report["processes"] if p["role"] != "master"],
             "gone": list(self._history.gone),
             "events": list(self._history.events),
-            "failures": failures,
+            "failures": status.get("failures", []),
         }
 
 
@@ -98,8 +95,8 @@ def _per_tag(tasks: Dict[str, Dict[str, int]], answered: Dict[str, Dict[str, int
 
 
 class RemoteStatus:
-    """A master's ``status`` over one connection, made and used in one thread of its own
-    (a connection belongs to the thread that made it)."""
+    """A master's ``status``, with its last failures, over one connection, made and used in one
+    thread of its own (a connection belongs to the thread that made it)."""
 
     def __init__(self, connect: Callable[[], Any], timeout: float = 30.0):
         self._timeout = timeout
@@ -112,7 +109,7 @@ class RemoteStatus:
         self.address: str = self._connection.address
 
     def __call__(self) -> Dict[str, Any]:
-        return self._thread.submit(self._connection.status, self._timeout).result()
+        return self._thread.submit(self._connection.status, self._timeout, 0.0, True).result()
 
     def close(self) -> None:
         """Close the connection (in its thread) and end the thread."""

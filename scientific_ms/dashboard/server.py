@@ -8,10 +8,12 @@ changes nothing.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import logging
 import socket
+import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -70,7 +72,16 @@ class DashboardServer:
         self.access = Access(token or new_token(), self.port)
         self.url = url(host, self.port, self.access.token)
         self._thread: Optional[threading.Thread] = None
+        # One thread builds every /api/state answer, not each request's own thread: glibc
+        # gives threads malloc arenas of their own, and each arena that built a large
+        # document kept its high-water mark (a master's RSS grew by ~50 MiB over its first
+        # 10^6 tasks with a page open, flat with this: benchmarks/dashboard_memory.py).
+        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scientific_ms-dashboard-state")
         warn_if_exposed(host)
+
+    def state_body(self) -> bytes:
+        """The source's state as JSON (built in the one thread that builds them all)."""
+        return self._builder.submit(lambda: json.dumps(self.source.state()).encode()).result()
 
     def serve_forever(self) -> None:
         """Serve in this thread until :meth:`close` is called from another."""
@@ -87,11 +98,21 @@ class DashboardServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+        self._builder.shutdown(wait=False, cancel_futures=True)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     dashboard: DashboardServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Not socketserver's traceback on stderr (a master's own output): a page that closed or
+        # went silent mid-answer is routine; anything else is logged.
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("a page's connection ended mid-answer: %s", error)
+        else:
+            log.error("the dashboard failed to answer a request", exc_info=error)
 
 
 class _Server6(_Server):
@@ -140,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/api/state":
             try:
-                body = json.dumps(board.source.state()).encode()
+                body = board.state_body()
             except Exception as error:   # a broken journal, say: the page says why
                 log.exception("the dashboard cannot read its source")
                 self._send(500, f"cannot read the job's state: {error}".encode(), "text/plain; charset=utf-8")

@@ -150,8 +150,11 @@ class MasterConnection:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
         return status, tasks, revoked
 
-    def status(self, timeout: float, wait: float = 0.0) -> dict:
-        """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s."""
+    def status(self, timeout: float, wait: float = 0.0, failures: bool = False) -> dict:
+        """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s;
+        ``failures``: with the last failed tasks and their tracebacks (``core/failures.py``)."""
+        if failures:
+            return self.call("status", wait, True, timeout=timeout + max(wait, 0.0))
         if wait > 0:
             return self.call("status", wait, timeout=timeout + wait)
         return self.call("status", timeout=timeout)

@@ -51,8 +51,9 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #:     queue_seconds: the work the slave wants queued behind the task it runs, which covers
 #:     its round trip (``core/flow.py``); a slave that leaves it out gets the fixed target
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
-#: ``status(wait=0) -> dict``                    what ``task_manager show`` prints; ``wait`` > 0:
-#:                                               answered when the job ends, or after ``wait`` s
+#: ``status(wait=0, failures=False) -> dict``    what ``task_manager show`` prints; ``wait`` > 0:
+#:                                               answered when the job ends, or after ``wait`` s;
+#:     ``failures``: also the last failed tasks with their tracebacks (the dashboard's; protocol 4)
 #:
 #: A keeper (``keeper.py``: a process that runs no user code and keeps the slave
 #: processes, its workers, that do) registers as role "agent" (a lone slave's keeper

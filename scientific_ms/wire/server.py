@@ -189,16 +189,18 @@ class TaskManagerService:
             return False, str(error.args[0])
 
     @Pyro5.server.expose
-    def status(self, wait: float = 0.0) -> dict:
+    def status(self, wait: float = 0.0, failures: bool = False) -> dict:
         """The manager's status; with ``wait`` > 0, after waiting up to that many seconds
-        for the job to end, so that a watcher reads the final state, not the one before it."""
+        for the job to end, so that a watcher reads the final state, not the one before it.
+        ``failures``: with the last failed tasks and their tracebacks (the dashboard's)."""
+        failures = bool(failures)
         if wait <= 0:
-            return self._manager.status()
+            return self._manager.status(failures)
         with self._lock:
             self._status_waits += 1
         try:
             self._manager.wait_terminated(min(float(wait), 60.0))
-            return self._manager.status()
+            return self._manager.status(failures)
         finally:
             with self._lock:
                 self._status_waits -= 1

@@ -111,9 +111,8 @@ function drawLive(s) {
   drawStream(s);
   drawSlaves(s);
   drawFailures($("failures"), s.failures, s.show_values);
-  $("failures-note").textContent = s.failures === null
-    ? `${t.failed} task(s) failed. Tracebacks are shown when the master serves this page itself (dashboard=True), or in its journal's view.`
-    : `${t.failed} task(s) failed; the last ${s.failures.length} kept here:`;
+  $("failures-note").textContent = `${t.failed} task(s) failed` +
+    (s.failures.length < t.failed ? `; the last ${s.failures.length}, which the master keeps:` : ":");
   fill($("events"), s.events.slice().reverse().map(e => el("li", {class: e.kind}, `${clock(e.time)}  ${e.text}`)));
 }
 
@@ -205,6 +204,8 @@ function drawFailures(box, failures, showValues) {
     const div = el("div", {class: "failure", "data-task": f.task_id});
     div.appendChild(el("strong", {}, `${f.task_id} (${f.tag})`));
     if (f.run !== undefined) div.appendChild(el("span", {class: "note"}, `  run ${f.run}`));
+    if (f.slave !== undefined) div.appendChild(el("span", {class: "note"}, f.slave === null ? "  resumed from the journal"
+      : `  slave ${f.slave}` + (f.pid ? ` (PID ${f.pid} on ${f.host})` : "")));
     if (f.time) div.appendChild(el("span", {class: "note"}, `  ${clock(f.time)}`));
     if (showValues && f.parameters !== undefined) {
       div.appendChild(el("div", {}, `parameters: ${f.parameters}`));
