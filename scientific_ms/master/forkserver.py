@@ -117,7 +117,22 @@ class ForkServer:
         finally:
             theirs.close()
         self._control: Optional[socket.socket] = ours
+        self._ready = False   # the template says b"R" once it imported its modules
         log.info("fork server %d started (preload: %s)", self.process.pid, ", ".join(self.preload) or "nothing")
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the template imported its modules (True), or ``timeout`` s (False)."""
+        with self._lock:
+            if self._ready or self._control is None:
+                return self._ready
+            self._control.settimeout(timeout)
+            try:
+                self._ready = self._control.recv(1) == b"R"
+            except OSError:
+                pass
+            finally:
+                self._control.settimeout(None)
+            return self._ready
 
     def start(self, command: Sequence[str], env: Dict[str, str], cwd: str,
               pass_fds: Sequence[int]) -> ForkedChild:
@@ -217,7 +232,7 @@ _shared: Dict[Tuple[str, ...], ForkServer] = {}
 _shared_lock = threading.Lock()
 
 
-def warm_start(preload: Optional[Sequence[str]] = None) -> int:
+def warm_start(preload: Optional[Sequence[str]] = None, wait: bool = False) -> int:
     """Start a fork server now, kept until this program ends, for every master of the program
     that starts local slaves by fork server and wants no module it lacks; returns its PID.
 
@@ -225,6 +240,7 @@ def warm_start(preload: Optional[Sequence[str]] = None) -> int:
     program does its own work, so that the first ``Executor(slaves=N)`` forks
     its slaves at once. ``preload``: module names (default
     SCIENTIFIC_MS_PRELOAD, else the installed packages ``__main__`` uses so far).
+    ``wait``: return only once it imported them (at most a minute).
     """
     from .. import settings
     given = settings.preload(preload)
@@ -233,8 +249,10 @@ def warm_start(preload: Optional[Sequence[str]] = None) -> int:
         server = _shared.get(modules)
         if server is None or server.process.poll() is not None:
             if not _shared:
-                atexit.register(_close_shared)
+                atexit.register(close_shared)
             server = _shared[modules] = ForkServer(modules)
+    if wait and not server.wait_ready(FORK_ANSWER_SECONDS):
+        log.warning("the fork server %d is still importing %s", server.process.pid, ", ".join(modules))
     return server.process.pid
 
 
@@ -247,7 +265,8 @@ def shared_for(preload: Sequence[str]) -> Optional[ForkServer]:
     return None
 
 
-def _close_shared() -> None:
+def close_shared() -> None:
+    """End the templates started by :func:`warm_start` (done at the program's exit anyway)."""
     with _shared_lock:
         servers = list(_shared.values())
         _shared.clear()

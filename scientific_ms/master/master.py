@@ -25,7 +25,7 @@ from ..wire.payload import Payload, loads_answer, unreadable_answer
 from ..wire.protocol import slave_environment
 from ..wire.server import MasterServer
 from . import launch
-from .forkserver import SlaveStarter
+from .forkserver import SlaveStarter, shared_for
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
 from .supervisor import SlaveSupervisor
@@ -74,7 +74,7 @@ class MasterProcess:
     ``"forkserver"`` (forked from a warm template that imported scientific_ms
     and the ``preload`` modules once) or ``"spawn"`` (a fresh interpreter
     each); default SCIENTIFIC_MS_START_METHOD, else ``"forkserver"`` when
-    ``preload`` is given, else ``"spawn"``. ``preload``: module names
+    ``preload`` is given or :func:`warm_start` was called, else ``"spawn"``. ``preload``: module names
     (default SCIENTIFIC_MS_PRELOAD, else the installed packages that the
     program's ``__main__`` uses); see docs/guide/warm-start.md.
     """
@@ -92,7 +92,8 @@ class MasterProcess:
                  start_method: Optional[str] = None, preload: Optional[Sequence[str]] = None):
         self.label = discovery.check_label(label)
         given = settings.preload(preload)   # bad options fail before anything starts
-        self._starter = SlaveStarter(settings.start_method(start_method, "forkserver" if given else "spawn"), given)
+        wanted = given is not None or shared_for(()) is not None   # preload=, or warm_start() was called
+        self._starter = SlaveStarter(settings.start_method(start_method, "forkserver" if wanted else "spawn"), given)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()

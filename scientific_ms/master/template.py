@@ -283,5 +283,7 @@ def _close_all(fds: List[int]) -> None:
 def main(argv: List[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     preload(argv[1:])
+    with contextlib.suppress(OSError):
+        control.sendall(b"R")   # ready: for those who wait (forkserver.ForkServer.wait_ready)
     Template(control).serve()
     return 0
