@@ -88,7 +88,8 @@ def line(name, runs, reference=None):
     best, median = min(runs), statistics.median(runs)
     text = f"  {name:20} {best:7.3f} s {median:7.3f} s"
     if reference is not None:
-        text += f"   {best / min(reference):5.2f}x (best) {median / statistics.median(reference):5.2f}x (median) of spawn"
+        text += (f"   {best / min(reference):5.2f}x (best) "
+                 f"{median / statistics.median(reference):5.2f}x (median) of spawn")
     return text
 
 

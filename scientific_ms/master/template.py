@@ -195,7 +195,7 @@ def run_command(argv: List[str]) -> int:
     if argv[1:2] != ["-m"] or len(argv) < 3:
         raise ValueError(f"the fork server runs 'python -m MODULE ...' only, not {argv!r}")
     module, args = argv[2], argv[3:]
-    reseed()
+    # no reseeding here: random and numpy.random reseed themselves in a forked child (os.register_at_fork)
     sys.path[0] = os.getcwd()   # as -m puts the working directory first
     sys.argv = [module] + args   # runpy puts the module's file in argv[0]
     status: object = 0
@@ -234,16 +234,6 @@ def _finish(status: object) -> object:
         with contextlib.suppress(Exception):
             stream.flush()
     return status
-
-
-def reseed() -> None:
-    """A fork copies the template's random state: give each slave its own."""
-    import random
-    random.seed()
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        with contextlib.suppress(Exception):
-            numpy_random.seed()
 
 
 def die_with_parent() -> None:
