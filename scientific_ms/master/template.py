@@ -58,12 +58,18 @@ SLAVE_MODULES = ("scientific_ms", "scientific_ms.cli.commands", "scientific_ms.e
 
 def preload(modules: List[str]) -> None:
     """Import what every slave needs, then the ``preload`` modules (a failure is said, not fatal)."""
+    import threading
     for name in SLAVE_MODULES + tuple(modules):
         try:
             importlib.import_module(name)
         except Exception as error:   # the slaves will import it themselves, and say why it fails
             print(f"scientific_ms fork server: could not preload {name!r}: "
                   f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
+    if others:   # a fork copies only the forking thread: a lock another one holds stays locked
+        print(f"scientific_ms fork server: importing {', '.join(modules)} started threads ({', '.join(others)});\n"
+              f"  forked slaves may hang on a lock those threads held: leave that module out of preload,\n"
+              f"  or use start_method='spawn'", file=sys.stderr, flush=True)
 
 
 class Template:
