@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .template import HEADER
 
@@ -142,16 +142,16 @@ class ForkServer:
         try:
             body = json.dumps({"argv": list(command), "env": env, "cwd": cwd,
                                "targets": list(pass_fds)}).encode()
-            with open(os.devnull, "rb") as devnull:
-                fds = [theirs.fileno(), devnull.fileno(), _stdio(1), _stdio(2), *pass_fds]
+            with contextlib.ExitStack() as stack:
+                stdio = [stack.enter_context(_stdio(fd)) for fd in (0, 1, 2)]
                 with self._lock:
                     if self._control is None:
                         raise OSError("the fork server is closed")
-                    socket.send_fds(self._control, [HEADER.pack(len(body)) + body], fds)
+                    socket.send_fds(self._control, [HEADER.pack(len(body)) + body],
+                                    [theirs.fileno(), *stdio, *pass_fds])
             theirs.close()
             mine.settimeout(FORK_ANSWER_SECONDS)
-            with mine.makefile("rb") as lines:
-                line = lines.readline()
+            line = _first_line(mine)
             if not line:
                 raise OSError(f"the fork server (PID {self.process.pid}) ended without answering")
             answer = json.loads(line)
@@ -179,13 +179,38 @@ class ForkServer:
             self.process.wait()
 
 
-def _stdio(fd: int) -> int:
-    """Our stdout or stderr for the slave, as a spawned slave inherits them (/dev/null if closed)."""
+@contextlib.contextmanager
+def _stdio(fd: int) -> Iterator[int]:
+    """What the slave gets as ``fd``: /dev/null for stdin (as the supervisor's ``spawn``), our
+    stdout or stderr as a spawned slave inherits them, /dev/null if we have none."""
+    if fd > 0 and _is_open(fd):
+        yield fd
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        yield null
+    finally:
+        os.close(null)
+
+
+def _is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
-        return fd
     except OSError:
-        return os.open(os.devnull, os.O_WRONLY)
+        return False
+    return True
+
+
+def _first_line(answer: socket.socket) -> bytes:
+    """The template's first answer, read byte by byte: what follows (the exit status of a slave
+    that ended at once) stays in the socket for :class:`ForkedChild`."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = answer.recv(1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 class SlaveStarter:
