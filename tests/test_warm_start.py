@@ -158,3 +158,48 @@ def test_a_killed_master_takes_its_template_and_slaves_along(processes, tmp_path
         assert descendants_gone(everything, 20) == [], processes.output(master)
     finally:
         kill_all(everything)
+
+
+LEAVING_SLAVE = textwrap.dedent("""
+    from scientific_ms import SlaveProcess
+    from scientific_ms.wire import discovery
+
+    done = []
+
+    def do_once(x):
+        done.append(x)
+        return x
+
+    class OneTask(SlaveProcess):
+        def terminationTest(self):
+            return bool(done)
+
+    OneTask(discovery.current_slave_context().label).start({"do_once": do_once})
+""")
+
+
+def test_a_forked_slave_that_leaves_on_purpose_is_not_replaced(tmp_path):
+    """The supervisor's leaving pipe reaches the forked slave: its goodbye is told from a death."""
+    master = MasterProcess("leaving", use_name_server=False, port=0, start_method="forkserver")
+    pids = []
+    try:
+        master.store_slave_code(LEAVING_SLAVE, str(tmp_path / "leaving_slave.py"), ["leaving_slave.py"])
+        master.launchSlaveJobs(1)
+        pids = wait_for(lambda: master.spawned_slaves, 60, "the slave")
+        assert ppid_of(pids[0]) != os.getpid(), "the slave was spawned, not forked"
+        master.requestTask("once", 7)
+        assert master.retrieveResult(timeout=60)[2] == 7
+        wait_for(lambda: not master.spawned_slaves, 60, "the slave to leave")
+        assert master.slave_replacements == 0
+    finally:
+        master.shutdown()
+        kill_all(pids)
+
+
+def test_the_default_preload_is_the_installed_packages_main_uses(processes, tmp_path):
+    (tmp_path / "mine.py").write_text("VALUE = 1\n")
+    script = tmp_path / "uses.py"
+    script.write_text("import json\nimport mine\nfrom numpy import array\n"
+                      "from scientific_ms.master.forkserver import main_modules\nprint('MODULES', main_modules())\n")
+    code, output = processes.finish(processes.python(script, cwd=tmp_path), 60)
+    assert code == 0 and "MODULES ['numpy']" in output, output

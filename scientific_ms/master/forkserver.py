@@ -315,8 +315,13 @@ def main_modules() -> List[str]:
     return sorted(name for name in names if _installed(name))
 
 
+#: Packages that run the program rather than serve its work (a notebook's kernel, a test runner).
+NOT_PRELOADED = frozenset({"__main__", "builtins", "scientific_ms", "IPython", "ipykernel", "pytest", "_pytest",
+                           "pip", "setuptools"})
+
+
 def _installed(name: str) -> bool:
-    if name in ("__main__", "builtins", "scientific_ms") or name not in sys.modules:
+    if name in NOT_PRELOADED or name not in sys.modules:
         return False
     import sysconfig
     path = getattr(sys.modules[name], "__file__", None)
