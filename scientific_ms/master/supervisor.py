@@ -1,5 +1,9 @@
 """Slave processes that the master starts on its own machine, replaced when they die.
 
+How each one is started, spawned or forked from a warm template, is the
+``starter``'s business (``forkserver.py``); the supervisor sees a process
+with ``pid``, ``wait``, ``poll`` and ``send_signal`` either way.
+
 Each child has a thread blocked in ``wait()`` (no polling). A child that
 dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
 replaced, at most ``max_restarts`` times per slot, so a job keeps its
