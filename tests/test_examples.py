@@ -243,3 +243,8 @@ def test_relative_links_name_files_and_headings_that_exist():
             elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_warm_start_example(processes, workdir):
+    out = run(processes, workdir, "warm_start.py")
+    assert re.search(r"^100 norms from [12] forked slaves, the last 573\.018$", out, re.M), out
