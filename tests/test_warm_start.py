@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -154,8 +155,11 @@ def test_a_killed_master_takes_its_template_and_slaves_along(processes, tmp_path
         assert set(slaves) <= set(everything)
         assert all(ppid_of(pid) != master.pid for pid in slaves), "a slave was spawned, not forked"
         master.kill()
+        killed = time.monotonic()
         master.wait(30)
         assert descendants_gone(everything, 20) == [], processes.output(master)
+        print(f"\nkill -9 of the master: its fork server and {len(everything) - 1} slave and keeper "
+              f"processes gone {time.monotonic() - killed:.2f} s later")
     finally:
         kill_all(everything)
 
