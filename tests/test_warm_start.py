@@ -207,3 +207,14 @@ def test_the_default_preload_is_the_installed_packages_main_uses(processes, tmp_
                       "from scientific_ms.master.forkserver import main_modules\nprint('MODULES', main_modules())\n")
     code, output = processes.finish(processes.python(script, cwd=tmp_path), 60)
     assert code == 0 and "MODULES ['numpy']" in output, output
+
+
+def test_a_fork_server_that_dies_while_importing_gives_way_to_spawning(tmp_path, monkeypatch, caplog):
+    (tmp_path / "ends_its_process.py").write_text("import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    with caplog.at_level("WARNING", logger="scientific_ms"):
+        with Executor(slaves=1, use_name_server=False, port=0, preload=["ends_its_process"]) as executor:
+            assert executor.submit(abs, -5).result(timeout=60) == 5
+            [pid] = wait_for(lambda: executor.master.spawned_slaves, 30, "the slave")
+            assert ppid_of(pid) == os.getpid(), "the slave was not spawned"
+    assert any("spawning this slave" in record.getMessage() for record in caplog.records)
