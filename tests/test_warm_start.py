@@ -35,6 +35,11 @@ def ppid_of(pid):
     return psutil.Process(pid).ppid()
 
 
+def connections(pid):
+    process = psutil.Process(pid)
+    return getattr(process, "net_connections", process.connections)("inet")   # psutil < 6: only the latter
+
+
 def kill_all(pids):
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -84,11 +89,11 @@ def test_forked_slaves_and_their_template_hold_no_socket_of_the_master():
         master = executor.master
         pids = wait_for(lambda: len(master.spawned_slaves) == 2 and master.spawned_slaves, 30, "two slaves")
         template = ppid_of(pids[0])
-        listening = {c.laddr.port for c in psutil.Process().net_connections("inet") if c.status == "LISTEN"}
+        listening = {c.laddr.port for c in connections(os.getpid()) if c.status == "LISTEN"}
         assert master.port in listening
-        assert psutil.Process(template).net_connections("inet") == []
+        assert connections(template) == []
         for pid in pids + tree(pids[0]) + tree(pids[1]):
-            held = psutil.Process(pid).net_connections("inet")
+            held = connections(pid)
             assert all(c.laddr.port not in listening for c in held), (pid, held)
 
 
