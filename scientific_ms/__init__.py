@@ -24,6 +24,7 @@ from .errors import (
 )
 from .job import initializeMasterProcess, runJob
 from .machine import getMachineInfo
+from .master.forkserver import warm_start
 from .master.journal_file import JournalError
 from .master.journal_report import JournalRecord, read_journal
 from .master.master import MasterProcess
@@ -60,5 +61,5 @@ __all__ = [
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
     "read_journal", "JournalRecord", "JournalError", "SlurmSlaves", "LocalSlaves", "ProvisionError",
-    "debug",
+    "debug", "warm_start",
 ]

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: Any = 0, *,
-           progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None) -> Any:
+           progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None,
+           start_method: Optional[str] = None, preload: Optional[List[str]] = None) -> Any:
     """Run a job whose master and slave are defined in the calling script; in the master,
     return what its ``run()`` returned.
 
@@ -42,6 +43,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     ``journal``: a journal file, so that the same command run again after
     the master was killed resumes the job (see :class:`MasterProcess`).
     ``dashboard``: a live web page of the job (see :class:`MasterProcess`).
+    ``start_method`` and ``preload``: how ``launch_slaves`` slaves start, spawned
+    or forked from a warm template (see :class:`MasterProcess`, docs/guide/warm-start.md).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -61,7 +64,8 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     by_value = interactive.is_interactive()
     if by_value:
         interactive.end_earlier_master(label)   # the same cell run again
-    master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard)
+    master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard,
+                                 start_method=start_method, preload=preload)
     if by_value:
         # No script for the slaves to run again: they get the slave class itself, by value.
         interactive.remember(master)

@@ -251,3 +251,33 @@ def term_grace() -> float:
     """Seconds a slave that got SIGTERM lets its running handler go on
     (``SCIENTIFIC_MS_TERM_GRACE``, default ``TERM_GRACE_SECONDS``)."""
     return number("TERM_GRACE", TERM_GRACE_SECONDS)
+
+
+#: How a master starts its local slaves (``master/forkserver.py``).
+START_METHODS = ("forkserver", "spawn")
+
+
+def start_method(explicit=None, default: str = "spawn") -> str:
+    """``"forkserver"`` (slaves forked from a warm template) or ``"spawn"`` (a fresh
+    interpreter each): ``start_method=``, else ``SCIENTIFIC_MS_START_METHOD``, else
+    ``default``; where ``os.fork`` is missing, always ``"spawn"``."""
+    value = explicit if explicit is not None else raw("START_METHOD") or default
+    where = f"start_method={explicit!r}" if explicit is not None else f"{PREFIX}START_METHOD={value!r}"
+    if value not in START_METHODS:
+        raise ConfigurationError(f"{where}: expected 'forkserver' or 'spawn'")
+    return value if hasattr(os, "fork") else "spawn"
+
+
+def preload(explicit=None) -> Optional[list]:
+    """Modules the fork server imports before it forks slaves: ``preload=`` (a list of module
+    names), else ``SCIENTIFIC_MS_PRELOAD`` (names separated by commas); None: not given."""
+    if explicit is None:
+        text = raw("PRELOAD")
+        if text is None:
+            return None
+        explicit, where = [name.strip() for name in text.split(",") if name.strip()], f"{PREFIX}PRELOAD={text!r}"
+    else:
+        where = f"preload={explicit!r}"
+    if not isinstance(explicit, (list, tuple)) or not all(isinstance(name, str) and name.strip() for name in explicit):
+        raise ConfigurationError(f"{where}: expected a list of module names, e.g. ['numpy', 'emcee']")
+    return [name.strip() for name in explicit]

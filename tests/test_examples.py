@@ -82,6 +82,11 @@ def test_executor_demo(processes, workdir):
     assert "sqrt(-1.0) raised ValueError('math domain error') on a slave (remote traceback attached)" in out
 
 
+def test_warm_start_example(processes, workdir):
+    out = run(processes, workdir, "warm_start.py")
+    assert re.search(r"^100 norms from [12] forked slaves, the last 573\.018$", out, re.M), out
+
+
 def test_pool_map(processes, workdir):
     out = run(processes, workdir, "pool_map.py")
     squares = "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"
@@ -147,7 +152,7 @@ def test_slurm_sweep_runs_with_local_slaves_without_slurm(processes, workdir):
 #: The example files each test above runs; slave.py and sample_slave.py run as slaves.
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
-                "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py"}
+                "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py"}
 
 
 def test_every_example_is_run_by_a_test():

@@ -80,7 +80,10 @@ class Executor(concurrent.futures.Executor):
     ``host``, ``port``, ``secret``, ``missed_heartbeats``,
     ``max_slave_losses``, ``progress``, ``slave_restarts``,
     ``task_time_limit``, ``tls_cert``, ``tls_key``, ``journal``,
-    ``keep_journal``, ``dashboard``). With a journal, an Executor killed and started again
+    ``keep_journal``, ``dashboard``, ``start_method``, ``preload``). The
+    ``slaves`` are forked from a warm template unless
+    ``start_method="spawn"`` (or SCIENTIFIC_MS_START_METHOD=spawn) says to
+    start each as a fresh interpreter (docs/guide/warm-start.md). With a journal, an Executor killed and started again
     delivers the calls answered before from it, without running them (a
     call matches by its function's pickle and its arguments); without a
     ``label``, it takes one named after the journal file.
@@ -111,6 +114,8 @@ class Executor(concurrent.futures.Executor):
                 "under mpiexec the other ranks serve the script's first Executor only; keep one "
                 "Executor for the whole script, or give this one slaves=N")
         self.label = label if label is not None else _fresh_label(settings.journal(options.get("journal")))
+        # Local slaves fork from a warm template by default here (MasterProcess spawns by default)
+        options["start_method"] = settings.start_method(options.get("start_method"), "forkserver")
         try:
             self.master = MasterProcess(self.label, **options)
         except TypeError as error:

@@ -25,6 +25,7 @@ from ..wire.payload import Payload, loads_answer, unreadable_answer
 from ..wire.protocol import slave_environment
 from ..wire.server import MasterServer
 from . import launch
+from .forkserver import SlaveStarter, shared_for
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
 from .supervisor import SlaveSupervisor
@@ -69,6 +70,13 @@ class MasterProcess:
     cleanly (run() returned and every result was retrieved).
     ``dashboard`` (True, a port, or SCIENTIFIC_MS_DASHBOARD) serves a live web
     page of the job on 127.0.0.1 and logs its URL (see docs/guide/dashboard.md).
+    ``start_method``: how :meth:`launchSlaveJobs` starts slaves here,
+    ``"forkserver"`` (forked from a warm template that imported scientific_ms
+    and the ``preload`` modules once) or ``"spawn"`` (a fresh interpreter
+    each); default SCIENTIFIC_MS_START_METHOD, else ``"forkserver"`` when
+    ``preload`` is given or :func:`warm_start` was called, else ``"spawn"``. ``preload``: module names
+    (default SCIENTIFIC_MS_PRELOAD, else the installed packages that the
+    program's ``__main__`` uses); see docs/guide/warm-start.md.
     """
 
     #: One task's parameters above this size get a warning (once per tag).
@@ -80,8 +88,12 @@ class MasterProcess:
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
-                 keep_journal: Optional[bool] = None, dashboard=None):
+                 keep_journal: Optional[bool] = None, dashboard=None,
+                 start_method: Optional[str] = None, preload: Optional[Sequence[str]] = None):
         self.label = discovery.check_label(label)
+        given = settings.preload(preload)   # bad options fail before anything starts
+        wanted = given is not None or shared_for(()) is not None   # preload=, or warm_start() was called
+        self._starter = SlaveStarter(settings.start_method(start_method, "forkserver" if wanted else "spawn"), given)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()
@@ -292,7 +304,8 @@ class MasterProcess:
             env = slave_environment(host, self.port, self.secret, tls_ca=self.tls_cert)
             self._supervisor = SlaveSupervisor(launch.slave_command(self.label), env, cwd,
                                                self.slave_restarts,
-                                               job_over=lambda: self.task_manager.terminated)
+                                               job_over=lambda: self.task_manager.terminated,
+                                               starter=self._starter)
         self._supervisor.launch(n)
 
     @property
@@ -354,6 +367,7 @@ class MasterProcess:
                         SHUTDOWN_GRACE_SECONDS)
         if self._supervisor is not None:
             self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        self._starter.close()   # the fork server, once its slaves are gone
         for provisioner in self._provisioners:
             provisioner.stop()   # cancels the slave jobs still pending or running
         if self._dashboard is not None:

@@ -1,5 +1,9 @@
 """Slave processes that the master starts on its own machine, replaced when they die.
 
+How each one is started, spawned or forked from a warm template, is the
+``starter``'s business (``forkserver.py``); the supervisor sees a process
+with ``pid``, ``wait``, ``poll`` and ``send_signal`` either way.
+
 Each child has a thread blocked in ``wait()`` (no polling). A child that
 dies while the job runs (killed, crashed, ``os._exit`` in a handler) is
 replaced, at most ``max_restarts`` times per slot, so a job keeps its
@@ -21,9 +25,10 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..wire.leaving import LEFT, REFUSED, LeavingChannel
+from .forkserver import spawn
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +37,17 @@ class SlaveSupervisor:
     """Starts ``command`` as slave processes and keeps them running until ``stop()``."""
 
     def __init__(self, command: Sequence[str], env: Dict[str, str], cwd: str, max_restarts: int,
-                 job_over: Callable[[], bool] = lambda: False):
+                 job_over: Callable[[], bool] = lambda: False, starter: Optional[Callable[..., Any]] = None):
         self._job_over = job_over   # once true, children that end are not replaced
+        # (command, env, cwd, pass_fds) -> a Popen, or a ForkedChild (forkserver.py)
+        self._starter = starter or spawn
         self._command = list(command)
         self._env = env
         self._cwd = cwd
         self.max_restarts = max_restarts
         self._lock = threading.Lock()
         self._stopping = False
-        self._children: List[subprocess.Popen] = []
+        self._children: List[Any] = []   # Popen or ForkedChild
         self._threads: List[threading.Thread] = []
         self.restarts = 0
         self.refused = 0   # children whose script refused to serve (never replaced)
@@ -60,9 +67,8 @@ class SlaveSupervisor:
                 return
             channel = LeavingChannel()
             try:
-                child = subprocess.Popen(self._command, cwd=self._cwd, env=channel.child_environment(self._env),
-                                         stdin=subprocess.DEVNULL, pass_fds=channel.pass_fds,
-                                         start_new_session=True)
+                child = self._starter(self._command, channel.child_environment(self._env), self._cwd,
+                                      channel.pass_fds)
             except BaseException:
                 channel.close()
                 raise
@@ -74,7 +80,7 @@ class SlaveSupervisor:
         log.info("started slave process %d", child.pid)
         thread.start()
 
-    def _supervise(self, child: subprocess.Popen, restarts_left: int, channel: LeavingChannel) -> None:
+    def _supervise(self, child, restarts_left: int, channel: LeavingChannel) -> None:
         code = child.wait()
         outcome = channel.outcome()
         with self._lock:
@@ -114,7 +120,7 @@ class SlaveSupervisor:
             thread.join(timeout=1.0)
 
 
-def stop_processes(children: List[subprocess.Popen], grace: float, interrupt: bool) -> None:
+def stop_processes(children: List[Any], grace: float, interrupt: bool) -> None:
     """Let ``children`` exit within ``grace`` s (sent SIGINT first if ``interrupt``),
     then SIGTERM the stragglers, then SIGKILL them; every child is reaped."""
     steps = ((signal.SIGINT if interrupt else None, grace), (signal.SIGTERM, 2.0), (signal.SIGKILL, None))

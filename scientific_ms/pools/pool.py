@@ -47,8 +47,10 @@ class Pool:
 
     ``initializer(*initargs)`` runs once in each slave process, before its
     first call of this Pool. ``maxtasksperchild`` is not supported (slaves
-    are long-lived); ``context`` is accepted and ignored (slaves are always
-    fresh interpreters, as with the "spawn" start method).
+    are long-lived); ``context`` is accepted and ignored: local slaves fork
+    from a fork server that is a fresh interpreter, never from this process
+    (``start_method="spawn"`` among the ``options`` starts each afresh; see
+    docs/guide/warm-start.md).
 
     As multiprocessing's, leaving a ``with`` block calls :meth:`terminate`;
     ``close()`` then ``join()`` waits for the work submitted.

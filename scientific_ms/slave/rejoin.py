@@ -24,6 +24,7 @@ from typing import Optional
 
 from .. import settings
 from ..errors import ConnectionLostError, MasterNotFoundError
+from ..wire import leaving
 from ..wire.client import MasterConnection, connect
 from ..wire.payload import loads_value
 from .session import Session
@@ -40,7 +41,8 @@ def grace_for(connection: MasterConnection, explicit: Optional[float]) -> float:
     """Seconds to wait for the master at ``connection`` should it vanish."""
     found, data = connection.call("get_data", JOURNALED_MASTER, timeout=30.0)
     info = loads_value(data) if found else None
-    if info is not None and info.get("pid") == os.getppid() and info.get("host") == socket.gethostname():
+    spawned = leaving.spawned_by_master() or info is not None and info.get("pid") == os.getppid()
+    if info is not None and spawned and info.get("host") == socket.gethostname():
         return 0.0   # spawned by this master: the restarted master starts its own slaves
     if explicit is not None:
         return explicit

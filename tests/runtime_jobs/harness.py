@@ -210,8 +210,9 @@ class Job:
     def is_launched(self, proc):
         """Whether ``proc`` is a process this mode's launcher started (a keeper, in the design)."""
         try:
-            if self.mode in ("runjob", "executor"):
-                return proc.ppid() == self.master_pid
+            if self.mode in ("runjob", "executor"):   # spawned by the master, or forked by its fork server
+                parent = proc.parent()
+                return proc.ppid() == self.master_pid or parent is not None and parent.ppid() == self.master_pid
             if self.mode == "mpiexec":     # a child of a rank, a rank being a child of Hydra's proxy
                 rank = proc.parent()
                 return rank is not None and rank.parent() is not None and \
