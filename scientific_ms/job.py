@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: Any = 0, *,
-           progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None) -> Any:
+           progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None,
+           slave_output=None) -> Any:
     """Run a job whose master and slave are defined in the calling script; in the master,
     return what its ``run()`` returned.
 
@@ -38,6 +39,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     ``journal``: a journal file, so that the same command run again after
     the master was killed resumes the job (see :class:`MasterProcess`).
     ``dashboard``: a live web page of the job (see :class:`MasterProcess`).
+    ``slave_output``: where what the slaves print is shown (see :class:`MasterProcess`).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -53,8 +55,9 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     _refuse_master_in_slave(label, "runJob")
     if mpi.runs_under_mpi():
         return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
-                           progress=progress, journal=journal, dashboard=dashboard)
-    master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard)
+                           progress=progress, journal=journal, dashboard=dashboard, slave_output=slave_output)
+    master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard,
+                                 slave_output=slave_output)
     if launch_slaves and main_script() is None:
         master.shutdown()
         raise ConfigurationError("runJob(launch_slaves=...) re-runs the script in each slave, "

@@ -187,7 +187,7 @@ def _announce_failure_at_exit() -> None:
 
 def run_job(label: str, master_class, slave_class, watchdog_period: Optional[float],
             launch_slaves: int, progress: Optional[bool] = None, journal: Optional[str] = None,
-            dashboard=None) -> Any:
+            dashboard=None, slave_output=None) -> Any:
     """runJob under an MPI launcher: rank 0 runs the master (returns what its run() returns),
     the other ranks serve."""
     world = _start()
@@ -195,7 +195,7 @@ def run_job(label: str, master_class, slave_class, watchdog_period: Optional[flo
         _serve_rank(label, lambda: slave_class(label, watchdog_period=watchdog_period).start())
     try:
         master = start_script_master(label, master_class, progress=progress, journal=journal,
-                                     dashboard=dashboard)
+                                     dashboard=dashboard, slave_output=slave_output)
     except BaseException as error:
         announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
         raise

@@ -15,7 +15,7 @@ from ..core.results import Outcome
 from ..dashboard import start_in_master as start_dashboard
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from ..logs import apply_debug_flag
-from ..machine import process_info, tune_allocator
+from ..machine import output_streams, process_info, tune_allocator
 from ..progress import master_progress
 from ..provision.attach import provision
 from ..provision.provider import SlaveJobs
@@ -27,6 +27,7 @@ from ..wire.server import MasterServer
 from . import launch
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
+from .output import forward_slave_output
 from .supervisor import SlaveSupervisor
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class MasterProcess:
     cleanly (run() returned and every result was retrieved).
     ``dashboard`` (True, a port, or SCIENTIFIC_MS_DASHBOARD) serves a live web
     page of the job on 127.0.0.1 and logs its URL (see docs/guide/dashboard.md).
+    ``slave_output`` (True, False, a file name; or SCIENTIFIC_MS_SLAVE_OUTPUT):
+    what the slaves' handlers print and log is shown on the master's stderr
+    (True, the default) or appended to that file, each line headed
+    ``[slave ID@HOST]``; False leaves it where each slave runs (see
+    docs/guide/output.md).
     """
 
     #: One task's parameters above this size get a warning (once per tag).
@@ -80,8 +86,9 @@ class MasterProcess:
                  progress: Optional[bool] = None, slave_restarts: Optional[int] = None,
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
-                 keep_journal: Optional[bool] = None, dashboard=None):
+                 keep_journal: Optional[bool] = None, dashboard=None, slave_output=None):
         self.label = discovery.check_label(label)
+        slave_output = settings.slave_output(slave_output)   # a bad option fails before anything starts
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()
@@ -90,6 +97,8 @@ class MasterProcess:
                                         memory_budget=settings.memory_budget(memory_budget))
         self._large_tags: set = set()
         self.process_id = self.task_manager.register_process("master", process_info())
+        # Before any slave can register: each asks once whether to send its output.
+        self._output_printer = forward_slave_output(self.task_manager, slave_output, output_streams())
         if isinstance(secret, str):
             secret = secret.encode()
         secret = secret or settings.secret_from_environment()
@@ -359,6 +368,8 @@ class MasterProcess:
         if self._dashboard is not None:
             self._dashboard.close()
         self._server.close()
+        if self._output_printer is not None:
+            self._output_printer.close()   # after the server: the slaves' last lines are in
         self._requests.close(failed=self._run_failed, keep=self.keep_journal)
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)
