@@ -296,3 +296,4 @@ def test_the_option_and_its_variable(monkeypatch, tmp_path):
     with pytest.raises(ConfigurationError, match="cannot open"):
         MasterProcess("badfile", use_name_server=False, port=0, slave_output=str(tmp_path / "no" / "such.log"))
 
+

@@ -18,7 +18,8 @@ a split and a lock per print, and the master at most ``RATE`` lines a second.
 Each writer also writes to the stream it replaced (``echo``), unless that
 stream is where the master prints: a slave the master spawned shares the
 master's terminal, and would show every line twice. The master says where
-it prints in the shared data ``protocol.SLAVE_OUTPUT``.
+it prints in the shared data ``protocol.SLAVE_OUTPUT``. Nor does an MPI
+rank's (``mpi.py``: ``launcher_shows_output``): mpiexec shows it beside the master's.
 
 Only Python-level writes are caught. What C code or a child process writes
 to file descriptors 1 and 2 stays where it was going: reading those from a
@@ -51,6 +52,16 @@ BURST = 500
 LINE_CHARS = 2000
 #: Seconds a line may wait for an ``exchange`` that goes anyway before the feed calls for it.
 DELAY = 0.25
+
+
+_launcher_shows = False   # the launcher shows this process's output where it shows the master's
+
+
+def launcher_shows_output() -> None:
+    """This process's own output reaches the master's terminal by another way (an MPI
+    rank's, through mpiexec): forwarded lines are not written here as well."""
+    global _launcher_shows
+    _launcher_shows = True
 
 
 class OutputBuffer:
@@ -195,7 +206,8 @@ class OutputCapture:
         self._prefix = f"[{name}] "
         for attribute, fd in (("stdout", 1), ("stderr", 2)):
             original = getattr(sys, attribute)
-            writer = LineWriter(original, self.buffer, echo=not shares_master_stream(fd, where))
+            echo = not (_launcher_shows or shares_master_stream(fd, where))
+            writer = LineWriter(original, self.buffer, echo=echo)
             self._writers.append((attribute, writer))
             setattr(sys, attribute, writer)
         originals = {id(writer.original): writer for _, writer in self._writers}
