@@ -4,6 +4,8 @@ import logging
 
 from scientific_ms import MasterProcess, SlaveProcess, runJob
 
+log = logging.getLogger("squares")
+
 
 class Master(MasterProcess):
     def run(self):
@@ -17,7 +19,7 @@ class Squares(SlaveProcess):
     def do_square(self, x):
         print("squaring", x)
         if x > 0:
-            logging.warning("x = %s is positive", x)
+            log.warning("x = %s is positive", x)
         return x * x
 
 
