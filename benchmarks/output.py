@@ -84,11 +84,13 @@ def main():
         try:
             run_w1(off, 1000)   # warm-up
             run_w1(on, 1000)
-            # Interleaved, so that a change of the machine's load touches every kind alike.
-            for _ in range(args.repeat):
-                add("W1, output off", run_w1(off, args.tasks))
-                add("W1, output forwarded", run_w1(on, args.tasks))
-                add("W1 printing a line per task, forwarded", run_w1(on, args.tasks, "say"))
+            # Interleaved, in turns of changing order, so that a change of the machine's load
+            # touches every kind alike.
+            kinds = [("W1, output off", off, "inc"), ("W1, output forwarded", on, "inc"),
+                     ("W1 printing a line per task, forwarded", on, "say")]
+            for round_ in range(args.repeat):
+                for name, master, tag in kinds[round_ % 3:] + kinds[:round_ % 3]:
+                    add(name, run_w1(master, args.tasks, tag))
         finally:
             off.shutdown()
             on.shutdown()
@@ -100,6 +102,7 @@ def main():
           f"Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     base = min(figures["W1, output off"])
     base_median = statistics.median(figures["W1, output off"])
+    figures = {name: figures[name] for name, _, _ in kinds}
     print(f"{'':42} {'seconds':>8} {'tasks/s':>9} {'vs off':>7} {'(medians)':>10}")
     for name, runs in figures.items():
         seconds = min(runs)

@@ -86,12 +86,15 @@ class OutputBuffer:
             line = f"{line[:LINE_CHARS]}... ({len(line) - LINE_CHARS} more characters)"
         with self._lock:
             now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            tokens = self._tokens + (now - self._stamp) * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
             self._stamp = now
-            if self._tokens < 1.0 or len(self._lines) >= self._burst:
+            if tokens < 1.0 or len(self._lines) >= self._burst:
+                self._tokens = tokens
                 self._dropped += 1
                 return
-            self._tokens -= 1.0
+            self._tokens = tokens - 1.0
             self._lines.append(line)
             first = self._since is None
             if first:
@@ -130,23 +133,47 @@ class LineWriter:
         self.echo = echo and original is not None
         self._buffer = buffer
         self._lock = threading.Lock()
-        self._partial = ""
+        # The unfinished line, in pieces (``print`` writes each argument, each separator and
+        # the end apart): joined once a newline comes, or when there are many.
+        self._parts: List[str] = []
 
     def write(self, text: str) -> int:
-        if not isinstance(text, str):
+        if text.__class__ is not str and not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if self.echo:
             self.original.write(text)
-        if "\n" not in text:
-            with self._lock:
-                self._partial = _after_return(self._partial + text)[-LINE_CHARS:]
-            return len(text)
-        with self._lock:
-            lines = (self._partial + text).split("\n")
-            self._partial = _after_return(lines.pop())[-LINE_CHARS:]
-        for line in lines:
-            self._buffer.add(_after_return(line.rstrip("\r")))
+        if "\n" in text:
+            self._lines(text)
+        else:
+            # No lock: appends are atomic, and _lines takes only the pieces it joined.
+            parts = self._parts
+            parts.append(text)
+            if len(parts) > 64:   # no newline for long (a progress bar): keep what a terminal shows
+                self._compact()
         return len(text)
+
+    def _take_parts(self) -> str:
+        """The pieces written so far, joined and taken (the lock is held)."""
+        parts = self._parts
+        count = len(parts)
+        joined = "".join(parts[:count])
+        del parts[:count]   # a piece another thread appended meanwhile stays
+        return joined
+
+    def _compact(self) -> None:
+        with self._lock:
+            line = _after_return(self._take_parts())[-LINE_CHARS:]
+            self._parts.insert(0, line)
+
+    def _lines(self, text: str) -> None:
+        with self._lock:
+            lines = (self._take_parts() + text).split("\n")
+            rest = lines.pop()
+            if rest:
+                self._parts.insert(0, _after_return(rest)[-LINE_CHARS:])
+        add = self._buffer.add
+        for line in lines:
+            add(_after_return(line.rstrip("\r")) if "\r" in line else line)
 
     def writelines(self, lines) -> None:
         for line in lines:
@@ -159,7 +186,7 @@ class LineWriter:
     def finish(self) -> None:
         """Hand in the unfinished line, if any (the writer is being taken away)."""
         with self._lock:
-            partial, self._partial = self._partial, ""
+            partial = _after_return(self._take_parts())
         if partial:
             self._buffer.add(partial)
 
