@@ -252,7 +252,11 @@ class TaskFeed:
                 hold = self._target if want and self._target > flow.TARGET_QUEUE_SECONDS else None
                 began = time.monotonic()
                 output = self._output.take() if self._output is not None else None
-                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold, output)
+                if output is None:
+                    status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold)
+                else:
+                    status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold,
+                                                                       output=output)
                 took = time.monotonic() - began
                 with self._cond:
                     self._waiting_for_work = False

@@ -55,6 +55,15 @@ DELAY = 0.25
 
 
 _launcher_shows = False   # the launcher shows this process's output where it shows the master's
+_installed: Optional[OutputCapture] = None   # the capture installed in this process, if any
+
+
+def release() -> None:
+    """Before this process ends at once (``os._exit``): its streams back, the lines the
+    master never got printed here, so that its last words are read where it runs."""
+    capture = _installed
+    if capture is not None:
+        capture.uninstall()
 
 
 def launcher_shows_output() -> None:
@@ -228,8 +237,10 @@ class OutputCapture:
         """Replace ``sys.stdout`` and ``sys.stderr``; ``where``: the master's streams
         (``master_streams``), ``name``: how the master names this slave (for lines
         printed here after the last call)."""
+        global _installed
         if self._writers:
             return
+        _installed = self
         self._prefix = f"[{name}] "
         for attribute, fd in (("stdout", 1), ("stderr", 2)):
             original = getattr(sys, attribute)
@@ -245,6 +256,9 @@ class OutputCapture:
 
     def uninstall(self) -> None:
         """Put the streams back; lines the master never got are printed here, named."""
+        global _installed
+        if _installed is self:
+            _installed = None
         for handler, stream in self._handlers:
             handler.setStream(stream)
         self._handlers = []

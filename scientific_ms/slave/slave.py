@@ -351,6 +351,7 @@ class SlaveProcess:
                 self._goodbye(connection)
             leaving.announce()
             self._kept.bye()
+            self._output.uninstall()   # our last words where we run, and the lines not yet sent
             log.warning("%s", message)
             sys.stderr.write(f"scientific_ms: {message}\n")
             sys.stderr.flush()
