@@ -128,12 +128,13 @@ class TaskManagerService:
     def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float,
                   queue_seconds: Optional[float] = None, output: Optional[tuple] = None) -> Tuple[str, list, list]:
         connection = current_context.client
-        if answers:
-            # first of all: the buffers wait on the socket
+        if answers:   # first of all: the buffers wait on the socket
             answers = answers_from_wire(answers, connection.sock if connection is not None else None)
-            self._manager.store_answers(process_id, answers)
         if output and isinstance(output, (list, tuple)) and len(output) == 2:
-            self._manager.slave_output(process_id, *output)   # what its handlers printed
+            # what its handlers printed: shown before the results they printed it for are delivered
+            self._manager.slave_output(process_id, *output)
+        if answers:
+            self._manager.store_answers(process_id, answers)
         self._bind(process_id)
         tasks = []
         if max_tasks > 0:
