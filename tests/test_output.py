@@ -297,3 +297,16 @@ def test_the_option_and_its_variable(monkeypatch, tmp_path):
         MasterProcess("badfile", use_name_server=False, port=0, slave_output=str(tmp_path / "no" / "such.log"))
 
 
+
+
+def test_the_status_keeps_long_lines_short():
+    from scientific_ms.core.output import KEPT_CHARS, SLAVES
+    output = SlaveOutput()
+    printed = []
+    output.sink = lambda name, lines, dropped: printed.extend(lines)
+    for process_id in range(SLAVES + 10):
+        output.add(process_id, "h", ["x" * (KEPT_CHARS * 3)])
+    kept = output.last_lines()
+    assert len(kept) == SLAVES and kept[0]["id"] == 10   # the oldest writers went first
+    assert kept[0]["lines"] == ["x" * KEPT_CHARS + "..."]
+    assert printed[0] == "x" * (KEPT_CHARS * 3)   # shown whole at the master

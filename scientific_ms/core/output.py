@@ -2,7 +2,7 @@
 
 Slaves send their lines with their ``exchange`` calls (``slave/output.py``);
 the task manager hands each batch here. :class:`SlaveOutput` keeps the last
-``LINES`` lines of the ``SLAVES`` slaves that wrote most recently (those
+``LINES`` lines (cut at ``KEPT_CHARS``) of the ``SLAVES`` slaves that wrote most recently (those
 that left too: their last words are often the interesting ones) for the
 status (``task_manager show -v``, ``--json``), and passes every batch to
 ``sink`` (the master prints it: ``master/output.py``). Bounded whatever the
@@ -15,10 +15,12 @@ import collections
 import threading
 from typing import Callable, Deque, Dict, List, Optional
 
-#: Lines kept per slave, and slaves kept.
+#: Lines kept per slave, slaves kept, and the longest line kept: a status (polled by a
+#: dashboard every second) carries at most about 750 kB of them.
 LINES = 20
-SLAVES = 256
-#: The longest line kept (a slave cuts its lines shorter already: this bounds any peer).
+SLAVES = 128
+KEPT_CHARS = 300
+#: The longest line passed on (a slave cuts its lines shorter already: this bounds any peer).
 LINE_CHARS = 4000
 #: The most lines one batch may carry (the slave's burst is smaller).
 BATCH_LINES = 10_000
@@ -67,7 +69,7 @@ class SlaveOutput:
             self._slaves[process_id] = slave   # the most recent last
             while len(self._slaves) > SLAVES:
                 self._slaves.popitem(last=False)
-            slave.lines.extend(kept)
+            slave.lines.extend(line if len(line) <= KEPT_CHARS else line[:KEPT_CHARS] + "..." for line in kept)
             slave.dropped += dropped
             name = slave.name
         sink = self.sink
