@@ -23,8 +23,11 @@ HOST = slave_name(0, socket.gethostname()).split("@", 1)[1]
 
 # A slave script started by hand: its handlers print, log and print in a tight loop.
 SLAVE = """
-import logging, os, sys, time
-from scientific_ms import startSlaveProcess
+import logging, os, sys, threading, time
+from scientific_ms import settings, startSlaveProcess
+
+# an idle slave waits that long at the master for work, in one call
+settings.POLL_SECONDS = float(os.environ.get("TEST_POLL_SECONDS", settings.POLL_SECONDS))
 
 def do_say(text):
     print("printed", text)
@@ -43,6 +46,15 @@ def do_hold(flag):
     while not os.path.exists(flag) and time.monotonic() < deadline:
         time.sleep(0.01)
     return os.path.exists(flag)
+
+def do_later(flag):
+    def later():
+        deadline = time.monotonic() + 60
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("printed later by a thread")
+    threading.Thread(target=later, daemon=True).start()
+    return True
 
 startSlaveProcess(sys.argv[1])
 """
@@ -64,10 +76,10 @@ def master_with_file(tmp_path):
         master.shutdown()
 
 
-def start_slave(processes, tmp_path, label):
+def start_slave(processes, tmp_path, label, **env):
     script = tmp_path / "slave.py"
     script.write_text(SLAVE)
-    return processes.python(script, label, name=f"slave-{label}")
+    return processes.python(script, label, name=f"slave-{label}", env=env)
 
 
 def read(path):
@@ -117,6 +129,26 @@ def test_lines_arrive_while_the_handler_still_runs(master_with_file, processes, 
     assert master.task_manager.counts()["running"] == {"hold": 1}
     flag.touch()
     assert master.retrieveResult(timeout=60)[2] is True
+
+
+def test_lines_a_thread_prints_while_the_slave_waits_for_work_arrive(master_with_file, processes, tmp_path):
+    master = master_with_file("waiting")
+    # The slave's feed waits for work at the master for up to 10 minutes in one call.
+    slave = start_slave(processes, tmp_path, "waiting", TEST_POLL_SECONDS="600")
+    flag = tmp_path / "go"
+    master.requestTask("later", str(flag))
+    assert master.retrieveResult(timeout=60)[2] is True
+    wait_for(lambda: master.task_manager.slaves_waiting_for_work() == 1, 30, "the slave waiting for work")
+    flag.touch()   # its thread prints now, while the feed's call waits at the master
+    wait_for(lambda: "printed later by a thread" in read(tmp_path / "waiting.log"), 30,
+             "the line of a thread, sent while the slave waits for work")
+    assert master.task_manager.slaves_waiting_for_work() == 1   # that call still waits
+    status = master.task_manager.status()
+    assert status["counters"]["processes_lost"] == 0
+    master.shutdown()
+    code, output = processes.finish(slave)
+    assert code == 0, output
+    assert master.task_manager.status()["counters"]["processes_lost"] == 0   # the extra connection closed last
 
 
 def test_a_tight_print_loop_is_rate_limited_and_its_task_finishes(master_with_file, processes, tmp_path):

@@ -25,7 +25,7 @@ not once per task.
 What the handlers print (``output.py``) goes with the next call; a line
 waits at most ``output.DELAY`` for one, as an answer waits for others. While
 the slave waits at the master for work, no call can go: lines that threads
-of the handlers' write then go when that call returns.
+of the handlers' write then go on a connection of their own (``output_flush.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ..errors import ConnectionLostError
 from ..wire.client import MasterConnection
 from ..wire.protocol import TERMINATED, UNKNOWN, Answer, TaskMessage
 from .output import OutputBuffer
+from .output_flush import WaitingFlush
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class TaskFeed:
                  rejoin: Callable[[int, MasterConnection], int], output: Optional[OutputBuffer] = None):
         self._connection = connection
         self._output = output   # lines for the master, if they are forwarded
+        self._output_flush: Optional[WaitingFlush] = None   # sends them while we wait for work
         self.process_id = process_id
         self._rejoin = rejoin
         self._cond = threading.Condition()
@@ -96,8 +98,25 @@ class TaskFeed:
             try:
                 if self._feed_idle:
                     self._cond.notify_all()
+                elif self._waiting_for_work and self._output is not None:
+                    if self._output_flush is None:
+                        self._output_flush = WaitingFlush(self._connection, self._output,
+                                                          lambda: self._waiting_for_work,
+                                                          lambda: self.process_id, self._drop_revoked)
+                    self._output_flush.poke()
             finally:
                 self._cond.release()
+
+    def _drop_revoked(self, revoked: List[int]) -> None:
+        """Another slave runs these assignments now: drop those held and not started."""
+        with self._cond:
+            dropped = set(revoked)
+            self._inbox = collections.deque(task for task in self._inbox if task.assignment not in dropped)
+
+    def close_connections(self) -> None:
+        """Close the connection the output took while we waited for work (after the goodbye)."""
+        if self._output_flush is not None:
+            self._output_flush.close()
 
     # ------------------------------------------------------------------ main thread
 
@@ -272,9 +291,7 @@ class TaskFeed:
                     elif status == UNKNOWN:
                         self.process_id = self._rejoin(process_id, self._connection)
                     if revoked:   # another slave runs them now: drop those not started
-                        dropped = set(revoked)
-                        self._inbox = collections.deque(task for task in self._inbox
-                                                        if task.assignment not in dropped)
+                        self._drop_revoked(revoked)
                     if not self._leaving:   # else the goodbye gives them back
                         self._inbox.extend(tasks)
                     self._server_drained = want > 0 and not tasks
