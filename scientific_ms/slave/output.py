@@ -292,18 +292,19 @@ def start_forwarding(capture: OutputCapture, connection: MasterConnection, proce
 
     Only in a process of its own: a slave in the main thread, in a process
     that is not its master's (a slave in a thread would take its process's
-    streams from the rest of the program).
+    streams from the rest of the program). Asked at each registration: a
+    master started again (``rejoin.py``) may want otherwise.
     """
-    if capture.installed or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return
     try:
         found, value = connection.call("get_data", SLAVE_OUTPUT)
         where = loads_value(value) if found else None
     except (ScientificMSError, ValueError, TypeError, EOFError, AttributeError, ImportError) as error:
         log.info("cannot read whether the master wants this slave's output: %s", error)
+        where = None
+    if not isinstance(where, dict) or not where.get("forward") or \
+            (where.get("pid") == os.getpid() and where.get("host") == socket.gethostname()):   # its own process
+        capture.uninstall()
         return
-    if not isinstance(where, dict) or not where.get("forward"):
-        return
-    if where.get("pid") == os.getpid() and where.get("host") == socket.gethostname():
-        return   # the master's own process
     capture.install(where, slave_name(process_id, socket.gethostname()))
