@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[SlaveProcess],
            watchdog_period: Optional[float] = 120.0, launch_slaves: Any = 0, *,
            progress: Optional[bool] = None, journal: Optional[str] = None, dashboard=None,
-           start_method: Optional[str] = None, preload: Optional[List[str]] = None) -> Any:
+           start_method: Optional[str] = None, preload: Optional[List[str]] = None,
+           slave_output=None) -> Any:
     """Run a job whose master and slave are defined in the calling script; in the master,
     return what its ``run()`` returned.
 
@@ -45,6 +46,7 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     ``dashboard``: a live web page of the job (see :class:`MasterProcess`).
     ``start_method`` and ``preload``: how ``launch_slaves`` slaves start, spawned
     or forked from a warm template (see :class:`MasterProcess`, docs/guide/warm-start.md).
+    ``slave_output``: where what the slaves print is shown (see :class:`MasterProcess`).
     """
     discovery.check_label(label)
     if not (isinstance(master_class, type) and issubclass(master_class, MasterProcess)):
@@ -60,12 +62,12 @@ def runJob(label: str, master_class: Type[MasterProcess], slave_class: Type[Slav
     _refuse_master_in_slave(label, "runJob")
     if mpi.runs_under_mpi():
         return mpi.run_job(label, master_class, slave_class, watchdog_period, launch_slaves,
-                           progress=progress, journal=journal, dashboard=dashboard)
+                           progress=progress, journal=journal, dashboard=dashboard, slave_output=slave_output)
     by_value = interactive.is_interactive()
     if by_value:
         interactive.end_earlier_master(label)   # the same cell run again
     master = start_script_master(label, master_class, progress=progress, journal=journal, dashboard=dashboard,
-                                 start_method=start_method, preload=preload)
+                                 start_method=start_method, preload=preload, slave_output=slave_output)
     if by_value:
         # No script for the slaves to run again: they get the slave class itself, by value.
         interactive.remember(master)

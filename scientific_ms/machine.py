@@ -9,7 +9,7 @@ import platform
 import socket
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import psutil
 
@@ -129,3 +129,29 @@ def tune_allocator() -> None:
     # buffer would be mapped afresh (a page fault per 4 KiB). Up to glibc's largest
     # threshold (32 MiB), large buffers come from the heap, where freed ones are reused.
     mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD))
+
+
+# ---------------------------------------------------------------- where output goes
+
+def stream_identity(fd: int) -> Optional[Tuple[int, int]]:
+    """(device, inode) of what a file descriptor writes to; None if it is closed."""
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def output_streams() -> dict:
+    """Where this process prints (its stdout and stderr): a master tells its slaves, which
+    compare their own streams with it (``slave/output.py``)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "streams": [identity for identity in map(stream_identity, (1, 2)) if identity is not None]}
+
+
+def shares_master_stream(fd: int, where: dict) -> bool:
+    """Does ``fd`` of this process write where the master prints (``output_streams``)?"""
+    identity = stream_identity(fd)
+    if identity is None or where.get("host") != socket.gethostname():
+        return False
+    return any(tuple(known) == identity for known in where.get("streams", ()))

@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 from . import settings
 from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
 from .master.launch import address_record, run_stored_slave_code, start_script_master
+from .slave import output as slave_output
 from .wire import discovery
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def _announce_failure_at_exit() -> None:
 
 def run_job(label: str, master_class, slave_class, watchdog_period: Optional[float],
             launch_slaves: int, progress: Optional[bool] = None, journal: Optional[str] = None,
-            dashboard=None) -> Any:
+            dashboard=None, slave_output=None) -> Any:
     """runJob under an MPI launcher: rank 0 runs the master (returns what its run() returns),
     the other ranks serve."""
     world = _start()
@@ -195,7 +196,7 @@ def run_job(label: str, master_class, slave_class, watchdog_period: Optional[flo
         _serve_rank(label, lambda: slave_class(label, watchdog_period=watchdog_period).start())
     try:
         master = start_script_master(label, master_class, progress=progress, journal=journal,
-                                     dashboard=dashboard)
+                                     dashboard=dashboard, slave_output=slave_output)
     except BaseException as error:
         announce_failure(f"rank 0 could not start the master of {label!r}: {error}")
         raise
@@ -246,6 +247,8 @@ def _serve_rank(label: Optional[str], serve: Callable[[], None]) -> NoReturn:
         _leave(1, f"scientific_ms: {where}: {error}")
     discovery.set_slave_context(discovery.SlaveContext(label, host, record["port"],
                                                        record["secret"].encode()))
+    # mpiexec shows every rank's output where it shows the master's: forwarded lines need no copy
+    slave_output.launcher_shows_output()
     log.info("%s: master at %s:%d", where, host, record["port"])
     if not settings.flag("MPI_SUPERVISE", True):
         _leave(_run(serve, where))

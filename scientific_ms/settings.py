@@ -281,3 +281,23 @@ def preload(explicit=None) -> Optional[list]:
     if not isinstance(explicit, (list, tuple)) or not all(isinstance(name, str) and name.strip() for name in explicit):
         raise ConfigurationError(f"{where}: expected a list of module names, e.g. ['numpy', 'emcee']")
     return [name.strip() for name in explicit]
+
+
+def slave_output(explicit=None):
+    """Where the master shows its slaves' output (``slave_output=``, else
+    ``SCIENTIFIC_MS_SLAVE_OUTPUT``): True (its stderr, the default), False (not
+    forwarded: each slave prints where it runs), or a file name (appended to)."""
+    value = explicit
+    where = f"slave_output={explicit!r}"
+    if value is None:
+        text = raw("SLAVE_OUTPUT")
+        if text is None:
+            return True
+        where = f"{PREFIX}SLAVE_OUTPUT={text!r}"
+        answer = yes_or_no(text)
+        value = text if answer is None else answer
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return str(value)
+    raise ConfigurationError(f"{where}: give True (the master's stderr), False (off) or a file name")

@@ -148,7 +148,8 @@ def test_show_verbose_adds_tags_and_one_line_per_process(master):
 #: The documented keys (docs/guide/task_manager.md); adding one is fine, changing these is not.
 REPORT_KEYS = {"schema", "label", "address", "terminated", "started_at", "elapsed_seconds",
                "active_processes", "slaves", "agents", "tasks", "tasks_by_tag", "processes_lost",
-               "throughput_per_second", "progress", "unserved_tags", "processes", "slaves_left"}
+               "throughput_per_second", "progress", "unserved_tags", "processes", "slaves_left",
+               "slave_output"}
 TASK_KEYS = {"requested", "waiting", "running", "results_waiting", "finished", "failed",
              "retrieved", "rescheduled", "duplicates_dropped"}
 PROCESS_KEYS = {"id", "role", "host", "pid", "agent", "tags", "tasks_done", "running", "connected_seconds",

@@ -149,10 +149,17 @@ def test_slurm_sweep_runs_with_local_slaves_without_slurm(processes, workdir):
     assert re.search(r"^slave jobs held: [123] \((local|slurm)\)$", out, re.M), out
 
 
+def test_slave_output_demo(processes, workdir):
+    out = run(processes, workdir, "slave_output_demo.py")
+    assert re.findall(r"^\[slave \d+@[^\]]+\] (.*)$", out, re.M) == [
+        "squaring 0", "squaring 1", "x = 1 is positive"], out
+
+
 #: The example files each test above runs; slave.py and sample_slave.py run as slaves.
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
-                "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py"}
+                "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py",
+                "slave_output_demo.py"}
 
 
 def test_every_example_is_run_by_a_test():

@@ -105,6 +105,9 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "progress": round(retrieved / requested, 4) if requested else None,
         "unserved_tags": list(status.get("unserved_tags", [])),
         "processes": processes,
+        # the last lines each slave printed or logged (core/output.py), by slave id
+        "slave_output": [{"id": entry.get("id"), "slave": entry.get("slave"), "lines": list(entry.get("lines", [])),
+                          "dropped": entry.get("dropped", 0)} for entry in status.get("slave_output", [])],
     }
 
 
@@ -185,7 +188,22 @@ def format_status(report: Dict, verbose: bool = False) -> str:
     if verbose:
         lines.append("processes:")
         lines.extend("  " + line for line in format_processes(report))
+        lines.extend(format_slave_output(report))
     return "\n".join(lines)
+
+
+def format_slave_output(report: Dict) -> List[str]:
+    """The last lines each slave printed, under a heading (nothing when none printed)."""
+    entries = report.get("slave_output") or []
+    if not entries:
+        return []
+    lines = ["last output of the slaves:"]
+    for entry in entries:
+        name = entry["slave"]
+        lines.extend(f"  [{name}] {line}" for line in entry["lines"])
+        if entry["dropped"]:
+            lines.append(f"  [{name}] ({entry['dropped']} lines dropped in all)")
+    return lines
 
 
 def progress_line(report: Dict, width: int = 30) -> str:

@@ -14,7 +14,8 @@ decision is taken by the module that owns it:
   departure or an overrun costs, and this class hands that to the traffic;
 - ``scheduling.py`` and ``registry.py``: the queues and the rules of
   assignment, the registered processes; shared by both parts;
-- ``shared_data.py``: values stored once for every slave (its own lock).
+- ``shared_data.py``: values stored once for every slave (its own lock);
+- ``output.py``: the last lines each slave printed (its own lock).
 
 Lock rules: ``self._lock`` (``Signals.lock``) protects everything above but
 the shared data. Every public method here takes it once and calls the
@@ -35,6 +36,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigurationError
 from ..wire.payload import Payload
+from .output import SlaveOutput
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
 from .results import Outcome
@@ -97,6 +99,7 @@ class TaskManager:
                                     clock, missed_heartbeats)
         self._data = SharedData()
         self.data_fetches = self._data.fetches     # label -> times retrieved
+        self.output = SlaveOutput()   # its ``sink`` prints what slaves write (the master sets it)
         #: Called, outside the lock, with the answers ``store_answers`` accepted:
         #: a list of (task_id, ok, payload, traceback). The master's journal sets it.
         self.on_answers: Optional[Callable[[List[Settled]], None]] = None
@@ -343,6 +346,13 @@ class TaskManager:
         """Forget the value stored under ``label`` (if any)."""
         self._data.delete(label)
 
+    def slave_output(self, process_id: int, lines: object, dropped: object = 0) -> None:
+        """Lines a slave's handlers printed or logged, and how many it dropped (``output.py``)."""
+        with self._lock:
+            proc = self._registry.get(process_id)
+            host = proc.info.get("host") if proc is not None else None
+        self.output.add(process_id, host if isinstance(host, str) else None, lines, dropped)
+
     # ------------------------------------------------------------------ life cycle and status
 
     def terminate(self) -> None:
@@ -395,4 +405,5 @@ class TaskManager:
                               self._traffic.answered())
             if failures:
                 status["failures"] = self._traffic.recent_failures()
-            return status
+        status["slave_output"] = self.output.last_lines()
+        return status

@@ -15,7 +15,7 @@ from ..core.results import Outcome
 from ..dashboard import start_in_master as start_dashboard
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from ..logs import apply_debug_flag
-from ..machine import process_info, tune_allocator
+from ..machine import output_streams, process_info, tune_allocator
 from ..progress import master_progress
 from ..provision.attach import provision
 from ..provision.provider import SlaveJobs
@@ -28,6 +28,7 @@ from . import launch
 from .forkserver import SlaveStarter, shared_for
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
+from .output import forward_slave_output
 from .supervisor import SlaveSupervisor
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ class MasterProcess:
     ``preload`` is given or :func:`warm_start` was called, else ``"spawn"``. ``preload``: module names
     (default SCIENTIFIC_MS_PRELOAD, else the installed packages that the
     program's ``__main__`` uses); see docs/guide/warm-start.md.
+    ``slave_output`` (True, False, a file name; or SCIENTIFIC_MS_SLAVE_OUTPUT):
+    what the slaves' handlers print and log is shown on the master's stderr
+    (True, the default) or appended to that file, each line headed
+    ``[slave ID@HOST]``; False leaves it where each slave runs (see
+    docs/guide/output.md).
     """
 
     #: One task's parameters above this size get a warning (once per tag).
@@ -89,9 +95,12 @@ class MasterProcess:
                  task_time_limit: Optional[float] = None, tls_cert: Optional[str] = None,
                  tls_key: Optional[str] = None, memory_budget=None, journal: Optional[str] = None,
                  keep_journal: Optional[bool] = None, dashboard=None,
-                 start_method: Optional[str] = None, preload: Optional[Sequence[str]] = None):
+                 start_method: Optional[str] = None, preload: Optional[Sequence[str]] = None,
+                 slave_output=None):
         self.label = discovery.check_label(label)
-        given = settings.preload(preload)   # bad options fail before anything starts
+        # Bad options fail before anything starts.
+        slave_output = settings.slave_output(slave_output)
+        given = settings.preload(preload)
         wanted = given is not None or shared_for(()) is not None   # preload=, or warm_start() was called
         self._starter = SlaveStarter(settings.start_method(start_method, "forkserver" if wanted else "spawn"), given)
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
@@ -102,6 +111,8 @@ class MasterProcess:
                                         memory_budget=settings.memory_budget(memory_budget))
         self._large_tags: set = set()
         self.process_id = self.task_manager.register_process("master", process_info())
+        # Before any slave can register: each asks once whether to send its output.
+        self._output_printer = forward_slave_output(self.task_manager, slave_output, output_streams())
         if isinstance(secret, str):
             secret = secret.encode()
         secret = secret or settings.secret_from_environment()
@@ -373,6 +384,8 @@ class MasterProcess:
         if self._dashboard is not None:
             self._dashboard.close()
         self._server.close()
+        if self._output_printer is not None:
+            self._output_printer.close()   # after the server: the slaves' last lines are in
         self._requests.close(failed=self._run_failed, keep=self.keep_journal)
         self._publication.withdraw()
         log.info("master of %r shut down", self.label)

@@ -21,6 +21,11 @@ waiting for a whole queue's worth.
 
 The two threads wake each other only when the other has something to do:
 not once per task.
+
+What the handlers print (``output.py``) goes with the next call; a line
+waits at most ``output.DELAY`` for one, as an answer waits for others. While
+the slave waits at the master for work, no call can go: lines that threads
+of the handlers' write then go on a connection of their own (``output_flush.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from ..core import flow
 from ..errors import ConnectionLostError
 from ..wire.client import MasterConnection
 from ..wire.protocol import TERMINATED, UNKNOWN, Answer, TaskMessage
+from .output import OutputBuffer
+from .output_flush import WaitingFlush
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,10 @@ class TaskFeed:
     """Fetches tasks and returns answers for one slave; see the module docstring."""
 
     def __init__(self, connection: MasterConnection, process_id: int,
-                 rejoin: Callable[[int, MasterConnection], int]):
+                 rejoin: Callable[[int, MasterConnection], int], output: Optional[OutputBuffer] = None):
         self._connection = connection
+        self._output = output   # lines for the master, if they are forwarded
+        self._output_flush: Optional[WaitingFlush] = None   # sends them while we wait for work
         self.process_id = process_id
         self._rejoin = rejoin
         self._cond = threading.Condition()
@@ -77,7 +86,37 @@ class TaskFeed:
         self._thread = threading.Thread(target=self._run, name="scientific_ms-feed", daemon=True)
 
     def start(self) -> None:
+        if self._output is not None:
+            self._output.on_first = self._output_waits
         self._thread.start()
+
+    def _output_waits(self) -> None:
+        """A line waits for the master (any thread, inside a print or a logging handler's
+        lock): the feed thread times its call. Not forever for the lock: a thread holding it
+        may be logging too, and then times the call itself before it waits again."""
+        if self._cond.acquire(timeout=0.2):
+            try:
+                if self._feed_idle:
+                    self._cond.notify_all()
+                elif self._waiting_for_work and self._output is not None:
+                    if self._output_flush is None:
+                        self._output_flush = WaitingFlush(self._connection, self._output,
+                                                          lambda: self._waiting_for_work,
+                                                          lambda: self.process_id, self._drop_revoked)
+                    self._output_flush.poke()
+            finally:
+                self._cond.release()
+
+    def _drop_revoked(self, revoked: List[int]) -> None:
+        """Another slave runs these assignments now: drop those held and not started."""
+        with self._cond:
+            dropped = set(revoked)
+            self._inbox = collections.deque(task for task in self._inbox if task.assignment not in dropped)
+
+    def close_connections(self) -> None:
+        """Close the connection the output took while we waited for work (after the goodbye)."""
+        if self._output_flush is not None:
+            self._output_flush.close()
 
     # ------------------------------------------------------------------ main thread
 
@@ -187,6 +226,8 @@ class TaskFeed:
             return True          # hand in answers, fetch the next work (waiting for it if none came last)
         if self._outbox and time.monotonic() >= self._answers_since + flow.ANSWER_DELAY:
             return True          # answers held long enough
+        if self._output is not None and self._output.due_in() == 0.0:
+            return True          # printed lines held long enough
         if not self._prefetching():
             return False         # long tasks: answer and fetch together, once idle
         if not self._server_drained and len(self._inbox) < self._want():
@@ -194,10 +235,13 @@ class TaskFeed:
         return len(self._outbox) >= self._want()
 
     def _answers_due_in(self) -> Optional[float]:
-        """Seconds until the held answers must go (None: none held, or they go with the goodbye)."""
-        if not self._outbox or self._leaving:
+        """Seconds until the held answers or lines must go (None: none held, or they go with the goodbye)."""
+        if self._leaving:
             return None
-        return max(0.0, self._answers_since + flow.ANSWER_DELAY - time.monotonic())
+        due = [] if self._output is None else [self._output.due_in()]
+        if self._outbox:
+            due.append(max(0.0, self._answers_since + flow.ANSWER_DELAY - time.monotonic()))
+        return min((seconds for seconds in due if seconds is not None), default=None)
 
     def _run(self) -> None:
         try:
@@ -226,7 +270,12 @@ class TaskFeed:
                 # the queue this slave wants, said only when it holds more than the fixed target
                 hold = self._target if want and self._target > flow.TARGET_QUEUE_SECONDS else None
                 began = time.monotonic()
-                status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold)
+                output = self._output.take() if self._output is not None else None
+                if output is None:
+                    status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold)
+                else:
+                    status, tasks, revoked = self._connection.exchange(process_id, answers, want, wait, hold,
+                                                                       output=output)
                 took = time.monotonic() - began
                 with self._cond:
                     self._waiting_for_work = False
@@ -242,9 +291,7 @@ class TaskFeed:
                     elif status == UNKNOWN:
                         self.process_id = self._rejoin(process_id, self._connection)
                     if revoked:   # another slave runs them now: drop those not started
-                        dropped = set(revoked)
-                        self._inbox = collections.deque(task for task in self._inbox
-                                                        if task.assignment not in dropped)
+                        self._drop_revoked(revoked)
                     if not self._leaving:   # else the goodbye gives them back
                         self._inbox.extend(tasks)
                     self._server_drained = want > 0 and not tasks

@@ -28,6 +28,7 @@ from ..errors import ConnectionLostError, MasterNotFoundError, ScientificMSError
 from ..machine import ResourceSampler
 from ..wire.client import MasterConnection
 from ..wire.protocol import REVOKED, TERMINATED, UNKNOWN
+from . import output
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def abandon(code: int, message: str, hard_exit: bool) -> None:
     else:
         log.info("%s", message)
     if hard_exit:
+        output.release()   # the lines the master never got, and these last words, where we run
         sys.stderr.write(f"scientific_ms: {message}\n")
         sys.stderr.flush()
         os._exit(code)

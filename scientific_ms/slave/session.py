@@ -53,6 +53,8 @@ class Session:
         for connection in (self.data_connection, self.busy_connection):
             if connection is not None:
                 connection.close()
+        if self.feed is not None:
+            self.feed.close_connections()
 
     def renewed(self) -> Session:
         """A fresh session for a restarted master; this one's extra connections close.

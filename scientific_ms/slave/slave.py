@@ -53,6 +53,7 @@ from . import departure, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat
 from .kept import KeeperSide
+from .output import OutputCapture, start_forwarding
 from .running import run_task
 from .session import Session
 
@@ -116,6 +117,7 @@ class SlaveProcess:
         self._abandoned: List[int] = []   # assignments whose handler ended this slave
         self._keeper = keeper
         self._kept = KeeperSide(self, lambda: self._session)   # this process's keeper, if any (kept.py)
+        self._output = OutputCapture()   # what handlers print, for the master (output.py)
 
     @property
     def _master_connection(self) -> MasterConnection:
@@ -152,6 +154,8 @@ class SlaveProcess:
         except BaseException:
             self._kept.finish()
             raise
+        finally:
+            self._output.uninstall()   # lines the master never got are printed here
         self._kept.finish()
 
     def _start(self, handlers: Dict[str, Callable]) -> None:
@@ -196,6 +200,7 @@ class SlaveProcess:
                 connection.close()
                 leaving.announce()
                 return
+            start_forwarding(self._output, connection, self.process_id)
             self._serve_registered(handlers)
         finally:
             termination.uninstall()
@@ -240,7 +245,8 @@ class SlaveProcess:
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         session, connection, process_id = self._session, self._master_connection, self.process_id
         assert process_id is not None   # registered (_serve_master)
-        session.feed = feed = TaskFeed(connection, process_id, self._rejoin)
+        session.feed = feed = TaskFeed(connection, process_id, self._rejoin,
+                                       self._output.buffer if self._output.installed else None)
         if self._leave_reason is not None:   # SIGTERM came before the feed existed
             feed.leave()
         idle = departure.IdleClock(self.idle_timeout)
@@ -346,6 +352,7 @@ class SlaveProcess:
                 self._goodbye(connection)
             leaving.announce()
             self._kept.bye()
+            self._output.uninstall()   # our last words where we run, and the lines not yet sent
             log.warning("%s", message)
             sys.stderr.write(f"scientific_ms: {message}\n")
             sys.stderr.flush()

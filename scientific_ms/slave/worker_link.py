@@ -35,6 +35,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
+from . import output
+
 log = logging.getLogger(__name__)
 
 _link: Optional[WorkerLink] = None
@@ -168,6 +170,7 @@ class WorkerLink:
                 self._conn.close()
             return   # we closed it: leaving
         message = f"the keeper (PID {self.keeper_pid}) of this slave process ended; it ends too"
+        output.release()   # the lines the master never got, and these last words, where we run
         log.error("%s", message)
         with contextlib.suppress(Exception):
             sys.stderr.write(f"scientific_ms: {message}\n")

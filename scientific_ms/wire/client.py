@@ -124,19 +124,23 @@ class MasterConnection:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
 
     def exchange(self, process_id: int, answers: List[Answer], max_tasks: int,
-                 wait: float, queue_seconds: Optional[float] = None) -> Tuple[str, List[TaskMessage], list]:
+                 wait: float, queue_seconds: Optional[float] = None,
+                 output: Optional[Tuple[List[str], int]] = None) -> Tuple[str, List[TaskMessage], list]:
         """The ``exchange`` call: answers in, tasks out, their large buffers beside the messages.
 
         ``queue_seconds``: the work this slave wants queued behind the task it runs
-        (``core/flow.py``; None: the master's fixed target). Returns (status,
-        tasks, revoked assignments).
+        (``core/flow.py``; None: the master's fixed target). ``output``: (lines,
+        dropped) that the slave's handlers wrote (``slave/output.py``). Returns
+        (status, tasks, revoked assignments).
         """
         records, buffers = answers_to_wire(answers)
         connection = self._proxy._pyroConnection
         if connection is None:   # released by an earlier failure
             raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
         arguments: tuple = (process_id, records, max_tasks, wait)
-        if queue_seconds is not None:
+        if output is not None:
+            arguments += (queue_seconds, output)
+        elif queue_seconds is not None:
             arguments += (queue_seconds,)
         connection.trailer = buffers   # sent right after the request
         try:

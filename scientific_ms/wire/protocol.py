@@ -46,10 +46,13 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #:     "idle" or "sigterm" when a slave leaves on its own (``departure.py``), counted in the
 #:     status as ``left_idle`` / ``left_sigterm``; older slaves send one or two arguments
 #: ``register`` info: ``machine.process_info()``, with ``slurm`` (job ids) in a SLURM job
-#: ``exchange(process_id, answers, max_tasks, wait[, queue_seconds]) -> (status, [TaskMessage], [revoked assignment])``
+#: ``exchange(process_id, answers, max_tasks, wait[, queue_seconds[, output]])``
+#:     ``-> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them);
 #:     queue_seconds: the work the slave wants queued behind the task it runs, which covers
-#:     its round trip (``core/flow.py``); a slave that leaves it out gets the fixed target
+#:     its round trip (``core/flow.py``); a slave that leaves it out (or sends None) gets the
+#:     fixed target; output: ([line], dropped), what its handlers printed and logged since
+#:     its last call and how many lines it dropped (``slave/output.py``, ``core/output.py``)
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status(wait=0, failures=False) -> dict``    what ``task_manager show`` prints; ``wait`` > 0:
 #:                                               answered when the job ends, or after ``wait`` s;
@@ -165,6 +168,11 @@ SLAVE_SCRIPT = "slave_script"   # its file name (for tracebacks), or None
 SLAVE_CWD = "cwd"               # the master's working directory
 SLAVE_ARGV = "argv"             # sys.argv for the slave
 STORED_CODE_KEYS = (SLAVE_CODE, SLAVE_SCRIPT, SLAVE_CWD, SLAVE_ARGV)
+
+#: Shared-data key under which a master says whether it wants its slaves' output, and
+#: where it prints it: a pickled dict {"forward": bool, "host": name, "streams":
+#: [(device, inode)]} (``master/output.py``, ``slave/output.py``).
+SLAVE_OUTPUT = "slave_output"
 
 
 # ---------------------------------------------------------------- spawned slaves

@@ -118,7 +118,7 @@ class TaskManagerService:
     def exchange(self, packed: bytes) -> bytes:
         """Store answers, then hand out up to ``max_tasks`` tasks (waiting up to ``wait`` s).
 
-        ``packed``: (process_id, answers, max_tasks, wait[, queue_seconds]); the reply, packed
+        ``packed``: (process_id, answers, max_tasks, wait[, queue_seconds[, output]]); the reply, packed
         too (see ``protocol.PACKED_CALLS``): (status, tasks, revoked assignments).
         Large buffers of answers follow the request on the socket, those of
         tasks follow the reply (``buffers.py``).
@@ -126,11 +126,14 @@ class TaskManagerService:
         return pack(self._exchange(*unpack(packed)))
 
     def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float,
-                  queue_seconds: Optional[float] = None) -> Tuple[str, list, list]:
+                  queue_seconds: Optional[float] = None, output: Optional[tuple] = None) -> Tuple[str, list, list]:
         connection = current_context.client
-        if answers:
-            # first of all: the buffers wait on the socket
+        if answers:   # first of all: the buffers wait on the socket
             answers = answers_from_wire(answers, connection.sock if connection is not None else None)
+        if output and isinstance(output, (list, tuple)) and len(output) == 2:
+            # what its handlers printed: shown before the results they printed it for are delivered
+            self._manager.slave_output(process_id, *output)
+        if answers:
             self._manager.store_answers(process_id, answers)
         self._bind(process_id)
         tasks = []
