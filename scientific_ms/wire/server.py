@@ -48,6 +48,9 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
+#: Seconds a closing master gives the replies on their way before it cuts its connections.
+CLOSE_GRACE_SECONDS = 1.0
+
 class TaskManagerService:
     """The remote face of a TaskManager; every caller is already authenticated."""
 
@@ -235,6 +238,7 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
         self._label = label
         self._connections: Set[object] = set()
         self._connections_lock = threading.Lock()
+        self._connection_closed = threading.Condition(self._connections_lock)
         self._pending: collections.OrderedDict[object, None] = collections.OrderedDict()
         self._pending_limit = max(8, pyro_config.THREADPOOL_SIZE // 4)
         super().__init__(host=host, port=port)
@@ -290,7 +294,13 @@ class _AuthenticatingDaemon(Pyro5.server.Daemon):
     def clientDisconnect(self, conn):
         with self._connections_lock:
             self._connections.discard(conn)
+            self._connection_closed.notify_all()
         self._service.connection_closed(conn)
+
+    def wait_until_closed(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until no client connection is left; whether none is."""
+        with self._connections_lock:
+            return self._connection_closed.wait_for(lambda: not self._connections, timeout)
 
     def close_connections(self, how: int = socket.SHUT_RDWR) -> None:
         """Shut every client connection down (``how``: as socket.shutdown), waking the
@@ -385,8 +395,10 @@ class MasterServer:
         self.service.answer_status_waits(1.0)   # watchers get the final state
         # Pyro5's shutdown joins each thread still serving a connection for up to 0.1 s:
         # half a minute for 300 slaves that have not left. Ending their reads first lets
-        # those threads go at once, while replies already on their way still go out.
+        # those threads go at once, once the replies on their way (the answer to a slave's
+        # goodbye, say) are out: only then are the connections cut.
         self.daemon.close_connections(socket.SHUT_RD)
+        self.daemon.wait_until_closed(CLOSE_GRACE_SECONDS)
         self.daemon.shutdown()
         self.daemon.close_connections()
         for thread in self._threads:
