@@ -38,7 +38,7 @@ from ..wire.payload import Payload
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
 from .results import Outcome
-from .scheduling import Scheduler
+from .scheduling import Retry, Scheduler
 from .shared_data import SharedData
 from .signals import Signals
 from .status import snapshot
@@ -103,22 +103,36 @@ class TaskManager:
 
     # ---------------------------------------------------------------- tasks: master
 
-    def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None) -> str:
+    def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None, *,
+                 priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
-        ``time_limit``: seconds its handler may run (None: no limit).
+        ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes
+        first among waiting tasks. ``retry``: how it runs again after its handler raised
+        (``scheduling.check_steering`` makes one); ``attempts``: failed attempts it made already.
         """
-        return self.add_tasks(tag, [payload], time_limit)[0]
+        return self.add_tasks(tag, [payload], time_limit, priority=priority, retry=retry, attempts=attempts)[0]
 
-    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
+    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
+                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
         """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
 
         One lock for all of them: an Executor's map queues its chunks so.
-        Each waits while the memory budget is exceeded.
+        Each waits while the memory budget is exceeded. Options: see :meth:`add_task`.
         """
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, payloads, time_limit)
+            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts)
+
+    def limit_concurrency(self, tag: str, limit: Optional[int]) -> None:
+        """At most ``limit`` tasks of ``tag`` assigned to slaves at once (None: no limit).
+
+        Tasks already assigned stay; a lower limit holds back new ones until enough have ended.
+        """
+        with self._lock:
+            self._scheduler.limits.set(tag, limit)
+            if self._scheduler.has_waiting(tag):
+                self._traffic.wake_for(tag)   # a higher limit may let one start now
 
     def add_answered_task(self, tag: str, ok: bool, answer: Payload, traceback: str = "") -> str:
         """Add a task whose answer is already known (journaled); it is never run.

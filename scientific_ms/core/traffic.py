@@ -17,15 +17,16 @@ import time
 from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError
-from ..wire.payload import Payload, dumps_value
+from ..wire.payload import Payload, dumps_value, loads_answer
 from ..wire.protocol import Answer
 from .budget import MemoryBudget
 from .processes import Departure
 from .registry import ProcessRecord, Registry
 from .results import Outcome, ResultStore
-from .scheduling import Scheduler, Waiter, WaitingSlaves
+from .scheduling import Retry, Scheduler, attempts_note, retries_again
 from .signals import Signals
 from .tasks import Task, TaskState, TaskTable
+from .waiting import Waiter, WaitingSlaves
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
 Settled = Tuple[str, bool, Payload, str]
@@ -58,15 +59,18 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- the master's side
 
-    def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float]) -> List[str]:
-        """Queue a task for each payload, in order, each waiting for the memory budget; their ids."""
+    def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float],
+            priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
+        """Queue a task for each payload, in order, each waiting for the memory budget; their ids.
+
+        ``attempts``: failed attempts each has made already (a resumed journaled job)."""
         task_ids = []
         for payload in payloads:
             self._signals.check_running()
             while self._budget.requests_wait(len(payload)):
                 self._signals.wait_for_room()
                 self._signals.check_running()
-            task = self._tasks.new(tag, payload, time_limit)
+            task = self._tasks.new(tag, payload, time_limit, priority, retry, attempts)
             self._enqueue(task, front=False)
             self._counters["requested"] += 1
             task_ids.append(task.task_id)
@@ -216,12 +220,17 @@ class TaskTraffic:
                     continue
                 if answer.seconds is not None:   # how long the handler ran
                     self._scheduler.durations.record(task.tag, answer.seconds)
-                self._settle(task, answer.ok, answer.payload, answer.traceback)
+                traceback = answer.traceback
+                if not answer.ok and task.retry is not None:
+                    if self._retry(task, answer, proc):
+                        continue
+                    traceback = attempts_note(task, False) + traceback
+                self._settle(task, answer.ok, answer.payload, traceback)
                 if proc is not None:
                     proc.tasks_done += 1
                 accepted += 1
                 if settled is not None:
-                    settled.append((answer.task_id, answer.ok, answer.payload, answer.traceback))
+                    settled.append((answer.task_id, answer.ok, answer.payload, traceback))
         if accepted:
             self._signals.answer_ready.notify_all()
         return accepted
@@ -274,6 +283,10 @@ class TaskTraffic:
         """How many slave threads wait for work right now."""
         return len(self._waiters)
 
+    def wake_for(self, tag: str) -> None:
+        """Wake a slave thread that can run ``tag`` (a limit on it was raised)."""
+        self._waiters.wake_one(tag)
+
     def wake_all(self) -> None:
         """Wake every slave thread waiting for work (the manager terminates)."""
         self._waiters.wake_all()
@@ -284,6 +297,27 @@ class TaskTraffic:
         self._scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
         self._waiters.wake_one(task.tag)
+
+    def _retry(self, task: Task, answer: Answer, proc: Optional[ProcessRecord]) -> bool:
+        """Run a failed task again if its ``retry`` says so (``scheduling.retries_again``);
+        whether it does. The answer's slave is noted as one it failed on."""
+        if not retries_again(task.retry, task.attempts, lambda: _exception(answer)):
+            return False
+        task.attempts += 1
+        if task.failed_on is None:
+            task.failed_on = []
+        task.failed_on.append((answer_process(proc), proc.describe() if proc is not None else "a slave that left"))
+        self._counters["retried"] += 1
+        if task.state is TaskState.RUNNING and task.assignment == answer.assignment:
+            self._registry.release(task)
+            self._requeue(task, counter="")   # wakes a slave for it
+        # else an earlier assignment failed while the task waits or runs elsewhere: that attempt counts
+        return True
+
+    def _freed(self, tag: str) -> None:
+        """A task of ``tag`` left its slave: under a concurrency limit, the next may start."""
+        if self._scheduler.limits.get(tag) is not None and self._scheduler.has_waiting(tag):
+            self._waiters.wake_one(tag)
 
     def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
         """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
@@ -296,7 +330,7 @@ class TaskTraffic:
             return []
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
                                        lambda tag: self._waiters.idle_for(tag, proc.process_id),
-                                       queue_seconds)
+                                       queue_seconds, self._tasks.running(), self._registry)
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
             self._budget.add_waiting(-len(task.payload or b""))
@@ -327,15 +361,32 @@ class TaskTraffic:
             self._signals.make_room()
         elif task.state is TaskState.RUNNING:
             self._registry.release(task)
+            if self._scheduler.limits:
+                self._freed(task.tag)
         self._results.settle(task, ok, payload, traceback, self._clock())
         self._budget.add_results(len(payload))
         if self._budget.results_full():
             self._signals.make_room()   # a request waiting for room must not wait for this
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task, counter: str = "rescheduled") -> None:
         self._tasks.move(task, TaskState.WAITING)
         task.assignment = None
         task.process_id = None
         task.rescheduled = True
-        self._counters["rescheduled"] += 1
+        if counter:
+            self._counters[counter] += 1
         self._enqueue(task, front=True)
+
+
+def answer_process(proc: Optional[ProcessRecord]) -> int:
+    """The process id an attempt failed on (0: one that left before its answer was read)."""
+    return proc.process_id if proc is not None else 0
+
+
+def _exception(answer: Answer) -> Optional[BaseException]:
+    """The exception a failed answer carries, None if the master cannot rebuild it."""
+    try:
+        error = loads_answer(answer.payload, answer.task_id)
+    except Exception:   # a class the master cannot import: it matches only the default retry_on
+        return None
+    return error if isinstance(error, BaseException) else None
