@@ -100,6 +100,9 @@ class TaskManager:
         #: Called, outside the lock, with the answers ``store_answers`` accepted:
         #: a list of (task_id, ok, payload, traceback). The master's journal sets it.
         self.on_answers: Optional[Callable[[List[Settled]], None]] = None
+        #: Called, outside the lock, with the failed attempts ``store_answers`` sent back to be
+        #: retried: a list of (task_id, failed attempts so far). The master's journal sets it.
+        self.on_retries: Optional[Callable[[List[Tuple[str, int]]], None]] = None
 
     # ---------------------------------------------------------------- tasks: master
 
@@ -223,12 +226,15 @@ class TaskManager:
     def store_answers_of(self, batches: Iterable[Tuple[Optional[int], Iterable]]) -> int:
         """:meth:`store_answers` for several processes at once:
         ``batches`` holds (process_id, answers) pairs."""
-        on_answers = self.on_answers
+        on_answers, on_retries = self.on_answers, self.on_retries
         settled: Optional[List[Settled]] = [] if on_answers is not None else None
+        retried: Optional[List[Tuple[str, int]]] = [] if on_retries is not None else None
         with self._lock:
-            accepted = self._traffic.store(batches, settled)
+            accepted = self._traffic.store(batches, settled, retried)
         if on_answers is not None and settled:
             on_answers(settled)
+        if on_retries is not None and retried:
+            on_retries(retried)
         return accepted
 
     # ------------------------------------------------------------------ processes

@@ -200,9 +200,10 @@ class TaskTraffic:
         return waiter.woken
 
     def store(self, batches: Iterable[Tuple[Optional[int], Iterable]],
-              settled: Optional[List[Settled]]) -> int:
+              settled: Optional[List[Settled]], retried: Optional[List[Tuple[str, int]]] = None) -> int:
         """Store answers ((process_id, answers) pairs; the first answer for a task
-        wins); returns how many were accepted, listed in ``settled`` if given."""
+        wins); returns how many were accepted, listed in ``settled`` if given.
+        A failure sent back to be retried is not accepted; (task_id, attempts) goes in ``retried``."""
         accepted = 0
         now = self._clock()
         for process_id, answers in batches:
@@ -223,6 +224,8 @@ class TaskTraffic:
                 traceback = answer.traceback
                 if not answer.ok and task.retry is not None:
                     if self._retry(task, answer, proc):
+                        if retried is not None:
+                            retried.append((task.task_id, task.attempts))
                         continue
                     traceback = attempts_note(task, False) + traceback
                 self._settle(task, answer.ok, answer.payload, traceback)
