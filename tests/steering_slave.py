@@ -2,9 +2,8 @@
 
 import sys
 
-from steering_functions import flaky, order, span
-
 from scientific_ms import startSlaveProcess
+from steering_functions import flaky, order, span
 
 
 def do_order(value):
