@@ -60,7 +60,6 @@ import itertools
 import math
 from typing import (
     Callable,
-    Counter,
     Deque,
     Dict,
     FrozenSet,
@@ -114,33 +113,26 @@ def queue_key(task: Task) -> Tuple[float, bool, int]:
 
 # ---------------------------------------------------------------- steering: limits and retries
 
-class ConcurrencyLimits:
+class ConcurrencyLimits(Dict[str, int]):
     """At most n tasks of a tag assigned at once across the farm (a licence, a shared
-    filesystem, a database): running, or queued on a slave behind the task it runs."""
+    filesystem, a database): running, or queued on a slave behind the task it runs.
 
-    def __init__(self):
-        self._limits: Dict[str, int] = {}
+    A dict, tag -> limit (its truth and ``get`` cost nothing on the hot path); change it
+    through :meth:`set`, which checks the limit."""
 
     def set(self, tag: str, limit: Optional[int]) -> None:
         """Limit ``tag`` to ``limit`` tasks at once (None: no limit)."""
         if limit is None:
-            self._limits.pop(tag, None)
+            self.pop(tag, None)
             return
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"limit_concurrency({tag!r}, n): n must be a whole number >= 1 "
                                      f"(or None: no limit), got {limit!r}")
-        self._limits[tag] = limit
-
-    def __bool__(self) -> bool:
-        return bool(self._limits)
-
-    def get(self, tag: str) -> Optional[int]:
-        """The limit of ``tag``; None if it has none."""
-        return self._limits.get(tag)
+        self[tag] = limit
 
     def full(self, running: Mapping[str, int]) -> Set[str]:
         """The limited tags that have as many tasks assigned (``running``) as their limit."""
-        return {tag for tag, limit in self._limits.items() if running.get(tag, 0) >= limit}
+        return {tag for tag, limit in self.items() if running.get(tag, 0) >= limit}
 
 
 class Retry(NamedTuple):
@@ -293,7 +285,7 @@ class Scheduler:
         every = ANY_TAG in proc.tags
         limits = self.limits
         skipped = limits.full(running) if limits else set()   # tags passed over in this call
-        taken: Counter[str] = collections.Counter()           # of limited tags, in this batch
+        taken: Dict[str, int] = {}                            # of limited tags, in this batch
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
             queue = self._best_queue(proc.tags, every, skipped)
             if queue is None:
@@ -324,7 +316,7 @@ class Scheduler:
             if limits:
                 most = limits.get(task.tag)
                 if most is not None:
-                    taken[task.tag] += 1
+                    taken[task.tag] = taken.get(task.tag, 0) + 1
                     if running.get(task.tag, 0) + taken[task.tag] >= most:
                         skipped.add(task.tag)
             if task.suspect:
