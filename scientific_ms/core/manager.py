@@ -110,10 +110,9 @@ class TaskManager:
                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
-        ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes
-        first among waiting tasks. ``retry``: how it runs again after its handler raised
-        (``scheduling.check_steering`` makes one); ``attempts``: failed attempts it made already.
-        """
+        ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
+        ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
+        ``attempts``: failed attempts it made already."""
         return self.add_tasks(tag, [payload], time_limit, priority=priority, retry=retry, attempts=attempts)[0]
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
@@ -129,9 +128,7 @@ class TaskManager:
 
     def limit_concurrency(self, tag: str, limit: Optional[int]) -> None:
         """At most ``limit`` tasks of ``tag`` assigned to slaves at once (None: no limit).
-
-        Tasks already assigned stay; a lower limit holds back new ones until enough have ended.
-        """
+        Tasks already assigned stay; a lower limit holds back new ones until enough have ended."""
         with self._lock:
             self._scheduler.limits.set(tag, limit)
             if self._scheduler.has_waiting(tag):

@@ -272,15 +272,12 @@ class Journal:
         it (``journal_attempts.py``).
         """
         with self._mutex:   # one request at a time: task ids follow the request order
-            if retry is not None:
-                occurrence, made = self._attempts.count(key)
+            occurrence, made = (0, 0) if retry is None else self._attempts.count(key)
             answer = self.replay(tag, key)
             if answer is not None:
                 return manager.add_answered_task(tag, *answer)
-            if retry is None:
-                task_id = manager.add_task(tag, payload, time_limit, priority=priority)
-            else:
-                task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made)
+            task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made)
+            if retry is not None:
                 self._queue.put(Retried(task_id, key, occurrence))
             self.record(task_id, tag, key, payload)
         return task_id
