@@ -2,9 +2,11 @@
 priorities, concurrency limits per tag, retries (and their journaled attempts)."""
 
 import pickle
+import threading
 
 import pytest
 
+from conftest import wait_for
 from scientific_ms.core.manager import TaskManager
 from scientific_ms.core.registry import Registry
 from scientific_ms.core.scheduling import (
@@ -16,7 +18,7 @@ from scientific_ms.core.scheduling import (
     retry_elsewhere,
 )
 from scientific_ms.core.tasks import Task
-from scientific_ms.errors import ConfigurationError
+from scientific_ms.errors import ConfigurationError, TaskManagerTermination
 from scientific_ms.master.journaled import JournaledTasks
 
 
@@ -286,3 +288,28 @@ def test_a_resumed_journaled_job_counts_the_attempts_already_made(tmp_path, cloc
     outcome = manager.get_answer(timeout=0)
     tasks.close(failed=True)
     assert outcome.task_id == task_id and "failed on attempt 4 of 4" in outcome.traceback
+
+
+def test_a_retried_task_wakes_another_slave_than_the_one_it_failed_on(clock):
+    manager = TaskManager(clock=clock)
+    a, b = (manager.register_process("slave", tags=["f"]) for _ in range(2))
+    manager.add_task("f", pickle.dumps(1), retry=Retry(1))
+    [first] = manager.take_tasks(a)
+    got = {}
+
+    def take(process_id):
+        try:
+            got[process_id] = manager.take_tasks(process_id, timeout=30)
+        except TaskManagerTermination:
+            got[process_id] = "terminated"
+
+    threads = []
+    for process_id in (a, b):   # a's thread waits longest: a plain wake-up would go to it
+        threads.append(threading.Thread(target=take, args=(process_id,)))
+        threads[-1].start()
+        wait_for(lambda: manager.slaves_waiting_for_work() == len(threads), 10, "the slave threads waiting")
+    manager.store_answers(a, [failure(first, OSError("here"))])
+    threads[1].join(30)
+    manager.terminate()
+    threads[0].join(30)
+    assert [t.task_id for t in got[b]] == [first.task_id] and got[a] == "terminated"

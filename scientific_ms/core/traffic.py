@@ -23,7 +23,7 @@ from .budget import MemoryBudget
 from .processes import Departure
 from .registry import ProcessRecord, Registry
 from .results import Outcome, ResultStore
-from .scheduling import Retry, Scheduler, attempts_note, retries_again
+from .scheduling import Retry, Scheduler, attempts_note, retries_again, retry_elsewhere
 from .signals import Signals
 from .tasks import Task, TaskState, TaskTable
 from .waiting import Waiter, WaitingSlaves
@@ -296,10 +296,10 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- internals
 
-    def _enqueue(self, task: Task, front: bool) -> None:
+    def _enqueue(self, task: Task, front: bool, skip: Optional[int] = None) -> None:
         self._scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
-        self._waiters.wake_one(task.tag)
+        self._waiters.wake_one(task.tag, skip)
 
     def _retry(self, task: Task, answer: Answer, proc: Optional[ProcessRecord]) -> bool:
         """Run a failed task again if its ``retry`` says so (``scheduling.retries_again``);
@@ -313,7 +313,9 @@ class TaskTraffic:
         self._counters["retried"] += 1
         if task.state is TaskState.RUNNING and task.assignment == answer.assignment:
             self._registry.release(task)
-            self._requeue(task, counter="")   # wakes a slave for it
+            # wake a slave for it: another one, if another can run it (see scheduling.retry_elsewhere)
+            elsewhere = proc is not None and retry_elsewhere(task, proc, self._registry)
+            self._requeue(task, counter="", skip=task.process_id if elsewhere else None)
         # else an earlier assignment failed while the task waits or runs elsewhere: that attempt counts
         return True
 
@@ -371,14 +373,14 @@ class TaskTraffic:
         if self._budget.results_full():
             self._signals.make_room()   # a request waiting for room must not wait for this
 
-    def _requeue(self, task: Task, counter: str = "rescheduled") -> None:
+    def _requeue(self, task: Task, counter: str = "rescheduled", skip: Optional[int] = None) -> None:
         self._tasks.move(task, TaskState.WAITING)
         task.assignment = None
         task.process_id = None
         task.rescheduled = True
         if counter:
             self._counters[counter] += 1
-        self._enqueue(task, front=True)
+        self._enqueue(task, front=True, skip=skip)
 
 
 def answer_process(proc: Optional[ProcessRecord]) -> int:
