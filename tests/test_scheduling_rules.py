@@ -76,6 +76,18 @@ def test_a_requeued_task_keeps_its_priority():
     assert ids(rules.select(proc, 4, 1)) == ["f_4", "f_2", "f_1", "f_3"]
 
 
+def test_an_idle_slave_takes_over_the_most_urgent_unstarted_task():
+    rules, registry = scheduler(), Registry()
+    busy, thief = slave(registry), slave(registry)
+    held = [task(1), task(2, priority=4), task(3, priority=4), task(4)]
+    for assignment, t in enumerate(held):
+        t.assignment = assignment
+        busy.running[assignment] = t
+    assert rules.steal(thief, registry, 100.0) == (busy, held[2])   # the last of priority 4
+    assert rules.steal(thief, registry, 100.0) == (busy, held[1])
+    assert held[1].priority == 4                                    # it keeps its priority
+
+
 def test_a_task_with_a_priority_can_be_withdrawn_from_anywhere_in_its_queue():
     rules, registry = scheduler(), Registry()
     proc = slave(registry)

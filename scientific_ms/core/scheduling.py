@@ -203,6 +203,10 @@ def attempts_note(task: Task, retried: bool) -> str:
     return f"scientific_ms: task {task.task_id} failed on attempt {made} of {allowed}: {why}{where}\n"
 
 
+def _priority(task: Task) -> float:
+    return task.priority
+
+
 #: A tag's waiting tasks: a deque while they all have priority 0, else a heap.
 Queue = Union[Deque[Task], PriorityQueue]
 
@@ -338,12 +342,13 @@ class Scheduler:
         """A task another slave holds unstarted that the idle ``thief`` should run instead.
 
         From the slave with the most queued work, its last unstarted task
-        that the thief can run, taken from that slave and listed in its
-        ``revoked`` assignments; None if no slave holds more than the task it runs.
+        of the highest priority that the thief can run, taken from that slave and
+        listed in its ``revoked`` assignments; None if no slave holds more than
+        the task it runs.
         """
         if thief.tags is None or thief.running:   # not a slave (thief.is_slave), or not idle
             return None
-        best: Optional[Tuple[ProcessRecord, Task]] = None
+        best: Optional[Tuple[ProcessRecord, List[Task]]] = None
         most_queued = 0.0
         for victim in processes:
             if victim is thief or len(victim.running) < 2:
@@ -357,10 +362,11 @@ class Scheduler:
                 continue
             queued = self.durations.queued(victim)
             if best is None or queued > most_queued:
-                best, most_queued = (victim, unstarted[-1]), queued
+                best, most_queued = (victim, unstarted), queued
         if best is None:
             return None
-        victim, task = best
+        victim, unstarted = best
+        task = max(reversed(unstarted), key=_priority)   # the first of the most urgent from the end
         assert task.assignment is not None, f"task {task.task_id} held without an assignment"
         del victim.running[task.assignment]
         victim.revoked.append(task.assignment)
