@@ -143,6 +143,8 @@ class Retry(NamedTuple):
 
 def check_steering(priority: object, retries: object, retry_on: object) -> Optional[Retry]:
     """Raise ConfigurationError, saying why, unless the options make sense; the Retry (None: no retries)."""
+    if priority == 0 and retries == 0 and retry_on is None and type(priority) is int and type(retries) is int:
+        return None   # the defaults: every task of most jobs, checked at once
     if isinstance(priority, bool) or not isinstance(priority, (int, float)) or math.isnan(priority):
         raise ConfigurationError(f"priority must be a number (higher goes first, default 0), got {priority!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
