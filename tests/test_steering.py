@@ -126,3 +126,12 @@ def test_executor_options_set_priorities_and_retries(slaves_import_steering_func
         wait_for(lambda: ex.master.task_manager.counters["retried"] == 1, TIMEOUT, "the retry counted")
         with pytest.raises(ConfigurationError, match="retries must be a whole number"):
             ex.options(retries=-1)
+
+
+def test_executor_limits_the_calls_of_a_function(slaves_import_steering_functions):
+    import steering_functions
+
+    with Executor(slaves=2, use_name_server=False) as ex:
+        ex.limit_concurrency(steering_functions.span, 1)
+        spans = list(ex.map(steering_functions.span, [0.1] * 6, timeout=TIMEOUT))
+        assert most_at_once(spans) == 1, sorted(spans)

@@ -185,6 +185,10 @@ class Executor(concurrent.futures.Executor):
         limit = self.master.task_time_limit if time_limit is None else time_limit
         return CallOptions(self._submit_call, self._map, CallSteering(limit, priority, retry))
 
+    def limit_concurrency(self, fn: Any, n: Optional[int]) -> None:
+        """At most ``n`` calls of ``fn`` (a function, or its tag: its name) run at once (None: no limit)."""
+        self.master.limit_concurrency(fn if isinstance(fn, str) else calls.tag_for(fn), n)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more calls; the master and its slaves end once every future is done.
 
