@@ -1,7 +1,9 @@
 """The rules users steer, each on its own and through the TaskManager with a fake clock:
 priorities, concurrency limits per tag, retries (and their journaled attempts)."""
 
+import contextlib
 import pickle
+import sqlite3
 import threading
 
 import pytest
@@ -325,3 +327,20 @@ def test_a_retried_task_wakes_another_slave_than_the_one_it_failed_on(clock):
     manager.terminate()
     threads[0].join(30)
     assert [t.task_id for t in got[b]] == [first.task_id] and got[a] == "terminated"
+
+
+def test_a_journal_written_before_retries_existed_gets_its_attempts_table(tmp_path, clock):
+    path = tmp_path / "old.db"
+    JournaledTasks(TaskManager(clock=clock), path, "job", b"secret").close(failed=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:   # as a journal of the first format left it
+        db.execute("DROP TABLE attempts")
+        db.commit()
+    manager = TaskManager(clock=clock)
+    tasks = JournaledTasks(manager, path, "job", b"secret")
+    slave_id = manager.register_process("slave", tags=["f"])
+    tasks.add_task("f", pickle.dumps((1,)), retry=Retry(2))
+    [held] = manager.take_tasks(slave_id)
+    manager.store_answers(slave_id, [failure(held, OSError("once"))])
+    tasks.close(failed=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert [count for count, in db.execute("SELECT count FROM attempts")] == [1]
