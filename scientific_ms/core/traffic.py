@@ -49,6 +49,7 @@ class TaskTraffic:
         self._signals = signals
         self._registry = registry
         self._scheduler = scheduler
+        self._limits = scheduler.limits   # the scheduler's (a dict): read once per answer
         self._counters = counters     # the manager's, shared with the process side
         self._clock = clock
         self._tasks = TaskTable()
@@ -321,7 +322,7 @@ class TaskTraffic:
 
     def _freed(self, tag: str) -> None:
         """A task of ``tag`` left its slave: under a concurrency limit, the next may start."""
-        if self._scheduler.limits.get(tag) is not None and self._scheduler.has_waiting(tag):
+        if self._limits.get(tag) is not None and self._scheduler.has_waiting(tag):
             self._waiters.wake_one(tag)
 
     def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
@@ -366,7 +367,7 @@ class TaskTraffic:
             self._signals.make_room()
         elif task.state is TaskState.RUNNING:
             self._registry.release(task)
-            if self._scheduler.limits:
+            if self._limits:
                 self._freed(task.tag)
         self._results.settle(task, ok, payload, traceback, self._clock())
         self._budget.add_results(len(payload))
