@@ -113,7 +113,9 @@ class TaskManager:
         ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
         ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
         ``attempts``: failed attempts it made already."""
-        return self.add_tasks(tag, [payload], time_limit, priority=priority, retry=retry, attempts=attempts)[0]
+        check_request(tag, time_limit)
+        with self._lock:
+            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts)[0]
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
                   priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:

@@ -42,8 +42,10 @@ class PlainTasks:
         self._manager = manager
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None, *, priority: float = 0, retry: Optional[Retry] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
         """Queue a task; returns its id (``parameters`` serve a journal's keys only)."""
+        if retry is None and not priority:   # the usual case, without keywords: every request goes here
+            return self._manager.add_task(tag, payload, time_limit)
         return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
@@ -85,7 +87,7 @@ class JournaledTasks:
         return self._journal.replayed
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None, *, priority: float = 0, retry: Optional[Retry] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
         """Queue a task, or deliver its journaled answer; returns its id.
 
         ``parameters``: given when they hold GlobalStateValue placeholders,

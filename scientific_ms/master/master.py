@@ -171,13 +171,13 @@ class MasterProcess:
         up to this many more times; then its last exception is delivered,
         naming the attempts. See docs/guide/scheduling.md.
         """
-        retry = check_steering(priority, retries, retry_on)
+        retry = None if priority == 0 and retries == 0 and retry_on is None else \
+            check_steering(priority, retries, retry_on)   # (the defaults, at once)
         limit = self.task_time_limit if time_limit is None else time_limit
         payload, uses_state = self._states.dumps_parameters(tag, parameters)
         self._warn_if_large(tag, payload)
         # the parameters themselves only when a journal must match placeholders by their values
-        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None,
-                                          priority=priority, retry=retry)
+        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
