@@ -152,7 +152,7 @@ class Executor(concurrent.futures.Executor):
 
         An argument that cannot be pickled raises SerializationError here.
         """
-        return self._submit_call(fn, args, kwargs, CallSteering(self.master.task_time_limit))
+        return self._submit_call(fn, args, kwargs, None)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -164,7 +164,7 @@ class Executor(concurrent.futures.Executor):
         exception a call raised. The iterator's ``close()`` (or dropping
         it, or either error) withdraws the calls no slave has started.
         """
-        return self._map(fn, iterables, timeout, chunksize, CallSteering(self.master.task_time_limit))
+        return self._map(fn, iterables, timeout, chunksize, None)
 
     def options(self, *, time_limit: Optional[float] = None, priority: float = 0, retries: int = 0,
                 retry_on: Any = None) -> CallOptions:
@@ -250,7 +250,7 @@ class Executor(concurrent.futures.Executor):
                         "define functions once rather than per call", self.label, MANY_FUNCTIONS)
         return label, tag
 
-    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, steering: CallSteering) -> Future:
+    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, steering: Optional[CallSteering]) -> Future:
         if self._shutting_down:   # before pickling: after shutdown, that is the error to see
             raise RuntimeError("cannot schedule new futures after shutdown")
         label, tag = self._function(fn)
@@ -260,7 +260,7 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _map(self, fn: Callable, iterables: Tuple[Iterable, ...], timeout: Optional[float],
-             chunksize: int, steering: CallSteering) -> Iterator:
+             chunksize: int, steering: Optional[CallSteering]) -> Iterator:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
@@ -277,12 +277,14 @@ class Executor(concurrent.futures.Executor):
             raise
         return results.iterator(end, chunked=chunksize > 1)
 
-    def _queue(self, tag: str, payloads: List[bytes], slots: list, steering: CallSteering) -> None:
-        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it."""
+    def _queue(self, tag: str, payloads: List[bytes], slots: list, steering: Optional[CallSteering]) -> None:
+        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it
+        (``steering``: its options, from ``options``; None: the Executor's own, the usual case)."""
         if self._shutting_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:
-            task_ids = self.master.add_pickled_tasks(tag, payloads, *steering)
+            task_ids = self.master.add_pickled_tasks(tag, payloads, self.master.task_time_limit) \
+                if steering is None else self.master.add_pickled_tasks(tag, payloads, *steering)
         except TaskManagerTermination:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         table = self._slots

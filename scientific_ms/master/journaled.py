@@ -51,6 +51,8 @@ class PlainTasks:
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
                   priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
         """Queue a task for each payload (one lock of the manager for all); returns their ids."""
+        if retry is None and not priority:   # the usual case, without keywords
+            return self._manager.add_tasks(tag, payloads, time_limit)
         return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry)
 
     def close(self, failed: bool = False, keep: bool = True) -> None:
