@@ -104,6 +104,16 @@ def test_faults_demo(processes, workdir):
     assert "nap: stopped by its time limit" in out, out
 
 
+def test_steering_demo(processes, workdir):
+    out = run(processes, workdir, "steering_demo.py")
+    for n in (0, 1, 2, 3, 4, 5, 100):
+        assert f"load: {n}\n" in out, out
+    assert "flaky: done on attempt 2\n" in out, out
+    assert "flaky gave up: attempt 2: the disk was busy\n" in out, out
+    assert re.search(r"^scientific_ms: task flaky_\d+ failed on attempt 2 of 2: every attempt failed "
+                     r"\(retries=1\); earlier attempts failed on process \d+", out, re.M), out
+
+
 def test_journal_demo_resumes_from_its_journal(processes, workdir):
     first = run(processes, workdir, "journal_demo.py")
     assert "sum of squares 2470; computed in this run: 20 of 20" in first, first
@@ -159,7 +169,7 @@ def test_slave_output_demo(processes, workdir):
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
                 "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py",
-                "slave_output_demo.py"}
+                "slave_output_demo.py", "steering_demo.py"}
 
 
 def test_every_example_is_run_by_a_test():

@@ -40,7 +40,7 @@ from .output import SlaveOutput
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
 from .results import Outcome
-from .scheduling import Scheduler
+from .scheduling import Retry, Scheduler
 from .shared_data import SharedData
 from .signals import Signals
 from .status import snapshot
@@ -103,25 +103,41 @@ class TaskManager:
         #: Called, outside the lock, with the answers ``store_answers`` accepted:
         #: a list of (task_id, ok, payload, traceback). The master's journal sets it.
         self.on_answers: Optional[Callable[[List[Settled]], None]] = None
+        #: Called, outside the lock, with the failed attempts ``store_answers`` sent back to be
+        #: retried: a list of (task_id, failed attempts so far). The master's journal sets it.
+        self.on_retries: Optional[Callable[[List[Tuple[str, int]]], None]] = None
 
     # ---------------------------------------------------------------- tasks: master
 
-    def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None) -> str:
+    def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None, *,
+                 priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
-        ``time_limit``: seconds its handler may run (None: no limit).
-        """
-        return self.add_tasks(tag, [payload], time_limit)[0]
+        ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
+        ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
+        ``attempts``: failed attempts it made already."""
+        check_request(tag, time_limit)
+        with self._lock:
+            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts)[0]
 
-    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
+    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
+                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
         """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
 
         One lock for all of them: an Executor's map queues its chunks so.
-        Each waits while the memory budget is exceeded.
+        Each waits while the memory budget is exceeded. Options: see :meth:`add_task`.
         """
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, payloads, time_limit)
+            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts)
+
+    def limit_concurrency(self, tag: str, limit: Optional[int]) -> None:
+        """At most ``limit`` tasks of ``tag`` assigned to slaves at once (None: no limit).
+        Tasks already assigned stay; a lower limit holds back new ones until enough have ended."""
+        with self._lock:
+            self._scheduler.limits.set(tag, limit)
+            if self._scheduler.has_waiting(tag):
+                self._traffic.wake_for(tag)   # a higher limit may let one start now
 
     def add_answered_task(self, tag: str, ok: bool, answer: Payload, traceback: str = "") -> str:
         """Add a task whose answer is already known (journaled); it is never run.
@@ -212,12 +228,15 @@ class TaskManager:
     def store_answers_of(self, batches: Iterable[Tuple[Optional[int], Iterable]]) -> int:
         """:meth:`store_answers` for several processes at once:
         ``batches`` holds (process_id, answers) pairs."""
-        on_answers = self.on_answers
+        on_answers, on_retries = self.on_answers, self.on_retries
         settled: Optional[List[Settled]] = [] if on_answers is not None else None
+        retried: Optional[List[Tuple[str, int]]] = [] if on_retries is not None else None
         with self._lock:
-            accepted = self._traffic.store(batches, settled)
+            accepted = self._traffic.store(batches, settled, retried)
         if on_answers is not None and settled:
             on_answers(settled)
+        if on_retries is not None and retried:
+            on_retries(retried)
         return accepted
 
     # ------------------------------------------------------------------ processes

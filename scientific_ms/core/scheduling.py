@@ -9,7 +9,21 @@ The rules:
 
 - **Order.** One FIFO queue per tag; a requeued task goes to the front of
   its queue, and a slave takes from the queue whose head is oldest among
-  the tags it handles (requeued tasks first).
+  the tags it handles (requeued tasks first). A task's **priority**
+  (default 0) comes before all that: among waiting tasks a higher priority
+  goes first, equal priorities keep this order, and a task requeued,
+  retried or stolen keeps its priority (:func:`queue_key`; a tag whose
+  tasks all have priority 0 keeps a plain deque, ``queues.py``).
+- **Concurrency limits.** A tag limited to n (:class:`ConcurrencyLimits`)
+  never has more than n tasks assigned at once across the farm (running
+  or queued on a slave): its queue is skipped while it is full, and a task
+  of it that ends wakes a slave for the next.
+- **Retries.** A task whose handler raised one of its ``retry_on``
+  exceptions (any by default) goes back to the front of its queue, up to
+  ``retries`` times (:func:`retries_again`); a slave it failed on leaves it
+  to another that can run it, while there is one (:func:`retry_elsewhere`).
+  Its last exception is then delivered with a note naming the attempts
+  (:func:`attempts_note`).
 - **Durations.** The manager learns how long each tag's tasks take from
   the handler times slaves report (:class:`Durations`); a tag not measured
   yet counts as long.
@@ -36,20 +50,33 @@ The rules:
   fails with :class:`~scientific_ms.errors.SlaveLostError`.
 - **Goodbyes.** Tasks held by a slave that leaves cleanly go back to the
   front of the queue without blame.
-- **Wake-ups.** A new or requeued task wakes the slave thread that has
-  waited longest among those that can run it; a thread woken for a task
-  that leaves without one passes the wake-up on, so no task waits for a
-  poll to time out while an idle slave could run it.
+- **Wake-ups.** Which waiting slave thread a task wakes: ``waiting.py``.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-import threading
-from typing import Callable, Deque, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
+import math
+from typing import (
+    Callable,
+    Deque,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
+from ..errors import ConfigurationError
 from . import flow
+from .durations import Durations
+from .queues import PriorityQueue
 from .registry import ProcessRecord
 from .tasks import ANY_TAG, Task
 
@@ -74,55 +101,116 @@ IDLE_FIRST_BEYOND = 0.001
 STEAL_AFTER = 0.05
 
 
-class Durations:
-    """How long each tag's handler takes, learned from the slaves' measurements
-    (a :class:`~scientific_ms.core.flow.MovingAverage` per tag)."""
-
-    def __init__(self):
-        self._averages: Dict[str, flow.MovingAverage] = {}
-        self._seconds: Dict[str, float] = {}   # each average's value, read once per held task
-
-    def record(self, tag: str, seconds: float) -> None:
-        average = self._averages.get(tag)
-        if average is None:
-            average = self._averages[tag] = flow.MovingAverage()
-        self._seconds[tag] = average.add(seconds)
-
-    def expect(self, tag: str, seconds: float) -> None:
-        """A hint for a tag not measured yet; the measurements take over."""
-        if tag not in self._averages:
-            self._averages[tag] = flow.MovingAverage(seconds)
-            self._seconds[tag] = seconds
-
-    def estimate(self, tag: str) -> Optional[float]:
-        """Seconds per task of ``tag``; None while not measured (then it counts as long)."""
-        return self._seconds.get(tag)
-
-    #: ``queued`` looks at this many held tasks at most and scales up (a slave may hold thousands).
-    SAMPLE = 32
-
-    def queued(self, proc: ProcessRecord) -> float:
-        """Estimated work ``proc`` holds beyond the task it runs (its oldest); inf if unknown."""
-        behind = len(proc.running) - 1
-        if behind <= 0:
-            return 0.0
-        total = 0.0
-        for task in itertools.islice(proc.running.values(), 1, 1 + self.SAMPLE):
-            estimate = self._seconds.get(task.tag)
-            if estimate is None:
-                return float("inf")
-            total += estimate
-        return total * behind / min(behind, self.SAMPLE)
-
-
 def handles(tags: FrozenSet[str], tag: str) -> bool:
     """Can a slave registered with ``tags`` run a task of ``tag``? (``ANY_TAG``: every tag.)"""
     return tag in tags or ANY_TAG in tags
 
 
-def queue_key(task: Task) -> Tuple[bool, int]:
-    """Order among queue heads: requeued tasks first, then the oldest request."""
-    return (not task.rescheduled, task.seq)
+def queue_key(task: Task) -> Tuple[float, bool, int]:
+    """Order among waiting tasks: the highest priority, then requeued tasks, then the oldest request."""
+    return (-task.priority, not task.rescheduled, task.seq)
+
+
+# ---------------------------------------------------------------- steering: limits and retries
+
+class ConcurrencyLimits(Dict[str, int]):
+    """At most n tasks of a tag assigned at once across the farm (a licence, a shared
+    filesystem, a database): running, or queued on a slave behind the task it runs.
+
+    A dict, tag -> limit (its truth and ``get`` cost nothing on the hot path); change it
+    through :meth:`set`, which checks the limit."""
+
+    def set(self, tag: str, limit: Optional[int]) -> None:
+        """Limit ``tag`` to ``limit`` tasks at once (None: no limit)."""
+        if limit is None:
+            self.pop(tag, None)
+            return
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit_concurrency({tag!r}, n): n must be a whole number >= 1 "
+                                     f"(or None: no limit), got {limit!r}")
+        self[tag] = limit
+
+    def full(self, running: Mapping[str, int]) -> Set[str]:
+        """The limited tags that have as many tasks assigned (``running``) as their limit."""
+        return {tag for tag, limit in self.items() if running.get(tag, 0) >= limit}
+
+
+class Retry(NamedTuple):
+    """How a task whose handler raised runs again (one object shared by the tasks of a request)."""
+    retries: int                                  # more attempts after the first
+    retry_on: Optional[Tuple[type, ...]] = None   # None: any exception
+
+
+def check_steering(priority: object, retries: object, retry_on: object) -> Optional[Retry]:
+    """Raise ConfigurationError, saying why, unless the options make sense; the Retry (None: no retries)."""
+    if priority == 0 and retries == 0 and retry_on is None and type(priority) is int and type(retries) is int:
+        return None   # the defaults: every task of most jobs, checked at once
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or math.isnan(priority):
+        raise ConfigurationError(f"priority must be a number (higher goes first, default 0), got {priority!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigurationError(f"retries must be a whole number >= 0 (attempts after the first), got {retries!r}")
+    if retry_on is None:
+        return Retry(retries) if retries else None
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not classes or not all(isinstance(c, type) and issubclass(c, BaseException) for c in classes):
+        raise ConfigurationError(f"retry_on must be an exception class or a tuple of them, got {retry_on!r}")
+    if not retries:
+        raise ConfigurationError(f"retry_on={retry_on!r} without retries: give retries=k as well")
+    return Retry(retries, classes)
+
+
+def retries_again(retry: Optional[Retry], attempts: int,
+                  error_of: Callable[[], Optional[BaseException]]) -> bool:
+    """Does a task run again after an attempt failed (``attempts`` failed before it)?
+
+    ``error_of()``: the exception the handler raised, None if the master cannot
+    rebuild it; asked only for a ``retry_on`` other than the default (any),
+    which such an exception does not match.
+    """
+    if retry is None or attempts >= retry.retries:
+        return False
+    if retry.retry_on is None:
+        return True
+    error = error_of()
+    return error is not None and isinstance(error, retry.retry_on)
+
+
+def retry_elsewhere(task: Task, proc: ProcessRecord, slaves: Iterable[ProcessRecord]) -> bool:
+    """Should ``proc`` leave the retried ``task`` to another slave? Yes if an attempt
+    failed on ``proc`` and another registered slave that can run it failed none."""
+    if task.failed_on is None:
+        return False
+    failed = {process_id for process_id, _ in task.failed_on}
+    return proc.process_id in failed and any(
+        other.tags is not None and other.process_id not in failed and handles(other.tags, task.tag)
+        for other in slaves)
+
+
+def attempts_note(task: Task, retried: bool) -> str:
+    """The line that goes before the traceback of a retried task's last failure (``retried``:
+    it had retries left, its exception was not one of ``retry_on``)."""
+    retry = task.retry
+    if not isinstance(retry, Retry):
+        return ""
+    made, allowed = task.attempts + 1, retry.retries + 1
+    if made >= allowed:
+        why = f"every attempt failed (retries={retry.retries})"
+    elif not retried:
+        names = ", ".join(c.__name__ for c in retry.retry_on or ())
+        why = f"not retried: its exception is not one of retry_on ({names})"
+    else:
+        why = "not retried"
+    where = "; earlier attempts failed on " + ", ".join(desc for _, desc in task.failed_on) \
+        if task.failed_on else ""
+    return f"scientific_ms: task {task.task_id} failed on attempt {made} of {allowed}: {why}{where}\n"
+
+
+def _priority(task: Task) -> float:
+    return task.priority
+
+
+#: A tag's waiting tasks: a deque while they all have priority 0, else a heap.
+Queue = Union[Deque[Task], PriorityQueue]
 
 
 class LossDecision(NamedTuple):
@@ -136,16 +224,19 @@ class Scheduler:
 
     def __init__(self, max_slave_losses: int):
         self.max_slave_losses = max_slave_losses
-        self._queues: Dict[str, Deque[Task]] = {}   # tag -> queue; only non-empty queues
+        self._queues: Dict[str, Queue] = {}   # tag -> queue; only non-empty queues
         self.waiting_count = 0
         self.durations = Durations()
+        self.limits = ConcurrencyLimits()
 
     # ------------------------------------------------------------------ queues
 
     def enqueue(self, task: Task, front: bool = False) -> None:
         queue = self._queues.get(task.tag)
         if queue is None:
-            queue = self._queues[task.tag] = collections.deque()
+            queue = self._queues[task.tag] = PriorityQueue(queue_key) if task.priority else collections.deque()
+        elif task.priority and type(queue) is collections.deque:
+            queue = self._queues[task.tag] = PriorityQueue(queue_key, queue)   # from now on, a heap
         if front:
             queue.appendleft(task)
         else:
@@ -155,13 +246,16 @@ class Scheduler:
     def remove(self, task: Task) -> None:
         """Take a waiting task out of its queue (it was answered meanwhile, or cancelled)."""
         queue = self._queues[task.tag]
-        if queue[-1] is task:   # cancelling the newest first, as a cancelled map does: O(1)
+        if type(queue) is collections.deque and queue[-1] is task:   # the newest first, as a cancelled map does: O(1)
             queue.pop()
         else:
             queue.remove(task)
         if not queue:
             del self._queues[task.tag]
         self.waiting_count -= 1
+
+    def has_waiting(self, tag: str) -> bool:
+        return tag in self._queues
 
     def waiting_tags(self) -> Iterable[str]:
         return self._queues.keys()
@@ -170,13 +264,16 @@ class Scheduler:
 
     def select(self, proc: ProcessRecord, max_tasks: int, slave_count: int,
                idle_elsewhere: Callable[[str], bool] = lambda tag: False,
-               queue_seconds: Optional[float] = None) -> List[Task]:
+               queue_seconds: Optional[float] = None, running: Mapping[str, int] = {},
+               slaves: Iterable[ProcessRecord] = ()) -> List[Task]:
         """Take the tasks ``proc`` gets now (at most ``max_tasks``) out of the queues.
 
         ``idle_elsewhere(tag)``: whether another slave that can run ``tag``
         waits for work (it gets such a task before anyone prefetches it).
         ``queue_seconds``: the work the slave asked to hold queued (None: it
-        did not say), granted within ``flow.queue_limit``.
+        did not say), granted within ``flow.queue_limit``. ``running``: tasks
+        assigned per tag (for the concurrency limits); ``slaves``: the
+        registered processes (a retried task goes to another slave).
         """
         if proc.tags is None or not self.waiting_count:   # not a slave (proc.is_slave), or nothing waits
             return []
@@ -192,11 +289,17 @@ class Scheduler:
         limit = flow.queue_limit(queue_seconds)
         idle: Dict[str, bool] = {}   # idle_elsewhere, asked once per tag
         every = ANY_TAG in proc.tags
+        limits = self.limits
+        skipped = limits.full(running) if limits else set()   # tags passed over in this call
+        taken: Dict[str, int] = {}                            # of limited tags, in this batch
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
-            queue = self._best_queue(proc.tags, every)
+            queue = self._best_queue(proc.tags, every, skipped)
             if queue is None:
                 break
             head = queue[0]
+            if head.failed_on is not None and retry_elsewhere(head, proc, slaves):
+                skipped.add(head.tag)   # it failed here: another slave runs it
+                continue
             busy = bool(tasks or proc.running)
             if busy:
                 if head.suspect:
@@ -216,16 +319,23 @@ class Scheduler:
             self.waiting_count -= 1
             tasks.append(task)
             size += len(task.payload or b"")
+            if limits:
+                most = limits.get(task.tag)
+                if most is not None:
+                    taken[task.tag] = taken.get(task.tag, 0) + 1
+                    if running.get(task.tag, 0) + taken[task.tag] >= most:
+                        skipped.add(task.tag)
             if task.suspect:
                 proc.runs_suspect = True
                 break
         return tasks
 
-    def _best_queue(self, tags: FrozenSet[str], every: bool) -> Optional[Deque[Task]]:
-        """The queue, among the tags handled (``every``: all), whose head comes first."""
-        best = None
+    def _best_queue(self, tags: FrozenSet[str], every: bool, skipped: Set[str]) -> Optional[Queue]:
+        """The queue, among the tags handled (``every``: all) but ``skipped``, whose head comes first."""
+        best: Optional[Queue] = None
         for tag, queue in self._queues.items():
-            if (every or tag in tags) and (best is None or queue_key(queue[0]) < queue_key(best[0])):
+            if (every or tag in tags) and tag not in skipped and \
+                    (best is None or queue_key(queue[0]) < queue_key(best[0])):
                 best = queue
         return best
 
@@ -234,12 +344,13 @@ class Scheduler:
         """A task another slave holds unstarted that the idle ``thief`` should run instead.
 
         From the slave with the most queued work, its last unstarted task
-        that the thief can run, taken from that slave and listed in its
-        ``revoked`` assignments; None if no slave holds more than the task it runs.
+        of the highest priority that the thief can run, taken from that slave and
+        listed in its ``revoked`` assignments; None if no slave holds more than
+        the task it runs.
         """
         if thief.tags is None or thief.running:   # not a slave (thief.is_slave), or not idle
             return None
-        best: Optional[Tuple[ProcessRecord, Task]] = None
+        best: Optional[Tuple[ProcessRecord, List[Task]]] = None
         most_queued = 0.0
         for victim in processes:
             if victim is thief or len(victim.running) < 2:
@@ -253,10 +364,11 @@ class Scheduler:
                 continue
             queued = self.durations.queued(victim)
             if best is None or queued > most_queued:
-                best, most_queued = (victim, unstarted[-1]), queued
+                best, most_queued = (victim, unstarted), queued
         if best is None:
             return None
-        victim, task = best
+        victim, unstarted = best
+        task = max(reversed(unstarted), key=_priority)   # the first of the most urgent from the end
         assert task.assignment is not None, f"task {task.task_id} held without an assignment"
         del victim.running[task.assignment]
         victim.revoked.append(task.assignment)
@@ -290,90 +402,3 @@ class Scheduler:
             task.lost_slaves.append(proc.describe() if died else f"{proc.describe()}, which left while running it")
             (fail if len(task.lost_slaves) >= self.max_slave_losses else requeue).append(task)
         return LossDecision(requeue, fail)
-
-
-# ---------------------------------------------------------------- waiting slave threads
-
-class Waiter:
-    """A thread blocked in ``take_tasks`` for one slave (or in ``take_tasks_for`` for
-    several), woken when a task that one of them can run arrives."""
-
-    __slots__ = ("process_ids", "tags", "condition", "woken", "room")
-
-    def __init__(self, process_ids: Tuple[int, ...], tags: FrozenSet[str], lock: threading.Lock):
-        self.process_ids = process_ids
-        self.tags = tags                              # what any of them can run
-        self.condition = threading.Condition(lock)    # on the manager's lock
-        self.woken = False    # chosen for a task: it must take it or pass the wake-up on
-        self.room = len(process_ids)   # tasks it will take at least once it runs
-
-    def is_only(self, process_id: Optional[int]) -> bool:
-        """Does it wait for that process alone?"""
-        return len(self.process_ids) == 1 and self.process_ids[0] == process_id
-
-
-class WaitingSlaves:
-    """The slave threads waiting for work, longest-waiting first."""
-
-    def __init__(self):
-        self._waiters: Dict[Waiter, None] = {}   # an insertion-ordered set
-        self._woken: Dict[Waiter, None] = {}     # woken, not yet back in take_tasks
-        self._of_process: Dict[int, List[Waiter]] = {}   # so that a leaver is found at once
-
-    def add(self, waiter: Waiter) -> None:
-        self._waiters[waiter] = None
-        for process_id in waiter.process_ids:
-            self._of_process.setdefault(process_id, []).append(waiter)
-
-    def discard(self, waiter: Waiter) -> None:
-        self._waiters.pop(waiter, None)
-        self._woken.pop(waiter, None)
-        for process_id in waiter.process_ids:
-            others = self._of_process.get(process_id)
-            if others is not None:
-                if waiter in others:
-                    others.remove(waiter)
-                if not others:
-                    del self._of_process[process_id]
-
-    def __len__(self) -> int:
-        return len(self._waiters)
-
-    def idle_for(self, tag: str, process_id: int) -> bool:
-        """Does a slave other than ``process_id`` wait (or was just woken) for a task of ``tag``?"""
-        return any(handles(w.tags, tag) and not w.is_only(process_id)
-                   for waiters in (self._woken, self._waiters) for w in waiters)
-
-    def wake_one(self, tag: str, skip: Optional[int] = None) -> None:
-        """Wake the longest-waiting thread that can run ``tag`` (not one of process ``skip``).
-
-        A thread already woken that will take more tasks when it runs (one
-        waiting for several slaves) takes this one too: tasks that arrive one by one
-        then go out in batches, instead of each waking a thread and a call.
-        """
-        for waiter in self._woken:
-            if waiter.room > 0 and handles(waiter.tags, tag) and not waiter.is_only(skip):
-                waiter.room -= 1
-                return
-        if not self._waiters:
-            return
-        for waiter in self._waiters:
-            if handles(waiter.tags, tag) and not waiter.is_only(skip):
-                del self._waiters[waiter]
-                self._woken[waiter] = None
-                waiter.woken = True
-                waiter.room -= 1
-                waiter.condition.notify()
-                return
-
-    def wake_process(self, process_id: int) -> None:
-        """Wake every thread of a process that left, out of the set at once so that
-        no task's wake-up goes to a leaver."""
-        for waiter in self._of_process.pop(process_id, ()):
-            if self._waiters.pop(waiter, 0) is None:
-                waiter.condition.notify()
-            self._woken.pop(waiter, None)
-
-    def wake_all(self) -> None:
-        for waiter in list(self._waiters):
-            waiter.condition.notify()

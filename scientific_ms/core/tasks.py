@@ -24,10 +24,13 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
-from typing import Dict, FrozenSet, List, Optional
+from typing import TYPE_CHECKING, Counter, Dict, FrozenSet, List, Optional, Tuple
 
 from ..errors import ConfigurationError
 from ..wire.payload import Payload
+
+if TYPE_CHECKING:
+    from .scheduling import Retry
 
 #: A slave registered with this tag runs tasks of every tag (the Executor's
 #: function runner, whose tasks are tagged with their function's name).
@@ -79,10 +82,11 @@ class Task:
 
     __slots__ = ("task_id", "tag", "payload", "state", "seq", "rescheduled",
                  "assignment", "process_id", "started", "lost_slaves", "suspect",
-                 "answer", "traceback", "time_limit")
+                 "answer", "traceback", "time_limit", "priority", "retry", "attempts", "failed_on")
 
     def __init__(self, task_id: str, tag: str, payload: Optional[Payload], seq: int,
-                 time_limit: Optional[float] = None):
+                 time_limit: Optional[float] = None, priority: float = 0, retry: Optional[Retry] = None,
+                 attempts: int = 0):
         self.task_id = task_id
         self.tag = tag
         self.payload: Optional[Payload] = payload  # pickled parameters
@@ -97,6 +101,11 @@ class Task:
         self.answer: Optional[Payload] = None  # pickled result or exception
         self.traceback = ""
         self.time_limit = time_limit      # seconds, or None
+        self.priority = priority          # higher goes first among waiting tasks
+        self.retry = retry                # a scheduling.Retry (shared by many tasks), or None
+        self.attempts = attempts          # failed attempts so far (retried ones)
+        #: (process id, description) of each slave a retried attempt failed on; None before the first
+        self.failed_on: Optional[List[Tuple[int, str]]] = None
 
 
 class TaskTable:
@@ -107,14 +116,15 @@ class TaskTable:
 
     def __init__(self):
         self._tasks: Dict[str, Task] = {}
-        self._counts: Dict[TaskState, collections.Counter] = {
+        self._counts: Dict[TaskState, Counter[str]] = {
             state: collections.Counter() for state in TaskState}
         self._numbers = itertools.count(1)
 
-    def new(self, tag: str, payload: Optional[Payload], time_limit: Optional[float]) -> Task:
-        """A new WAITING task with a fresh id, ``<tag>_<n>``."""
+    def new(self, tag: str, payload: Optional[Payload], time_limit: Optional[float],
+            priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> Task:
+        """A new WAITING task with a fresh id, ``<tag>_<n>`` (options: see :class:`Task`)."""
         number = next(self._numbers)
-        task = Task(f"{tag}_{number}", tag, payload, number, time_limit)
+        task = Task(f"{tag}_{number}", tag, payload, number, time_limit, priority, retry, attempts)
         self._tasks[task.task_id] = task
         self._counts[TaskState.WAITING][tag] += 1
         return task
@@ -136,6 +146,10 @@ class TaskTable:
             raise AssertionError(f"only a waiting task can be withdrawn, not {task.task_id} ({task.state.value})")
         self._counts[TaskState.WAITING][task.tag] -= 1
         del self._tasks[task.task_id]
+
+    def running(self) -> Counter[str]:
+        """Running tasks per tag (the live count: it changes as tasks move)."""
+        return self._counts[TaskState.RUNNING]
 
     def outstanding(self, tag: Optional[str] = None) -> int:
         """Tasks (with ``tag``) the master has not received yet."""

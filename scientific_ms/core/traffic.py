@@ -17,16 +17,17 @@ import time
 from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError
-from ..wire.payload import Payload, dumps_value
+from ..wire.payload import Payload, dumps_value, loads_answer
 from ..wire.protocol import Answer
 from .budget import MemoryBudget
 from .failures import RecentFailures
 from .processes import Departure
 from .registry import ProcessRecord, Registry
 from .results import Outcome, ResultStore
-from .scheduling import Scheduler, Waiter, WaitingSlaves
+from .scheduling import Retry, Scheduler, attempts_note, retries_again, retry_elsewhere
 from .signals import Signals
 from .tasks import Task, TaskState, TaskTable
+from .waiting import Waiter, WaitingSlaves
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
 Settled = Tuple[str, bool, Payload, str]
@@ -49,6 +50,7 @@ class TaskTraffic:
         self._signals = signals
         self._registry = registry
         self._scheduler = scheduler
+        self._limits = scheduler.limits   # the scheduler's (a dict): read once per answer
         self._counters = counters     # the manager's, shared with the process side
         self._clock = clock
         self._tasks = TaskTable()
@@ -60,15 +62,18 @@ class TaskTraffic:
 
     # ---------------------------------------------------------------- the master's side
 
-    def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float]) -> List[str]:
-        """Queue a task for each payload, in order, each waiting for the memory budget; their ids."""
+    def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float],
+            priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
+        """Queue a task for each payload, in order, each waiting for the memory budget; their ids.
+
+        ``attempts``: failed attempts each has made already (a resumed journaled job)."""
         task_ids = []
         for payload in payloads:
             self._signals.check_running()
             while self._budget.requests_wait(len(payload)):
                 self._signals.wait_for_room()
                 self._signals.check_running()
-            task = self._tasks.new(tag, payload, time_limit)
+            task = self._tasks.new(tag, payload, time_limit, priority, retry, attempts)
             self._enqueue(task, front=False)
             self._counters["requested"] += 1
             task_ids.append(task.task_id)
@@ -200,9 +205,10 @@ class TaskTraffic:
         return waiter.woken
 
     def store(self, batches: Iterable[Tuple[Optional[int], Iterable]],
-              settled: Optional[List[Settled]]) -> int:
+              settled: Optional[List[Settled]], retried: Optional[List[Tuple[str, int]]] = None) -> int:
         """Store answers ((process_id, answers) pairs; the first answer for a task
-        wins); returns how many were accepted, listed in ``settled`` if given."""
+        wins); returns how many were accepted, listed in ``settled`` if given.
+        A failure sent back to be retried is not accepted; (task_id, attempts) goes in ``retried``."""
         accepted = 0
         now = self._clock()
         for process_id, answers in batches:
@@ -220,14 +226,21 @@ class TaskTraffic:
                     continue
                 if answer.seconds is not None:   # how long the handler ran
                     self._scheduler.durations.record(task.tag, answer.seconds)
-                self._settle(task, answer.ok, answer.payload, answer.traceback)
+                traceback = answer.traceback
+                if not answer.ok and task.retry is not None:
+                    if self._retry(task, answer, proc):
+                        if retried is not None:
+                            retried.append((task.task_id, task.attempts))
+                        continue
+                    traceback = attempts_note(task, False) + traceback
+                self._settle(task, answer.ok, answer.payload, traceback)
                 if not answer.ok:
-                    self._failures.add(answer.task_id, task.tag, process_id, proc, answer.traceback)
+                    self._failures.add(answer.task_id, task.tag, process_id, proc, traceback)
                 if proc is not None:
                     proc.tasks_done += 1
                 accepted += 1
                 if settled is not None:
-                    settled.append((answer.task_id, answer.ok, answer.payload, answer.traceback))
+                    settled.append((answer.task_id, answer.ok, answer.payload, traceback))
         if accepted:
             self._signals.answer_ready.notify_all()
         return accepted
@@ -286,16 +299,43 @@ class TaskTraffic:
         """How many slave threads wait for work right now."""
         return len(self._waiters)
 
+    def wake_for(self, tag: str) -> None:
+        """Wake a slave thread that can run ``tag`` (a limit on it was raised)."""
+        self._waiters.wake_one(tag)
+
     def wake_all(self) -> None:
         """Wake every slave thread waiting for work (the manager terminates)."""
         self._waiters.wake_all()
 
     # ---------------------------------------------------------------- internals
 
-    def _enqueue(self, task: Task, front: bool) -> None:
+    def _enqueue(self, task: Task, front: bool, skip: Optional[int] = None) -> None:
         self._scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
-        self._waiters.wake_one(task.tag)
+        self._waiters.wake_one(task.tag, skip)
+
+    def _retry(self, task: Task, answer: Answer, proc: Optional[ProcessRecord]) -> bool:
+        """Run a failed task again if its ``retry`` says so (``scheduling.retries_again``);
+        whether it does. The answer's slave is noted as one it failed on."""
+        if not retries_again(task.retry, task.attempts, lambda: _exception(answer)):
+            return False
+        task.attempts += 1
+        if task.failed_on is None:
+            task.failed_on = []
+        task.failed_on.append((answer_process(proc), proc.describe() if proc is not None else "a slave that left"))
+        self._counters["retried"] += 1
+        if task.state is TaskState.RUNNING and task.assignment == answer.assignment:
+            self._registry.release(task)
+            # wake a slave for it: another one, if another can run it (see scheduling.retry_elsewhere)
+            elsewhere = proc is not None and retry_elsewhere(task, proc, self._registry)
+            self._requeue(task, counter="", skip=task.process_id if elsewhere else None)
+        # else an earlier assignment failed while the task waits or runs elsewhere: that attempt counts
+        return True
+
+    def _freed(self, tag: str) -> None:
+        """A task of ``tag`` left its slave: under a concurrency limit, the next may start."""
+        if self._limits.get(tag) is not None and self._scheduler.has_waiting(tag):
+            self._waiters.wake_one(tag)
 
     def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
         """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
@@ -308,7 +348,7 @@ class TaskTraffic:
             return []
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
                                        lambda tag: self._waiters.idle_for(tag, proc.process_id),
-                                       queue_seconds)
+                                       queue_seconds, self._tasks.running(), self._registry)
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
             self._budget.add_waiting(-len(task.payload or b""))
@@ -339,15 +379,32 @@ class TaskTraffic:
             self._signals.make_room()
         elif task.state is TaskState.RUNNING:
             self._registry.release(task)
+            if self._limits:
+                self._freed(task.tag)
         self._results.settle(task, ok, payload, traceback, self._clock())
         self._budget.add_results(len(payload))
         if self._budget.results_full():
             self._signals.make_room()   # a request waiting for room must not wait for this
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: Task, counter: str = "rescheduled", skip: Optional[int] = None) -> None:
         self._tasks.move(task, TaskState.WAITING)
         task.assignment = None
         task.process_id = None
         task.rescheduled = True
-        self._counters["rescheduled"] += 1
-        self._enqueue(task, front=True)
+        if counter:
+            self._counters[counter] += 1
+        self._enqueue(task, front=True, skip=skip)
+
+
+def answer_process(proc: Optional[ProcessRecord]) -> int:
+    """The process id an attempt failed on (0: one that left before its answer was read)."""
+    return proc.process_id if proc is not None else 0
+
+
+def _exception(answer: Answer) -> Optional[BaseException]:
+    """The exception a failed answer carries, None if the master cannot rebuild it."""
+    try:
+        error = loads_answer(answer.payload, answer.task_id)
+    except Exception:   # a class the master cannot import: it matches only the default retry_on
+        return None
+    return error if isinstance(error, BaseException) else None

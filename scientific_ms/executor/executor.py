@@ -38,6 +38,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Tuple
 
 from .. import mpi, settings
+from ..core.scheduling import check_steering
 from ..errors import (
     ConfigurationError,
     NoTasksPendingError,
@@ -49,6 +50,7 @@ from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
 from ..provision.provider import SlaveJobs
 from . import by_value, calls
+from .call_options import CallOptions, CallSteering
 from .futures import Future, MapResults
 
 log = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ class Executor(concurrent.futures.Executor):
 
         An argument that cannot be pickled raises SerializationError here.
         """
-        return self._submit_call(fn, args, kwargs, self.master.task_time_limit)
+        return self._submit_call(fn, args, kwargs, None)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
@@ -167,18 +169,30 @@ class Executor(concurrent.futures.Executor):
         exception a call raised. The iterator's ``close()`` (or dropping
         it, or either error) withdraws the calls no slave has started.
         """
-        return self._map(fn, iterables, timeout, chunksize, self.master.task_time_limit)
+        return self._map(fn, iterables, timeout, chunksize, None)
 
-    def options(self, *, time_limit: Optional[float] = None) -> CallOptions:
+    def options(self, *, time_limit: Optional[float] = None, priority: float = 0, retries: int = 0,
+                retry_on: Any = None) -> CallOptions:
         """``submit`` and ``map`` with options: ``ex.options(time_limit=60).submit(fn, x)``.
 
         ``time_limit``: seconds each call (each chunk of a map) may run; a
-        call that runs longer raises TaskTimeLimitError (a TimeoutError).
+        call that runs longer raises TaskTimeLimitError (a TimeoutError);
+        default: the Executor's ``task_time_limit``. ``priority``: waiting calls
+        with a higher one run first (default 0). ``retries``: a call that
+        raised (one of ``retry_on``, an exception class or a tuple of them;
+        default any) runs again, on another slave when there is one, up to
+        this many more times. See docs/guide/scheduling.md.
         """
         if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
             raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
                                      f"got {time_limit!r}")
-        return CallOptions(self._submit_call, self._map, time_limit)
+        retry = check_steering(priority, retries, retry_on)
+        limit = self.master.task_time_limit if time_limit is None else time_limit
+        return CallOptions(self._submit_call, self._map, CallSteering(limit, priority, retry))
+
+    def limit_concurrency(self, fn: Any, n: Optional[int]) -> None:
+        """At most ``n`` calls of ``fn`` (a function, or its tag: its name) run at once (None: no limit)."""
+        self.master.limit_concurrency(fn if isinstance(fn, str) else calls.tag_for(fn), n)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more calls; the master and its slaves end once every future is done.
@@ -241,17 +255,17 @@ class Executor(concurrent.futures.Executor):
                         "define functions once rather than per call", self.label, MANY_FUNCTIONS)
         return label, tag
 
-    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, time_limit: Optional[float]) -> Future:
+    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, steering: Optional[CallSteering]) -> Future:
         if self._shutting_down:   # before pickling: after shutdown, that is the error to see
             raise RuntimeError("cannot schedule new futures after shutdown")
         label, tag = self._function(fn)
         call = (calls.CALL, args, kwargs)
         future = Future(self._withdraw, self._started)
-        self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], time_limit)
+        self._queue(tag, [calls.dumps_call(tag, (label, *call))], [future], steering)
         return future
 
     def _map(self, fn: Callable, iterables: Tuple[Iterable, ...], timeout: Optional[float],
-             chunksize: int, time_limit: Optional[float]) -> Iterator:
+             chunksize: int, steering: Optional[CallSteering]) -> Iterator:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ConfigurationError(f"map(chunksize=...): a whole number >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
@@ -262,18 +276,20 @@ class Executor(concurrent.futures.Executor):
         try:
             for batch in _batches(tasks, MAP_BATCH):
                 payloads = [calls.dumps_call(tag, (label, *task)) for task in batch]
-                self._queue(tag, payloads, results.new_slots(len(payloads)), time_limit)
+                self._queue(tag, payloads, results.new_slots(len(payloads)), steering)
         except BaseException:   # e.g. an item that cannot be pickled: nothing of this map runs
             results.cancel()
             raise
         return results.iterator(end, chunked=chunksize > 1)
 
-    def _queue(self, tag: str, payloads: List[bytes], slots: list, time_limit: Optional[float]) -> None:
-        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it."""
+    def _queue(self, tag: str, payloads: List[bytes], slots: list, steering: Optional[CallSteering]) -> None:
+        """Queue a task for each payload, to be answered to the slot (Future or MapSlot) beside it
+        (``steering``: its options, from ``options``; None: the Executor's own, the usual case)."""
         if self._shutting_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:
-            task_ids = self.master.add_pickled_tasks(tag, payloads, time_limit)
+            task_ids = self.master.add_pickled_tasks(tag, payloads, self.master.task_time_limit) \
+                if steering is None else self.master.add_pickled_tasks(tag, payloads, *steering)
         except TaskManagerTermination:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         table = self._slots
@@ -354,23 +370,6 @@ class Executor(concurrent.futures.Executor):
                 return
             if type(slot) is not tuple:
                 slot.settle(False, error)
-
-
-class CallOptions:
-    """``submit`` and ``map`` of an Executor with per-call options (see ``Executor.options``)."""
-
-    def __init__(self, submit: Callable[..., Future], map_calls: Callable[..., Iterator],
-                 time_limit: Optional[float]):
-        self._submit = submit
-        self._map = map_calls
-        self.time_limit = time_limit
-
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        return self._submit(fn, args, kwargs, self.time_limit)
-
-    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator:
-        return self._map(fn, iterables, timeout, chunksize, self.time_limit)
 
 
 def _remote(error: TaskRaisedException) -> BaseException:

@@ -63,7 +63,9 @@ import time
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
+from ..core.scheduling import Retry
 from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
+from .journal_attempts import Failures, JournaledAttempts, Retried
 from .journal_file import (
     FORMAT,
     SCHEMA,
@@ -194,6 +196,7 @@ class Journal:
                 self.run = self._db.execute(
                     "INSERT INTO runs (pid, host, started) VALUES (?, ?, ?)",
                     (os.getpid(), socket.gethostname(), time.time())).lastrowid
+                self._attempts = JournaledAttempts(self._db)
             self.secret = meta["secret"].encode() if meta.get("secret") else None
             self._load_index()
         except sqlite3.Error as error:
@@ -258,18 +261,24 @@ class Journal:
             self._next_number += 1
             self._new_requests += 1
 
-    def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None) -> str:
+    def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None,
+                priority: float = 0, retry: Optional[Retry] = None) -> str:
         """Match a request with a journaled answer, or queue it for the writer; returns the task id.
 
         ``manager`` (a TaskManager) gets the task (``add_task``) or, when
         its answer is journaled, that answer (``add_answered_task``). A
         master goes through ``journaled.JournaledTasks``, which computes the key.
+        A task with ``retry`` starts with the failed attempts journaled for
+        it (``journal_attempts.py``).
         """
         with self._mutex:   # one request at a time: task ids follow the request order
+            occurrence, made = (0, 0) if retry is None else self._attempts.count(key)
             answer = self.replay(tag, key)
             if answer is not None:
                 return manager.add_answered_task(tag, *answer)
-            task_id = manager.add_task(tag, payload, time_limit)
+            task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made)
+            if retry is not None:
+                self._queue.put(Retried(task_id, key, occurrence))
             self.record(task_id, tag, key, payload)
         return task_id
 
@@ -287,6 +296,10 @@ class Journal:
         self._say_resumed()
         self._queue.put(answers)
 
+    def attempts(self, failures: List[Tuple[str, int]]) -> None:
+        """Journal failed attempts sent back to be retried: (task_id, failed attempts so far)."""
+        self._queue.put(Failures(failures))
+
     def _say_resumed(self) -> None:
         """Once, on the master's stderr whatever the logging: a resumed job says what it
         took from the journal. Said at the first answer a slave brings (the requests made
@@ -301,7 +314,8 @@ class Journal:
     # -------------------------------------------------------------- writer thread
     #
     # The queue holds, in the order they happened: a request (a 5-tuple), a list
-    # of answers, a tag (a request answered from the journal), None (the end).
+    # of answers, a tag (a request answered from the journal), None (the end),
+    # and for retried tasks journal_attempts' Retried and Failures.
     # An answer may come before its request (the master thread queues a request
     # just after the manager has it): it waits in _early.
 
@@ -332,15 +346,20 @@ class Journal:
                 requested[item[2]] += 1
                 counted = True
             elif type(item) is list:
+                tracked = self._attempts.tracked
                 for task_id, ok, payload, traceback in item:
+                    if tracked:
+                        self._attempts.answered(task_id)
                     request = pending.pop(task_id, None)
                     if request is None:
                         early[task_id] = (ok, payload, traceback)
                     else:
                         rows.append(request + (ok, payload, traceback))
-            elif item is not None:
+            elif type(item) is str:
                 requested[item] += 1
                 counted = True
+            elif item is not None:
+                self._attempts.take(item)
         return rows, counted
 
     def _write(self, rows: List[tuple], counted: bool) -> None:
@@ -352,6 +371,9 @@ class Journal:
                                      (self.run, count, blob))
                 if counts:
                     self._db.executemany("INSERT OR REPLACE INTO requested VALUES (?, ?, ?)", counts)
+                attempts = self._attempts.rows()
+                if attempts:
+                    self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)", attempts)
         except sqlite3.Error as error:
             self._failed = str(sql_error(self.path, error, "writing"))
             log.error("%s; from now on this job is not journaled (its results still reach the "

@@ -21,6 +21,7 @@ import socket
 from typing import Dict, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
+from ..core.scheduling import Retry
 from ..wire.payload import Payload, dumps_value
 from .journal import Journal, request_key, value_digest
 
@@ -41,13 +42,18 @@ class PlainTasks:
         self._manager = manager
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
         """Queue a task; returns its id (``parameters`` serve a journal's keys only)."""
-        return self._manager.add_task(tag, payload, time_limit)
+        if retry is None and not priority:   # the usual case, without keywords: every request goes here
+            return self._manager.add_task(tag, payload, time_limit)
+        return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry)
 
-    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
+    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
+                  priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
         """Queue a task for each payload (one lock of the manager for all); returns their ids."""
-        return self._manager.add_tasks(tag, payloads, time_limit)
+        if retry is None and not priority:   # the usual case, without keywords
+            return self._manager.add_tasks(tag, payloads, time_limit)
+        return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry)
 
     def close(self, failed: bool = False, keep: bool = True) -> None:
         """Nothing to close."""
@@ -67,6 +73,7 @@ class JournaledTasks:
         self._journal = Journal(path, label, secret)
         self._digests: Dict[str, bytes] = {}   # global state label -> hash of its value
         manager.on_answers = self._journal.answers
+        manager.on_retries = self._journal.attempts
         # Slaves read this to know that a vanished master may come back (rejoin_grace).
         manager.store_data(JOURNALED_MASTER, dumps_value(
             {"pid": os.getpid(), "host": socket.gethostname(), "journal": str(self._journal.path)}))
@@ -82,19 +89,21 @@ class JournaledTasks:
         return self._journal.replayed
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
         """Queue a task, or deliver its journaled answer; returns its id.
 
         ``parameters``: given when they hold GlobalStateValue placeholders,
-        which then match by the value they stand for.
+        which then match by the value they stand for. A task with ``retry``
+        counts the attempts journaled by an earlier run (``Journal.request``).
         """
         key = request_key(tag, payload, parameters, self._digest) if parameters is not None else \
             request_key(tag, payload)
-        return self._journal.request(tag, key, payload, self._manager, time_limit)
+        return self._journal.request(tag, key, payload, self._manager, time_limit, priority, retry)
 
-    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None) -> List[str]:
+    def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
+                  priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
         """:meth:`add_task` for each payload, in order; returns their ids."""
-        return [self.add_task(tag, payload, time_limit) for payload in payloads]
+        return [self.add_task(tag, payload, time_limit, priority=priority, retry=retry) for payload in payloads]
 
     def _digest(self, label: str) -> bytes:
         # A state label names one value for good (state ids are not reused): hash it once.

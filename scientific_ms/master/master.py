@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import settings
 from ..core.manager import TaskManager
 from ..core.results import Outcome
+from ..core.scheduling import Retry, check_steering
+from ..core.tasks import check_request
 from ..dashboard import start_in_master as start_dashboard
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
 from ..logs import apply_debug_flag
@@ -174,8 +176,9 @@ class MasterProcess:
         """
         return self.request_task(tag, *parameters)
 
-    def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None) -> str:
-        """``requestTask`` with options.
+    def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None,
+                     priority: float = 0, retries: int = 0, retry_on: Any = None) -> str:
+        """``requestTask`` with options (keyword-only: they never mix with the parameters).
 
         ``time_limit``: seconds the handler may run (default: the master's
         ``task_time_limit``). A handler that runs longer is interrupted on the
@@ -184,24 +187,40 @@ class MasterProcess:
         exception is a TaskTimeLimitError. If the slave cannot interrupt the
         handler (it is stuck inside C code, or the slave hangs), the master
         reports the task anyway a few seconds later.
+
+        ``priority``: waiting tasks with a higher one go first (default 0).
+        ``retries``: a task whose handler raised (one of ``retry_on``, a class
+        or tuple; default any) runs again, on another slave when there is one,
+        up to this many more times; then its last exception is delivered,
+        naming the attempts. See docs/guide/scheduling.md.
         """
+        retry = None if priority == 0 and retries == 0 and retry_on is None else \
+            check_steering(priority, retries, retry_on)   # (the defaults, at once)
         limit = self.task_time_limit if time_limit is None else time_limit
         payload, uses_state = self._states.dumps_parameters(tag, parameters)
         self._warn_if_large(tag, payload)
         # the parameters themselves only when a journal must match placeholders by their values
-        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None)
+        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
-    def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float]) -> List[str]:
+    def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float],
+                          priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
         """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
 
         With a journal, each is matched by its tag and pickled parameters as
         ``requestTask`` matches its requests: one answered before is delivered
-        from the journal and not run again.
+        from the journal and not run again. ``priority``, ``retry``: see
+        :meth:`request_task` (``scheduling.check_steering`` makes a Retry).
         """
-        return self._requests.add_tasks(tag, payloads, time_limit)
+        return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry)
+
+    def limit_concurrency(self, tag: str, n: Optional[int]) -> None:
+        """At most ``n`` tasks of ``tag`` run at once across the farm (None: no limit);
+        tasks a slave holds queued count as running. See docs/guide/scheduling.md."""
+        check_request(tag, None)
+        self.task_manager.limit_concurrency(tag, n)
 
     def cancel_task(self, task_id: str) -> bool:
         """Withdraw a task that no slave has started; False if it runs, is answered or is unknown."""
