@@ -192,7 +192,8 @@ def test_a_master_in_a_batch_job_and_an_array_of_slaves_that_wait_for_it(slurm, 
     results = json.loads(out.read_text())
     assert sorted(value for value, _ in results.values()) == [i * i for i in range(40)]
     wait_done(slurm, slaves, 30, count=2)   # the slaves end with their master
-    assert exit_codes(slurm, slaves) == ["0:0", "0:0"]
+    assert exit_codes(slurm, slaves) == ["0:0", "0:0"], "\n".join(
+        f"--- {path.name}\n{path.read_text()}" for path in sorted(tmp_path.glob("slave-*.out")))
 
 
 def test_more_array_tasks_join_a_running_job_and_scancel_gives_their_tasks_back(

@@ -48,7 +48,7 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds a closing master gives the replies on their way before it cuts its connections.
+#: Seconds a closing master waits for its clients to close their connections before it cuts them.
 CLOSE_GRACE_SECONDS = 1.0
 
 class TaskManagerService:
@@ -393,12 +393,13 @@ class MasterServer:
     def close(self) -> None:
         self._stop.set()
         self.service.answer_status_waits(1.0)   # watchers get the final state
-        # Pyro5's shutdown joins each thread still serving a connection for up to 0.1 s:
-        # half a minute for 300 slaves that have not left. Ending their reads first lets
-        # those threads go at once, once the replies on their way (the answer to a slave's
-        # goodbye, say) are out: only then are the connections cut.
-        self.daemon.close_connections(socket.SHUT_RD)
+        # Slaves told of the end close their connections themselves; until they do, their
+        # calls are still answered (a keeper's last watch, a goodbye). Then Pyro5's shutdown
+        # would join each thread still serving a connection for up to 0.1 s (half a minute
+        # for 300 connections left open): ending their reads first lets those threads go at
+        # once, their replies on the way still going out.
         self.daemon.wait_until_closed(CLOSE_GRACE_SECONDS)
+        self.daemon.close_connections(socket.SHUT_RD)
         self.daemon.shutdown()
         self.daemon.close_connections()
         for thread in self._threads:
