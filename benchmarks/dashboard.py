@@ -7,7 +7,8 @@ with its own spawned slaves (the idle ones wait without using the CPU). On
 the first, without a dashboard, runs with no page alternate with runs while
 ``task_manager dashboard LABEL`` (another process, reading the master's
 status over the wire) is polled as an open page polls it: ``/api/state``
-once a second. On the second, started with ``dashboard=True``, runs while no
+once a second, from a process of its own as a browser would. On the second,
+started with ``dashboard=True``, runs while no
 one looks alternate with runs while its own page is polled. The four kinds
 of run take turns, so that a change in the machine's load touches each
 alike. Each figure is the best of N runs, start-up excluded (the medians
@@ -22,9 +23,7 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,28 +38,40 @@ LABEL = "dashboard-benchmark"
 
 
 class Page:
-    """What an open page does to its dashboard: ask for ``/api/state`` once a second."""
+    """What an open page does to its dashboard: ask for ``/api/state`` once a second, from a
+    process of its own, as a browser does (in the master's process, reading each answer
+    would cost the master's own interpreter what a browser never costs it)."""
+
+    POLL = """
+import sys, time, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+interval = float(sys.argv[3])
+polls = size = 0
+print("ready", flush=True)
+try:
+    while True:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            size = len(answer.read())
+        polls += 1
+        print(polls, size, flush=True)
+        time.sleep(interval)
+except KeyboardInterrupt:
+    pass
+"""
 
     def __init__(self, url: str, interval: float = 1.0):
         base, token = url.split("?token=")
-        self._request = urllib.request.Request(base + "api/state", headers={"Authorization": f"Bearer {token}"})
-        self._interval = interval
-        self._stop = threading.Event()
+        self._process = subprocess.Popen([sys.executable, "-c", self.POLL, base + "api/state", token, str(interval)],
+                                         stdout=subprocess.PIPE, text=True)
+        self._process.stdout.readline()   # "ready": polling from now on
         self.polls = 0
         self.size = 0   # bytes of the last answer
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self):
-        while not self._stop.is_set():
-            with urllib.request.urlopen(self._request, timeout=30) as answer:
-                self.size = len(answer.read())
-            self.polls += 1
-            self._stop.wait(self._interval)
 
     def close(self):
-        self._stop.set()
-        self._thread.join()
+        self._process.send_signal(signal.SIGINT)
+        lines = self._process.communicate(timeout=30)[0].split()
+        if len(lines) >= 2:
+            self.polls, self.size = int(lines[-2]), int(lines[-1])
 
 
 def start_master(label, workers, **options):
