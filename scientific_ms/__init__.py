@@ -4,7 +4,9 @@ A Python 3 re-creation of ScientificPython's
 ``Scientific.DistributedComputing.MasterSlave`` on Pyro5. See README.md.
 """
 
-from .core.manager import TaskManager
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -22,16 +24,39 @@ from .errors import (
     TaskRaisedException,
     TaskTimeLimitError,
 )
-from .job import initializeMasterProcess, runJob
-from .machine import getMachineInfo
-from .master.forkserver import warm_start
-from .master.journal_file import JournalError
-from .master.journal_report import JournalRecord, read_journal
-from .master.master import MasterProcess
-from .provision.local import LocalSlaves
-from .provision.slurm import SlurmSlaves
-from .slave.slave import SlaveProcess, startSlaveProcess
-from .wire.payload import GlobalStateValue
+
+if TYPE_CHECKING:   # what the names below are, for type checkers; imported on first use
+    from .core.manager import TaskManager
+    from .executor.executor import Executor
+    from .job import initializeMasterProcess, runJob
+    from .machine import getMachineInfo
+    from .master.forkserver import warm_start
+    from .master.journal_file import JournalError
+    from .master.journal_report import JournalRecord, read_journal
+    from .master.master import MasterProcess
+    from .pools import register_joblib
+    from .pools.pool import Pool
+    from .provision.local import LocalSlaves
+    from .provision.slurm import SlurmSlaves
+    from .slave.slave import SlaveProcess, startSlaveProcess
+    from .wire.payload import GlobalStateValue
+
+#: Public names imported on first use, with the module of each: a slave, a fork server, or a
+#: program that wants only the Executor imports only what it uses.
+_LAZY = {
+    "TaskManager": ".core.manager",
+    "initializeMasterProcess": ".job", "runJob": ".job",
+    "getMachineInfo": ".machine",
+    "warm_start": ".master.forkserver",
+    "JournalError": ".master.journal_file",
+    "JournalRecord": ".master.journal_report", "read_journal": ".master.journal_report",
+    "MasterProcess": ".master.master",
+    "LocalSlaves": ".provision.local", "SlurmSlaves": ".provision.slurm",
+    "SlaveProcess": ".slave.slave", "startSlaveProcess": ".slave.slave",
+    "GlobalStateValue": ".wire.payload",
+    "Executor": ".executor.executor",
+    "Pool": ".pools.pool", "register_joblib": ".pools",
+}
 
 __version__ = "0.1.0"
 
@@ -40,18 +65,16 @@ debug = False
 
 
 def __getattr__(name: str):
-    # Imported on first use: slave processes start faster without concurrent.futures (nor
-    # multiprocessing, nor joblib).
-    if name == "Executor":
-        from .executor.executor import Executor
-        return Executor
-    if name == "Pool":
-        from .pools.pool import Pool
-        return Pool
-    if name == "register_joblib":
-        from .pools import register_joblib
-        return register_joblib
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value   # once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
