@@ -104,6 +104,8 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "throughput_per_second": status.get("throughput_per_second", 0.0),
         "progress": round(retrieved / requested, 4) if requested else None,
         "unserved_tags": list(status.get("unserved_tags", [])),
+        # waiting tasks whose resources no connected host offers (core/resources.py)
+        "unmet_needs": [dict(entry) for entry in status.get("unmet_needs", [])],
         "processes": processes,
         # the last lines each slave printed or logged (core/output.py), by slave id
         "slave_output": [{"id": entry.get("id"), "slave": entry.get("slave"), "lines": list(entry.get("lines", [])),
@@ -185,6 +187,9 @@ def format_status(report: Dict, verbose: bool = False) -> str:
     lines.append(f"throughput: {report['throughput_per_second']:.2f} tasks/s over the last minute")
     for tag in report["unserved_tags"]:
         lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")
+    for entry in report["unmet_needs"]:
+        lines.append(f"note: tasks of tag {entry['tag']!r} need {entry['need']}, more than any connected "
+                     f"host offers (the largest: {entry['largest_offer']}); they wait for one")
     if verbose:
         lines.append("processes:")
         lines.extend("  " + line for line in format_processes(report))

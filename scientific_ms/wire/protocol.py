@@ -96,6 +96,7 @@ class TaskMessage(NamedTuple):
     tag: str
     payload: Payload             # pickled parameters (a payload.Pickled when buffers travel beside)
     time_limit: Optional[float]  # seconds, or None
+    gpus: Optional[Tuple[int, ...]] = None   # the GPU ids it was given (core/resources.py), or None
 
 
 class Answer(NamedTuple):
@@ -112,7 +113,7 @@ def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
     """Tasks (anything with the fields of :class:`TaskMessage`) as plain tuples for
     marshal, and the out-of-band buffers that follow them (``buffers.py``)."""
     buffers: list = []
-    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit)
+    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit, t.gpus)
                for t in tasks]
     return records, buffers
 
