@@ -1,7 +1,6 @@
 """Resources on a real master with real slaves: GPU ids per task, cores held, an
 unmet request reported, a host's declaration checked."""
 
-import sys
 import textwrap
 from pathlib import Path
 
