@@ -77,7 +77,7 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         })
-    return {
+    report = {
         "schema": JSON_SCHEMA,
         "label": label,
         "address": address,
@@ -104,13 +104,14 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "throughput_per_second": status.get("throughput_per_second", 0.0),
         "progress": round(retrieved / requested, 4) if requested else None,
         "unserved_tags": list(status.get("unserved_tags", [])),
-        # waiting tasks whose resources no connected host offers (core/resources.py)
-        "unmet_needs": [dict(entry) for entry in status.get("unmet_needs", [])],
         "processes": processes,
         # the last lines each slave printed or logged (core/output.py), by slave id
         "slave_output": [{"id": entry.get("id"), "slave": entry.get("slave"), "lines": list(entry.get("lines", [])),
                           "dropped": entry.get("dropped", 0)} for entry in status.get("slave_output", [])],
     }
+    if status.get("unmet_needs"):   # waiting tasks whose resources no connected host offers (core/resources.py)
+        report["unmet_needs"] = [dict(entry) for entry in status["unmet_needs"]]
+    return report
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -187,7 +188,7 @@ def format_status(report: Dict, verbose: bool = False) -> str:
     lines.append(f"throughput: {report['throughput_per_second']:.2f} tasks/s over the last minute")
     for tag in report["unserved_tags"]:
         lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")
-    for entry in report["unmet_needs"]:
+    for entry in report.get("unmet_needs", ()):
         lines.append(f"note: tasks of tag {entry['tag']!r} need {entry['need']}, more than any connected "
                      f"host offers (the largest: {entry['largest_offer']}); they wait for one")
     if verbose:
