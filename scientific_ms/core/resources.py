@@ -305,8 +305,6 @@ class HostPools:
         pool = self._pools.get(key)
         if pool is None:
             offer = parse_offer(offer, f"the resources of {proc.describe()}") if offer else {}
-            if "memory" not in offer and isinstance(info.get("memory"), int):
-                offer = dict(offer, memory=info["memory"])
             pool = self._pools[key] = HostPool(key, offer, self._freed)
         if proc.tags is not None:
             pool.workers.append(proc)

@@ -382,6 +382,9 @@ class Scheduler:
         """
         if thief.tags is None or thief.running:   # not a slave (thief.is_slave), or not idle
             return None
+        pool = thief.pool
+        if pool is not None and pool.tight and not pool.room_for_plain(thief, False):
+            return None   # its host's cores are held (resources.py)
         best: Optional[Tuple[ProcessRecord, List[Task]]] = None
         most_queued = 0.0
         for victim in processes:
