@@ -240,3 +240,32 @@ def test_the_unmet_warning_comes_after_a_while_and_goes_when_the_need_is_met():
     host(tm, 1, "memory=32G")
     clock.now += 2 * unserved.CHECK_SECONDS
     assert watch.check(tm.status) is None and tm.status()["unmet_needs"] == []
+
+
+def test_a_host_that_left_offers_nothing_more():
+    tm = manager()
+    (big,) = host(tm, 1, "gpu=2")
+    (small,) = host(tm, 1, "gpu=1")
+    add(tm, 1, need=Need(gpu=2))
+    assert tm.status()["unmet_needs"] == []
+    tm.unregister_process(big)
+    [entry] = tm.status()["unmet_needs"]
+    assert entry["need"] == "gpu=2" and entry["largest_offer"].startswith("gpu=1,")
+    assert tm.take_tasks(small) == []
+
+
+def test_an_idle_worker_of_a_host_whose_cores_are_held_steals_nothing():
+    clock = Clock()
+    tm = TaskManager(clock=clock)
+    a, b = host(tm, 2)
+    (other,) = host(tm, 1)
+    tm.expect_duration("g", 0.0)
+    add(tm, 1, "f", need=Need(cores=2))
+    assert len(tm.take_tasks(a)) == 1           # holds both cores of its host
+    add(tm, 1, "g")
+    assert len(tm.take_tasks(other)) == 1
+    add(tm, 3, "g")
+    queued = tm.take_tasks(other, max_tasks=5)  # short: queued behind the one it runs
+    assert queued
+    clock.now += 60                             # long enough to be taken over
+    assert tm.take_tasks(b) == []               # but b's host has no core free
