@@ -49,6 +49,7 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #: ``exchange(process_id, answers, max_tasks, wait[, queue_seconds[, output]])``
 #:     ``-> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them);
+#:     each TaskMessage carries the GPU ids its task was given, or None (protocol 5);
 #:     queue_seconds: the work the slave wants queued behind the task it runs, which covers
 #:     its round trip (``core/flow.py``); a slave that leaves it out (or sends None) gets the
 #:     fixed target; output: ([line], dropped), what its handlers printed and logged since
