@@ -226,15 +226,22 @@ class HostPool:
         self.extra_cores = 0               # cores held beyond one per busy worker
         self.waiting_for_cores = None      # the task a worker of it waits for cores for
         self.keeper_here = False           # its keeper (an agent) is registered: more workers may come
+        #: May a plain task be kept from a worker of this host? Read per assignment, so kept as a
+        #: plain attribute (:meth:`_retighten`): cores held beyond one per worker, cores declared,
+        #: or cores kept for a task that waits for them.
+        self.tight = self.cores is not None
         self._freed = freed
 
     def core_slots(self) -> int:
         return self.cores if self.cores is not None else len(self.workers)
 
-    @property
-    def tight(self) -> bool:
-        """May a plain task be kept from an idle worker of this host? (Cheap: read per assignment.)"""
-        return bool(self.extra_cores) or self.cores is not None or self.waiting_for_cores is not None
+    def _retighten(self) -> None:
+        self.tight = bool(self.extra_cores) or self.cores is not None or self.waiting_for_cores is not None
+
+    def keep_cores_for(self, task) -> None:
+        """A worker of this host waits for cores for ``task`` (None: for none any more)."""
+        self.waiting_for_cores = task
+        self._retighten()
 
     def busy_cores(self, but=None) -> int:
         """Core slots taken by tasks running on its workers (but the worker ``but``)."""
@@ -259,7 +266,7 @@ class HostPool:
         if waited is not None:
             if waited.state is TaskState.WAITING:
                 return False   # the host keeps its slots for the task its worker waits for
-            self.waiting_for_cores = None
+            self.keep_cores_for(None)
         return busy or self.busy_cores(proc) + 1 <= self.core_slots()
 
     def take(self, need: Need) -> Grant:
@@ -267,7 +274,7 @@ class HostPool:
         del self.free_gpus[:need.gpu]
         self.memory_held += need.memory
         self.extra_cores += need.cores - 1
-        self.waiting_for_cores = None
+        self.keep_cores_for(None)
         return Grant(self, need, gpus)
 
     def give_back(self, grant: Grant) -> None:
@@ -275,6 +282,7 @@ class HostPool:
         self.free_gpus.sort()
         self.memory_held -= grant.need.memory
         self.extra_cores -= grant.need.cores - 1
+        self._retighten()
         self._freed()
 
     def offer(self) -> Dict[str, object]:
@@ -329,7 +337,7 @@ class HostPools:
         """A waiting task left its queue (cancelled, answered): no host keeps cores for it."""
         for pool in self._pools.values():
             if pool.waiting_for_cores is task:
-                pool.waiting_for_cores = None
+                pool.keep_cores_for(None)
 
     def __iter__(self):
         return iter(list(self._pools.values()))
@@ -349,7 +357,7 @@ def place(pool: Optional[HostPool], task, proc, busy: bool) -> str:
         return SKIP
     lack = pool.lacks(need, proc) if pool.fits_ever(need) else "never"
     if lack == "cores":
-        pool.waiting_for_cores = task
+        pool.keep_cores_for(task)
         return WAIT
     if lack is not None:
         return SKIP
