@@ -269,3 +269,19 @@ def test_an_idle_worker_of_a_host_whose_cores_are_held_steals_nothing():
     assert queued
     clock.now += 60                             # long enough to be taken over
     assert tm.take_tasks(b) == []               # but b's host has no core free
+
+
+def test_cores_kept_for_a_worker_that_left_are_kept_no_longer():
+    tm = manager()
+    a, b = host(tm, 2, tags=("f",))   # a runs "f" only...
+    c = tm.register_process("slave", {"host": "h", "pid": 7, "agent": tm.status()["processes"][0]["id"]}, ("g",))
+    add(tm, 1, "g")
+    running = tm.take_tasks(c)                 # ...c "g" only; c holds a core
+    add(tm, 1, "f", need=Need(cores=3))
+    assert tm.take_tasks(a) == []              # a waits for the three cores
+    add(tm, 1, "g")
+    answer(tm, c, running)
+    assert tm.take_tasks(c) == []              # kept for a's task
+    tm.unregister_process(a)
+    tm.unregister_process(b)
+    assert [t.tag for t in tm.take_tasks(c)] == ["g"]   # nobody left waits for them

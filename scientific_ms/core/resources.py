@@ -225,6 +225,7 @@ class HostPool:
         self.memory_held = 0
         self.extra_cores = 0               # cores held beyond one per busy worker
         self.waiting_for_cores = None      # the task a worker of it waits for cores for
+        self.cores_kept_by = None          # that worker (the reservation ends if it leaves)
         self.keeper_here = False           # its keeper (an agent) is registered: more workers may come
         #: May a plain task be kept from a worker of this host? Read per assignment, so kept as a
         #: plain attribute (:meth:`_retighten`): cores held beyond one per worker, cores declared,
@@ -238,9 +239,10 @@ class HostPool:
     def _retighten(self) -> None:
         self.tight = bool(self.extra_cores) or self.cores is not None or self.waiting_for_cores is not None
 
-    def keep_cores_for(self, task) -> None:
-        """A worker of this host waits for cores for ``task`` (None: for none any more)."""
+    def keep_cores_for(self, task, proc=None) -> None:
+        """The worker ``proc`` of this host waits for cores for ``task`` (None: for none any more)."""
         self.waiting_for_cores = task
+        self.cores_kept_by = proc
         self._retighten()
 
     def busy_cores(self, but=None) -> int:
@@ -264,17 +266,22 @@ class HostPool:
         nothing beyond itself?"""
         waited = self.waiting_for_cores
         if waited is not None:
-            if waited.state is TaskState.WAITING:
+            if waited.state is TaskState.WAITING and self.cores_kept_by in self.workers:
                 return False   # the host keeps its slots for the task its worker waits for
             self.keep_cores_for(None)
         return busy or self.busy_cores(proc) + 1 <= self.core_slots()
 
-    def take(self, need: Need) -> Grant:
+    def take(self, task) -> Grant:
+        """``task`` (it has a need) holds its resources here from now on."""
+        need = task.need
         gpus = tuple(self.free_gpus[:need.gpu])
         del self.free_gpus[:need.gpu]
         self.memory_held += need.memory
         self.extra_cores += need.cores - 1
-        self.keep_cores_for(None)
+        if self.waiting_for_cores is task:
+            self.keep_cores_for(None)
+        else:
+            self._retighten()
         return Grant(self, need, gpus)
 
     def give_back(self, grant: Grant) -> None:
@@ -357,11 +364,11 @@ def place(pool: Optional[HostPool], task, proc, busy: bool) -> str:
         return SKIP
     lack = pool.lacks(need, proc) if pool.fits_ever(need) else "never"
     if lack == "cores":
-        pool.keep_cores_for(task)
+        pool.keep_cores_for(task, proc)
         return WAIT
     if lack is not None:
         return SKIP
-    task.held = pool.take(need)
+    task.held = pool.take(task)
     return TAKE
 
 
