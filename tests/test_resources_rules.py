@@ -285,3 +285,13 @@ def test_cores_kept_for_a_worker_that_left_are_kept_no_longer():
     tm.unregister_process(a)
     tm.unregister_process(b)
     assert [t.tag for t in tm.take_tasks(c)] == ["g"]   # nobody left waits for them
+
+
+def test_the_status_shows_what_a_host_offers_and_lends():
+    tm = manager()
+    (a,) = host(tm, 1, "gpu=2,memory=8G")
+    add(tm, 1, need=Need(gpu=1, memory=G))
+    tm.take_tasks(a)
+    [agent] = [p for p in tm.status()["processes"] if p["role"] == "agent"]
+    assert agent["resources"] == {"gpu": 2, "gpu_ids": [0, 1], "memory": 8 * G, "cores": 1,
+                                  "free_gpu_ids": [1], "memory_held": G}

@@ -292,6 +292,10 @@ class HostPool:
         self._retighten()
         self._freed()
 
+    def in_use(self) -> bool:
+        """Did it declare GPUs or cores, or does a running task hold some of it?"""
+        return bool(self.gpu_ids) or self.cores is not None or bool(self.memory_held) or bool(self.extra_cores)
+
     def offer(self) -> Dict[str, object]:
         """What it offers, as ``show`` reports it."""
         return {"gpu": len(self.gpu_ids), "gpu_ids": list(self.gpu_ids), "memory": self.memory,
