@@ -114,6 +114,13 @@ def test_steering_demo(processes, workdir):
                      r"\(retries=1\); earlier attempts failed on process \d+", out, re.M), out
 
 
+def test_resources_sweep(processes, workdir):
+    out = run(processes, workdir, "resources_sweep.py")
+    trained = re.findall(r"^train: rate \S+ trained on GPU (\d)$", out, re.M)
+    assert len(trained) == 4 and set(trained) <= {"0", "1"}, out
+    assert out.count("scored, no GPU (None)") == 6 and "merge: merged on 4 cores" in out, out
+
+
 def test_journal_demo_resumes_from_its_journal(processes, workdir):
     first = run(processes, workdir, "journal_demo.py")
     assert "sum of squares 2470; computed in this run: 20 of 20" in first, first
@@ -169,7 +176,7 @@ def test_slave_output_demo(processes, workdir):
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
                 "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py",
-                "slave_output_demo.py", "steering_demo.py"}
+                "slave_output_demo.py", "steering_demo.py", "resources_sweep.py"}
 
 
 def test_every_example_is_run_by_a_test():

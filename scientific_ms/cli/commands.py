@@ -30,6 +30,7 @@ import traceback
 from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple
 
 from .. import logs, settings
+from ..core import resources
 from ..dashboard.published import dashboard_url
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
 from ..master.launch import fetch_stored_code, master_state, run_stored_code
@@ -189,6 +190,9 @@ def slave(args) -> int:
     if args.idle_timeout is not None:   # read by every SlaveProcess here and in -n workers
         os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
     idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
+    if args.resources is not None:   # what this host offers: read by the keeper (-n) or the lone slave
+        os.environ[resources.VARIABLE] = resources.offer_text(args.resources, f"--resources {args.resources}")
+    resources.declared()   # a bad SCIENTIFIC_MS_RESOURCES fails here, before any slave starts
     connection = departure.connect_or_leave(
         functools.partial(connect, args.label, args.master, key_file=args.key_file),
         args.wait, None, idle_timeout, args.label)
@@ -294,6 +298,11 @@ def _slave_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
                         help="leave after SECONDS without work, so that a batch allocation is freed "
                              "when the queue runs dry (default: SCIENTIFIC_MS_IDLE_TIMEOUT, else never)")
+    parser.add_argument("--resources", default=None, metavar="gpu=2,memory=64G,cores=8",
+                        help="what this host offers tasks that need resources, shared by its N slaves: "
+                             "gpu=COUNT or gpu=ID,ID,..., memory=SIZE (K/M/G/T), cores=COUNT (default: "
+                             "SCIENTIFIC_MS_RESOURCES, else no GPU, the memory psutil sees, N cores; "
+                             "docs/guide/resources.md)")
 
 
 class Command(NamedTuple):

@@ -77,7 +77,7 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
             "cpu_percent": proc.get("cpu_percent"),
             "rss_bytes": proc.get("rss_bytes"),
         })
-    return {
+    report = {
         "schema": JSON_SCHEMA,
         "label": label,
         "address": address,
@@ -109,6 +109,9 @@ def build_report(label: str, address: str, status: Dict) -> Dict:
         "slave_output": [{"id": entry.get("id"), "slave": entry.get("slave"), "lines": list(entry.get("lines", [])),
                           "dropped": entry.get("dropped", 0)} for entry in status.get("slave_output", [])],
     }
+    if status.get("unmet_needs"):   # waiting tasks whose resources no connected host offers (core/resources.py)
+        report["unmet_needs"] = [dict(entry) for entry in status["unmet_needs"]]
+    return report
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -185,6 +188,9 @@ def format_status(report: Dict, verbose: bool = False) -> str:
     lines.append(f"throughput: {report['throughput_per_second']:.2f} tasks/s over the last minute")
     for tag in report["unserved_tags"]:
         lines.append(f"note: no connected slave handles tag {tag!r}; its tasks wait for one")
+    for entry in report.get("unmet_needs", ()):
+        lines.append(f"note: tasks of tag {entry['tag']!r} need {entry['need']}, more than any connected "
+                     f"host offers (the largest: {entry['largest_offer']}); they wait for one")
     if verbose:
         lines.append("processes:")
         lines.extend("  " + line for line in format_processes(report))

@@ -39,6 +39,7 @@ from ..wire.payload import Payload
 from .output import SlaveOutput
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
+from .resources import Need, unmet
 from .results import Outcome
 from .scheduling import Retry, Scheduler
 from .shared_data import SharedData
@@ -110,18 +111,21 @@ class TaskManager:
     # ---------------------------------------------------------------- tasks: master
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None, *,
-                 priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> str:
+                 priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
+                 need: Optional[Need] = None) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
         ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
         ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
-        ``attempts``: failed attempts it made already."""
+        ``attempts``: failed attempts it made already. ``need``: the resources it holds while it
+        runs (``resources.parse_need``; None: its tag's default, :meth:`set_resources`)."""
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts)[0]
+            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts, need)[0]
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
-                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
+                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
+                  need: Optional[Need] = None) -> List[str]:
         """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
 
         One lock for all of them: an Executor's map queues its chunks so.
@@ -129,7 +133,16 @@ class TaskManager:
         """
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts)
+            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts, need)
+
+    def set_resources(self, tag: str, need: Optional[Need]) -> None:
+        """What tasks of ``tag`` need unless their request says (None: nothing); for tasks
+        requested from now on."""
+        with self._lock:
+            if need is None:
+                self._scheduler.default_needs.pop(tag, None)
+            else:
+                self._scheduler.default_needs[tag] = need
 
     def limit_concurrency(self, tag: str, limit: Optional[int]) -> None:
         """At most ``limit`` tasks of ``tag`` assigned to slaves at once (None: no limit).
@@ -424,5 +437,7 @@ class TaskManager:
                               self._traffic.answered())
             if failures:
                 status["failures"] = self._traffic.recent_failures()
+            if self._scheduler.needy_tags:
+                status["unmet_needs"] = unmet(self._scheduler.waiting_needs(), self._scheduler.pools)
         status["slave_output"] = self.output.last_lines()
         return status

@@ -67,6 +67,11 @@ class Processes:
         self._signals.check_running()
         tagset = frozenset(tags) if tags is not None else None
         proc = self._registry.add(role, dict(info or {}), tagset, watchdog_period, self._clock())
+        try:
+            self._scheduler.pools.join(proc, proc.info)   # its host's resources (resources.py)
+        except ConfigurationError:
+            self._registry.remove(proc.process_id)
+            raise
         if proc.is_slave:
             self._signals.slaves_changed.notify_all()
         log.debug("registered %s %s, tags %s", role, proc.process_id, sorted(tagset or ()))
@@ -90,6 +95,7 @@ class Processes:
         proc = self._registry.remove(process_id)
         if proc is None:
             return None
+        self._scheduler.pools.leave(proc)
         held = [task for assignment, task in proc.running.items()
                 if task.state is TaskState.RUNNING and task.assignment == assignment]
         proc.running.clear()

@@ -13,7 +13,7 @@ either kind of queue the same way.
 from __future__ import annotations
 
 import heapq
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Iterable, Iterator, List, Tuple
 
 from .tasks import Task
 
@@ -39,6 +39,10 @@ class PriorityQueue:
         if index != 0:
             raise IndexError("a priority queue shows its head only (index 0)")
         return self._heap[0][1]
+
+    def __iter__(self) -> Iterator[Task]:
+        """Every waiting task, in no particular order."""
+        return (task for _, task in self._heap)
 
     def append(self, task: Task) -> None:
         heapq.heappush(self._heap, (self._key(task), task))

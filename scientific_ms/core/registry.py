@@ -23,7 +23,7 @@ class ProcessRecord:
 
     __slots__ = ("process_id", "role", "info", "tags", "watchdog_period",
                  "registered", "last_seen", "running", "tasks_done",
-                 "stats", "waiting", "revoked", "news", "runs_suspect")
+                 "stats", "waiting", "revoked", "news", "runs_suspect", "pool")
 
     def __init__(self, process_id: int, role: str, info: Dict,
                  tags: Optional[FrozenSet[str]], watchdog_period: Optional[float],
@@ -42,6 +42,7 @@ class ProcessRecord:
         self.revoked: List[int] = []      # assignments taken back, not yet told to the slave
         self.news: Optional[threading.Condition] = None   # its watch call waits on it, once it watches
         self.runs_suspect = False         # it was given a suspect (cleared once none is held)
+        self.pool = None                  # its host's resources.HostPool (a slave or an agent)
 
     @property
     def is_slave(self) -> bool:

@@ -50,6 +50,10 @@ The rules:
   fails with :class:`~scientific_ms.errors.SlaveLostError`.
 - **Goodbyes.** Tasks held by a slave that leaves cleanly go back to the
   front of the queue without blame.
+- **Resources.** A task that needs GPUs, memory or cores runs only on a
+  host that has them free, and holds them while it runs; the rules of host
+  pools, holding, cores and GPU ids are in ``resources.py`` (pure, called
+  from :meth:`Scheduler.select`).
 - **Wake-ups.** Which waiting slave thread a task wakes: ``waiting.py``.
 """
 
@@ -78,6 +82,7 @@ from . import flow
 from .durations import Durations
 from .queues import PriorityQueue
 from .registry import ProcessRecord
+from .resources import SKIP, TAKE, HostPools, Need, place
 from .tasks import ANY_TAG, Task
 
 #: A batch is cut once its parameters reach this size, so that a slave asking
@@ -228,10 +233,15 @@ class Scheduler:
         self.waiting_count = 0
         self.durations = Durations()
         self.limits = ConcurrencyLimits()
+        self.pools = HostPools()                  # each host's resources (resources.py)
+        self.default_needs: Dict[str, Need] = {}  # tag -> what its tasks need unless they say
+        self.needy_tags: Set[str] = set()         # tags that had a task with a need (show's unmet needs)
 
     # ------------------------------------------------------------------ queues
 
     def enqueue(self, task: Task, front: bool = False) -> None:
+        if task.need is not None:
+            self.needy_tags.add(task.tag)
         queue = self._queues.get(task.tag)
         if queue is None:
             queue = self._queues[task.tag] = PriorityQueue(queue_key) if task.priority else collections.deque()
@@ -253,6 +263,8 @@ class Scheduler:
         if not queue:
             del self._queues[task.tag]
         self.waiting_count -= 1
+        if task.need is not None:
+            self.pools.forget_waiting(task)
 
     def has_waiting(self, tag: str) -> bool:
         return tag in self._queues
@@ -301,6 +313,17 @@ class Scheduler:
                 skipped.add(head.tag)   # it failed here: another slave runs it
                 continue
             busy = bool(tasks or proc.running)
+            pool = proc.pool
+            if head.need is not None:   # resources.place: take it alone, pass it over, or wait
+                verdict = place(pool, head, proc, busy)
+                if verdict is SKIP:
+                    skipped.add(head.tag)
+                    continue
+                if verdict is TAKE:
+                    tasks.append(self._pop(queue))
+                break
+            if pool is not None and pool.tight and not pool.room_for_plain(proc, busy):
+                break   # its host's cores are held (or kept for a task that needs several)
             if busy:
                 if head.suspect:
                     break   # only an idle slave takes a suspect, and nothing with it
@@ -313,10 +336,7 @@ class Scheduler:
                     if idle[head.tag]:
                         break   # an idle slave would run it sooner
                 queued += estimate
-            task = queue.popleft()
-            if not queue:
-                del self._queues[task.tag]
-            self.waiting_count -= 1
+            task = self._pop(queue)
             tasks.append(task)
             size += len(task.payload or b"")
             if limits:
@@ -329,6 +349,18 @@ class Scheduler:
                 proc.runs_suspect = True
                 break
         return tasks
+
+    def _pop(self, queue: Queue) -> Task:
+        task = queue.popleft()
+        if not queue:
+            del self._queues[task.tag]
+        self.waiting_count -= 1
+        return task
+
+    def waiting_needs(self) -> Dict[str, Set[Need]]:
+        """The needs of the waiting tasks, per tag that ever had one (for ``resources.unmet``)."""
+        return {tag: {task.need for task in self._queues[tag] if task.need is not None}
+                for tag in self.needy_tags if tag in self._queues}
 
     def _best_queue(self, tags: FrozenSet[str], every: bool, skipped: Set[str]) -> Optional[Queue]:
         """The queue, among the tags handled (``every``: all) but ``skipped``, whose head comes first."""
@@ -350,6 +382,9 @@ class Scheduler:
         """
         if thief.tags is None or thief.running:   # not a slave (thief.is_slave), or not idle
             return None
+        pool = thief.pool
+        if pool is not None and pool.tight and not pool.room_for_plain(thief, False):
+            return None   # its host's cores are held (resources.py)
         best: Optional[Tuple[ProcessRecord, List[Task]]] = None
         most_queued = 0.0
         for victim in processes:

@@ -41,6 +41,10 @@ def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,
             "connected_seconds": round(now - proc.registered, 3),
             "cpu_percent": proc.stats.get("cpu_percent"),
             "rss_bytes": proc.stats.get("rss_bytes"),
+            # what its host offers tasks that need resources (a keeper of -n N, or a lone slave),
+            # when it declared GPUs or cores or lends some now (a plain job pays one test per slave)
+            "resources": proc.pool.offer() if proc.pool is not None and proc.info.get("agent") is None
+            and proc.pool.in_use() else None,
         })
     return {
         "terminated": terminated,

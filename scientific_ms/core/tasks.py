@@ -30,6 +30,7 @@ from ..errors import ConfigurationError
 from ..wire.payload import Payload
 
 if TYPE_CHECKING:
+    from .resources import Grant, Need
     from .scheduling import Retry
 
 #: A slave registered with this tag runs tasks of every tag (the Executor's
@@ -82,7 +83,8 @@ class Task:
 
     __slots__ = ("task_id", "tag", "payload", "state", "seq", "rescheduled",
                  "assignment", "process_id", "started", "lost_slaves", "suspect",
-                 "answer", "traceback", "time_limit", "priority", "retry", "attempts", "failed_on")
+                 "answer", "traceback", "time_limit", "priority", "retry", "attempts", "failed_on",
+                 "need", "held")
 
     def __init__(self, task_id: str, tag: str, payload: Optional[Payload], seq: int,
                  time_limit: Optional[float] = None, priority: float = 0, retry: Optional[Retry] = None,
@@ -106,6 +108,14 @@ class Task:
         self.attempts = attempts          # failed attempts so far (retried ones)
         #: (process id, description) of each slave a retried attempt failed on; None before the first
         self.failed_on: Optional[List[Tuple[int, str]]] = None
+        self.need: Optional[Need] = None    # resources it needs while it runs (``resources.py``)
+        self.held: Optional[Grant] = None   # the resources it holds while it runs
+
+    @property
+    def gpus(self) -> Optional[Tuple[int, ...]]:
+        """The GPU ids it was given (None: it was given none); travels with it to its slave."""
+        held = self.held
+        return held.gpus if held is not None and held.gpus else None
 
 
 class TaskTable:
@@ -134,6 +144,9 @@ class TaskTable:
 
     def move(self, task: Task, new: TaskState) -> None:
         check_move(task, new)
+        if task.held is not None and task.state is TaskState.RUNNING:
+            task.held.release()   # its resources are free again (``resources.py``)
+            task.held = None
         self._counts[task.state][task.tag] -= 1
         self._counts[new][task.tag] += 1
         task.state = new

@@ -23,6 +23,7 @@ from .budget import MemoryBudget
 from .failures import RecentFailures
 from .processes import Departure
 from .registry import ProcessRecord, Registry
+from .resources import Need
 from .results import Outcome, ResultStore
 from .scheduling import Retry, Scheduler, attempts_note, retries_again, retry_elsewhere
 from .signals import Signals
@@ -59,14 +60,19 @@ class TaskTraffic:
         self._budget = MemoryBudget(memory_budget)
         self._assignment_numbers = itertools.count(1)
         self._failures = RecentFailures()   # the last failures, for the dashboard
+        scheduler.pools.on_free = self._waiters.wake_all   # resources given back: a waiting task may fit
 
     # ---------------------------------------------------------------- the master's side
 
     def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float],
-            priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0) -> List[str]:
+            priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
+            need: Optional[Need] = None) -> List[str]:
         """Queue a task for each payload, in order, each waiting for the memory budget; their ids.
 
-        ``attempts``: failed attempts each has made already (a resumed journaled job)."""
+        ``attempts``: failed attempts each has made already (a resumed journaled job).
+        ``need``: the resources each needs (None: its tag's default, if any)."""
+        if need is None and self._scheduler.default_needs:
+            need = self._scheduler.default_needs.get(tag)
         task_ids = []
         for payload in payloads:
             self._signals.check_running()
@@ -74,6 +80,8 @@ class TaskTraffic:
                 self._signals.wait_for_room()
                 self._signals.check_running()
             task = self._tasks.new(tag, payload, time_limit, priority, retry, attempts)
+            if need is not None:
+                task.need = need
             self._enqueue(task, front=False)
             self._counters["requested"] += 1
             task_ids.append(task.task_id)

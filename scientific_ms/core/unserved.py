@@ -1,7 +1,9 @@
 """The master's own log says why it waits when tasks wait for a slave that can run them.
 
 A task goes only to a slave with a ``do_<tag>`` handler for its tag, and a
-task nobody can run waits (a suitable slave may still join). A typo in a
+task nobody can run waits (a suitable slave may still join); so does a task
+that needs more resources than any connected host offers
+(``status()["unmet_needs"]``, ``resources.py``). A typo in a
 handler's name, or a job started without slaves, would leave the master
 silent forever; so the reaper calls :meth:`UnservedTags.check`, which reads
 the manager's public status now and then and, once tags have gone unserved
@@ -50,7 +52,8 @@ class UnservedTags:
         started = time.perf_counter()
         report = status()
         self._next_check = now + max(CHECK_SECONDS, (time.perf_counter() - started) / MAX_SHARE)
-        tags = frozenset(report.get("unserved_tags", ())) if not report.get("terminated") else frozenset()
+        tags = frozenset(report.get("unserved_tags", ())) | unmet_keys(report) \
+            if not report.get("terminated") else frozenset()
         if tags != self._tags:
             if self._warned and not tags:
                 log.warning("task manager %r: every waiting task now has a slave that can run it", self.label)
@@ -66,8 +69,33 @@ class UnservedTags:
         return message
 
 
+def unmet_keys(report: Dict) -> FrozenSet[str]:
+    """The unmet needs of a status report, each as one string (to see when they change)."""
+    return frozenset(f"{entry['tag']} needs {entry['need']}" for entry in report.get("unmet_needs", ()))
+
+
+def describe_unmet(label: str, report: Dict) -> str:
+    """The warning's text for tasks whose resources no connected host offers."""
+    lines = [f"task manager {label!r}: tasks wait that need more resources than any connected host offers"]
+    for entry in report.get("unmet_needs", ()):
+        lines.append(f"  tag {entry['tag']!r} needs {entry['need']}; the largest offer is {entry['largest_offer']}")
+    lines.append("  Start slaves on a host that has them, declaring them with\n"
+                 f"  'task_manager slave {label} -n N --resources gpu=G,memory=M,cores=C', or ask for less\n"
+                 "  (request_task(..., resources=...), set_resources; docs/guide/resources.md)")
+    return "\n".join(lines)
+
+
 def describe(label: str, report: Dict) -> str:
     """The warning's text, from a status report."""
+    if not report.get("unserved_tags"):
+        return describe_unmet(label, report)
+    if report.get("unmet_needs"):
+        return describe_tags(label, report) + "\n" + describe_unmet(label, report)
+    return describe_tags(label, report)
+
+
+def describe_tags(label: str, report: Dict) -> str:
+    """The warning's text for tags no connected slave handles."""
     waiting = report.get("tasks", {}).get("waiting", {})
     unserved = sorted(report.get("unserved_tags", ()))
     counts = ", ".join(f"{waiting.get(tag, 0)} with tag {tag!r}" for tag in unserved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
+from ..core.resources import Need
 from ..core.scheduling import Retry
 from .futures import Future
 
@@ -19,6 +20,7 @@ class CallSteering(NamedTuple):
     time_limit: Optional[float]
     priority: float = 0
     retry: Optional[Retry] = None
+    need: Optional[Need] = None   # the resources each call holds while it runs
 
 
 class CallOptions:

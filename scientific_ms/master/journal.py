@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
+from ..core.resources import Need
 from ..core.scheduling import Retry
 from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
 from .journal_attempts import Failures, JournaledAttempts, Retried
@@ -262,7 +263,7 @@ class Journal:
             self._new_requests += 1
 
     def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None,
-                priority: float = 0, retry: Optional[Retry] = None) -> str:
+                priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> str:
         """Match a request with a journaled answer, or queue it for the writer; returns the task id.
 
         ``manager`` (a TaskManager) gets the task (``add_task``) or, when
@@ -276,7 +277,8 @@ class Journal:
             answer = self.replay(tag, key)
             if answer is not None:
                 return manager.add_answered_task(tag, *answer)
-            task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made)
+            task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made,
+                                       need=need)
             if retry is not None:
                 self._queue.put(Retried(task_id, key, occurrence))
             self.record(task_id, tag, key, payload)

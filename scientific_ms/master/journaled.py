@@ -21,6 +21,7 @@ import socket
 from typing import Dict, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
+from ..core.resources import Need
 from ..core.scheduling import Retry
 from ..wire.payload import Payload, dumps_value
 from .journal import Journal, request_key, value_digest
@@ -42,18 +43,19 @@ class PlainTasks:
         self._manager = manager
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None,
+                 need: Optional[Need] = None) -> str:
         """Queue a task; returns its id (``parameters`` serve a journal's keys only)."""
-        if retry is None and not priority:   # the usual case, without keywords: every request goes here
+        if retry is None and not priority and need is None:   # the usual case: every request goes here
             return self._manager.add_task(tag, payload, time_limit)
-        return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry)
+        return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
-                  priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
+                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> List[str]:
         """Queue a task for each payload (one lock of the manager for all); returns their ids."""
-        if retry is None and not priority:   # the usual case, without keywords
+        if retry is None and not priority and need is None:   # the usual case, without keywords
             return self._manager.add_tasks(tag, payloads, time_limit)
-        return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry)
+        return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need)
 
     def close(self, failed: bool = False, keep: bool = True) -> None:
         """Nothing to close."""
@@ -89,7 +91,8 @@ class JournaledTasks:
         return self._journal.replayed
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
-                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None) -> str:
+                 parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None,
+                 need: Optional[Need] = None) -> str:
         """Queue a task, or deliver its journaled answer; returns its id.
 
         ``parameters``: given when they hold GlobalStateValue placeholders,
@@ -98,12 +101,13 @@ class JournaledTasks:
         """
         key = request_key(tag, payload, parameters, self._digest) if parameters is not None else \
             request_key(tag, payload)
-        return self._journal.request(tag, key, payload, self._manager, time_limit, priority, retry)
+        return self._journal.request(tag, key, payload, self._manager, time_limit, priority, retry, need)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
-                  priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
+                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> List[str]:
         """:meth:`add_task` for each payload, in order; returns their ids."""
-        return [self.add_task(tag, payload, time_limit, priority=priority, retry=retry) for payload in payloads]
+        return [self.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need)
+                for payload in payloads]
 
     def _digest(self, label: str) -> bytes:
         # A state label names one value for good (state ids are not reused): hash it once.

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import settings
 from ..core.manager import TaskManager
+from ..core.resources import Need, parse_need
 from ..core.results import Outcome
 from ..core.scheduling import Retry, check_steering
 from ..core.tasks import check_request
@@ -177,7 +178,8 @@ class MasterProcess:
         return self.request_task(tag, *parameters)
 
     def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None,
-                     priority: float = 0, retries: int = 0, retry_on: Any = None) -> str:
+                     priority: float = 0, retries: int = 0, retry_on: Any = None,
+                     resources: Any = None) -> str:
         """``requestTask`` with options (keyword-only: they never mix with the parameters).
 
         ``time_limit``: seconds the handler may run (default: the master's
@@ -193,28 +195,42 @@ class MasterProcess:
         or tuple; default any) runs again, on another slave when there is one,
         up to this many more times; then its last exception is delivered,
         naming the attempts. See docs/guide/scheduling.md.
+
+        ``resources``: what it holds while it runs, ``{"gpu": 1, "memory": "8G",
+        "cores": 4}`` (default: its tag's, :meth:`set_resources`); it runs only
+        on a host that has them free. See docs/guide/resources.md.
         """
         retry = None if priority == 0 and retries == 0 and retry_on is None else \
             check_steering(priority, retries, retry_on)   # (the defaults, at once)
+        need = None if resources is None else parse_need(resources)
         limit = self.task_time_limit if time_limit is None else time_limit
         payload, uses_state = self._states.dumps_parameters(tag, parameters)
         self._warn_if_large(tag, payload)
         # the parameters themselves only when a journal must match placeholders by their values
-        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry)
+        task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry,
+                                          need)
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
     def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float],
-                          priority: float = 0, retry: Optional[Retry] = None) -> List[str]:
+                          priority: float = 0, retry: Optional[Retry] = None,
+                          need: Optional[Need] = None) -> List[str]:
         """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
 
         With a journal, each is matched by its tag and pickled parameters as
         ``requestTask`` matches its requests: one answered before is delivered
         from the journal and not run again. ``priority``, ``retry``: see
-        :meth:`request_task` (``scheduling.check_steering`` makes a Retry).
+        :meth:`request_task` (``scheduling.check_steering`` makes a Retry); ``need``: the
+        resources each holds while it runs (``resources.parse_need``).
         """
-        return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry)
+        return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need)
+
+    def set_resources(self, tag: str, resources: Any) -> None:
+        """What tasks of ``tag`` need unless their request says, ``{"gpu": 1, "memory": "8G"}``
+        (None: nothing); for tasks requested from now on. See docs/guide/resources.md."""
+        check_request(tag, None)
+        self.task_manager.set_resources(tag, parse_need(resources, f"set_resources({tag!r}, ...)"))
 
     def limit_concurrency(self, tag: str, n: Optional[int]) -> None:
         """At most ``n`` tasks of ``tag`` run at once across the farm (None: no limit);

@@ -19,6 +19,7 @@ import shlex
 import sys
 from typing import Dict, Iterable, List, Optional
 
+from ..core.resources import offer_text
 from ..errors import ConfigurationError
 
 #: The states a job goes through, as providers report them.
@@ -76,14 +77,17 @@ class SlaveJobs(abc.ABC):
     ends (the jobs kept for ``min_jobs`` never time out).
     ``replace_ahead``: seconds before a job's walltime warning at which, if
     work remains, its replacement is submitted (providers without a walltime
-    ignore it).
+    ignore it). ``resources``: what each job's host offers tasks that need
+    resources, shared by its slaves (``"gpu=4,memory=256G"``; the node
+    agent's ``--resources``, docs/guide/resources.md).
     """
 
     #: Whether the jobs run on the master's machine (their agents then dial the loopback address).
     on_this_machine = False
 
     def __init__(self, slaves_per_job: int = 1, min_jobs: int = 0, max_jobs: int = 1, *,
-                 idle_timeout: Optional[float] = 60.0, replace_ahead: float = 60.0):
+                 idle_timeout: Optional[float] = 60.0, replace_ahead: float = 60.0,
+                 resources: Optional[object] = None):
         for name, value, least in (("slaves_per_job", slaves_per_job, 1), ("min_jobs", min_jobs, 0),
                                    ("max_jobs", max_jobs, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -100,6 +104,8 @@ class SlaveJobs(abc.ABC):
         self.max_jobs = max_jobs
         self.idle_timeout = idle_timeout
         self.replace_ahead = float(replace_ahead)
+        self.resources = None if resources is None else \
+            offer_text(resources, f"{type(self).__name__}(resources={resources!r})")
 
     @abc.abstractmethod
     def provider(self) -> Provider:
@@ -117,6 +123,8 @@ class SlaveJobs(abc.ABC):
                    "-n", str(self.slaves_per_job)]
         if self.idle_timeout is not None and not keep:
             command += ["--idle-timeout", repr(float(self.idle_timeout))]
+        if self.resources is not None:
+            command += ["--resources", self.resources]
         return JobRequest(label, command, environment, cwd, warning_after=self.walltime_warning())
 
     def __repr__(self) -> str:

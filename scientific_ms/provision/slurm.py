@@ -173,7 +173,8 @@ class SlurmSlaves(SlaveJobs):
     walltime at which the job drains (``--signal=B:TERM@warning``; default
     120 when a walltime is given); a replacement is submitted
     ``replace_ahead`` seconds before that, if work remains.
-    ``idle_timeout`` and the counts: :class:`SlaveJobs`.
+    ``idle_timeout``, ``resources`` (``"gpu=4,memory=256G"``: what each
+    node offers tasks that need resources) and the counts: :class:`SlaveJobs`.
     """
 
     def __init__(self, slaves_per_job: int = 1, min_jobs: int = 0, max_jobs: int = 1, *,
@@ -181,9 +182,9 @@ class SlurmSlaves(SlaveJobs):
                  qos: Optional[str] = None, cpus_per_slave: int = 1, memory: Optional[str] = None,
                  job_name: Optional[str] = None, sbatch_options: Sequence[str] = (), setup: Sequence[str] = (),
                  idle_timeout: Optional[float] = 60.0, warning: Optional[float] = None,
-                 replace_ahead: float = 60.0, output: str = "/dev/null"):
+                 replace_ahead: float = 60.0, output: str = "/dev/null", resources: Optional[object] = None):
         super().__init__(slaves_per_job, min_jobs, max_jobs, idle_timeout=idle_timeout,
-                         replace_ahead=replace_ahead)
+                         replace_ahead=replace_ahead, resources=resources)
         if isinstance(cpus_per_slave, bool) or not isinstance(cpus_per_slave, int) or cpus_per_slave < 1:
             raise ConfigurationError(f"SlurmSlaves(cpus_per_slave=...): a whole number >= 1, got {cpus_per_slave!r}")
         if isinstance(setup, str) or isinstance(sbatch_options, str):

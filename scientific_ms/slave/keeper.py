@@ -65,6 +65,7 @@ from multiprocessing.connection import Connection, wait as wait_for_any
 from typing import List, Optional, Tuple, Union
 
 from .. import settings
+from ..core.resources import declared
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
 from ..wire import leaving, tls
@@ -193,7 +194,7 @@ class Keeper:
         assert connection is not None   # given to run_keeper, or just opened by _follow
         try:
             status, self.keeper_id = connection.call(
-                "register", "agent", dict(process_info(), slaves=self.count), None, None)
+                "register", "agent", dict(process_info(), slaves=self.count, resources=declared()), None, None)
         except ConnectionLostError as error:
             self._post(("lost", str(error)))
             return True

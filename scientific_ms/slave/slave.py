@@ -41,6 +41,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional
 
 from .. import settings
 from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
+from ..core.resources import declared
 from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError
 from ..logs import apply_debug_flag
@@ -85,15 +86,20 @@ class SlaveProcess:
     freed when the queue runs dry. SIGTERM makes the slave leave too: see
     ``departure.py``. ``keeper``: whether :meth:`start`, in the main thread
     of a POSIX process, forks a keeper process (``keeper.py``; default
-    SCIENTIFIC_MS_KEEPER, else yes).
+    SCIENTIFIC_MS_KEEPER, else yes). ``resources``: what this slave's host
+    offers tasks that need resources, ``"gpu=2,memory=64G,cores=8"`` or a dict
+    (default SCIENTIFIC_MS_RESOURCES, else no GPU, the memory psutil sees, one
+    core; docs/guide/resources.md).
     """
 
     def __init__(self, label: str, master_host: Optional[str] = None,
                  watchdog_period: Optional[float] = 120.0, *, wait: bool = False,
                  wait_timeout: Optional[float] = None, key_file: Optional[str] = None,
                  hard_exit: bool = True, rejoin_grace: Optional[float] = None,
-                 idle_timeout: Optional[float] = None, keeper: Optional[bool] = None):
+                 idle_timeout: Optional[float] = None, keeper: Optional[bool] = None,
+                 resources: Optional[object] = None):
         self.label = discovery.check_label(label)
+        self.resources = declared(resources)   # what this host offers (core/resources.py)
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):
             raise ConfigurationError(f"watchdog_period must be a positive number of seconds or None, "
                                      f"got {watchdog_period!r}")
@@ -192,6 +198,8 @@ class SlaveProcess:
                 info["keeper"] = self._kept.keeper_pid   # the process that beats our heart (show, tests)
             if self._kept.keeper_id is not None:
                 info["agent"] = self._kept.keeper_id   # the master binds us to our keeper's connection
+            else:   # a lone slave: its own host pool (a keeper's workers share the keeper's)
+                info["resources"] = self.resources
             self._registration = (info, sorted(handlers), self.watchdog_period)
             status, self.process_id = connection.call("register", "slave", *self._registration)
             if status != OK:
@@ -363,12 +371,13 @@ class SlaveProcess:
 def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = None, *,
                       wait: bool = False, wait_timeout: Optional[float] = None,
                       watchdog_period: Optional[float] = 120.0,
-                      idle_timeout: Optional[float] = None) -> None:
+                      idle_timeout: Optional[float] = None, resources: Optional[object] = None) -> None:
     """Serve the ``do_<tag>`` functions of the calling script as a slave.
 
     Call it at the end of a slave script. ``label`` may be omitted when the
     script runs through ``task_manager slave LABEL``. ``idle_timeout``: leave
-    after that many seconds without work (see :class:`SlaveProcess`). Errors
+    after that many seconds without work (see :class:`SlaveProcess`). ``resources``:
+    what this slave's host offers, ``"gpu=2,memory=64G"`` or a dict (docs/guide/resources.md). Errors
     end the process with a message and exit code 1.
     """
     context = discovery.current_slave_context()
@@ -380,7 +389,7 @@ def startSlaveProcess(label: Optional[str] = None, master_host: Optional[str] = 
     namespace = vars(sys.modules["__main__"])
     with ending_with_a_message(label):
         SlaveProcess(label, master_host, watchdog_period, wait=wait, wait_timeout=wait_timeout,
-                     idle_timeout=idle_timeout).start(namespace)
+                     idle_timeout=idle_timeout, resources=resources).start(namespace)
 
 
 @contextlib.contextmanager
