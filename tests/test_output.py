@@ -10,6 +10,7 @@ import json
 import re
 import socket
 
+import psutil
 import pytest
 
 from conftest import wait_for
@@ -342,3 +343,36 @@ def test_the_status_keeps_long_lines_short():
     assert len(kept) == SLAVES and kept[0]["id"] == 10   # the oldest writers went first
     assert kept[0]["lines"] == ["x" * KEPT_CHARS + "..."]
     assert printed[0] == "x" * (KEPT_CHARS * 3)   # shown whole at the master
+
+
+def test_closing_the_connection_that_carried_only_output_costs_the_slave_nothing():
+    """An idle slave's lines go on a connection of their own (output_flush.py); the slave
+    goes on working after that connection closes: it is neither lost nor blamed."""
+    from scientific_ms.wire.client import MasterConnection
+
+    master = MasterProcess("output-only", use_name_server=False, port=0, host="127.0.0.1", slave_output=False)
+    main = MasterConnection("127.0.0.1", master.port, master.secret, master.label)
+    try:
+        status, process_id = main.call("register", "slave", {"pid": 0}, ["x"], 60.0)
+        assert status == "ok"
+        side = main.duplicate()
+        side.exchange(process_id, [], 0, 0.0, None, output=(["a line"], 0))
+        assert served_connections(master.port) == 2
+        side.close()
+        # The master closes its end once it has dealt with the close.
+        wait_for(lambda: served_connections(master.port) == 1, 10, "the master to close its end")
+        master.requestTask("x", 1)
+        # Served on its main connection as before; the side one's close was no loss.
+        assert wait_for(lambda: main.exchange(process_id, [], 1, 0.5)[1], 10, "the task")
+        assert master.task_manager.counters["processes_lost"] == 0
+    finally:
+        main.close()
+        master.shutdown()
+
+
+def served_connections(port):
+    """The master's ends of the connections it serves on ``port`` (it runs in this process)."""
+    process = psutil.Process()
+    connections = getattr(process, "net_connections", None) or process.connections   # psutil < 6
+    return sum(1 for c in connections("tcp")
+               if c.laddr and c.laddr.port == port and c.raddr and c.status == psutil.CONN_ESTABLISHED)

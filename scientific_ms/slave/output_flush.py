@@ -6,7 +6,8 @@ call. A thread that a handler left running may print meanwhile:
 :class:`WaitingFlush` sends those lines on a connection of its own, opened
 the first time it is needed, in an ``exchange`` that asks for no task. The
 connection closes after the slave's goodbye (``Session.close_connections``),
-never before: the master binds the slave to every connection it calls on.
+never before. The master does not bind the slave to a connection that only carries
+its output (``wire/server.py``), so that its close never counts as the slave's loss.
 """
 
 from __future__ import annotations

@@ -138,7 +138,10 @@ class TaskManagerService:
             self._manager.slave_output(process_id, *output)
         if answers:
             self._manager.store_answers(process_id, answers)
-        self._bind(process_id)
+        if answers or max_tasks > 0:
+            # Bound to the connections it works on; not to one that only carries its output
+            # while it waits for work (output_flush.py): that one's close says nothing of it.
+            self._bind(process_id)
         tasks = []
         if max_tasks > 0:
             if not isinstance(queue_seconds, (int, float)):
