@@ -8,6 +8,7 @@ import pytest
 
 from conftest import wait_for
 from scientific_ms import Executor, MasterProcess
+from test_steering import most_at_once
 
 HERE = Path(__file__).resolve().parent
 SLAVE_SCRIPT = HERE / "resources_slave.py"
@@ -56,16 +57,6 @@ def test_a_third_gpu_task_waits_while_two_gpus_are_held(job, processes, tmp_path
         master.requestTask("span", 0.2)
     spans = [master.retrieveResult(timeout=TIMEOUT)[2] for _ in range(6)]
     assert most_at_once([(start, end) for start, end, _ in spans]) <= 2
-
-
-def most_at_once(spans):
-    """The most intervals (start, end) that overlap at any moment."""
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    most = now = 0
-    for _, step in events:   # an end sorts before a start at the same instant
-        now += step
-        most = max(most, now)
-    return most
 
 
 def test_a_task_needing_every_core_of_its_host_runs_alone(job, processes):
