@@ -13,10 +13,12 @@ runs the task. A preference, never a hold-up:
   of the first one's priority, a task of a key it owns first (looking at
   most ``SCAN`` tasks deep).
 - **Patience.** A slave passes over a task whose key another registered
-  slave owns, until the task has waited (since it was queued, or queued
-  again) about its own estimated duration: its tag's average
-  (``durations.py``), or ``DEFAULT_PATIENCE`` while its tag has none. Then
-  any slave takes it. A slave that passed one over waits for work no
+  slave owns, until the task has waited about its own estimated duration
+  (its tag's average, ``durations.py``, or ``DEFAULT_PATIENCE`` while its
+  tag has none) since a slave first passed it over: since another slave
+  could have run it. Not since it was queued: a task behind a long queue
+  would then have used up its patience before any slave looked at it. A
+  task queued again starts afresh. Then any slave takes it. A slave that passed one over waits for work no
   longer than until that task's patience ends (:attr:`Affinities.soonest`,
   read by ``traffic.py``), so no task is stranded while a slave is idle.
 - Tasks without a key cost nothing: while none waits (``Affinities.waiting``)
@@ -60,13 +62,13 @@ def check_affinity(key: object) -> Hashable:
 
 
 class Affinity:
-    """A task's key and when it was last queued (the start of its patience)."""
+    """A task's key and when a slave first passed it over (the start of its patience)."""
 
     __slots__ = ("key", "since")
 
     def __init__(self, key: Hashable):
         self.key = key
-        self.since = 0.0
+        self.since: Optional[float] = None   # None: no slave passed it over yet
 
 
 def patience(estimate: Optional[float]) -> float:
@@ -89,10 +91,10 @@ class Affinities:
 
     # ------------------------------------------------------------------ counts
 
-    def queued(self, task: Task, now: float) -> None:
-        """A task with a key joins its queue (again): its patience starts now."""
+    def queued(self, task: Task) -> None:
+        """A task with a key joins its queue (again): its patience starts afresh."""
         assert task.affinity is not None
-        task.affinity.since = now
+        task.affinity.since = None
         self.waiting[task.tag] = self.waiting.get(task.tag, 0) + 1
 
     def left(self, task: Task) -> None:
@@ -150,6 +152,8 @@ class Affinities:
             if owner == proc.process_id:
                 return task   # its own key: first among its priority
             if owner is not None:
+                if affinity.since is None:
+                    affinity.since = now   # the first slave that could have run it
                 end = affinity.since + patience(estimate(task.tag))
                 if now < end:
                     if end < self.soonest:

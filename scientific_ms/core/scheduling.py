@@ -244,10 +244,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queues
 
-    def enqueue(self, task: Task, front: bool = False, now: float = 0.0) -> None:
-        """Queue ``task`` (``front``: requeued); ``now`` starts the patience of one with a key."""
+    def enqueue(self, task: Task, front: bool = False) -> None:
+        """Queue ``task`` (``front``: requeued)."""
         if task.affinity is not None:
-            self.affinity.queued(task, now)
+            self.affinity.queued(task)
         if task.need is not None:
             self.needy_tags.add(task.tag)
         queue = self._queues.get(task.tag)

@@ -339,7 +339,7 @@ class TaskTraffic:
         """Queue a task with a key (``affinity.py``), waking the slave that owns it if it waits."""
         assert task.affinity is not None
         scheduler = self._scheduler
-        scheduler.enqueue(task, front, self._clock())
+        scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
         owner = scheduler.affinity.owner(task.affinity.key, self._registry.get) if skip is None else None
         if owner is None or not self._waiters.wake_process_for(task.tag, owner):
