@@ -58,7 +58,7 @@ def check_affinity(key: object) -> Hashable:
     except TypeError:
         raise ConfigurationError(f"affinity must be a hashable value (a name, a path, a number), "
                                  f"got {type(key).__name__} {key!r}") from None
-    return key   # type: ignore[return-value]
+    return key
 
 
 class Affinity:
@@ -81,7 +81,7 @@ class Affinities:
 
     def __init__(self, max_keys: int = MAX_KEYS):
         self.max_keys = max_keys
-        self._owners: "collections.OrderedDict[Hashable, int]" = collections.OrderedDict()
+        self._owners: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
         self.waiting: Dict[str, int] = {}   # tag -> waiting tasks with a key (empty: nothing to do)
         #: The earliest end of patience of a task passed over since the caller last reset it to inf.
         self.soonest = math.inf

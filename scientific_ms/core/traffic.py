@@ -13,8 +13,8 @@ overrun costs reaches this class through :meth:`TaskTraffic.take_back` and
 from __future__ import annotations
 
 import itertools
-import time
 import math
+import time
 from typing import Callable, Counter, Dict, Hashable, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError

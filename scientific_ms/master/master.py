@@ -10,8 +10,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import settings
-from ..core.manager import TaskManager
 from ..core.affinity import check_affinity
+from ..core.manager import TaskManager
 from ..core.resources import Need, parse_need
 from ..core.results import Outcome
 from ..core.scheduling import Retry, check_steering
