@@ -109,7 +109,7 @@ def test_the_key_of_a_slave_that_left_has_no_owner():
     assert farm.select(farm.two) == []
     farm.registry.remove(farm.one.process_id)
     assert ids(farm.select(farm.two)) == ["f_2"]
-    assert farm.rules.affinity.owner("A", farm.registry.get) == farm.two.process_id
+    assert farm.rules.affinity.owner("A", farm.registry.get) is farm.two
 
 
 def test_a_higher_priority_comes_before_a_key_the_slave_owns():
@@ -117,6 +117,15 @@ def test_a_higher_priority_comes_before_a_key_the_slave_owns():
     farm.own(farm.one, 1, "A")
     farm.add(task(2, "A"), task(3, priority=1), task(4, "A", priority=1))
     assert ids(farm.select(farm.one) + farm.select(farm.one) + farm.select(farm.one)) == ["f_4", "f_3", "f_2"]
+
+
+def test_a_key_whose_owner_cannot_run_the_tag_is_no_reason_to_wait():
+    farm = Farm(estimate=100.0)
+    farm.rules.durations.expect("g", 100.0)
+    both = slave(farm.registry, ("f", "g"))
+    farm.own(farm.one, 1, "A")
+    farm.add(task(2, "A", tag="g"))
+    assert ids(farm.select(both)) == ["g_2"]
 
 
 def test_retried_tasks_and_suspects_ignore_their_key():
@@ -136,10 +145,11 @@ def test_the_map_of_owners_is_bounded_least_recently_assigned_first():
     for number, key in enumerate("ABCAD"):
         owners.assigned(task(number, key), number)
     assert len(owners) == 3
-    found = {n: object() for n in range(5)}.get
-    assert owners.owner("B", found) is None      # the oldest, forgotten
-    assert owners.owner("A", found) == 3         # assigned again, kept
-    assert owners.owner("D", found) == 4
+    registry = Registry()
+    slaves = {n: slave(registry) for n in range(5)}
+    assert owners.owner("B", slaves.get) is None      # the oldest, forgotten
+    assert owners.owner("A", slaves.get) is slaves[3]   # assigned again, kept
+    assert owners.owner("D", slaves.get) is slaves[4]
 
 
 def test_an_affinity_key_must_be_hashable():

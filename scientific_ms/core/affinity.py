@@ -13,7 +13,7 @@ runs the task. A preference, never a hold-up:
   of the first one's priority, a task of a key it owns first (looking at
   most ``SCAN`` tasks deep).
 - **Patience.** A slave passes over a task whose key another registered
-  slave owns, until the task has waited about its own estimated duration
+  slave owns (one that can run its tag), until the task has waited about its own estimated duration
   (its tag's average, ``durations.py``, or ``DEFAULT_PATIENCE`` while its
   tag has none) since a slave first passed it over: since another slave
   could have run it. Not since it was queued: a task behind a long queue
@@ -38,7 +38,7 @@ from typing import Callable, Dict, Hashable, Iterable, Optional
 from ..errors import ConfigurationError
 from . import flow
 from .registry import ProcessRecord
-from .tasks import Task
+from .tasks import ANY_TAG, Task
 
 #: Most keys remembered; the least recently assigned is forgotten first.
 MAX_KEYS = 100_000
@@ -107,13 +107,15 @@ class Affinities:
 
     # ------------------------------------------------------------------ owners
 
-    def owner(self, key: Hashable, find: Find) -> Optional[int]:
+    def owner(self, key: Hashable, find: Find) -> Optional[ProcessRecord]:
         """The registered slave that owns ``key``; None if none does (a leaver's keys are dropped here)."""
         process_id = self._owners.get(key)
-        if process_id is not None and find(process_id) is None:
-            del self._owners[key]
+        if process_id is None:
             return None
-        return process_id
+        proc = find(process_id)
+        if proc is None:
+            del self._owners[key]
+        return proc
 
     def assigned(self, task: Task, process_id: int) -> None:
         """``task`` (with a key) went to ``process_id``: that slave owns its key now."""
@@ -149,9 +151,9 @@ class Affinities:
                     first = task
                 continue
             owner = self.owner(affinity.key, find)
-            if owner == proc.process_id:
+            if owner is proc:
                 return task   # its own key: first among its priority
-            if owner is not None:
+            if owner is not None and owner.tags is not None and (task.tag in owner.tags or ANY_TAG in owner.tags):
                 if affinity.since is None:
                     affinity.since = now   # the first slave that could have run it
                 end = affinity.since + patience(estimate(task.tag))

@@ -342,7 +342,7 @@ class TaskTraffic:
         scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
         owner = scheduler.affinity.owner(task.affinity.key, self._registry.get) if skip is None else None
-        if owner is None or not self._waiters.wake_process_for(task.tag, owner):
+        if owner is None or not self._waiters.wake_process_for(task.tag, owner.process_id):
             self._waiters.wake_one(task.tag, skip)
 
     def _retry(self, task: Task, answer: Answer, proc: Optional[ProcessRecord]) -> bool:
