@@ -47,3 +47,15 @@ def time_executor(executor, function, parameters):
 def gaussian_log_prob(x):
     """A cheap log-probability (a standard normal in len(x) dimensions) for emcee: x is a numpy array."""
     return -0.5 * float(x @ x)
+
+
+_loaded = set()   # the keys this process has loaded (affinity.py's benchmark)
+
+
+def load_and_nap(key, load_seconds, seconds):
+    """Load ``key`` once per process (sleep ``load_seconds`` the first time), then sleep ``seconds``."""
+    if key not in _loaded:
+        time.sleep(load_seconds)
+        _loaded.add(key)
+    time.sleep(seconds)
+    return key

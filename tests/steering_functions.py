@@ -29,3 +29,11 @@ def flaky(marker_dir, failures, error="OSError"):
     if attempt <= failures:
         raise {"OSError": OSError, "ValueError": ValueError}[error](f"attempt {attempt} failed in {os.getpid()}")
     return attempt, os.getpid()
+
+
+def where(seconds, marker_dir=None):
+    """Work for ``seconds`` and return the pid that ran it (noted in ``marker_dir`` at the start)."""
+    if marker_dir is not None:
+        Path(marker_dir, str(os.getpid())).touch()
+    time.sleep(seconds)
+    return os.getpid()

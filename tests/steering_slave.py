@@ -3,7 +3,7 @@
 import sys
 
 from scientific_ms import startSlaveProcess
-from steering_functions import flaky, order, span
+from steering_functions import flaky, order, span, where
 
 
 def do_order(value):
@@ -12,6 +12,10 @@ def do_order(value):
 
 def do_span(seconds):
     return span(seconds)
+
+
+def do_where(seconds, marker_dir=None):
+    return where(seconds, marker_dir)
 
 
 def do_flaky(marker_dir, failures, error="OSError"):

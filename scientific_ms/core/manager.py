@@ -32,7 +32,7 @@ from __future__ import annotations
 import collections
 import time
 import typing
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigurationError
 from ..wire.payload import Payload
@@ -112,20 +112,22 @@ class TaskManager:
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None, *,
                  priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
-                 need: Optional[Need] = None) -> str:
+                 need: Optional[Need] = None, affinity: Optional[Hashable] = None) -> str:
         """Queue a task whose parameters are already pickled; returns its id.
 
         ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
         ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
         ``attempts``: failed attempts it made already. ``need``: the resources it holds while it
-        runs (``resources.parse_need``; None: its tag's default, :meth:`set_resources`)."""
+        runs (``resources.parse_need``; None: its tag's default, :meth:`set_resources`).
+        ``affinity``: a key; the task goes preferably to the slave that last got one with that key
+        (``affinity.py``)."""
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts, need)[0]
+            return self._traffic.add(tag, (payload,), time_limit, priority, retry, attempts, need, affinity)[0]
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
                   priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
-                  need: Optional[Need] = None) -> List[str]:
+                  need: Optional[Need] = None, affinity: Optional[Hashable] = None) -> List[str]:
         """Queue a task for each of ``payloads`` (pickled parameters), in order; returns their ids.
 
         One lock for all of them: an Executor's map queues its chunks so.
@@ -133,7 +135,7 @@ class TaskManager:
         """
         check_request(tag, time_limit)
         with self._lock:
-            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts, need)
+            return self._traffic.add(tag, payloads, time_limit, priority, retry, attempts, need, affinity)
 
     def set_resources(self, tag: str, need: Optional[Need]) -> None:
         """What tasks of ``tag`` need unless their request says (None: nothing); for tasks

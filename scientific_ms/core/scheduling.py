@@ -54,6 +54,9 @@ The rules:
   host that has them free, and holds them while it runs; the rules of host
   pools, holding, cores and GPU ids are in ``resources.py`` (pure, called
   from :meth:`Scheduler.select`).
+- **Affinity.** A task with a key goes preferably to the slave that last
+  got one with that key; others pass it over about its estimated duration
+  at most (``affinity.py``, pure, called from :meth:`Scheduler.select`).
 - **Wake-ups.** Which waiting slave thread a task wakes: ``waiting.py``.
 """
 
@@ -79,6 +82,7 @@ from typing import (
 
 from ..errors import ConfigurationError
 from . import flow
+from .affinity import Affinities, Find
 from .durations import Durations
 from .queues import PriorityQueue
 from .registry import ProcessRecord
@@ -236,10 +240,14 @@ class Scheduler:
         self.pools = HostPools()                  # each host's resources (resources.py)
         self.default_needs: Dict[str, Need] = {}  # tag -> what its tasks need unless they say
         self.needy_tags: Set[str] = set()         # tags that had a task with a need (show's unmet needs)
+        self.affinity = Affinities()              # who owns each key (affinity.py)
 
     # ------------------------------------------------------------------ queues
 
     def enqueue(self, task: Task, front: bool = False) -> None:
+        """Queue ``task`` (``front``: requeued)."""
+        if task.affinity is not None:
+            self.affinity.queued(task)
         if task.need is not None:
             self.needy_tags.add(task.tag)
         queue = self._queues.get(task.tag)
@@ -265,6 +273,8 @@ class Scheduler:
         self.waiting_count -= 1
         if task.need is not None:
             self.pools.forget_waiting(task)
+        if task.affinity is not None:
+            self.affinity.left(task)
 
     def has_waiting(self, tag: str) -> bool:
         return tag in self._queues
@@ -277,7 +287,8 @@ class Scheduler:
     def select(self, proc: ProcessRecord, max_tasks: int, slave_count: int,
                idle_elsewhere: Callable[[str], bool] = lambda tag: False,
                queue_seconds: Optional[float] = None, running: Mapping[str, int] = {},
-               slaves: Iterable[ProcessRecord] = ()) -> List[Task]:
+               slaves: Iterable[ProcessRecord] = (), now: float = 0.0,
+               find: Find = lambda process_id: None) -> List[Task]:
         """Take the tasks ``proc`` gets now (at most ``max_tasks``) out of the queues.
 
         ``idle_elsewhere(tag)``: whether another slave that can run ``tag``
@@ -285,7 +296,8 @@ class Scheduler:
         ``queue_seconds``: the work the slave asked to hold queued (None: it
         did not say), granted within ``flow.queue_limit``. ``running``: tasks
         assigned per tag (for the concurrency limits); ``slaves``: the
-        registered processes (a retried task goes to another slave).
+        registered processes (a retried task goes to another slave); ``now``
+        and ``find`` (a registered process by id) serve tasks with a key (``affinity.py``).
         """
         if proc.tags is None or not self.waiting_count:   # not a slave (proc.is_slave), or nothing waits
             return []
@@ -303,12 +315,21 @@ class Scheduler:
         every = ANY_TAG in proc.tags
         limits = self.limits
         skipped = limits.full(running) if limits else set()   # tags passed over in this call
+        affinity = self.affinity
         taken: Dict[str, int] = {}                            # of limited tags, in this batch
         while len(tasks) < max_tasks and size < BATCH_PAYLOAD_LIMIT:
             queue = self._best_queue(proc.tags, every, skipped)
             if queue is None:
                 break
             head = queue[0]
+            picked: Optional[Task] = None   # a task with a key may be another than the head
+            if affinity.waiting and head.tag in affinity.waiting:
+                picked = affinity.choose(queue, type(queue) is collections.deque, proc, now, find,
+                                         self.durations.estimate, queue_key)
+                if picked is None:
+                    skipped.add(head.tag)   # each is left to the slave that owns its key, for now
+                    continue
+                head = picked
             if head.failed_on is not None and retry_elsewhere(head, proc, slaves):
                 skipped.add(head.tag)   # it failed here: another slave runs it
                 continue
@@ -320,7 +341,7 @@ class Scheduler:
                     skipped.add(head.tag)
                     continue
                 if verdict is TAKE:
-                    tasks.append(self._pop(queue))
+                    tasks.append(self._pop(queue) if picked is None else self._take(queue, picked, proc))
                 break
             if pool is not None and pool.tight and not pool.room_for_plain(proc, busy):
                 break   # its host's cores are held (or kept for a task that needs several)
@@ -336,7 +357,7 @@ class Scheduler:
                     if idle[head.tag]:
                         break   # an idle slave would run it sooner
                 queued += estimate
-            task = self._pop(queue)
+            task = self._pop(queue) if picked is None else self._take(queue, picked, proc)
             tasks.append(task)
             size += len(task.payload or b"")
             if limits:
@@ -355,6 +376,20 @@ class Scheduler:
         if not queue:
             del self._queues[task.tag]
         self.waiting_count -= 1
+        return task
+
+    def _take(self, queue: Queue, task: Task, proc: ProcessRecord) -> Task:
+        """Take ``task``, the head of ``queue`` or not, for ``proc``: it owns the task's key from now on."""
+        if queue[0] is task:
+            queue.popleft()
+        else:
+            queue.remove(task)
+        if not queue:
+            del self._queues[task.tag]
+        self.waiting_count -= 1
+        if task.affinity is not None:
+            self.affinity.left(task)
+            self.affinity.assigned(task, proc.process_id)
         return task
 
     def waiting_needs(self) -> Dict[str, Set[Need]]:
@@ -407,6 +442,8 @@ class Scheduler:
         assert task.assignment is not None, f"task {task.task_id} held without an assignment"
         del victim.running[task.assignment]
         victim.revoked.append(task.assignment)
+        if task.affinity is not None:
+            self.affinity.assigned(task, thief.process_id)
         return victim, task
 
     # ------------------------------------------------------------------ losses

@@ -30,6 +30,7 @@ from ..errors import ConfigurationError
 from ..wire.payload import Payload
 
 if TYPE_CHECKING:
+    from .affinity import Affinity
     from .resources import Grant, Need
     from .scheduling import Retry
 
@@ -84,7 +85,7 @@ class Task:
     __slots__ = ("task_id", "tag", "payload", "state", "seq", "rescheduled",
                  "assignment", "process_id", "started", "lost_slaves", "suspect",
                  "answer", "traceback", "time_limit", "priority", "retry", "attempts", "failed_on",
-                 "need", "held")
+                 "need", "held", "affinity")
 
     def __init__(self, task_id: str, tag: str, payload: Optional[Payload], seq: int,
                  time_limit: Optional[float] = None, priority: float = 0, retry: Optional[Retry] = None,
@@ -110,6 +111,7 @@ class Task:
         self.failed_on: Optional[List[Tuple[int, str]]] = None
         self.need: Optional[Need] = None    # resources it needs while it runs (``resources.py``)
         self.held: Optional[Grant] = None   # the resources it holds while it runs
+        self.affinity: Optional[Affinity] = None   # its key, when it prefers a slave (``affinity.py``)
 
     @property
     def gpus(self) -> Optional[Tuple[int, ...]]:

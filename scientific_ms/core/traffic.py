@@ -13,12 +13,14 @@ overrun costs reaches this class through :meth:`TaskTraffic.take_back` and
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from typing import Callable, Counter, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Counter, Dict, Hashable, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import NoTasksPendingError
 from ..wire.payload import Payload, dumps_value, loads_answer
 from ..wire.protocol import Answer
+from .affinity import Affinity
 from .budget import MemoryBudget
 from .failures import RecentFailures
 from .processes import Departure
@@ -66,11 +68,12 @@ class TaskTraffic:
 
     def add(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float],
             priority: float = 0, retry: Optional[Retry] = None, attempts: int = 0,
-            need: Optional[Need] = None) -> List[str]:
+            need: Optional[Need] = None, affinity: Optional[Hashable] = None) -> List[str]:
         """Queue a task for each payload, in order, each waiting for the memory budget; their ids.
 
         ``attempts``: failed attempts each has made already (a resumed journaled job).
-        ``need``: the resources each needs (None: its tag's default, if any)."""
+        ``need``: the resources each needs (None: its tag's default, if any).
+        ``affinity``: the key of each (``affinity.py``; None: no preference)."""
         if need is None and self._scheduler.default_needs:
             need = self._scheduler.default_needs.get(tag)
         task_ids = []
@@ -82,6 +85,8 @@ class TaskTraffic:
             task = self._tasks.new(tag, payload, time_limit, priority, retry, attempts)
             if need is not None:
                 task.need = need
+            if affinity is not None:
+                task.affinity = Affinity(affinity)
             self._enqueue(task, front=False)
             self._counters["requested"] += 1
             task_ids.append(task.task_id)
@@ -158,6 +163,7 @@ class TaskTraffic:
                 unknown: List[int] = []
                 live: List[ProcessRecord] = []
                 now = self._clock()
+                self._scheduler.affinity.soonest = math.inf   # a task with a key passed over shortens the wait
                 may_steal = True   # once per call: a steal scans the slaves that hold work
                 for process_id, count, queue_seconds in wants:
                     proc = self._registry.get(process_id)
@@ -184,7 +190,11 @@ class TaskTraffic:
                     deadline = now + timeout
                 if now >= deadline:
                     return assigned, unknown
-                woken = self._wait_for_work(live, deadline - now)
+                wait = deadline - now
+                soonest = self._scheduler.affinity.soonest
+                if soonest < math.inf:   # ask again once the patience of a task passed over ends
+                    wait = min(wait, max(0.001, soonest - self._clock()))
+                woken = self._wait_for_work(live, wait)
         finally:
             if woken:
                 # Woken for a task but leaving without one (its process left,
@@ -318,9 +328,22 @@ class TaskTraffic:
     # ---------------------------------------------------------------- internals
 
     def _enqueue(self, task: Task, front: bool, skip: Optional[int] = None) -> None:
+        if task.affinity is not None:
+            self._enqueue_with_key(task, front, skip)
+            return
         self._scheduler.enqueue(task, front)
         self._budget.add_waiting(len(task.payload or b""))
         self._waiters.wake_one(task.tag, skip)
+
+    def _enqueue_with_key(self, task: Task, front: bool, skip: Optional[int]) -> None:
+        """Queue a task with a key (``affinity.py``), waking the slave that owns it if it waits."""
+        assert task.affinity is not None
+        scheduler = self._scheduler
+        scheduler.enqueue(task, front)
+        self._budget.add_waiting(len(task.payload or b""))
+        owner = scheduler.affinity.owner(task.affinity.key, self._registry.get) if skip is None else None
+        if owner is None or not self._waiters.wake_process_for(task.tag, owner.process_id):
+            self._waiters.wake_one(task.tag, skip)
 
     def _retry(self, task: Task, answer: Answer, proc: Optional[ProcessRecord]) -> bool:
         """Run a failed task again if its ``retry`` says so (``scheduling.retries_again``);
@@ -354,9 +377,11 @@ class TaskTraffic:
                 queue_seconds: Optional[float] = None) -> List[Task]:
         if self._budget.hold_back_slaves():
             return []
+        now = self._clock()
         tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
                                        lambda tag: self._waiters.idle_for(tag, proc.process_id),
-                                       queue_seconds, self._tasks.running(), self._registry)
+                                       queue_seconds, self._tasks.running(), self._registry,
+                                       now, self._registry.get)
         for task in tasks:
             self._tasks.move(task, TaskState.RUNNING)
             self._budget.add_waiting(-len(task.payload or b""))
@@ -364,14 +389,13 @@ class TaskTraffic:
             self._signals.make_room()
             self._signals.tasks_started()
         if not tasks and may_steal:
-            stolen = self._scheduler.steal(proc, self._registry.holders(), self._clock())
+            stolen = self._scheduler.steal(proc, self._registry.holders(), now)
             if stolen is not None:
                 victim, task = stolen
                 if victim.news is not None:
                     victim.news.notify_all()   # its watch tells it to drop the task
                 self._counters["stolen"] += 1
                 tasks = [task]
-        now = self._clock()
         for task in tasks:
             task.assignment = next(self._assignment_numbers)
             task.process_id = proc.process_id

@@ -87,6 +87,19 @@ class WaitingSlaves:
                 waiter.condition.notify()
                 return
 
+    def wake_process_for(self, tag: str, process_id: int) -> bool:
+        """Wake a waiting thread of ``process_id`` for a task of ``tag`` (one whose key it
+        owns, ``affinity.py``); False if none waits."""
+        for waiter in self._of_process.get(process_id, ()):
+            if waiter in self._waiters and handles(waiter.tags, tag):
+                del self._waiters[waiter]
+                self._woken[waiter] = None
+                waiter.woken = True
+                waiter.room -= 1
+                waiter.condition.notify()
+                return True
+        return False
+
     def wake_process(self, process_id: int) -> None:
         """Wake every thread of a process that left, out of the set at once so that
         no task's wake-up goes to a leaver."""

@@ -8,7 +8,7 @@ Ray's ``.options``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional
 
 from ..core.resources import Need
 from ..core.scheduling import Retry
@@ -21,6 +21,7 @@ class CallSteering(NamedTuple):
     priority: float = 0
     retry: Optional[Retry] = None
     need: Optional[Need] = None   # the resources each call holds while it runs
+    affinity: Optional[Hashable] = None   # the key of each call (core/affinity.py)
 
 
 class CallOptions:

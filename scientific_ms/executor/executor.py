@@ -38,6 +38,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Tuple
 
 from .. import mpi, settings
+from ..core.affinity import check_affinity
 from ..core.resources import parse_need
 from ..core.scheduling import check_steering
 from ..errors import (
@@ -173,7 +174,7 @@ class Executor(concurrent.futures.Executor):
         return self._map(fn, iterables, timeout, chunksize, None)
 
     def options(self, *, time_limit: Optional[float] = None, priority: float = 0, retries: int = 0,
-                retry_on: Any = None, resources: Any = None) -> CallOptions:
+                retry_on: Any = None, resources: Any = None, affinity: Any = None) -> CallOptions:
         """``submit`` and ``map`` with options: ``ex.options(time_limit=60).submit(fn, x)``.
 
         ``time_limit``: seconds each call (each chunk of a map) may run; a
@@ -184,7 +185,9 @@ class Executor(concurrent.futures.Executor):
         default any) runs again, on another slave when there is one, up to
         this many more times. See docs/guide/scheduling.md. ``resources``: what
         each call holds while it runs, ``{"gpu": 1, "memory": "8G", "cores": 4}``
-        (docs/guide/resources.md).
+        (docs/guide/resources.md). ``affinity``: a key (a name, a path) for what
+        the calls load: each goes preferably to the slave that last ran a call
+        with that key (docs/guide/scheduling.md).
         """
         if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
             raise ConfigurationError(f"time_limit must be a positive number of seconds or None, "
@@ -192,7 +195,8 @@ class Executor(concurrent.futures.Executor):
         retry = check_steering(priority, retries, retry_on)
         limit = self.master.task_time_limit if time_limit is None else time_limit
         need = parse_need(resources)
-        return CallOptions(self._submit_call, self._map, CallSteering(limit, priority, retry, need))
+        key = None if affinity is None else check_affinity(affinity)
+        return CallOptions(self._submit_call, self._map, CallSteering(limit, priority, retry, need, key))
 
     def limit_concurrency(self, fn: Any, n: Optional[int]) -> None:
         """At most ``n`` calls of ``fn`` (a function, or its tag: its name) run at once (None: no limit)."""

@@ -61,7 +61,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Tuple, Union
 
 from ..core.resources import Need
 from ..core.scheduling import Retry
@@ -263,7 +263,8 @@ class Journal:
             self._new_requests += 1
 
     def request(self, tag: str, key: bytes, payload: Payload, manager, time_limit: Optional[float] = None,
-                priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> str:
+                priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None,
+                affinity: Optional[Hashable] = None) -> str:
         """Match a request with a journaled answer, or queue it for the writer; returns the task id.
 
         ``manager`` (a TaskManager) gets the task (``add_task``) or, when
@@ -278,7 +279,7 @@ class Journal:
             if answer is not None:
                 return manager.add_answered_task(tag, *answer)
             task_id = manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, attempts=made,
-                                       need=need)
+                                       need=need, affinity=affinity)
             if retry is not None:
                 self._queue.put(Retried(task_id, key, occurrence))
             self.record(task_id, tag, key, payload)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Hashable, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
 from ..core.resources import Need
@@ -44,18 +44,21 @@ class PlainTasks:
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
                  parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None,
-                 need: Optional[Need] = None) -> str:
+                 need: Optional[Need] = None, affinity: Optional[Hashable] = None) -> str:
         """Queue a task; returns its id (``parameters`` serve a journal's keys only)."""
-        if retry is None and not priority and need is None:   # the usual case: every request goes here
+        if retry is None and not priority and need is None and affinity is None:   # the usual case
             return self._manager.add_task(tag, payload, time_limit)
-        return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need)
+        return self._manager.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need,
+                                      affinity=affinity)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
-                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> List[str]:
+                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None,
+                  affinity: Optional[Hashable] = None) -> List[str]:
         """Queue a task for each payload (one lock of the manager for all); returns their ids."""
-        if retry is None and not priority and need is None:   # the usual case, without keywords
+        if retry is None and not priority and need is None and affinity is None:   # the usual case
             return self._manager.add_tasks(tag, payloads, time_limit)
-        return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need)
+        return self._manager.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need,
+                                       affinity=affinity)
 
     def close(self, failed: bool = False, keep: bool = True) -> None:
         """Nothing to close."""
@@ -92,7 +95,7 @@ class JournaledTasks:
 
     def add_task(self, tag: str, payload: Payload, time_limit: Optional[float] = None,
                  parameters: Optional[tuple] = None, priority: float = 0, retry: Optional[Retry] = None,
-                 need: Optional[Need] = None) -> str:
+                 need: Optional[Need] = None, affinity: Optional[Hashable] = None) -> str:
         """Queue a task, or deliver its journaled answer; returns its id.
 
         ``parameters``: given when they hold GlobalStateValue placeholders,
@@ -101,12 +104,14 @@ class JournaledTasks:
         """
         key = request_key(tag, payload, parameters, self._digest) if parameters is not None else \
             request_key(tag, payload)
-        return self._journal.request(tag, key, payload, self._manager, time_limit, priority, retry, need)
+        return self._journal.request(tag, key, payload, self._manager, time_limit, priority, retry, need,
+                                     affinity)
 
     def add_tasks(self, tag: str, payloads: Iterable[Payload], time_limit: Optional[float] = None, *,
-                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None) -> List[str]:
+                  priority: float = 0, retry: Optional[Retry] = None, need: Optional[Need] = None,
+                  affinity: Optional[Hashable] = None) -> List[str]:
         """:meth:`add_task` for each payload, in order; returns their ids."""
-        return [self.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need)
+        return [self.add_task(tag, payload, time_limit, priority=priority, retry=retry, need=need, affinity=affinity)
                 for payload in payloads]
 
     def _digest(self, label: str) -> bytes:

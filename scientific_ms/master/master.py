@@ -10,6 +10,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import settings
+from ..core.affinity import check_affinity
 from ..core.manager import TaskManager
 from ..core.resources import Need, parse_need
 from ..core.results import Outcome
@@ -179,7 +180,7 @@ class MasterProcess:
 
     def request_task(self, tag: str, *parameters: Any, time_limit: Optional[float] = None,
                      priority: float = 0, retries: int = 0, retry_on: Any = None,
-                     resources: Any = None) -> str:
+                     resources: Any = None, affinity: Any = None) -> str:
         """``requestTask`` with options (keyword-only: they never mix with the parameters).
 
         ``time_limit``: seconds the handler may run (default: the master's
@@ -199,6 +200,11 @@ class MasterProcess:
         ``resources``: what it holds while it runs, ``{"gpu": 1, "memory": "8G",
         "cores": 4}`` (default: its tag's, :meth:`set_resources`); it runs only
         on a host that has them free. See docs/guide/resources.md.
+
+        ``affinity``: a key (a name, a path) for what the task loads; it goes
+        preferably to the slave that last ran a task with that key, which
+        others leave it to for about its estimated duration at most. See
+        docs/guide/scheduling.md.
         """
         retry = None if priority == 0 and retries == 0 and retry_on is None else \
             check_steering(priority, retries, retry_on)   # (the defaults, at once)
@@ -208,23 +214,25 @@ class MasterProcess:
         self._warn_if_large(tag, payload)
         # the parameters themselves only when a journal must match placeholders by their values
         task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry,
-                                          need)
+                                          need, None if affinity is None else check_affinity(affinity))
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
         return task_id
 
     def add_pickled_tasks(self, tag: str, payloads: Sequence[Payload], time_limit: Optional[float],
                           priority: float = 0, retry: Optional[Retry] = None,
-                          need: Optional[Need] = None) -> List[str]:
+                          need: Optional[Need] = None, affinity: Any = None) -> List[str]:
         """Queue tasks whose parameters are pickled already (an Executor's calls); returns their ids.
 
         With a journal, each is matched by its tag and pickled parameters as
         ``requestTask`` matches its requests: one answered before is delivered
         from the journal and not run again. ``priority``, ``retry``: see
         :meth:`request_task` (``scheduling.check_steering`` makes a Retry); ``need``: the
-        resources each holds while it runs (``resources.parse_need``).
+        resources each holds while it runs (``resources.parse_need``); ``affinity``: their key
+        (``affinity.check_affinity``).
         """
-        return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need)
+        return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need,
+                                        affinity=affinity)
 
     def set_resources(self, tag: str, resources: Any) -> None:
         """What tasks of ``tag`` need unless their request says, ``{"gpu": 1, "memory": "8G"}``
