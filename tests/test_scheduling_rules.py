@@ -11,14 +11,8 @@ import pytest
 from conftest import wait_for
 from scientific_ms.core.manager import TaskManager
 from scientific_ms.core.registry import Registry
-from scientific_ms.core.scheduling import (
-    Retry,
-    Scheduler,
-    attempts_note,
-    check_steering,
-    retries_again,
-    retry_elsewhere,
-)
+from scientific_ms.core.scheduling import Scheduler
+from scientific_ms.core.steering import Retry, attempts_note, check_steering, retries_again, retry_elsewhere
 from scientific_ms.core.tasks import Task
 from scientific_ms.errors import ConfigurationError, TaskManagerTermination
 from scientific_ms.master.journaled import JournaledTasks

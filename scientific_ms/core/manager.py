@@ -41,10 +41,11 @@ from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
 from .resources import Need, unmet
 from .results import Outcome
-from .scheduling import Retry, Scheduler
+from .scheduling import Scheduler
 from .shared_data import SharedData
 from .signals import Signals
 from .status import snapshot
+from .steering import Retry
 from .tasks import Task, check_request
 from .traffic import Settled, TaskTraffic, Want
 

@@ -32,11 +32,16 @@ from ..wire.payload import Payload
 if TYPE_CHECKING:
     from .affinity import Affinity
     from .resources import Grant, Need
-    from .scheduling import Retry
+    from .steering import Retry
 
 #: A slave registered with this tag runs tasks of every tag (the Executor's
 #: function runner, whose tasks are tagged with their function's name).
 ANY_TAG = "*"
+
+
+def handles(tags: FrozenSet[str], tag: str) -> bool:
+    """Can a slave registered with ``tags`` run a task of ``tag``? (``ANY_TAG``: every tag.)"""
+    return tag in tags or ANY_TAG in tags
 
 
 class TaskState(str, enum.Enum):

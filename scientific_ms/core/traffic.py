@@ -27,8 +27,9 @@ from .processes import Departure
 from .registry import ProcessRecord, Registry
 from .resources import Need
 from .results import Outcome, ResultStore
-from .scheduling import Retry, Scheduler, attempts_note, retries_again, retry_elsewhere
+from .scheduling import Scheduler
 from .signals import Signals
+from .steering import Retry, attempts_note, retries_again, retry_elsewhere
 from .tasks import Task, TaskState, TaskTable
 from .waiting import Waiter, WaitingSlaves
 

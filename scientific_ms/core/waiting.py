@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, FrozenSet, List, Optional, Tuple
 
-from .scheduling import handles
+from .tasks import handles
 
 
 class Waiter:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional
 
 from ..core.resources import Need
-from ..core.scheduling import Retry
+from ..core.steering import Retry
 from .futures import Future
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optio
 from .. import mpi, settings
 from ..core.affinity import check_affinity
 from ..core.resources import parse_need
-from ..core.scheduling import check_steering
+from ..core.steering import check_steering
 from ..errors import (
     ConfigurationError,
     NoTasksPendingError,

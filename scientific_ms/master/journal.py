@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Tuple, Union
 
 from ..core.resources import Need
-from ..core.scheduling import Retry
+from ..core.steering import Retry
 from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
 from .journal_attempts import Failures, JournaledAttempts, Retried
 from .journal_file import (

@@ -22,7 +22,7 @@ from typing import Dict, Hashable, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
 from ..core.resources import Need
-from ..core.scheduling import Retry
+from ..core.steering import Retry
 from ..wire.payload import Payload, dumps_value
 from .journal import Journal, request_key, value_digest
 

@@ -14,7 +14,7 @@ from ..core.affinity import check_affinity
 from ..core.manager import TaskManager
 from ..core.resources import Need, parse_need
 from ..core.results import Outcome
-from ..core.scheduling import Retry, check_steering
+from ..core.steering import Retry, check_steering
 from ..core.tasks import check_request
 from ..dashboard import start_in_master as start_dashboard
 from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
