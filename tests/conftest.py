@@ -15,6 +15,8 @@ import pytest
 from netns import hosts  # noqa: F401  (the multi-host fixture, for every test module)
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The tests' own folder.
+TESTS = ROOT / "tests"
 EXAMPLES = ROOT / "examples"
 
 
@@ -186,3 +188,13 @@ def openmpi():
         return openmpi_env.build()
     except openmpi_env.Unavailable as error:
         pytest.skip(f"no Open MPI environment: {error}")
+
+
+@pytest.fixture
+def slaves_import_steering_functions(monkeypatch):
+    """An Executor's slaves inherit the environment: let them import steering_functions
+    (tests/steering_functions.py; test_steering and test_affinity use it)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    sys.path.insert(0, str(TESTS))
+    yield
+    sys.path.remove(str(TESTS))

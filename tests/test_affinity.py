@@ -3,18 +3,15 @@ the last one, and a task whose slave is busy is not held up while another slave 
 
 import collections
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_for
 from scientific_ms import Executor, MasterProcess
 from scientific_ms.errors import ConfigurationError
+from test_steering import start_slaves
 
-HERE = Path(__file__).resolve().parent
-SLAVE_SCRIPT = HERE / "steering_slave.py"
 TIMEOUT = 90
 
 
@@ -25,12 +22,6 @@ def master():
         yield master
     finally:
         master.shutdown()
-
-
-def start_slaves(processes, master, count):
-    for _ in range(count):
-        processes.python(SLAVE_SCRIPT, master.label)
-    master.wait_for_slaves(count, timeout=TIMEOUT)
 
 
 def test_tasks_of_a_key_run_on_the_slave_that_ran_the_last_one(master, processes):
@@ -62,15 +53,6 @@ def test_a_task_whose_slave_is_busy_goes_to_an_idle_one_after_about_its_estimate
     assert task_id == short_task and pid != busy, f"it ran on {pid}, the busy slave is {busy}"
     assert master.task_manager.task_state(long_task) == "running", f"it waited {waited:.2f} s"
     print(f"the idle slave took it after {waited:.2f} s (estimate 0.5 s)")
-
-
-@pytest.fixture
-def slaves_import_steering_functions(monkeypatch):
-    """An Executor's slaves inherit the environment: let them import steering_functions."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    sys.path.insert(0, str(HERE))
-    yield
-    sys.path.remove(str(HERE))
 
 
 def test_executor_options_take_an_affinity(slaves_import_steering_functions):

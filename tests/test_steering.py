@@ -2,7 +2,6 @@
 priorities, retries, and the Executor's options for them."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -99,15 +98,6 @@ def test_options_are_checked_at_the_request(master):
         master.limit_concurrency("order", 0)
     with pytest.raises(ConfigurationError, match="Python identifier"):
         master.limit_concurrency("not a tag", 1)
-
-
-@pytest.fixture
-def slaves_import_steering_functions(monkeypatch):
-    """An Executor's slaves inherit the environment: let them import steering_functions."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
-    sys.path.insert(0, str(HERE))
-    yield
-    sys.path.remove(str(HERE))
 
 
 def test_executor_options_set_priorities_and_retries(slaves_import_steering_functions, tmp_path):
