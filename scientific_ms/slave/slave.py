@@ -208,7 +208,6 @@ class SlaveProcess:
                 connection.close()
                 leaving.announce()
                 return
-            start_forwarding(self._output, connection, self.process_id)
             self._serve_registered(handlers)
         finally:
             termination.uninstall()
@@ -218,13 +217,14 @@ class SlaveProcess:
         log.info("slave %s serving %r at %s, tags %s", self.process_id, self.label,
                  connection.address, ", ".join(sorted(handlers)))
         session = self._session
-        session.rejoin_grace = rejoin.grace_for(connection, self.rejoin_grace)
-        if self._kept.link is not None:   # the keeper beats our heart, and times our tasks
-            self._kept.hello(connection)
-        elif self.watchdog_period is not None:
-            Heartbeat(self, session, connection, self._rejoin).start()
         clean = False
-        try:
+        try:   # registered: from here on, even a Ctrl-C during these first calls ends in a goodbye
+            start_forwarding(self._output, connection, self.process_id)
+            session.rejoin_grace = rejoin.grace_for(connection, self.rejoin_grace)
+            if self._kept.link is not None:   # the keeper beats our heart, and times our tasks
+                self._kept.hello(connection)
+            elif self.watchdog_period is not None:
+                Heartbeat(self, session, connection, self._rejoin).start()
             self._serve(handlers)
             clean = True
         finally:
