@@ -27,7 +27,7 @@ def pid_and_draw(_):
     import time
 
     import numpy
-    time.sleep(0.05)   # long enough that both slaves take tasks
+    time.sleep(0.05)   # work long enough that both slaves take tasks
     return os.getpid(), float(numpy.random.random())   # numpy's global state: copied by fork
 
 
@@ -75,6 +75,8 @@ def test_preloaded_modules_are_imported_before_the_first_task():
 
 def test_each_forked_slave_draws_its_own_random_numbers():
     with Executor(slaves=2, use_name_server=False, port=0, preload=["numpy"]) as executor:
+        # Both slaves there before the map: otherwise the first could take every task.
+        executor.master.wait_for_slaves(2, timeout=60)
         draws = list(executor.map(pid_and_draw, range(40)))
     first = {}
     for pid, draw in draws:
