@@ -137,7 +137,7 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
             answers = []
             if status == TERMINATED:
                 break
-            for task_id, assignment, tag, payload, _limit in tasks:
+            for task_id, assignment, tag, payload, *_rest in tasks:   # then time limit, GPU ids
                 parameters = loads_parameters(payload, None)
                 if tag == "hold":
                     while not release.wait(watchdog / 2):

@@ -157,6 +157,13 @@ def malloc_top_pad() -> int:
     return int(number("MALLOC_TOP_PAD", 64 * 1024 * 1024))
 
 
+def relay_workers() -> int:
+    """A keeper of at least this many workers carries their exchanges to the master in
+    batches on its own connections (``slave/relay.py``; ``SCIENTIFIC_MS_RELAY_WORKERS``,
+    0: never)."""
+    return int(number("RELAY_WORKERS", 16))
+
+
 def max_connections() -> int:
     """Connections a master serves at once (``SCIENTIFIC_MS_MAX_CONNECTIONS``)."""
     return int(number("MAX_CONNECTIONS", 10000, minimum=8))

@@ -220,15 +220,15 @@ class TaskManager:
                 self._processes.live(process_id)   # raises the error that says why
         return assigned.get(process_id, [])
 
-    def take_tasks_for(self, wants: Iterable[Tuple[int, int]],
+    def take_tasks_for(self, wants: Iterable[tuple],
                        timeout: float = 0.0) -> Tuple[Dict[int, List[Task]], List[int]]:
         """Assign tasks to several processes at once (:meth:`take_tasks` asks for one).
 
-        ``wants``: (process_id, max_tasks) pairs. Waits up to ``timeout`` seconds until at least
-        one of them gets a task. Returns ({process_id: tasks}, [ids of unknown processes]);
-        raises TaskManagerTermination.
+        ``wants``: (process_id, max_tasks[, queue_seconds]) tuples. Waits up to ``timeout``
+        seconds until at least one of them gets a task. Returns ({process_id: tasks}, [ids of
+        unknown processes]); raises TaskManagerTermination.
         """
-        asked = [Want(process_id, max(1, int(count))) for process_id, count in wants]
+        asked = [Want(want[0], max(1, int(want[1])), want[2] if len(want) > 2 else None) for want in wants]
         with self._lock:
             return self._traffic.take(asked, timeout)
 

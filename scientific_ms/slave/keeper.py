@@ -74,6 +74,7 @@ from ..wire.protocol import OK
 from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
 from .keeper_watch import KeeperWatch
 from .keeper_workers import Worker
+from .relay import ExchangeRelay
 from .worker_link import Hello, WorkerLink
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ class Keeper:
             if not self.lone:
                 if not self._register():
                     return 0
+                threshold = settings.relay_workers()
+                if threshold and self.count >= threshold:
+                    self.lives.relay = ExchangeRelay(self._relay_connection)
+                    self.lives.relay.start()
                 for _ in range(self.count):
                     self.lives.fork(self.lives.max_restarts)
             self._loop()
@@ -155,7 +160,15 @@ class Keeper:
         watching = self._watch.connection if self._watch is not None else None
         if watching is not None:
             watching.disown()
-        return WorkerLink(became.conn, became.keeper_pid, keeper_id=None if self.lone else self.keeper_id)
+        return WorkerLink(became.conn, became.keeper_pid, keeper_id=None if self.lone else self.keeper_id,
+                          relay=became.relay)
+
+    def _relay_connection(self) -> MasterConnection:
+        """A new connection to the current master, for the relay (its threads)."""
+        connection = self.connection
+        if connection is None:
+            raise ConnectionLostError(f"the keeper of {self.label!r} has no master now")
+        return connection.duplicate()
 
     # ------------------------------------------------------------------ the master
 
@@ -294,6 +307,8 @@ class Keeper:
 
     def _end(self) -> None:
         """The last worker ended: say goodbye (unless the master is over or gone) and close."""
+        if self.lives.relay is not None:
+            self.lives.relay.stop()
         if self._watch is not None:
             self._watch.stop()
         if self.keeper_id is not None and self.connection is not None and self.lives.stopping not in SILENT_STOPS:

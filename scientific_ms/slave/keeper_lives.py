@@ -26,6 +26,7 @@ from ..wire.client import MasterConnection
 from ..wire.payload import dumps_exception
 from ..wire.protocol import Answer
 from .keeper_workers import Worker
+from .relay import ExchangeRelay
 from .worker_link import Hello, die_with
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ class BecameWorker(Exception):
     """Raised in a process just forked from the keeper: it unwinds to ``Keeper.run``, which
     makes it a worker with the link ``conn`` to its keeper ``keeper_pid``."""
 
-    def __init__(self, conn: Connection, keeper_pid: int):
+    def __init__(self, conn: Connection, keeper_pid: int, relay: Optional[Connection] = None):
         super().__init__("a worker")
         self.conn = conn
         self.keeper_pid = keeper_pid
+        self.relay = relay   # the worker's end of its link to the keeper's relay, if any
 
 
 def flush_output() -> None:
@@ -80,6 +82,8 @@ class WorkerLives:
         self.stopping: Optional[str] = None   # why the keeper stops, once it does
         self.stop_deadline = 0.0               # when the workers still there are killed
         self.exit_code = 0
+        #: The keeper's relay of its workers' exchanges (``relay.py``), if it relays them.
+        self.relay: Optional[ExchangeRelay] = None
 
     # ------------------------------------------------------------------ what the main loop waits on
 
@@ -131,17 +135,25 @@ class WorkerLives:
     def fork(self, restarts_left: int) -> None:
         """Fork a worker; in the child this raises BecameWorker (it serves, never returns here)."""
         ours, theirs = socket.socketpair()
+        relay = self.relay
+        relay_ends = relay.pair() if relay is not None else None
         keeper_pid = os.getpid()
         flush_output()
         pid = os.fork()
         if pid == 0:
             ours.close()
-            self._become_worker(Connection(theirs.detach()), keeper_pid)
+            if relay_ends is not None:
+                relay_ends[0].close()
+            self._become_worker(Connection(theirs.detach()), keeper_pid,
+                                relay_ends[1] if relay_ends is not None else None)
         theirs.close()
+        if relay is not None and relay_ends is not None:
+            relay_ends[1].close()
+            relay.add(relay_ends[0], pid)
         self.workers.append(Worker(pid, Connection(ours.detach()), True, restarts_left))
         log.info("keeper of %r forked worker process %d", self.label, pid)
 
-    def _become_worker(self, conn: Connection, keeper_pid: int) -> None:
+    def _become_worker(self, conn: Connection, keeper_pid: int, relay: Optional[Connection] = None) -> None:
         # Its own process group: Ctrl-C in a terminal reaches the keeper alone, and ending
         # the worker ends everything its handler started.
         with contextlib.suppress(OSError):
@@ -152,7 +164,10 @@ class WorkerLives:
         for worker in self.workers:
             worker.close()
         self.workers = []
-        raise BecameWorker(conn, keeper_pid)
+        if self.relay is not None:
+            self.relay.close_in_worker()
+            self.relay = None
+        raise BecameWorker(conn, keeper_pid, relay)
 
     # ------------------------------------------------------------------ time limits
 
@@ -230,6 +245,8 @@ class WorkerLives:
                 continue
             self.workers.remove(worker)
             worker.close()
+            if self.relay is not None:
+                self.relay.drop(worker.pid)
             if worker.leaving:
                 continue
             if self.stopping is not None:

@@ -22,6 +22,7 @@ from .. import settings
 from ..wire.client import MasterConnection
 from . import keeper, worker_link
 from .heartbeat import abandon
+from .relayed import RelayedConnection
 from .session import Session
 
 
@@ -62,6 +63,14 @@ class KeeperSide:
         if self.link is not None and slave.process_id is not None:
             self.link.hello(slave.process_id, slave.watchdog_period,
                             (connection.host, connection.port, connection.secret), self._session().rejoin_grace)
+
+    def relayed(self, connection: MasterConnection):
+        """The connection for the slave's exchanges: through the keeper's relay when it has one
+        (``relay.py``), else ``connection`` itself."""
+        relay = self.link.relay if self.link is not None else None
+        if relay is None or isinstance(connection, RelayedConnection):
+            return connection
+        return RelayedConnection(connection, relay)
 
     def leaving(self) -> None:
         """About to unregister: the keeper must not take our absence at the master for a death."""

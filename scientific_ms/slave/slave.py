@@ -253,7 +253,7 @@ class SlaveProcess:
     def _serve(self, handlers: Dict[str, Callable]) -> None:
         session, connection, process_id = self._session, self._master_connection, self.process_id
         assert process_id is not None   # registered (_serve_master)
-        session.feed = feed = TaskFeed(connection, process_id, self._rejoin,
+        session.feed = feed = TaskFeed(self._kept.relayed(connection), process_id, self._rejoin,
                                        self._output.buffer if self._output.installed else None)
         if self._leave_reason is not None:   # SIGTERM came before the feed existed
             feed.leave()

@@ -87,8 +87,11 @@ class WorkerLink:
     """The worker's end; any thread may send (one lock), one thread reads."""
 
     def __init__(self, conn: Connection, keeper_pid: int, keeper_id: Optional[int] = None,
-                 keeper_is_child: bool = False):
+                 keeper_is_child: bool = False, relay: Optional[Connection] = None):
         self._conn = conn
+        #: The link to the keeper's relay, which carries this worker's exchanges (``relay.py``),
+        #: if its keeper relays them.
+        self.relay = relay
         self.keeper_is_child = keeper_is_child   # a lone slave's keeper: this process reaps it
         self._lock = threading.Lock()
         self.keeper_pid = keeper_pid

@@ -154,6 +154,34 @@ class MasterConnection:
             raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
         return status, tasks, revoked
 
+    def exchange_batch(self, parts: List[tuple], wait: float) -> List[Tuple[str, List[TaskMessage], list]]:
+        """The ``exchange`` call of a keeper's relay, for several workers at once (``slave/relay.py``).
+
+        ``parts``: (process_id, answers, max_tasks, queue_seconds, output), one per worker, as
+        :meth:`exchange` takes them. ``wait`` > 0: the master waits until one of them gets a
+        task. Returns (status, tasks, revoked assignments) for each part, in order.
+        """
+        connection = self._proxy._pyroConnection
+        if connection is None:   # released by an earlier failure
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
+        buffers: list = []
+        wire_parts = []
+        for process_id, answers, max_tasks, queue_seconds, output in parts:
+            records, more = answers_to_wire(answers)
+            buffers.extend(more)   # in part order, as the master reads them
+            wire_parts.append((process_id, records, max_tasks, queue_seconds, output))
+        connection.trailer = buffers
+        try:
+            replies = self.call("exchange", wire_parts, wait)
+        finally:
+            connection.trailer = ()
+        try:
+            return [(status, tasks_from_wire(records, connection.sock), revoked)
+                    for status, records, revoked in replies]
+        except Pyro5.errors.CommunicationError as error:
+            self.close()
+            raise ConnectionLostError(f"lost the connection to the master at {self.address}: {error}") from None
+
     def status(self, timeout: float, wait: float = 0.0, failures: bool = False) -> dict:
         """The master's status; ``wait`` > 0: answered when the job ends, or after ``wait`` s;
         ``failures``: with the last failed tasks and their tracebacks (``core/failures.py``)."""

@@ -126,7 +126,10 @@ class TaskManagerService:
         Large buffers of answers follow the request on the socket, those of
         tasks follow the reply (``buffers.py``).
         """
-        return pack(self._exchange(*unpack(packed)))
+        arguments = unpack(packed)
+        if arguments and isinstance(arguments[0], list):
+            return pack(tuple(self._exchange_relayed(*arguments)))
+        return pack(self._exchange(*arguments))
 
     def _exchange(self, process_id: int, answers: list, max_tasks: int, wait: float,
                   queue_seconds: Optional[float] = None, output: Optional[tuple] = None) -> Tuple[str, list, list]:
@@ -156,6 +159,45 @@ class TaskManagerService:
         if buffers:
             connection.trailer = buffers   # sent right after the reply (wire.BufferConnection)
         return OK, records, self._manager.take_revoked(process_id)
+
+    def _exchange_relayed(self, parts: list, wait: float) -> list:
+        """The batch form of ``exchange``, a keeper's relay's (``slave/relay.py``): ``parts``
+        are (process_id, answers, max_tasks, queue_seconds, output), one per worker; with
+        ``wait`` > 0 the call returns once one of them gets a task. Replies (status, tasks,
+        revoked) per part, in order; the tasks' buffers follow, in the same order."""
+        connection = current_context.client
+        sock = connection.sock if connection is not None else None
+        stored = []
+        wants = []
+        for process_id, answers, max_tasks, queue_seconds, output in parts:
+            if answers:   # read in part order: the buffers wait on the socket in that order
+                stored.append((process_id, answers_from_wire(answers, sock)))
+            if output and isinstance(output, (list, tuple)) and len(output) == 2:
+                self._manager.slave_output(process_id, *output)
+            if answers or max_tasks > 0:
+                self._bind(process_id)
+            if max_tasks > 0:
+                wants.append((process_id, max_tasks,
+                              queue_seconds if isinstance(queue_seconds, (int, float)) else None))
+        if stored:
+            self._manager.store_answers_of(stored)
+        try:
+            assigned, unknown = self._manager.take_tasks_for(wants, wait) if wants else ({}, [])
+        except TaskManagerTermination:
+            return [(TERMINATED, [], []) for _ in parts]
+        replies: List[tuple] = []
+        buffers: list = []
+        unknown_ids = set(unknown)
+        for process_id, _answers, _max_tasks, _queue_seconds, _output in parts:
+            if process_id in unknown_ids:
+                replies.append((UNKNOWN, [], []))
+                continue
+            records, more = tasks_to_wire(assigned.get(process_id, ()))
+            buffers.extend(more)
+            replies.append((OK, records, self._manager.take_revoked(process_id)))
+        if buffers:
+            connection.trailer = buffers
+        return replies
 
     # -- a keeper speaks for the workers it keeps (slave/keeper.py)
 

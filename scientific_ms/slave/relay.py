@@ -1,0 +1,242 @@
+"""A keeper's relay: the ``exchange`` calls of its workers, carried in batches.
+
+A host of many workers (``task_manager slave LABEL -n N`` with N of at least
+``settings.relay_workers()``) would give its master one busy connection,
+one serving thread and one call per worker and round. With a relay, each
+worker sends its exchange over a socket pair to its keeper
+(``relayed.py``), and the keeper carries the exchanges of all its workers
+in one ``exchange`` call of the batch form (``wire/protocol.py``): one
+connection, one call and one lock round at the master for a whole host.
+The keeper unpickles no payload: answers and tasks cross it as the bytes
+the worker and the master made of them.
+
+Two threads send, each on a connection of its own:
+
+* **now**: every request first, in batches, asking for tasks without
+  waiting; a request that carries answers or printed lines is never held
+  behind a wait;
+* **wait**: the requests of idle workers that found no work, with their
+  answers already delivered, in one call that waits at the master until
+  one of them gets a task (each request keeps its own deadline).
+
+A third reads the workers' requests. Each worker waits for its own reply;
+the relay answers every request, with an error if the master is lost.
+Everything else a worker says to the master (registration, shared data,
+goodbye) goes on its own connection, which carries no traffic meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from multiprocessing.connection import Connection, wait as wait_for_any
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+from ..errors import ScientificMSError
+from ..wire.client import MasterConnection
+from ..wire.protocol import OK
+
+log = logging.getLogger(__name__)
+
+
+class Request(NamedTuple):
+    """A worker's exchange, as it crossed its socket pair."""
+    link: Connection
+    process_id: int
+    answers: list          # protocol.Answer records
+    max_tasks: int
+    wait: float
+    queue_seconds: Optional[float]
+    output: Optional[tuple]
+    deadline: float        # monotonic: when a waiting request gets its empty reply
+
+
+def encode_request(process_id: int, answers: list, max_tasks: int, wait: float,
+                   queue_seconds: Optional[float], output: Optional[tuple]) -> tuple:
+    """A worker's exchange, as it goes to its keeper (``relayed.py``)."""
+    return ("exchange", process_id, answers, max_tasks, wait, queue_seconds, output)
+
+
+class ExchangeRelay:
+    """Carries the exchanges of a keeper's workers; see the module docstring.
+
+    ``connect`` opens a new connection to the current master (raising
+    ScientificMSError if there is none).
+    """
+
+    def __init__(self, connect: Callable[[], MasterConnection]):
+        self._connect = connect
+        self._cond = threading.Condition()
+        self._links: Dict[Connection, int] = {}      # worker link -> worker PID
+        self._now: List[Request] = []
+        self._waiting: List[Request] = []
+        self._connections: set = set()   # the two senders' connections to the master
+        self._stopped = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
+        self._threads = [threading.Thread(target=target, name=f"scientific_ms-relay-{name}", daemon=True)
+                         for name, target in (("read", self._read), ("now", self._send_now),
+                                              ("wait", self._send_waiting))]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def pair() -> tuple:
+        """A new worker's link: (the keeper's end, the worker's end)."""
+        ours, theirs = socket.socketpair()
+        return Connection(ours.detach()), Connection(theirs.detach())
+
+    def add(self, link: Connection, pid: int) -> None:
+        """Carry the requests of worker ``pid`` that come on ``link`` (the keeper's end)."""
+        with self._cond:
+            self._links[link] = pid
+        self._wake()
+
+    def drop(self, pid: int) -> None:
+        """The worker ``pid`` ended: forget its link (its requests go unanswered)."""
+        with self._cond:
+            for link, owner in list(self._links.items()):
+                if owner == pid:
+                    del self._links[link]
+                    self._now = [r for r in self._now if r.link is not link]
+                    self._waiting = [r for r in self._waiting if r.link is not link]
+                    link.close()
+        self._wake()
+
+    def close_in_worker(self) -> None:
+        """In a worker just forked: close the keeper's ends of the links and its connections
+        (never shutting those down: the keeper still uses them)."""
+        for link in list(self._links):
+            link.close()
+        self._links = {}
+        for connection in list(self._connections):
+            connection.disown()
+            connection.close()
+        self._connections.clear()
+        for end in (self._wake_reader, self._wake_writer):
+            end.close()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_writer.send(b"x")
+
+    # ------------------------------------------------------------------ reading requests
+
+    def _read(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                links = list(self._links)
+            for ready in wait_for_any([self._wake_reader, *links], 1.0):
+                if not isinstance(ready, Connection):   # the wake-up socket
+                    with contextlib.suppress(OSError):
+                        self._wake_reader.recv(4096)
+                    continue
+                try:
+                    message = ready.recv()
+                except (EOFError, OSError):
+                    self._unlink(ready)
+                    continue
+                self._take(ready, message)
+
+    def _unlink(self, link: Connection) -> None:
+        with self._cond:
+            self._links.pop(link, None)
+        link.close()
+
+    def _take(self, link: Connection, message) -> None:
+        if not isinstance(message, tuple) or not message or message[0] != "exchange":
+            log.error("a worker sent its keeper's relay %r; expected an exchange", message[:1])
+            return
+        _, process_id, answers, max_tasks, wait, queue_seconds, output = message
+        request = Request(link, process_id, answers, max_tasks, wait, queue_seconds, output,
+                          time.monotonic() + max(0.0, wait))
+        with self._cond:
+            self._now.append(request)
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_now(self) -> None:
+        connection: Optional[MasterConnection] = None
+        while True:
+            with self._cond:
+                while not self._now and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    break
+                batch, self._now = self._now, []
+            connection = self._carry(connection, batch, 0.0)
+        if connection is not None:
+            connection.close()
+
+    def _send_waiting(self) -> None:
+        connection: Optional[MasterConnection] = None
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    break
+                now = time.monotonic()
+                due = [r for r in self._waiting if r.deadline <= now]
+                batch = [r for r in self._waiting if r.deadline > now]
+                self._waiting = []
+            for request in due:
+                self._reply(request, (OK, [], []))
+            if batch:
+                wait = min(r.deadline for r in batch) - time.monotonic()
+                connection = self._carry(connection, batch, max(0.0, wait))
+        if connection is not None:
+            connection.close()
+
+    def _carry(self, connection: Optional[MasterConnection], batch: List[Request],
+               wait: float) -> Optional[MasterConnection]:
+        """Send ``batch`` in one call; reply to each request, or keep it waiting. Returns the
+        connection to use next time (None after a failure: a new one is opened then)."""
+        try:
+            if connection is None:
+                connection = self._connect()
+                connection.claim()
+                self._connections.add(connection)
+            replies = connection.exchange_batch(
+                [(r.process_id, r.answers, r.max_tasks, r.queue_seconds, r.output) for r in batch], wait)
+        except ScientificMSError as error:
+            if connection is not None:
+                self._connections.discard(connection)
+                connection.close()
+            for request in batch:
+                self._reply(request, ("failed", str(error)))
+            return None
+        waiting = []
+        for request, reply in zip(batch, replies):
+            status, tasks, revoked = reply
+            if status == OK and not tasks and not revoked and request.max_tasks > 0 \
+                    and request.deadline > time.monotonic():
+                # No work for it now: it waits at the master, its answers delivered.
+                waiting.append(request._replace(answers=[], output=None))
+            else:
+                self._reply(request, reply)
+        if waiting:
+            with self._cond:
+                self._waiting.extend(waiting)
+                self._cond.notify_all()
+        return connection
+
+    def _reply(self, request: Request, reply: tuple) -> None:
+        try:
+            request.link.send(reply)
+        except OSError:
+            pass   # the worker is gone: the keeper reports its end, its tasks go elsewhere
