@@ -3,6 +3,7 @@
     python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light|agent]
                               [--watchdog 1.0] [--hold 6] [--short-tasks 20000]
                               [--per-agent 64] [--table 10,100,1000,10000]
+                              (--kind relay: the keepers relay their workers' exchanges)
 
 The master runs in this process (so psutil measures it: CPU seconds, RSS,
 threads). The slaves are threads spread over ``--processes`` subprocesses,
@@ -21,7 +22,12 @@ each thread a complete slave:
   exchange, no heartbeat of its own); each keeper a thread with two
   connections that registers as "agent" and sends the heartbeats of all its
   workers in one ``agent_watch``. Workers answer at once, so that 10,000
-  of them fit on one machine.
+  of them fit on one machine;
+* ``relay``: as ``agent``, with the keeper's relay (``slave/relay.py``)
+  carrying its workers' exchanges in batches on its own connections, as a
+  keeper of ``SCIENTIFIC_MS_RELAY_WORKERS`` (16) workers or more does. Each
+  worker still holds its own idle connection (it registers on it): for
+  10,000 workers give the master ``SCIENTIFIC_MS_MAX_CONNECTIONS=11000``.
 
 ``--table`` runs once per number of slaves, each with a fresh master, and
 prints one table: master CPU per short task (and its ratio to the first
@@ -74,6 +80,9 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
     # At most ``start_window`` slaves may be connecting at once: a burst of a
     # thousand SYNs would overflow Pyro5's listen backlog of 100.
     window = threading.BoundedSemaphore(start_window)
+    # The same for the workers of the keepers (``agent``, ``relay``): on real hosts each
+    # keeper's workers connect on that host's cores, not all on these two.
+    worker_window = threading.BoundedSemaphore(start_window)
 
     def do_hold(index, hold_limit):
         """Block until the driver says every slave holds a task."""
@@ -102,22 +111,24 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
             if not released:
                 window.release()
 
-    def light_slave(keeper=None, on_registered=None):
+    def light_slave(keeper=None, on_registered=None, relay_link=None):
         """A slave speaking the protocol directly; ``keeper``: the id of the keeper that
-        beats its heart (then it sends no heartbeat of its own)."""
+        beats its heart (then it sends no heartbeat of its own); ``relay_link``: its link
+        to the keeper's relay, which carries its exchanges (``--kind relay``)."""
         from scientific_ms.wire.client import MasterConnection
         from scientific_ms.wire.payload import dumps_value, loads_parameters
         from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
         info = {"pid": os.getpid()} if keeper is None else {"pid": os.getpid(), "agent": keeper}
+        if keeper is not None:
+            worker_window.acquire()
         try:
             connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
                                           timeout=30)
             status, process_id = connection.call("register", "slave", info,
                                                  sorted(name[3:] for name in handlers), watchdog)
         finally:
-            if keeper is None:
-                window.release()
+            (window if keeper is None else worker_window).release()
         if on_registered is not None:
             on_registered(process_id if status == OK else None)
         if status != OK:
@@ -129,11 +140,22 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 return True
             return connection.call("agent_watch", process_id, [(process_id, {})], 0.0)[0] != TERMINATED
 
+        if relay_link is not None:
+            from scientific_ms.slave.relayed import RelayedConnection
+            from scientific_ms.wire.protocol import Answer
+            relayed = RelayedConnection(connection, relay_link)
+
+            def exchange(answers):
+                return relayed.exchange(process_id, [Answer(*answer) for answer in answers], 1, watchdog / 2)
+        else:
+            def exchange(answers):
+                return connection.call("exchange", process_id, answers, 1, watchdog / 2)
+
         answers = []
         while True:
             # One exchange per heartbeat period at most; a heartbeat of its own while
             # a task holds this thread.
-            status, tasks, _revoked = connection.call("exchange", process_id, answers, 1, watchdog / 2)
+            status, tasks, _revoked = exchange(answers)
             answers = []
             if status == TERMINATED:
                 break
@@ -151,9 +173,10 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 break
         connection.close()
 
-    def light_agent(size):
+    def light_agent(size, relayed=False):
         """A keeper of ``size`` light workers (threads here, processes in a real keeper):
-        it registers as "agent" and beats all their hearts in one ``agent_watch``."""
+        it registers as "agent" and beats all their hearts in one ``agent_watch``;
+        ``relayed``: it carries their exchanges with the keeper's relay (``slave/relay.py``)."""
         from scientific_ms.wire.client import MasterConnection
         from scientific_ms.wire.protocol import OK, TERMINATED
         host, port = address.rsplit(":", 1)
@@ -169,8 +192,18 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                     ids.append(process_id)
                     registered.notify_all()
 
-            workers = [threading.Thread(target=light_slave, args=(keeper_id, on_registered))
-                       for _ in range(size if status == OK else 0)]
+            relay = None
+            if relayed and status == OK:
+                from scientific_ms.slave.relay import ExchangeRelay
+                relay = ExchangeRelay(main.duplicate)
+                relay.start()
+            workers = []
+            for index in range(size if status == OK else 0):
+                link = None
+                if relay is not None:
+                    ours, link = relay.pair()
+                    relay.add(ours, index + 1)
+                workers.append(threading.Thread(target=light_slave, args=(keeper_id, on_registered, link)))
             for worker in workers:
                 worker.start()
             with registered:
@@ -187,12 +220,14 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                 break
         for worker in workers:
             worker.join()
+        if relay is not None:
+            relay.stop()
         watch.close()
         main.close()
 
-    if kind == "agent":
+    if kind in ("agent", "relay"):
         sizes = [per_agent] * (count // per_agent) + ([count % per_agent] if count % per_agent else [])
-        bodies = [lambda size=size: light_agent(size) for size in sizes]
+        bodies = [lambda size=size: light_agent(size, kind == "relay") for size in sizes]
     else:
         body = real_slave if kind == "real" else light_slave
         bodies = [body] * count
@@ -277,7 +312,7 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     children = [spawn(slave_command(master.port, n, kind, watchdog, master.label, stack_kib, start_window,
                                     per_agent), env)
                 for n in per_process]
-    figures["agents"] = sum(-(-n // per_agent) for n in per_process) if kind == "agent" else 0
+    figures["agents"] = sum(-(-n // per_agent) for n in per_process) if kind in ("agent", "relay") else 0
 
     # Watch the heartbeats through every phase: the worst silence of any
     # slave, and when (if ever) one was declared dead.
@@ -430,7 +465,7 @@ def main() -> int:
     side.add_argument("address")
     side.add_argument("count", type=int)
     for p in (parser, side):
-        p.add_argument("--kind", choices=("real", "light", "agent"), default="real")
+        p.add_argument("--kind", choices=("real", "light", "agent", "relay"), default="real")
         p.add_argument("--per-agent", type=int, default=64, help="slaves behind each agent (--kind agent)")
         p.add_argument("--watchdog", type=float, default=1.0)
         p.add_argument("--stack-kib", type=int, default=256)

@@ -21,9 +21,18 @@ from test_partition import cut_until_taken_over, start_partition_master
 SLAVE_SCRIPT = os.path.join(os.path.dirname(__file__), "slave_script.py")
 
 
+@pytest.fixture(params=["direct", "relayed"], autouse=True)
+def transport(request, monkeypatch):
+    """Each test twice: the workers talk to the master themselves, and their keeper relays
+    their exchanges (``slave/relay.py``; a keeper of any size relays with 1)."""
+    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1" if request.param == "relayed" else "0")
+    return request.param
+
+
 @pytest.fixture
-def job():
-    """A master whose stored slave code is slave_script.py; ``job(period)`` sets its watchdog."""
+def job(transport):
+    """A master whose stored slave code is slave_script.py; ``job(period)`` sets its watchdog.
+    With the relayed transport, every master that finished a task got it through a relay."""
     masters = []
 
     def start(label, period=120.0, **options):
@@ -36,6 +45,10 @@ def job():
     yield start
     for master in masters:
         master.shutdown()
+    if transport == "relayed":
+        for master in masters:
+            counters = master.task_manager.counters
+            assert not counters["finished"] or counters["relayed_exchanges"], "no exchange was relayed"
 
 
 def slaves(master):

@@ -381,6 +381,12 @@ class TaskManager:
         """Forget the value stored under ``label`` (if any)."""
         self._data.delete(label)
 
+    def count_relayed(self, exchanges: int) -> None:
+        """A keeper's relay carried ``exchanges`` of its workers' exchanges in one call
+        (``slave/relay.py``): counted in the status as ``relayed_exchanges``."""
+        with self._lock:
+            self.counters["relayed_exchanges"] += exchanges
+
     def slave_output(self, process_id: int, lines: object, dropped: object = 0) -> None:
         """Lines a slave's handlers printed or logged, and how many it dropped (``output.py``)."""
         with self._lock:

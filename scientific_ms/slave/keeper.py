@@ -118,7 +118,10 @@ class Keeper:
     def run(self) -> Union[int, WorkerLink]:
         try:
             if not self.lone:
-                if not self._register():
+                # The watch starts once the workers exist: it sees them starting, and polls
+                # briefly until each said hello, instead of one idle poll of POLL_SECONDS
+                # during which a worker with a short watchdog period would get no beat.
+                if not self._register(watch=False):
                     return 0
                 threshold = settings.relay_workers()
                 if threshold and self.count >= threshold:
@@ -126,6 +129,7 @@ class Keeper:
                     self.lives.relay.start()
                 for _ in range(self.count):
                     self.lives.fork(self.lives.max_restarts)
+                self._start_watch()
             self._loop()
         except BecameWorker as became:
             return self._as_worker(became)
@@ -201,8 +205,9 @@ class Keeper:
         self._watch = KeeperWatch(self.connection, None, self.lives.targets, self._post)
         self._watch.start()
 
-    def _register(self) -> bool:
-        """Register as the agent of the workers and start the watch thread; False if the job is over."""
+    def _register(self, watch: bool = True) -> bool:
+        """Register as the agent of the workers and (``watch``) start the watch thread; False if
+        the job is over."""
         connection = self.connection
         assert connection is not None   # given to run_keeper, or just opened by _follow
         try:
@@ -217,9 +222,14 @@ class Keeper:
             return False
         log.info("keeper %s of %r at %s (%d worker(s))", self.keeper_id, self.label,
                  connection.address, self.count)
-        self._watch = KeeperWatch(connection, self.keeper_id, self.lives.targets, self._post)
-        self._watch.start()
+        if watch:
+            self._start_watch()
         return True
+
+    def _start_watch(self) -> None:
+        if self.connection is not None and self.keeper_id is not None:
+            self._watch = KeeperWatch(self.connection, self.keeper_id, self.lives.targets, self._post)
+            self._watch.start()
 
     def _drop_registration(self) -> None:
         if self._watch is not None:

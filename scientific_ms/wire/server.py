@@ -167,6 +167,7 @@ class TaskManagerService:
         revoked) per part, in order; the tasks' buffers follow, in the same order."""
         connection = current_context.client
         sock = connection.sock if connection is not None else None
+        self._manager.count_relayed(len(parts))
         stored = []
         wants = []
         for process_id, answers, max_tasks, queue_seconds, output in parts:
