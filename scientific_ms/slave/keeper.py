@@ -75,6 +75,7 @@ from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
 from .keeper_watch import KeeperWatch
 from .keeper_workers import Worker
 from .relay import ExchangeRelay
+from .relayed import RelayLink
 from .worker_link import Hello, WorkerLink
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,14 @@ class Keeper:
         watching = self._watch.connection if self._watch is not None else None
         if watching is not None:
             watching.disown()
+        relay = None
+        if became.relay is not None and self.connection is not None:
+            connection = self.connection
+            relay = RelayLink(became.relay, (connection.host, connection.port, connection.secret))
+        elif became.relay is not None:
+            became.relay.close()
         return WorkerLink(became.conn, became.keeper_pid, keeper_id=None if self.lone else self.keeper_id,
-                          relay=became.relay)
+                          relay=relay)
 
     def _relay_connection(self) -> MasterConnection:
         """A new connection to the current master, for the relay (its threads)."""

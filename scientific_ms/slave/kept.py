@@ -64,13 +64,19 @@ class KeeperSide:
             self.link.hello(slave.process_id, slave.watchdog_period,
                             (connection.host, connection.port, connection.secret), self._session().rejoin_grace)
 
-    def relayed(self, connection: MasterConnection):
-        """The connection for the slave's exchanges: through the keeper's relay when it has one
-        (``relay.py``), else ``connection`` itself."""
+    def relay_connection(self) -> Optional[MasterConnection]:
+        """The connection to the master through the keeper's relay, if the keeper relays
+        (``relay.py``): the worker then opens none of its own."""
+        relay = self.link.relay if self.link is not None else None
+        return RelayedConnection(relay) if relay is not None else None
+
+    def relayed(self, connection: MasterConnection) -> MasterConnection:
+        """The connection for the slave's exchanges: through the keeper's relay when it has one,
+        else ``connection`` itself."""
         relay = self.link.relay if self.link is not None else None
         if relay is None or isinstance(connection, RelayedConnection):
             return connection
-        return RelayedConnection(connection, relay)
+        return RelayedConnection(relay, direct=connection)
 
     def leaving(self) -> None:
         """About to unregister: the keeper must not take our absence at the master for a death."""

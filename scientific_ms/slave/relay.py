@@ -19,10 +19,20 @@ Two threads send, each on a connection of its own:
   answers already delivered, in one call that waits at the master until
   one of them gets a task (each request keeps its own deadline).
 
-A third reads the workers' requests. Each worker waits for its own reply;
-the relay answers every request, with an error if the master is lost.
-Everything else a worker says to the master (registration, shared data,
-goodbye) goes on its own connection, which carries no traffic meanwhile.
+A third reads the workers' requests. Every request carries a number, which
+its reply repeats (a worker may have a few outstanding: an exchange that
+waits, a goodbye); the relay answers every request, with an error if the
+master is lost. The other calls of a worker (registering, shared data, its
+goodbye) are carried one by one by the **now** thread, so that a worker holds
+no connection of its own to the master: a master of 10,000 workers on 160
+hosts serves a few hundred connections.
+
+On the link, pickled tuples in ``multiprocessing.connection`` framing::
+
+    worker -> keeper  ("exchange", number, process_id, answers, max_tasks, wait, queue_seconds, output)
+                      ("call", number, method, args)
+    keeper -> worker  (number, "ok", reply)      reply: (status, tasks, revoked) for an exchange
+                      (number, "failed", message) the master is lost (or the call failed)
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 class Request(NamedTuple):
     """A worker's exchange, as it crossed its socket pair."""
     link: Connection
+    number: int            # repeated in the reply
     process_id: int
     answers: list          # protocol.Answer records
     max_tasks: int
@@ -54,10 +65,16 @@ class Request(NamedTuple):
     deadline: float        # monotonic: when a waiting request gets its empty reply
 
 
-def encode_request(process_id: int, answers: list, max_tasks: int, wait: float,
-                   queue_seconds: Optional[float], output: Optional[tuple]) -> tuple:
-    """A worker's exchange, as it goes to its keeper (``relayed.py``)."""
-    return ("exchange", process_id, answers, max_tasks, wait, queue_seconds, output)
+class Call(NamedTuple):
+    """Any other call of a worker (``register``, ``get_data``, ``unregister``)."""
+    link: Connection
+    number: int
+    method: str
+    args: tuple
+
+
+#: The calls a worker may make through the relay besides ``exchange``.
+CALLS = frozenset({"register", "unregister", "get_data"})
 
 
 class ExchangeRelay:
@@ -72,6 +89,8 @@ class ExchangeRelay:
         self._cond = threading.Condition()
         self._links: Dict[Connection, int] = {}      # worker link -> worker PID
         self._now: List[Request] = []
+        self._calls: List[Call] = []
+        self._closing: List[Connection] = []   # links of ended workers, closed by the reading thread
         self._waiting: List[Request] = []
         self._connections: set = set()   # the two senders' connections to the master
         self._stopped = False
@@ -105,7 +124,8 @@ class ExchangeRelay:
                     del self._links[link]
                     self._now = [r for r in self._now if r.link is not link]
                     self._waiting = [r for r in self._waiting if r.link is not link]
-                    link.close()
+                    self._calls = [c for c in self._calls if c.link is not link]
+                    self._closing.append(link)   # not closed under the reader's wait
         self._wake()
 
     def close_in_worker(self) -> None:
@@ -139,10 +159,15 @@ class ExchangeRelay:
                 if self._stopped:
                     return
                 links = list(self._links)
+                closing, self._closing = self._closing, []
+            for link in closing:
+                link.close()
             for ready in wait_for_any([self._wake_reader, *links], 1.0):
                 if not isinstance(ready, Connection):   # the wake-up socket
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
+                    continue
+                if ready.closed:
                     continue
                 try:
                     message = ready.recv()
@@ -157,15 +182,23 @@ class ExchangeRelay:
         link.close()
 
     def _take(self, link: Connection, message) -> None:
-        if not isinstance(message, tuple) or not message or message[0] != "exchange":
-            log.error("a worker sent its keeper's relay %r; expected an exchange", message[:1])
-            return
-        _, process_id, answers, max_tasks, wait, queue_seconds, output = message
-        request = Request(link, process_id, answers, max_tasks, wait, queue_seconds, output,
-                          time.monotonic() + max(0.0, wait))
-        with self._cond:
-            self._now.append(request)
-            self._cond.notify_all()
+        kind = message[0] if isinstance(message, tuple) and message else None
+        if kind == "exchange" and len(message) == 8:
+            _, number, process_id, answers, max_tasks, wait, queue_seconds, output = message
+            request = Request(link, number, process_id, answers, max_tasks, wait, queue_seconds, output,
+                              time.monotonic() + max(0.0, wait))
+            with self._cond:
+                self._now.append(request)
+                self._cond.notify_all()
+        elif kind == "call" and len(message) == 4 and message[2] in CALLS:
+            with self._cond:
+                self._calls.append(Call(link, message[1], message[2], tuple(message[3])))
+                self._cond.notify_all()
+        else:
+            log.error("a worker sent its keeper's relay %r; expected an exchange or one of %s",
+                      message if kind is None else kind, ", ".join(sorted(CALLS)))
+            if isinstance(message, tuple) and len(message) > 1 and isinstance(message[1], int):
+                self._reply(link, message[1], ("failed", f"the keeper's relay does not carry {kind!r}"))
 
     # ------------------------------------------------------------------ sending
 
@@ -173,13 +206,39 @@ class ExchangeRelay:
         connection: Optional[MasterConnection] = None
         while True:
             with self._cond:
-                while not self._now and not self._stopped:
+                while not self._now and not self._calls and not self._stopped:
                     self._cond.wait()
                 if self._stopped:
                     break
                 batch, self._now = self._now, []
-            connection = self._carry(connection, batch, 0.0)
+                calls, self._calls = self._calls, []
+            for call in calls:
+                connection = self._call(connection, call)
+            if batch:
+                connection = self._carry(connection, batch, 0.0)
+        self._close(connection)
+
+    def _call(self, connection: Optional[MasterConnection], call: Call) -> Optional[MasterConnection]:
+        """Carry one call of a worker; returns the connection to use next (None after a failure)."""
+        try:
+            connection = connection or self._open()
+            reply = connection.call(call.method, *call.args, timeout=60.0)
+        except ScientificMSError as error:
+            self._reply(call.link, call.number, ("failed", str(error)))
+            self._close(connection)
+            return None
+        self._reply(call.link, call.number, ("ok", reply))
+        return connection
+
+    def _open(self) -> MasterConnection:
+        connection = self._connect()
+        connection.claim()
+        self._connections.add(connection)
+        return connection
+
+    def _close(self, connection: Optional[MasterConnection]) -> None:
         if connection is not None:
+            self._connections.discard(connection)
             connection.close()
 
     def _send_waiting(self) -> None:
@@ -195,30 +254,24 @@ class ExchangeRelay:
                 batch = [r for r in self._waiting if r.deadline > now]
                 self._waiting = []
             for request in due:
-                self._reply(request, (OK, [], []))
+                self._reply(request.link, request.number, ("ok", (OK, [], [])))
             if batch:
                 wait = min(r.deadline for r in batch) - time.monotonic()
                 connection = self._carry(connection, batch, max(0.0, wait))
-        if connection is not None:
-            connection.close()
+        self._close(connection)
 
     def _carry(self, connection: Optional[MasterConnection], batch: List[Request],
                wait: float) -> Optional[MasterConnection]:
         """Send ``batch`` in one call; reply to each request, or keep it waiting. Returns the
         connection to use next time (None after a failure: a new one is opened then)."""
         try:
-            if connection is None:
-                connection = self._connect()
-                connection.claim()
-                self._connections.add(connection)
+            connection = connection or self._open()
             replies = connection.exchange_batch(
                 [(r.process_id, r.answers, r.max_tasks, r.queue_seconds, r.output) for r in batch], wait)
         except ScientificMSError as error:
-            if connection is not None:
-                self._connections.discard(connection)
-                connection.close()
             for request in batch:
-                self._reply(request, ("failed", str(error)))
+                self._reply(request.link, request.number, ("failed", str(error)))
+            self._close(connection)
             return None
         waiting = []
         for request, reply in zip(batch, replies):
@@ -228,15 +281,16 @@ class ExchangeRelay:
                 # No work for it now: it waits at the master, its answers delivered.
                 waiting.append(request._replace(answers=[], output=None))
             else:
-                self._reply(request, reply)
+                self._reply(request.link, request.number, ("ok", reply))
         if waiting:
             with self._cond:
                 self._waiting.extend(waiting)
                 self._cond.notify_all()
         return connection
 
-    def _reply(self, request: Request, reply: tuple) -> None:
+    @staticmethod
+    def _reply(link: Connection, number: int, reply: tuple) -> None:
         try:
-            request.link.send(reply)
+            link.send((number, *reply))
         except OSError:
             pass   # the worker is gone: the keeper reports its end, its tasks go elsewhere

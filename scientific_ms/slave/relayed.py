@@ -1,90 +1,147 @@
-"""A worker's connection when its keeper relays its exchanges (``relay.py``).
+"""A worker's side of its keeper's relay (``relay.py``).
 
-The worker still opens its own connection to the master, and uses it for
-what is rare: registering, shared data, its goodbye. Its ``exchange``
-calls, which carry every task and answer, go to its keeper over a socket
-pair, and the keeper carries them with its other workers' in one call.
+A worker of a keeper that relays holds no connection of its own to the
+master: :class:`RelayedConnection` has the face of a
+:class:`~scientific_ms.wire.client.MasterConnection` and sends every call
+to the keeper over a socket pair. Several threads of the worker may call at
+once (the feed waiting for work, a goodbye, printed lines): each request
+carries a number, and one reading thread hands each reply to its caller.
+
+After a lost master comes back (``rejoin.py``) the worker finds it itself
+and talks to it on a connection of its own again; its exchanges still go
+through the keeper.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from multiprocessing.connection import Connection
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import ConnectionLostError
 from ..wire.client import MasterConnection
 from ..wire.protocol import Answer, TaskMessage
-from .relay import encode_request
+from .relay import CALLS
 
 
-class RelayedConnection:
-    """A :class:`~scientific_ms.wire.client.MasterConnection` whose ``exchange`` goes
-    through the keeper's relay on ``link``; every other call goes on ``direct``."""
+class _Pending:
+    __slots__ = ("done", "reply")
 
-    def __init__(self, direct: MasterConnection, link: Connection):
-        self.direct = direct
+    def __init__(self):
+        self.done = threading.Event()
+        self.reply: Optional[tuple] = None
+
+
+class RelayLink:
+    """The worker's end of its link to the keeper's relay, shared by all its threads."""
+
+    def __init__(self, link: Connection, address: Tuple[str, int, bytes]):
         self._link = link
-        self._lock = threading.Lock()   # one exchange at a time: each waits for its reply
+        self.address = address            # the master the keeper speaks to: (host, port, secret)
+        self._send_lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self._pending: Dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._broken: Optional[str] = None
+        self._reader: Optional[threading.Thread] = None
 
-    # What the slave reads of a connection: where the master is.
-    @property
-    def host(self) -> str:
-        return self.direct.host
+    def request(self, kind: str, *fields) -> object:
+        """Send a request and wait for its reply; ConnectionLostError if the master is lost."""
+        pending = _Pending()
+        with self._lock:
+            if self._broken is not None:
+                raise ConnectionLostError(self._broken)
+            number = next(self._numbers)
+            self._pending[number] = pending
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, name="scientific_ms-relay-link", daemon=True)
+                self._reader.start()
+        try:
+            with self._send_lock:
+                self._link.send((kind, number, *fields))
+        except OSError as error:
+            self._fail(f"lost the link to this worker's keeper: {error}")
+        pending.done.wait()
+        reply = pending.reply
+        assert reply is not None
+        if reply[0] == "failed":
+            raise ConnectionLostError(reply[1])
+        return reply[1]
 
-    @property
-    def port(self) -> int:
-        return self.direct.port
+    def _read(self) -> None:
+        while True:
+            try:
+                number, *reply = self._link.recv()
+            except (EOFError, OSError) as error:
+                self._fail(f"lost the link to this worker's keeper: {error or 'it ended'}")
+                return
+            with self._lock:
+                pending = self._pending.pop(number, None)
+            if pending is not None:
+                pending.reply = tuple(reply)
+                pending.done.set()
 
-    @property
-    def secret(self) -> bytes:
-        return self.direct.secret
+    def _fail(self, message: str) -> None:
+        """Every request waiting, and every later one, fails with ``message``."""
+        with self._lock:
+            self._broken = message
+            pending, self._pending = list(self._pending.values()), {}
+        for waiting in pending:
+            waiting.reply = ("failed", message)
+            waiting.done.set()
 
-    @property
-    def label(self) -> str:
-        return self.direct.label
 
-    @property
-    def tls_context(self):
-        return self.direct.tls_context
+class RelayedConnection(MasterConnection):
+    """A connection to the master through the keeper's relay (``relay``); with ``direct``,
+    every call but ``exchange`` goes on that connection of the worker's own instead.
+
+    A MasterConnection to whoever uses it, but it opens no socket itself (so it does not
+    call the base class's constructor): every method that would touch one is overridden.
+    """
+
+    def __init__(self, relay: RelayLink, direct: Optional[MasterConnection] = None):
+        self.relay = relay
+        self.direct = direct
+        if direct is not None:
+            self.host, self.port, self.secret = direct.host, direct.port, direct.secret
+            self.tls_context = direct.tls_context
+        else:
+            self.host, self.port, self.secret = relay.address
+            self.tls_context = None
 
     @property
     def address(self) -> str:
-        return self.direct.address
+        return f"{self.host}:{self.port}"
 
     def exchange(self, process_id: int, answers: List[Answer], max_tasks: int,
                  wait: float, queue_seconds: Optional[float] = None,
                  output: Optional[Tuple[List[str], int]] = None) -> Tuple[str, List[TaskMessage], list]:
         """As ``MasterConnection.exchange``, through the keeper."""
-        request = encode_request(process_id, list(answers), max_tasks, wait, queue_seconds, output)
-        with self._lock:
-            try:
-                self._link.send(request)
-                reply = self._link.recv()
-            except (EOFError, OSError) as error:
-                raise ConnectionLostError(f"lost the link to this worker's keeper: {error}") from None
-        if reply[0] == "failed":
-            raise ConnectionLostError(reply[1])
-        status, tasks, revoked = reply
-        return status, tasks, revoked
+        reply = self.relay.request("exchange", process_id, list(answers), max_tasks, wait, queue_seconds, output)
+        assert isinstance(reply, tuple)
+        return reply   # (status, tasks, revoked)
 
     def call(self, method: str, *args, timeout: Optional[float] = None):
-        return self.direct.call(method, *args, timeout=timeout)
+        if self.direct is not None:
+            return self.direct.call(method, *args, timeout=timeout)
+        if method not in CALLS:
+            raise ValueError(f"a worker's call {method!r} does not go through its keeper's relay")
+        return self.relay.request("call", method, args)
 
-    def status(self, timeout: float, wait: float = 0.0, failures: bool = False) -> dict:
-        return self.direct.status(timeout, wait, failures)
-
-    def duplicate(self) -> MasterConnection:
-        """Another direct connection (for the goodbye, or printed lines while the feed waits
-        for work: never behind the relayed exchange that waits)."""
-        return self.direct.duplicate()
+    def duplicate(self) -> RelayedConnection:
+        """Another connection for another thread (the relay serves several at once)."""
+        return RelayedConnection(self.relay, self.direct.duplicate() if self.direct is not None else None)
 
     def claim(self) -> None:
-        self.direct.claim()
+        if self.direct is not None:
+            self.direct.claim()
 
     def disown(self) -> None:
-        self.direct.disown()
+        if self.direct is not None:
+            self.direct.disown()
 
     def close(self) -> None:
-        """Close the direct connection; the link to the keeper stays (it outlives connections)."""
-        self.direct.close()
+        """Close the direct connection, if any; the link to the keeper outlives connections."""
+        if self.direct is not None:
+            self.direct.close()

@@ -165,7 +165,7 @@ class SlaveProcess:
         self._kept.finish()
 
     def _start(self, handlers: Dict[str, Callable]) -> None:
-        self._connection = departure.connect_or_leave(
+        self._connection = self._kept.relay_connection() or departure.connect_or_leave(
             functools.partial(connect, self.label, self.master_host, key_file=self.key_file),
             self.wait, self.wait_timeout, self.idle_timeout, self.label)
         if self._connection is None:   # waited for a master for the idle timeout: leave

@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 from . import output
+from .relayed import RelayLink
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class WorkerLink:
     """The worker's end; any thread may send (one lock), one thread reads."""
 
     def __init__(self, conn: Connection, keeper_pid: int, keeper_id: Optional[int] = None,
-                 keeper_is_child: bool = False, relay: Optional[Connection] = None):
+                 keeper_is_child: bool = False, relay: Optional[RelayLink] = None):
         self._conn = conn
         #: The link to the keeper's relay, which carries this worker's exchanges (``relay.py``),
         #: if its keeper relays them.
