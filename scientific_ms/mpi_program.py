@@ -49,7 +49,7 @@ CORES_VARIABLE = "SCIENTIFIC_MS_CORES"
 TAIL_LINES = 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def find_mpiexec() -> Optional[str]:
     """This environment's ``mpiexec``: beside ``sys.executable`` (a virtual environment's,
     e.g. the ``mpich`` wheel's), on ``PATH``, or in the ``mpich`` wheel's files; None if none."""

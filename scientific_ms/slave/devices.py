@@ -46,7 +46,7 @@ def task_environment(gpus: Optional[Sequence[int]], cores: Optional[int]) -> Vis
         ids = ",".join(str(int(gpu)) for gpu in gpus)
         values.update((name, ids) for name in VARIABLES)
     if cores is not None:
-        from .. import mpi_program   # only for a task that holds resources
+        from .. import mpi_program  # only for a task that holds resources
         values[mpi_program.CORES_VARIABLE] = str(int(cores))
         values[mpi_program.PREFIX_VARIABLE] = shlex.join(mpi_program.prefix(int(cores), mpi_program.launcher()))
     before = {name: os.environ.get(name) for name in values}
