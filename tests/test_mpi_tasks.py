@@ -146,3 +146,16 @@ def test_run_mpi_program_kills_every_rank_of_a_program_past_its_timeout(tmp_path
     with pytest.raises(MPIProgramError, match=r"ran longer than 2 s and was killed"):
         run_mpi_program(wait, processes=3, timeout=2)
     assert descendants_gone(rank_pids(tmp_path, "slow"), 20) == []
+
+
+def test_a_slave_killed_while_its_program_runs_takes_the_program_with_it(farm, tmp_path):
+    master = farm("mpi_worker")
+    (tmp_path / "t0.hold").touch()
+    master.request_task("allreduce", str(tmp_path), "t0", 3, resources={"cores": 4})
+    wait_for(lambda: len(list(tmp_path.glob("t0.rank*.pid"))) == 4, TIMEOUT, "the 4 ranks of t0's program")
+    ranks = rank_pids(tmp_path, "t0")
+    handler = int((tmp_path / "runs").read_text().split()[1])
+    os.kill(handler, signal.SIGKILL)   # the slave process, not a rank
+    assert descendants_gone(ranks, 20) == []
+    assert master.retrieveResult(timeout=TIMEOUT)[2][:2] == ("t0", 30)   # run again, straight through
+    assert master.task_manager.status()["counters"]["processes_lost"] == 1
