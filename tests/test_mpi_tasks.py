@@ -132,11 +132,15 @@ def test_a_rank_killed_without_retries_fails_that_task_and_the_farm_goes_on(farm
 
 def test_a_task_past_its_time_limit_takes_every_rank_of_its_program_with_it(farm, tmp_path):
     master = farm("mpi_limit")
+    before = workers(master)
     (tmp_path / "held.hold").touch()   # never given its go: the program waits until the limit
     master.request_task("allreduce", str(tmp_path), "held", 1, resources={"cores": 4}, time_limit=3)
     with pytest.raises(TaskRaisedException, match="time limit"):
         master.retrieveResult(timeout=TIMEOUT)
     assert descendants_gone(rank_pids(tmp_path, "held"), 20) == []
+    # the handler ended at its limit with its program: its keeper had no worker to kill
+    assert workers(master) == before
+    assert master.task_manager.status()["counters"]["processes_lost"] == 0
     master.request_task("allreduce", str(tmp_path), "next", 2, resources={"cores": 4})
     assert master.retrieveResult(timeout=TIMEOUT)[2][:2] == ("next", 20)
 
