@@ -83,19 +83,8 @@ def job(tasks: int, seconds: float) -> None:
 # ---------------------------------------------------------------- the driver
 
 def find_mpiexec() -> str:
-    import importlib.metadata
-    import shutil
-    from pathlib import Path
-    found = shutil.which("mpiexec")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.is_file():
-        return str(beside)
-    for entry in importlib.metadata.files("mpich") or []:
-        if entry.name == "mpiexec" and "bin" in entry.parts:
-            return str(Path(entry.locate()).resolve())
-    raise SystemExit("no mpiexec found (pip install mpich, or put one on PATH)")
+    from scientific_ms.mpi_program import find_mpiexec as found
+    return found() or sys.exit("no mpiexec found (pip install mpich, or put one on PATH)")
 
 
 class TreeSampler(threading.Thread):

@@ -13,6 +13,7 @@ from .errors import (
     ConnectionLostError,
     LabelInUseError,
     MasterNotFoundError,
+    MPIProgramError,
     NoTasksPendingError,
     ProvisionError,
     RemoteError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:   # what the names below are, for type checkers; imported on f
     from .master.journal_file import JournalError
     from .master.journal_report import JournalRecord, read_journal
     from .master.master import MasterProcess
+    from .mpi_program import run_mpi_program
     from .pools import register_joblib
     from .pools.pool import Pool
     from .provision.local import LocalSlaves
@@ -51,6 +53,7 @@ _LAZY = {
     "JournalError": ".master.journal_file",
     "JournalRecord": ".master.journal_report", "read_journal": ".master.journal_report",
     "MasterProcess": ".master.master",
+    "run_mpi_program": ".mpi_program",
     "LocalSlaves": ".provision.local", "SlurmSlaves": ".provision.slurm",
     "SlaveProcess": ".slave.slave", "startSlaveProcess": ".slave.slave",
     "GlobalStateValue": ".wire.payload",
@@ -84,5 +87,5 @@ __all__ = [
     "SerializationError", "SlaveLostError", "TaskTimeLimitError", "NoTasksPendingError", "RemoteError",
     "LabelInUseError", "MasterNotFoundError", "AuthenticationError", "ConnectionLostError",
     "read_journal", "JournalRecord", "JournalError", "SlurmSlaves", "LocalSlaves", "ProvisionError",
-    "debug", "warm_start",
+    "debug", "warm_start", "run_mpi_program", "MPIProgramError",
 ]

@@ -108,3 +108,25 @@ class ConnectionLostError(ScientificMSError, ConnectionError):
 
 class ProvisionError(ScientificMSError):
     """A batch system refused a slave job (its own message is in the text), or cannot be reached."""
+
+
+class MPIProgramError(ScientificMSError):
+    """An MPI program started by ``run_mpi_program`` failed: a rank exited non-zero or was
+    killed (its launcher then ended the others), or it ran past its timeout.
+
+    Attributes:
+        command: the command line, launcher included.
+        returncode: the launcher's exit status (negative: the signal that killed it;
+            None: it was killed for its timeout).
+        stderr: what the program wrote to its standard error.
+    """
+
+    def __init__(self, message: str, command=(), returncode=None, stderr: str = ""):
+        super().__init__(message, command, returncode, stderr)   # all of it, so that it pickles
+        self.message = message
+        self.command = list(command)
+        self.returncode = returncode
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        return self.message

@@ -402,3 +402,35 @@ def test_a_slave_whose_master_was_killed_says_it_once_in_short_lines(processes, 
     assert "trying to reach the master again" not in output, output
     assert "master is gone" in output or "lost its master" in output, output
     assert short_lines(output, tmp_path), output
+
+
+KILLED_BUSY_MASTER = """\
+    import threading
+    from scientific_ms import initializeMasterProcess
+
+    master = initializeMasterProcess("killed_busy", use_name_server=False)
+    master.requestTask("work", 60.0, "busy")
+    assert master.task_manager.wait_for_running(1, timeout=60), "the task never started"
+    print("ready", flush=True)
+    threading.Event().wait(120)   # until the test kills us
+"""
+
+
+def test_a_busy_slave_whose_keeper_finds_the_master_already_killed_exits(processes, tmp_path):
+    """The master dies after the slave registered but before its keeper reached it: the keeper
+    (which hears of the master only from its worker's hello) must say so; the worker, inside
+    a 60 s handler, learns of the master only from its keeper."""
+    slave = processes.python(HERE / "slave_script.py", "killed_busy", "1.0", name="slave", cwd=tmp_path)
+    # The keeper is forked before the slave looks for its master; hold it until the master is dead.
+    keeper = wait_for(lambda: psutil.Process(slave.pid).children(), 30, "the slave's keeper")[0]
+    keeper.suspend()
+    try:
+        master = processes.python(write_script(tmp_path / "killed_busy.py", KILLED_BUSY_MASTER),
+                                  name="master", cwd=tmp_path)
+        wait_for(lambda: "ready" in processes.output(master), 60, "the slave to start its task")
+        master.kill()
+        master.wait(10)
+    finally:
+        keeper.resume()
+    code, output = processes.finish(slave, 30)
+    assert code == 1 and "lost its master" in output, output

@@ -158,6 +158,16 @@ def test_mpi_demo_under_mpiexec(processes, workdir):
     assert sum(int(n) for n in re.findall(r"^\s*(\d+) tasks done by PID", out, re.M)) == 6, out
 
 
+@pytest.mark.skipif(MPIEXEC is None or not HAVE_MPI4PY,
+                    reason=f"needs mpiexec and mpi4py (mpiexec: {MPIEXEC or 'not found'}; "
+                           f"mpi4py: {'yes' if HAVE_MPI4PY else 'not installed'})")
+def test_mpi_tasks(processes, workdir):
+    out = run(processes, workdir, "mpi_tasks.py")
+    found = re.findall(r"^n=(\d+): pi ~ (\S+) from 4 MPI processes$", out, re.M)
+    assert [n for n, _ in found] == ["10", "100", "1000", "10000"], out
+    assert abs(float(found[-1][1]) - 3.14159265) < 1e-7, out
+
+
 def test_slurm_sweep_runs_with_local_slaves_without_slurm(processes, workdir):
     """Without a SLURM that answers, the example holds LocalSlaves (tests/test_slurm_provision.py
     runs it on a real SLURM)."""
@@ -176,7 +186,7 @@ def test_slave_output_demo(processes, workdir):
 RUN_BY_TESTS = {"master_slave_demo.py", "master.py", "slave.py", "global_state.py", "executor_demo.py",
                 "faults_demo.py", "journal_demo.py", "save_results.py", "sample_master.py",
                 "sample_slave.py", "mpi_demo.py", "pool_map.py", "slurm_sweep.py", "warm_start.py",
-                "slave_output_demo.py", "steering_demo.py", "resources_sweep.py"}
+                "slave_output_demo.py", "steering_demo.py", "resources_sweep.py", "mpi_tasks.py"}
 
 
 def test_every_example_is_run_by_a_test():

@@ -1,7 +1,7 @@
 """Jobs launched by mpiexec: rank 0 is the master, the other ranks serve; and jobs without MPI.
 
-The MPI tests need an ``mpiexec`` (PATH, next to this Python, or the
-``mpich`` wheel's) and mpi4py; they are skipped with the reason otherwise.
+The MPI tests need an ``mpiexec`` (next to this Python, on PATH, or the
+``mpich`` wheel's: ``mpi_program.find_mpiexec``) and mpi4py; they are skipped with the reason otherwise.
 The rank-kill test needs MPICH's Hydra (``mpiexec -disable-auto-cleanup``).
 """
 
@@ -9,7 +9,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,29 +22,10 @@ import pytest
 
 from conftest import EXAMPLES, wait_for
 from scientific_ms import mpi
+from scientific_ms.mpi_program import find_mpiexec
 from scientific_ms.wire import discovery
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def find_mpiexec():
-    """``mpiexec`` on PATH, next to this Python, or in the mpich wheel's bin directory."""
-    found = shutil.which("mpiexec")
-    if found:
-        return found
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    try:
-        files = importlib.metadata.files("mpich") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for entry in files:
-        if entry.name == "mpiexec" and "bin" in entry.parts:
-            path = Path(entry.locate()).resolve()
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-    return None
 
 
 MPIEXEC = find_mpiexec()

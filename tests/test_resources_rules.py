@@ -295,3 +295,19 @@ def test_the_status_shows_what_a_host_offers_and_lends():
     [agent] = [p for p in tm.status()["processes"] if p["role"] == "agent"]
     assert agent["resources"] == {"gpu": 2, "gpu_ids": [0, 1], "memory": 8 * G, "cores": 1,
                                   "free_gpu_ids": [1], "memory_held": G}
+
+
+def test_the_wire_carries_the_cores_a_task_holds_and_none_without_resources():
+    tm = manager()
+    a, b = host(tm, 2, "cores=8,gpu=1")
+    add(tm, 1, need=Need(cores=4))
+    add(tm, 1, "g", need=Need(gpu=1))
+    records, _ = tasks_to_wire(tm.take_tasks(a))
+    assert tasks_from_wire(records, None)[0].cores == 4
+    records, _ = tasks_to_wire(tm.take_tasks(b))
+    assert tasks_from_wire(records, None)[0][-2:] == ((0,), 1)   # a GPU task holds its one core
+    tm2 = manager()
+    (c,) = host(tm2, 1, "cores=8")
+    add(tm2, 1)
+    records, _ = tasks_to_wire(tm2.take_tasks(c))
+    assert tasks_from_wire(records, None)[0].cores is None

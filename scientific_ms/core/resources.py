@@ -21,7 +21,9 @@ Pure and lock-free, as ``scheduling.py``, whose assignment rules call it
   ones; a task whose GPUs or memory are taken is passed over for others.
 - **Devices.** A task given k GPUs gets k ids from its host's free ones; no
   id is given to two running tasks. The worker sets ``CUDA_VISIBLE_DEVICES``
-  and ``SCIENTIFIC_MS_GPUS`` to them around the handler (``slave/running.py``).
+  and ``SCIENTIFIC_MS_GPUS`` to them around the handler (``slave/running.py``);
+  it tells a task that holds resources its cores, and the launcher line of an
+  MPI program on that many (``mpi_program.py``).
 - **Unmet requests.** A need larger than every connected host's offer is
   reported (:func:`unmet`) in ``show`` and in the master's log (``unserved.py``).
 """

@@ -124,6 +124,13 @@ class Task:
         held = self.held
         return held.gpus if held is not None and held.gpus else None
 
+    @property
+    def cores(self) -> Optional[int]:
+        """The cores it holds while it runs (None: it holds no resources); travels with it to its
+        slave, which gives it the launcher line of an MPI program on that many (``mpi_program.py``)."""
+        held = self.held
+        return held.need.cores if held is not None else None
+
 
 class TaskTable:
     """Every task not yet delivered, by id, with a count per state and tag.

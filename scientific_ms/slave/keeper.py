@@ -201,10 +201,12 @@ class Keeper:
         try:
             self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
         except ScientificMSError as error:
-            # A lone keeper's worker reached that master a moment ago: it says what went wrong, if anything.
-            log.log(logging.INFO if self.lone else logging.WARNING,
-                    "keeper of %r cannot reach the master at %s:%d\n  %s", self.label, host, port, error)
+            # A worker reached that master a moment ago, so it died since (or cannot be reached from
+            # here). A lost master, as if the watch had lost it: a worker inside a long handler
+            # learns of its master's death only from us (its feed thread is not talking to it).
             self.connection = None
+            self._post(("lost", f"cannot reach the master at {host}:{port} that a worker registered "
+                                f"with\n  {error}"))
             return
         if not self.lone:
             self._register()

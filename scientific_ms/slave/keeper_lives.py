@@ -257,6 +257,12 @@ class WorkerLives:
                 if not self.lone or self.replace_killed:
                     self.fork(worker.restarts_left)
                 continue
+            if worker.child:
+                # It died on its own: end what its handler started in its process group too (an
+                # MPI program's launcher, whose ranks die with it), or that would run on, orphaned,
+                # on cores its task no longer holds. (Its PID cannot be another group's while
+                # that group has members.)
+                worker.kill(signal.SIGKILL)
             running = worker.running
             if worker.process_id is not None:
                 self._call("lost", worker.process_id, f"its process {worker.pid} ended ({worker.cause()})",

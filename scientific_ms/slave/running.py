@@ -18,7 +18,7 @@ from ..errors import SerializationError
 from ..wire.limits import check_result
 from ..wire.payload import Payload, dumps_exception, format_exception
 from ..wire.protocol import Answer, TaskMessage
-from .devices import visible_devices
+from .devices import task_environment
 from .session import Session
 from .timelimit import time_limit
 from .worker_link import WorkerLink
@@ -31,7 +31,7 @@ def run_task(handler: Callable, task: TaskMessage, session: Session, link: Optio
     task_id, assignment, tag, limit = task.task_id, task.assignment, task.tag, task.time_limit
     session.current_task = task_id
     started = time.perf_counter()
-    devices = None if task.gpus is None else visible_devices(task.gpus)
+    devices = None if task.gpus is None and task.cores is None else task_environment(task.gpus, task.cores)
     try:
         parameters = load(task.payload)
         if limit is None:          # most tasks: no context manager, no message to format

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 from ..errors import AuthenticationError, ConnectionDroppedError, MasterNotFoundError
 
 PROTOCOL = b"SCIENTIFIC_MS/"
-VERSION = "5"   # one character: the greeting's header has a fixed length
+VERSION = "6"   # one character: the greeting's header has a fixed length
 MAGIC = PROTOCOL + VERSION.encode() + b"\n"
 ACCEPTED = b"\x01"
 REJECTED = b"\x00"

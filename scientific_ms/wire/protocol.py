@@ -49,7 +49,8 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #: ``exchange(process_id, answers, max_tasks, wait[, queue_seconds[, output]])``
 #:     ``-> (status, [TaskMessage], [revoked assignment])``
 #:     revoked: tasks handed to this slave earlier, not to be started (another slave has them);
-#:     each TaskMessage carries the GPU ids its task was given, or None (protocol 5);
+#:     each TaskMessage carries the GPU ids its task was given, or None (protocol 5), and
+#:     the cores it holds, or None when it holds no resources (protocol 6);
 #:     queue_seconds: the work the slave wants queued behind the task it runs, which covers
 #:     its round trip (``core/flow.py``); a slave that leaves it out (or sends None) gets the
 #:     fixed target; output: ([line], dropped), what its handlers printed and logged since
@@ -98,6 +99,7 @@ class TaskMessage(NamedTuple):
     payload: Payload             # pickled parameters (a payload.Pickled when buffers travel beside)
     time_limit: Optional[float]  # seconds, or None
     gpus: Optional[Tuple[int, ...]] = None   # the GPU ids it was given (core/resources.py), or None
+    cores: Optional[int] = None              # the cores it holds, if it holds resources (protocol 6)
 
 
 class Answer(NamedTuple):
@@ -114,7 +116,8 @@ def tasks_to_wire(tasks: Iterable) -> Tuple[List[tuple], list]:
     """Tasks (anything with the fields of :class:`TaskMessage`) as plain tuples for
     marshal, and the out-of-band buffers that follow them (``buffers.py``)."""
     buffers: list = []
-    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit, t.gpus)
+    records = [(t.task_id, t.assignment, t.tag, payload_to_wire(t.payload, buffers), t.time_limit, t.gpus,
+                t.cores)
                for t in tasks]
     return records, buffers
 
