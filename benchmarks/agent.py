@@ -1,6 +1,6 @@
 """Slaves behind a node agent next to slaves that speak to the master directly.
 
-    python benchmarks/agent.py [--repeat 5] [--workers 2] [--only W1 W2 W3]
+    python benchmarks/agent.py [--repeat 5] [--workers 2] [--only W1 W2 W3] [--relay]
 
 Two masters run side by side in this process: one served by ``--workers``
 ``task_manager slave LABEL`` processes (each its own connections), the
@@ -10,6 +10,10 @@ W2 = 200 tasks of 1 MB in and out, W3 = 400 tasks of 10 ms); each figure is
 the best of ``--repeat`` runs, from the first request to the last result,
 with the master's CPU time per task. The ratio is agent / direct in tasks
 per second: above 1 the agent is faster.
+
+With ``--relay``, a third master is served by the same node agent relaying
+its workers' calls (``slave/relay.py``; ``SCIENTIFIC_MS_RELAY_WORKERS=1``,
+whatever ``--workers``), and the ratios relayed / agent are printed too.
 """
 
 import argparse
@@ -29,11 +33,12 @@ from workloads import WORKLOADS  # noqa: E402
 from scientific_ms import MasterProcess  # noqa: E402
 
 
-def start(label, workers, agent):
+def start(label, workers, agent, relay=False):
     master = MasterProcess(label, use_name_server=False, port=0)
     master.store_slave_code((HERE / "bench_slave.py").read_text(), str(HERE / "bench_slave.py"))
     command = [sys.executable, "-m", "scientific_ms", "slave", label, "-m", f"127.0.0.1:{master.port}"]
-    env = dict(os.environ, SCIENTIFIC_MS_SECRET=master.secret.decode())
+    env = dict(os.environ, SCIENTIFIC_MS_SECRET=master.secret.decode(),
+               SCIENTIFIC_MS_RELAY_WORKERS="1" if relay else "0")
     if agent:
         slaves = [subprocess.Popen(command + ["-n", str(workers)], env=env, cwd=HERE)]
     else:
@@ -58,10 +63,13 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=sorted(WORKLOADS))
+    parser.add_argument("--relay", action="store_true", help="also a node agent that relays its workers' calls")
     args = parser.parse_args()
     me = psutil.Process()
     systems = {"direct": start("agent-bench-direct", args.workers, agent=False),
                "agent": start("agent-bench-agent", args.workers, agent=True)}
+    if args.relay:
+        systems["relayed"] = start("agent-bench-relayed", args.workers, agent=True, relay=True)
     figures = {}
     try:
         for name in args.only:
@@ -87,6 +95,11 @@ def main():
     for name in args.only:
         direct, agent = figures[name, "direct"][0], figures[name, "agent"][0]
         print(f"  {name}: {direct / agent:.2f}")
+    if args.relay:
+        print("ratios (relayed / agent and relayed / direct, tasks per second; >1 means relayed is faster):")
+        for name in args.only:
+            direct, agent, relayed = (figures[name, system][0] for system in ("direct", "agent", "relayed"))
+            print(f"  {name}: {agent / relayed:.2f}  {direct / relayed:.2f}")
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ EXPOSED = {
     "exchange": (marshal.dumps((2, [], 1, 0.0)),),
     "get_data": ("slave_code",),
     "status": (),
-    "agent_watch": (2, [(2, {})], 0.0),
+    "agent_watch": (marshal.dumps((2, [(2, {})], 0.0)),),
     "lost": (2, "gone", []),
 }
 

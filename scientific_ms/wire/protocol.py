@@ -55,6 +55,10 @@ REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to a
 #:     its round trip (``core/flow.py``); a slave that leaves it out (or sends None) gets the
 #:     fixed target; output: ([line], dropped), what its handlers printed and logged since
 #:     its last call and how many lines it dropped (``slave/output.py``, ``core/output.py``)
+#: ``exchange([(process_id, answers, max_tasks, queue_seconds, output), ...], wait)``
+#:     ``-> [(status, [TaskMessage], [revoked assignment]), ...]``   the batch form, a keeper's
+#:     relay's (``slave/relay.py``): the exchanges of several workers in one call, replies in
+#:     order; with ``wait`` > 0 it returns once one of them gets a task
 #: ``get_data(label) -> (found, payload or reason)``  shared data, stored code
 #: ``status(wait=0, failures=False) -> dict``    what ``task_manager show`` prints; ``wait`` > 0:
 #:                                               answered when the job ends, or after ``wait`` s;
@@ -74,9 +78,9 @@ CALLS = frozenset({"register", "unregister", "exchange", "get_data", "status", "
 #: Pyro5 rebuilds every list, tuple and dict of a message element by element after
 #: unmarshalling it (to revive classes, which these calls never carry); for the calls
 #: that carry every answer and every task that walk cost more per task than storing
-#: the answer (the master's side) or running a small task (the slave's). One bytes
-#: value is passed through as it is.
-PACKED_CALLS = frozenset({"exchange"})
+#: the answer (the master's side) or running a small task (the slave's), and for the
+#: heartbeats of a keeper of many workers. One bytes value is passed through as it is.
+PACKED_CALLS = frozenset({"exchange", "agent_watch"})
 
 
 def pack(values: tuple) -> bytes:

@@ -203,7 +203,12 @@ class TaskManagerService:
     # -- a keeper speaks for the workers it keeps (slave/keeper.py)
 
     @Pyro5.server.expose
-    def agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
+    def agent_watch(self, packed: bytes) -> bytes:
+        """A keeper's heartbeats; ``packed``: (agent_id, beats, timeout), the reply packed
+        too (see ``protocol.PACKED_CALLS``): (status, [unknown process ids])."""
+        return pack(self._agent_watch(*unpack(packed)))
+
+    def _agent_watch(self, agent_id: int, beats: list, timeout: float) -> Tuple[str, list]:
         """A keeper's heartbeats: ``beats`` are (process_id, stats or None) pairs (None:
         the keeper cannot vouch for that worker now, e.g. it is stopped); ``agent_id``
         is the keeper's id (a lone keeper, not registered, gives its worker's). Then
