@@ -24,10 +24,9 @@ each thread a complete slave:
   workers in one ``agent_watch``. Workers answer at once, so that 10,000
   of them fit on one machine;
 * ``relay``: as ``agent``, with the keeper's relay (``slave/relay.py``)
-  carrying its workers' exchanges in batches on its own connections, as a
-  keeper of ``SCIENTIFIC_MS_RELAY_WORKERS`` (16) workers or more does. Each
-  worker still holds its own idle connection (it registers on it): for
-  10,000 workers give the master ``SCIENTIFIC_MS_MAX_CONNECTIONS=11000``.
+  carrying its workers' calls on its own connections (their exchanges in
+  batches), as a keeper of ``SCIENTIFIC_MS_RELAY_WORKERS`` (16) workers or
+  more does: the workers open no connection to the master.
 
 ``--table`` runs once per number of slaves, each with a fresh master, and
 prints one table: master CPU per short task (and its ratio to the first
@@ -123,8 +122,13 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
         if keeper is not None:
             worker_window.acquire()
         try:
-            connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
-                                          timeout=30)
+            if relay_link is not None:   # no connection of its own: everything through the keeper
+                from scientific_ms.slave.relayed import RelayedConnection, RelayLink
+                connection = RelayedConnection(RelayLink(relay_link, (host, int(port),
+                                                                      os.environb[b"SCIENTIFIC_MS_SECRET"])))
+            else:
+                connection = MasterConnection(host, int(port), os.environb[b"SCIENTIFIC_MS_SECRET"], label,
+                                              timeout=30)
             status, process_id = connection.call("register", "slave", info,
                                                  sorted(name[3:] for name in handlers), watchdog)
         finally:
@@ -141,12 +145,10 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
             return connection.call("agent_watch", process_id, [(process_id, {})], 0.0)[0] != TERMINATED
 
         if relay_link is not None:
-            from scientific_ms.slave.relayed import RelayedConnection
             from scientific_ms.wire.protocol import Answer
-            relayed = RelayedConnection(connection, relay_link)
 
             def exchange(answers):
-                return relayed.exchange(process_id, [Answer(*answer) for answer in answers], 1, watchdog / 2)
+                return connection.exchange(process_id, [Answer(*answer) for answer in answers], 1, watchdog / 2)
         else:
             def exchange(answers):
                 return connection.call("exchange", process_id, answers, 1, watchdog / 2)
