@@ -5,7 +5,8 @@ master: :class:`RelayedConnection` has the face of a
 :class:`~scientific_ms.wire.client.MasterConnection` and sends every call
 to the keeper over a socket pair. Several threads of the worker may call at
 once (the feed waiting for work, a goodbye, printed lines): each request
-carries a number, and one reading thread hands each reply to its caller.
+carries a number, and whichever caller reads the link hands each reply to
+its own caller.
 
 After a lost master comes back (``rejoin.py``) the worker finds it itself
 and talks to it on a connection of its own again; its exchanges still go
@@ -25,71 +26,81 @@ from ..wire.protocol import Answer, TaskMessage
 from .relay import CALLS
 
 
-class _Pending:
-    __slots__ = ("done", "reply")
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.reply: Optional[tuple] = None
-
-
 class RelayLink:
-    """The worker's end of its link to the keeper's relay, shared by all its threads."""
+    """The worker's end of its link to the keeper's relay, shared by all its threads.
+
+    No thread of its own: a caller waiting for its reply reads the link while no other
+    caller does, and hands on the replies of the others (most of the time there is one
+    caller, the feed, and it reads its own reply).
+    """
 
     def __init__(self, link: Connection, address: Tuple[str, int, bytes]):
         self._link = link
         self.address = address            # the master the keeper speaks to: (host, port, secret)
         self._send_lock = threading.Lock()
         self._numbers = itertools.count(1)
-        self._pending: Dict[int, _Pending] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._replies: Dict[int, tuple] = {}
+        self._waiting: set = set()         # numbers of the requests still without a reply
+        self._reading = False              # a caller reads the link now
         self._broken: Optional[str] = None
-        self._reader: Optional[threading.Thread] = None
 
     def request(self, kind: str, *fields) -> object:
         """Send a request and wait for its reply; ConnectionLostError if the master is lost."""
-        pending = _Pending()
-        with self._lock:
+        with self._cond:
             if self._broken is not None:
                 raise ConnectionLostError(self._broken)
             number = next(self._numbers)
-            self._pending[number] = pending
-            if self._reader is None:
-                self._reader = threading.Thread(target=self._read, name="scientific_ms-relay-link", daemon=True)
-                self._reader.start()
+            self._waiting.add(number)
         try:
             with self._send_lock:
                 self._link.send((kind, number, *fields))
         except OSError as error:
             self._fail(f"lost the link to this worker's keeper: {error}")
-        pending.done.wait()
-        reply = pending.reply
-        assert reply is not None
+        reply = self._wait_for(number)
         if reply[0] == "failed":
             raise ConnectionLostError(reply[1])
         return reply[1]
 
-    def _read(self) -> None:
-        while True:
+    def _wait_for(self, number: int) -> tuple:
+        with self._cond:
+            while True:
+                if number in self._replies:
+                    self._waiting.discard(number)
+                    return self._replies.pop(number)
+                if self._broken is not None:
+                    self._waiting.discard(number)
+                    return ("failed", self._broken)
+                if not self._reading:
+                    break
+                self._cond.wait()   # another caller reads; it hands our reply over
+            self._reading = True
+        while True:   # we read until our own reply comes
             try:
-                number, *reply = self._link.recv()
+                received, *reply = self._link.recv()
             except (EOFError, OSError) as error:
                 self._fail(f"lost the link to this worker's keeper: {error or 'it ended'}")
-                return
-            with self._lock:
-                pending = self._pending.pop(number, None)
-            if pending is not None:
-                pending.reply = tuple(reply)
-                pending.done.set()
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
+                    self._waiting.discard(number)
+                return ("failed", self._broken)
+            with self._cond:
+                if received == number:
+                    self._reading = False
+                    self._waiting.discard(number)
+                    self._cond.notify_all()   # another caller may read now
+                    return tuple(reply)
+                if received in self._waiting:
+                    self._replies[received] = tuple(reply)
+                    self._cond.notify_all()
 
     def _fail(self, message: str) -> None:
         """Every request waiting, and every later one, fails with ``message``."""
-        with self._lock:
-            self._broken = message
-            pending, self._pending = list(self._pending.values()), {}
-        for waiting in pending:
-            waiting.reply = ("failed", message)
-            waiting.done.set()
+        with self._cond:
+            if self._broken is None:
+                self._broken = message
+            self._cond.notify_all()
 
 
 class RelayedConnection(MasterConnection):
