@@ -12,12 +12,13 @@ the worker and the master made of them.
 
 Two threads send, each on a connection of its own:
 
-* **now**: every request first, in batches, asking for tasks without
-  waiting; a request that carries answers or printed lines is never held
-  behind a wait;
-* **wait**: the requests of idle workers that found no work, with their
-  answers already delivered, in one call that waits at the master until
-  one of them gets a task (each request keeps its own deadline).
+* **now**: in batches, every request that carries answers or printed
+  lines, or does not wait, asking for tasks without waiting: an answer is
+  never held behind a wait;
+* **wait**: the requests of idle workers (with their answers delivered,
+  if they had any, and no work found), in one call that waits at the
+  master until one of them gets a task (each request keeps its own
+  deadline). A worker that goes idle while that call waits joins the next.
 
 A third reads the workers' requests. Every request carries a number, which
 its reply repeats (a worker may have a few outstanding: an exchange that
@@ -187,8 +188,11 @@ class ExchangeRelay:
             _, number, process_id, answers, max_tasks, wait, queue_seconds, output = message
             request = Request(link, number, process_id, answers, max_tasks, wait, queue_seconds, output,
                               time.monotonic() + max(0.0, wait))
+            # An idle worker with nothing to hand in waits with the others at once; anything
+            # carrying answers or lines goes now, and waits afterwards if it found no work.
+            idle = max_tasks > 0 and wait > 0 and not answers and not output
             with self._cond:
-                self._now.append(request)
+                (self._waiting if idle else self._now).append(request)
                 self._cond.notify_all()
         elif kind == "call" and len(message) == 4 and message[2] in CALLS:
             with self._cond:
