@@ -206,16 +206,22 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
                     ours, link = relay.pair()
                     relay.add(ours, index + 1)
                 workers.append(threading.Thread(target=light_slave, args=(keeper_id, on_registered, link)))
+            watch = main.duplicate() if status == OK else None
             for worker in workers:
                 worker.start()
-            with registered:
-                registered.wait_for(lambda: len(ids) == len(workers), 120)
+            # As a real keeper does, beat for each worker from its registration on: briefly
+            # while some are still registering, then once per period.
+            while watch is not None:
+                with registered:
+                    starting = len(ids) < len(workers)
+                    beats = [(process_id, {}) for process_id in ids if process_id is not None]
+                period = 0.1 if starting else watchdog * random.uniform(0.75, 1.0)
+                if watch.call("agent_watch", keeper_id, beats, period)[0] == TERMINATED or not starting:
+                    break
         finally:
             window.release()
-        if status != OK:
+        if status != OK or watch is None:
             return
-        watch = main.duplicate()
-        beats = [(process_id, {}) for process_id in ids if process_id is not None]
         while True:
             status, _ = watch.call("agent_watch", keeper_id, beats, watchdog * random.uniform(0.75, 1.0))
             if status == TERMINATED:
