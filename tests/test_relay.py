@@ -31,7 +31,7 @@ def test_replies_out_of_order_reach_their_own_callers():
     for thread in threads:
         thread.start()
     requests = [keeper_end.recv() for _ in threads]   # (kind, number, method, args)
-    for kind, number, method, args in reversed(requests):   # answered last first
+    for _kind, number, _method, args in reversed(requests):   # answered last first
         keeper_end.send((number, "ok", ("reply to", args[0])))
     for thread in threads:
         thread.join(10)
