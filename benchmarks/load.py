@@ -145,10 +145,13 @@ def _serve_slaves(address: str, count: int, kind: str, watchdog: float, label: s
             return connection.call("agent_watch", process_id, [(process_id, {})], 0.0)[0] != TERMINATED
 
         if relay_link is not None:
+            from scientific_ms import settings
             from scientific_ms.wire.protocol import Answer
 
             def exchange(answers):
-                return connection.exchange(process_id, [Answer(*answer) for answer in answers], 1, watchdog / 2)
+                # Idle, it waits as a real worker's feed does (its keeper beats its heart).
+                wait = settings.POLL_SECONDS * random.uniform(0.8, 1.2)
+                return connection.exchange(process_id, [Answer(*answer) for answer in answers], 1, wait)
         else:
             def exchange(answers):
                 return connection.call("exchange", process_id, answers, 1, watchdog / 2)
