@@ -129,10 +129,29 @@ class Processes:
             process.output_file.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, for fixtures that act on a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+#: How much of each process's output a failed test prints (its end).
+FAILED_OUTPUT_CHARS = 4000
+
+
 @pytest.fixture
-def processes(tmp_path):
+def processes(tmp_path, request):
+    """Started subprocesses, killed at the end; when the test failed, the end of each one's
+    output is printed (pytest shows it under the failure), so that a failure says why."""
     manager = Processes(tmp_path)
     yield manager
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for process in manager.started:
+            output = manager.output(process)[-FAILED_OUTPUT_CHARS:]
+            print(f"\n---- output of {process.args} (pid {process.pid}, exit {process.poll()}) ----\n{output}")
     manager.cleanup()
 
 
