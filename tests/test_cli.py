@@ -508,6 +508,26 @@ def test_slave_n_starts_n_slaves_and_waits_for_all(processes):
     assert descendants_gone(children, 5) == []
 
 
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_a_waiting_slave_that_finds_its_master_before_its_code_waits_for_the_code(processes, count):
+    # initializeMasterProcess and runJob store the code just after the master starts to listen.
+    master = MasterProcess(f"early{count}", use_name_server=False, port=0)
+    try:
+        command = processes.task_manager("slave", f"early{count}", "-w", "-n", count, name="slave")
+        wait_for(lambda: "stored no slave code yet" in processes.output(command), 30,
+                 "the slave to say it waits for the code")
+        assert command.poll() is None, processes.output(command)
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, f"early{count}", "1.0"])
+        wait_for(lambda: len(slaves_of(master)) == int(count), 30, "the slaves to register")
+        ids = {master.requestTask("pid") for _ in range(4)}
+        assert {master.retrieveResult(timeout=30)[0] for _ in range(4)} == ids
+    finally:
+        master.shutdown()
+    code, out = processes.finish(command, 20)
+    assert code == 0, out
+
+
 def test_slave_n_interrupted_stops_every_slave(processes):
     master = master_with_slave_code("stopped")
     try:

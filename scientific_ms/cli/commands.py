@@ -33,14 +33,14 @@ from .. import logs, settings
 from ..core import resources
 from ..dashboard.published import dashboard_url
 from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from ..master.launch import fetch_stored_code, master_state, run_stored_code
+from ..master.launch import fetch_stored_code, master_state, run_stored_code, wait_for_stored_code
 from ..progress import LiveView, format_duration
 from ..provision import command as provision_command
 from ..provision.table import format_jobs, slave_jobs
 from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
 from ..wire import discovery, leaving
-from ..wire.client import MasterConnection, connect
+from ..wire.client import MasterConnection, connect, hand_over
 from .listing import list_managers
 from .report import build_report, format_status, progress_line
 
@@ -200,6 +200,8 @@ def slave(args) -> int:
         return 0
     try:
         code = fetch_stored_code(connection, STATUS_TIMEOUT)
+        if code is None and args.wait:   # found the master a moment before it stored its code
+            code = wait_for_stored_code(connection, STATUS_TIMEOUT, args.label, idle_timeout)
         if code is None:
             _no_slave_code(args.label)
             connection.close()
@@ -215,7 +217,8 @@ def slave(args) -> int:
             _serve_as_worker(context, code)
         connection.close()
         return result
-    connection.close()
+    # The slave in the stored code connects to this master at once: it gets this connection.
+    hand_over(connection, args.master, args.key_file)
     discovery.set_slave_context(context)
     run_stored_code(code)
     return 0
@@ -337,7 +340,7 @@ def _add_common_options(parser: argparse.ArgumentParser, suppress: bool, takes_l
         parser.add_argument("-m", "--master", metavar="HOST[:PORT]", type=_master_address, default=default(None),
                             help="address of the master (default: environment, name server or label file)")
         parser.add_argument("-w", "--wait", action="store_true", default=default(False),
-                            help="wait for the master to start")
+                            help="wait for the master to start (slave: and to store its slave code)")
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="more detail")
     parser.add_argument("-k", "--key-file", metavar="FILE", default=default(None),
                         help="file holding the master's secret (default: SCIENTIFIC_MS_KEY_FILE, "

@@ -245,6 +245,11 @@ def start_script_master(label: str, master_class, **options):
 
 # ---------------------------------------------------------------- stored slave code
 
+#: A slave that waits for its master's code says so after this many seconds, then every
+#: STORED_CODE_NOTE_INTERVAL.
+STORED_CODE_NOTE_SECONDS = 2.0
+STORED_CODE_NOTE_INTERVAL = 300.0
+
 class StoredCode(NamedTuple):
     """The slaves' code as a master keeps it."""
     source: str
@@ -256,7 +261,8 @@ class StoredCode(NamedTuple):
 def store_slave_code(manager, source: str, script: Optional[str], argv: Optional[List[str]]) -> None:
     """Keep the slaves' code in ``manager``'s shared data."""
     values = (source, script, os.getcwd(), list(argv or [script or "slave"]))
-    for key, value in zip(STORED_CODE_KEYS, values):
+    # The code last: a slave that finds it (fetch_stored_code reads it first) finds the rest.
+    for key, value in reversed(list(zip(STORED_CODE_KEYS, values))):
         manager.store_data(key, dumps_value(value))
 
 
@@ -278,6 +284,27 @@ def fetch_stored_code(connection, timeout: float) -> Optional[StoredCode]:
     if source is None:
         return None
     return StoredCode(source, values[SLAVE_SCRIPT], values[SLAVE_CWD], values[SLAVE_ARGV])
+
+
+def wait_for_stored_code(connection, timeout: float, label: str,
+                         wait_timeout: Optional[float] = None) -> Optional[StoredCode]:
+    """:func:`fetch_stored_code` until the master has stored its code, or ``wait_timeout``
+    seconds passed (None then). A master stores it just after it starts to listen, so a
+    slave told to wait for its master (``-w``) may find it a moment too early."""
+    started = time.monotonic()
+    note_at = started + STORED_CODE_NOTE_SECONDS
+    pause = 0.02
+    while True:
+        code = fetch_stored_code(connection, timeout)
+        now = time.monotonic()
+        if code is not None or (wait_timeout is not None and now - started >= wait_timeout):
+            return code
+        if now >= note_at:   # a wait that may last forever says why
+            log.warning("the master of %r has stored no slave code yet (%.0f s); waiting for it, as asked (-w)",
+                        label, now - started)
+            note_at = now + STORED_CODE_NOTE_INTERVAL
+        time.sleep(pause)   # polling: the master has no call that waits for stored data
+        pause = min(2 * pause, 0.5)
 
 
 def run_stored_code(code: StoredCode) -> None:

@@ -56,6 +56,7 @@ death). A worker dies with its keeper (``worker_link.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -69,7 +70,7 @@ from ..core.resources import declared
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
 from ..wire import leaving, tls
-from ..wire.client import MasterConnection
+from ..wire.client import MasterConnection, forget_handed_over
 from ..wire.protocol import OK
 from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
 from .keeper_watch import KeeperWatch
@@ -103,9 +104,12 @@ class Keeper:
         self.lone = lone
         self.count = count
         self.connection = connection
+        #: A lone keeper's master (host, port, secret): its main connection is opened only
+        #: when needed (``_main_connection``); the watch thread has its own.
+        self._address: Optional[Tuple[str, int, bytes]] = None
         self.keeper_id: Optional[int] = None
         self.lives = WorkerLives(label, lone=lone, replace_killed=replace_killed, max_restarts=max_restarts,
-                                 connection=lambda: self.connection, call=self._call, post=self._post,
+                                 connection=self._main_connection, call=self._call, post=self._post,
                                  on_hello=self._on_hello)
         self._watch: Optional[KeeperWatch] = None
         self._events: List[tuple] = []
@@ -191,13 +195,22 @@ class Keeper:
         """A worker registered at ``address``: watch it there (a lone keeper follows its
         worker to a restarted master; a keeper of -n N registered first)."""
         host, port, secret = address
-        current = self.connection
         if not self.lone:
             if self.keeper_id is not None:
                 return
-        elif current is not None and (current.host, current.port) == (host, port) and self._watch is not None:
+        elif self._address is not None and self._address[:2] == (host, port) and self._watch is not None:
             return
         self._drop_registration()
+        if self.lone:
+            # Only the watch thread's connection now: one connection and handshake less for the
+            # master at every slave's start. (If the master died since the worker registered,
+            # the watch cannot connect and says "lost": a busy worker learns of it only from us.)
+            self._address = address
+            self._watch = KeeperWatch(functools.partial(MasterConnection, host, port, secret, self.label,
+                                                        tls_context=tls.client_context()),
+                                      None, self.lives.targets, self._post)
+            self._watch.start()
+            return
         try:
             self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
         except ScientificMSError as error:
@@ -208,11 +221,7 @@ class Keeper:
             self._post(("lost", f"cannot reach the master at {host}:{port} that a worker registered "
                                 f"with\n  {error}"))
             return
-        if not self.lone:
-            self._register()
-            return
-        self._watch = KeeperWatch(self.connection, None, self.lives.targets, self._post)
-        self._watch.start()
+        self._register()
 
     def _register(self, watch: bool = True) -> bool:
         """Register as the agent of the workers and (``watch``) start the watch thread; False if
@@ -237,7 +246,7 @@ class Keeper:
 
     def _start_watch(self) -> None:
         if self.connection is not None and self.keeper_id is not None:
-            self._watch = KeeperWatch(self.connection, self.keeper_id, self.lives.targets, self._post)
+            self._watch = KeeperWatch(self.connection.duplicate, self.keeper_id, self.lives.targets, self._post)
             self._watch.start()
 
     def _drop_registration(self) -> None:
@@ -247,6 +256,7 @@ class Keeper:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+        self._address = None
         self.keeper_id = None
 
     def _post(self, event: tuple) -> None:
@@ -259,12 +269,25 @@ class Keeper:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_writer.send(b"x")
 
+    def _main_connection(self) -> Optional[MasterConnection]:
+        """The main thread's connection to the master (None if there is none now); a lone
+        keeper opens it the first time it needs it (most never do)."""
+        if self.connection is None and self._address is not None:
+            host, port, secret = self._address
+            try:
+                self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
+            except ScientificMSError as error:
+                self._address = None
+                self._post(("lost", f"cannot reach the master at {host}:{port}\n  {error}"))
+        return self.connection
+
     def _call(self, method: str, *args) -> object:
         """A call on the main connection; a lost master stops the keeper."""
-        if self.connection is None:
+        connection = self._main_connection()
+        if connection is None:
             return None
         try:
-            return self.connection.call(method, *args, timeout=30.0)
+            return connection.call(method, *args, timeout=30.0)
         except ScientificMSError as error:
             self._post(("lost", str(error)))
             return None
@@ -357,6 +380,7 @@ def become_lone_keeper(label: str) -> WorkerLink:
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)   # a killpg of the worker's group (its launcher's) spares its keeper
         leaving.forget()       # the supervisor's pipe is the worker's to write
+        forget_handed_over()   # the worker's connection to be (task_manager slave), not ours
         restarts = settings.slave_restarts(None)   # for the replacements it forks itself
         keeper = Keeper(label, lone=True, replace_killed=not leaving.spawned_by_master(),
                         max_restarts=restarts)

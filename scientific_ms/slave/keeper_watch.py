@@ -48,13 +48,14 @@ REVOKED_PAUSE_SECONDS = 0.02
 class KeeperWatch:
     """The watch thread for one registration of a keeper at one master.
 
-    ``targets()`` returns (the workers to beat for, whether one is still
-    starting); ``post(event)`` hands news to the main thread.
+    ``open_connection()`` opens the thread's own connection to the master (again
+    after a loss); ``targets()`` returns (the workers to beat for, whether one is
+    still starting); ``post(event)`` hands news to the main thread.
     """
 
-    def __init__(self, connection: MasterConnection, keeper_id: Optional[int],
+    def __init__(self, open_connection: Callable[[], MasterConnection], keeper_id: Optional[int],
                  targets: Callable[[], Tuple[List[Worker], bool]], post: Callable[[tuple], None]):
-        self._connection = connection
+        self._open_connection = open_connection
         self._keeper_id = keeper_id
         self._targets = targets
         self._post = post
@@ -126,7 +127,7 @@ class KeeperWatch:
 
     def _own_connection(self) -> Optional[MasterConnection]:
         try:
-            return self._connection.duplicate()
+            return self._open_connection()
         except ScientificMSError as error:
             self._post(("lost", f"cannot open the heartbeat connection\n  {error}"))
             return None
@@ -141,7 +142,7 @@ class KeeperWatch:
         warn_at: Optional[float] = time.monotonic() + RECONNECT_QUIET_SECONDS   # a master plainly gone: one message
         while not self._stop.is_set():
             try:
-                return self._connection.duplicate()
+                return self._open_connection()
             except MasterNotFoundError as error:
                 if getattr(error, "refused", False) or time.monotonic() >= deadline:
                     self._post(("lost", f"the master is gone\n  {reason}\n  last try: {error}"))

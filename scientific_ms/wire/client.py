@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -198,6 +199,15 @@ class MasterConnection:
         if connection is not None:
             connection.keep_open = True
 
+    def close_copy(self) -> None:
+        """In a process forked from the one that opened this connection: close our copy of
+        the socket only (the other process goes on using it)."""
+        connection = getattr(self._proxy, "_pyroConnection", None)
+        if connection is not None:
+            connection.keep_open = True
+            with contextlib.suppress(OSError):
+                connection.sock.close()
+
     def close(self) -> None:
         try:
             self._proxy._pyroRelease()
@@ -213,13 +223,55 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
+#: A connection the command line opened and handed on to the slave code it runs (its
+#: label, and the key file and master address it was found with): see :func:`hand_over`.
+_handed_over: Optional[Tuple[MasterConnection, str, Optional[str], Optional[str]]] = None
+
+
+def hand_over(connection: MasterConnection, master_host: Optional[str], key_file: Optional[str]) -> None:
+    """Keep ``connection`` for the next :func:`connect` to its master in this process.
+
+    ``task_manager slave`` connects to fetch the stored slave code, then runs
+    it; the slave in it connects to the same master at once. Handing the
+    connection on spares the master a second connection and handshake per
+    slave started (the start-up of every spawned slave).
+    """
+    global _handed_over
+    _handed_over = (connection, connection.label, master_host, key_file)
+
+
+def forget_handed_over() -> None:
+    """In a process forked while a connection was handed over: let go of it (see
+    :meth:`MasterConnection.disown`), so that only the process that made it uses it."""
+    global _handed_over
+    if _handed_over is not None:
+        _handed_over[0].close_copy()
+        _handed_over = None
+
+
+def _take_handed_over(label: str, master_host: Optional[str], key_file: Optional[str]) -> Optional[MasterConnection]:
+    global _handed_over
+    if _handed_over is None:
+        return None
+    connection, handed_label, handed_host, handed_key = _handed_over
+    _handed_over = None
+    if (label, key_file) == (handed_label, handed_key) and master_host in (None, handed_host):
+        return connection
+    connection.close()   # a slave of another master, or found otherwise: connect as usual
+    return None
+
+
 def connect(label: str, master_host: Optional[str] = None, *, key_file: Optional[str] = None,
             wait: bool = False, wait_timeout: Optional[float] = None) -> MasterConnection:
     """Find the master of ``label`` and connect to it.
 
     With ``wait``, keep looking until the master appears (or ``wait_timeout``
     seconds pass). A wrong secret fails at once: waiting would not fix it.
+    The connection the command line handed over (:func:`hand_over`) is taken first.
     """
+    handed = _take_handed_over(label, master_host, key_file)
+    if handed is not None:
+        return handed
     deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
     delay = 0.1
     tls_context = tls.client_context()
