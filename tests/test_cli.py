@@ -528,6 +528,29 @@ def test_a_waiting_slave_that_finds_its_master_before_its_code_waits_for_the_cod
     assert code == 0, out
 
 
+def test_a_lone_slave_and_its_keeper_hold_two_connections_to_the_master(processes):
+    # The command line hands the connection it fetched the code on to the slave, and the
+    # keeper opens only its watch connection: start-up costs the master two handshakes.
+    master = master_with_slave_code("frugal")
+    try:
+        command = processes.task_manager("slave", "frugal", name="slave")
+        wait_for(lambda: len(slaves_of(master)) == 1, 30, "the slave to register")
+        [record] = slaves_of(master)
+        assert record["pid"] == command.pid and record["keeper"] != command.pid
+        ids = {master.requestTask("pid") for _ in range(3)}   # the keeper has beaten for it by then
+        assert {master.retrieveResult(timeout=30)[0] for _ in range(3)} == ids
+
+        def to_master(pid):
+            return [c for c in psutil.Process(pid).net_connections(kind="tcp")
+                    if c.raddr and c.status == psutil.CONN_ESTABLISHED and c.raddr.port == master.port]
+        wait_for(lambda: to_master(record["keeper"]), 30, "the keeper's watch connection")
+        assert (len(to_master(command.pid)), len(to_master(record["keeper"]))) == (1, 1)
+    finally:
+        master.shutdown()
+    code, out = processes.finish(command, 20)
+    assert code == 0, out
+
+
 def test_slave_n_interrupted_stops_every_slave(processes):
     master = master_with_slave_code("stopped")
     try:

@@ -256,6 +256,7 @@ def _take_handed_over(label: str, master_host: Optional[str], key_file: Optional
     connection, handed_label, handed_host, handed_key = _handed_over
     _handed_over = None
     if (label, key_file) == (handed_label, handed_key) and master_host in (None, handed_host):
+        connection.claim()   # whichever thread of the slave code asks first uses it from now on
         return connection
     connection.close()   # a slave of another master, or found otherwise: connect as usual
     return None
