@@ -21,151 +21,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
+import importlib
 import logging
 import os
 import sys
-import time
 import traceback
-from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple
+from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple, Union
 
 from .. import logs, settings
 from ..core import resources
-from ..dashboard.published import dashboard_url
-from ..errors import AuthenticationError, ConfigurationError, ConnectionLostError, ScientificMSError
-from ..master.launch import fetch_stored_code, master_state, run_stored_code, wait_for_stored_code
-from ..progress import LiveView, format_duration
-from ..provision import command as provision_command
-from ..provision.table import format_jobs, slave_jobs
+from ..errors import AuthenticationError, ConfigurationError, ScientificMSError
+from ..master.launch import fetch_stored_code, run_stored_code, wait_for_stored_code
 from ..slave import departure, worker_link
 from ..slave.keeper import run_keeper
 from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect, hand_over
-from .listing import list_managers
-from .report import build_report, format_status, progress_line
 
 log = logging.getLogger(__name__)
 
-#: How long one status call may take before the command gives up.
+#: How long one call fetching the slave code may take before the command gives up.
 STATUS_TIMEOUT = 30.0
-
-#: After the master stops answering, ``watch`` waits this long for it to withdraw its label file or die.
-WATCH_ENDING_SECONDS = 5.0
-
-#: ``watch`` asks for the status at least this often (seconds), whatever its interval.
-WATCH_POLL_SECONDS = 0.5
 
 
 def _connect(args) -> MasterConnection:
     return connect(args.label, args.master, key_file=args.key_file, wait=args.wait)
-
-
-# ------------------------------------------------------------------ show
-
-def show(args) -> int:
-    """Print the state of one task manager (add -v for tags and processes, --json for scripts)."""
-    if os.path.isfile(args.label):
-        return show_journal(args)
-    connection = _connect(args)
-    try:
-        status = connection.status(STATUS_TIMEOUT)
-        jobs = slave_jobs(connection)
-    finally:
-        connection.close()
-    report = build_report(args.label, connection.address, status)
-    if jobs is not None:
-        report["slave_jobs"] = jobs
-    url = dashboard_url(args.label)   # only a master that serves a dashboard leaves one
-    if url is not None:
-        report["dashboard"] = url
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_status(report, args.verbose) + format_jobs(jobs) + (f"\ndashboard: {url}" if url else ""))
-    return 0
-
-
-def show_journal(args) -> int:
-    """``show`` given a journal file: the job's progress read from it, master alive or not."""
-    from ..master.journal_report import format_journal_progress, journal_progress
-    report = journal_progress(args.label)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_journal_progress(report, args.verbose))
-    return 0
-
-
-# ------------------------------------------------------------------ watch
-
-def watch(args) -> int:
-    """Show the state of one task manager, refreshed in place until the job ends."""
-    connection = _connect(args)
-    view = LiveView(sys.stdout)
-    # Poll more often than the view is redrawn, so that the last view and the
-    # final line are at most this old when the master goes away.
-    poll = min(args.interval, WATCH_POLL_SECONDS)
-    report: Optional[Dict] = None
-    drawn: Optional[Dict] = None
-    next_draw = 0.0
-    ended = None
-    wait = 0.0   # the first status at once; then each call returns early when the job ends
-
-    def draw(report: Dict) -> None:
-        header, *rest = format_status(report, args.verbose).splitlines()
-        lines = [header, progress_line(report)] + rest
-        if view.terminal:
-            lines.append(f"(refreshed every {args.interval:g} s at {time.strftime('%H:%M:%S')}; Ctrl-C to stop)")
-        view.show(lines)
-
-    try:
-        while True:
-            try:
-                status = connection.status(STATUS_TIMEOUT, wait=wait)
-            except ConnectionLostError as error:
-                log.info("%s", error)
-                break
-            wait = poll
-            report = build_report(args.label, connection.address, status)
-            if time.monotonic() >= next_draw or report["terminated"]:
-                draw(report)
-                drawn, next_draw = report, time.monotonic() + args.interval
-            if report["terminated"]:
-                break
-        if report is not None and report is not drawn:
-            draw(report)
-        code, ended = _watch_ending(args, connection, report)
-    finally:
-        connection.close()
-        view.close(ended)
-    return code
-
-
-def _watch_ending(args, connection: MasterConnection, report: Optional[Dict]) -> Tuple[int, str]:
-    """Exit code and final line once the master stopped answering (or said it terminated)."""
-    where = f"task manager {args.label!r} at {connection.address}"
-    if report is not None:
-        tasks = report["tasks"]
-        summary = (f"{tasks['retrieved']} of {tasks['requested']} results retrieved, "
-                   f"{tasks['failed']} failed, {format_duration(report['elapsed_seconds'])} elapsed")
-    else:
-        summary = "no status was received"
-    if report is not None and report["terminated"]:
-        return 0, f"{where} has finished; last status: {summary}"
-    # A master that finishes closes its port, then removes its label file; one
-    # that dies leaves the file behind. Give it a moment to do either.
-    deadline = time.monotonic() + WATCH_ENDING_SECONDS
-    while True:
-        record = discovery.read_label_file(args.label)
-        if record is None or record.get("port") != connection.port:
-            return 0, f"{where} has finished; last status: {summary}"
-        state, reason = master_state(record)
-        if state == "dead":
-            return 1, f"{where} died ({reason}; it left its label file); last status: {summary}"
-        if time.monotonic() >= deadline:
-            return 1, (f"{where} stopped answering (PID {record.get('pid')} on {record.get('hostname')} "
-                       f"still holds its label file); last status: {summary}")
-        time.sleep(0.1)  # waiting for the master's process to finish its shutdown or vanish
 
 
 # ------------------------------------------------------------------ dashboard
@@ -174,11 +53,6 @@ def dashboard(args) -> int:
     """Serve a live web page of a job (a label) or of its journal file, until interrupted."""
     from ..dashboard.command import run
     return run(args, _connect)
-
-
-def _dashboard_options(parser: argparse.ArgumentParser) -> None:
-    from ..dashboard.command import add_options
-    add_options(parser)
 
 
 # ------------------------------------------------------------------ slave
@@ -309,20 +183,37 @@ def _slave_options(parser: argparse.ArgumentParser) -> None:
 
 
 class Command(NamedTuple):
-    run: Callable[[argparse.Namespace], int]
-    options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    """A command: its one-line summary; ``run(args)`` and ``options(parser)``, each a function
+    or ``"module:function"`` (relative to this package), imported only when needed: a slave
+    runs this command line too, and must not pay for the others' modules."""
+    summary: str
+    run: Union[str, Callable[[argparse.Namespace], int]]
+    options: Union[str, Callable[[argparse.ArgumentParser], None], None] = None
     takes_label: bool = True
     aliases: Tuple[str, ...] = ()
 
 
+def _function(spec: Union[str, Callable]) -> Callable:
+    if not isinstance(spec, str):
+        return spec
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module, __package__), name)
+
+
 #: The commands, written once: the parser and the dispatch are built from this.
 COMMANDS: Dict[str, Command] = {
-    "show": Command(show, _json_option, aliases=("status",)),
-    "watch": Command(watch, _watch_options),
-    "list": Command(list_managers, _json_option, takes_label=False),
-    "slave": Command(slave, _slave_options),
-    "dashboard": Command(dashboard, _dashboard_options),
-    "provision": Command(provision_command.run, provision_command.options),
+    "show": Command("Print the state of one task manager (add -v for tags and processes, --json for scripts).",
+                    ".watching:show", _json_option, aliases=("status",)),
+    "watch": Command("Show the state of one task manager, refreshed in place until the job ends.",
+                     ".watching:watch", _watch_options),
+    "list": Command("List the task managers this machine knows of.", ".listing:list_managers", _json_option,
+                    takes_label=False),
+    "slave": Command("Run the slave code stored by the master, in the master's working directory.",
+                     slave, _slave_options),
+    "dashboard": Command("Serve a live web page of a job (a label) or of its journal file, until interrupted.",
+                         dashboard, "..dashboard.command:add_options"),
+    "provision": Command("Keep slave jobs running for a job on a batch system (SLURM) or here, as its "
+                         "queue needs them.", "..provision.command:run", "..provision.command:options"),
 }
 
 
@@ -347,7 +238,12 @@ def _add_common_options(parser: argparse.ArgumentParser, suppress: bool, takes_l
                              "SCIENTIFIC_MS_SECRET or the label file)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser; the options of only the commands named in ``argv`` (all when it names none,
+    as for ``--help``): a command's options may live in a module of its own."""
+    named = set(sys.argv[1:] if argv is None else argv)
+    if not named & command_names():
+        named = command_names()
     parser = argparse.ArgumentParser(
         prog="task_manager",
         description="Inspect scientific_ms task managers and run slaves for them.",
@@ -356,13 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        # python -OO strips docstrings: then the commands go without a summary.
-        summary = command.run.__doc__.splitlines()[0] if command.run.__doc__ else None
-        sub = commands.add_parser(name, aliases=list(command.aliases), help=summary, description=summary)
+        sub = commands.add_parser(name, aliases=list(command.aliases), help=command.summary,
+                                  description=command.summary)
         _add_common_options(sub, suppress=True, takes_label=command.takes_label)
         if command.takes_label:
             sub.add_argument("label", type=_label, help="the task manager's label")
-        command.options(sub)
+        if command.options is not None and named & {name, *command.aliases}:
+            _function(command.options)(sub)
         sub.set_defaults(run=command.run, takes_label=command.takes_label)
     return parser
 
@@ -373,14 +269,14 @@ def _program() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.takes_label and (args.master or args.wait):
         parser.error(f"{args.command} takes no -m/--master or -w/--wait")
     logs.configure(logging.INFO if args.verbose else logging.WARNING)
     try:
         logs.apply_debug_flag()
-        return args.run(args)
+        return _function(args.run)(args)
     except AuthenticationError as error:
         print(f"{_program()}: wrong secret: {error}", file=sys.stderr)
         return 1
