@@ -269,13 +269,15 @@ class ExchangeRelay:
                 self._reply(request.link, request.number, ("ok", (OK, [], [])))
             if batch:
                 wait = min(r.deadline for r in batch) - time.monotonic()
-                connection = self._carry(connection, batch, max(0.0, wait))
+                connection = self._carry(connection, batch, max(0.0, wait), polls=True)
         self._close(connection)
 
     def _carry(self, connection: Optional[MasterConnection], batch: List[Request],
-               wait: float) -> Optional[MasterConnection]:
+               wait: float, polls: bool = False) -> Optional[MasterConnection]:
         """Send ``batch`` in one call; reply to each request, or keep it waiting. Returns the
-        connection to use next time (None after a failure: a new one is opened then)."""
+        connection to use next time (None after a failure: a new one is opened then).
+        ``polls``: the batch is idle workers' requests waiting ``wait`` s for work; if none
+        gets any, each is answered (none waits on)."""
         try:
             connection = connection or self._open()
             replies = connection.exchange_batch(
@@ -285,9 +287,9 @@ class ExchangeRelay:
                 self._reply(request.link, request.number, ("failed", str(error)))
             self._close(connection)
             return None
-        # A call that waited and found work for none of them ended on the first deadline:
-        # every request it carried is answered now, not sent again (see the module docstring).
-        timed_out = wait > 0 and not any(tasks or revoked for _status, tasks, revoked in replies)
+        # Idle workers' call that found work for none of them ended on the first deadline: every
+        # request it carried is answered now, not sent again (see the module docstring).
+        timed_out = polls and not any(tasks or revoked for _status, tasks, revoked in replies)
         waiting = []
         for request, reply in zip(batch, replies):
             status, tasks, revoked = reply
