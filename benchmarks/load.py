@@ -2,7 +2,7 @@
 
     python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light|agent]
                               [--watchdog 1.0] [--hold 6] [--short-tasks 20000]
-                              [--per-agent 64] [--table 10,100,1000,10000]
+                              [--per-agent 64] [--table 10,100,1000,10000] [--idle 0]
                               (--kind relay: the keepers relay their workers' exchanges)
 
 The master runs in this process (so psutil measures it: CPU seconds, RSS,
@@ -33,7 +33,9 @@ prints one table: master CPU per short task (and its ratio to the first
 row), tasks per second, connect time, worst heartbeat silence, master RSS
 and threads, slaves wrongly declared dead.
 
-Phases: every slave connects and registers; then one task per slave is
+Phases: every slave connects and registers (and with ``--idle S`` all stay
+idle, polling for work, for S seconds: the master's CPU and the relayed
+exchanges per second then are printed); then one task per slave is
 requested, a task that *holds* its slave until every slave holds one (so
 each of the 1,000 slaves provably gets work, all at once); the holds last
 ``--hold`` seconds, several watchdog limits, while heartbeats must keep up
