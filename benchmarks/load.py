@@ -2,7 +2,7 @@
 
     python benchmarks/load.py [--slaves 1000] [--processes 4] [--kind real|light|agent]
                               [--watchdog 1.0] [--hold 6] [--short-tasks 20000]
-                              [--per-agent 64] [--table 10,100,1000,10000]
+                              [--per-agent 64] [--table 10,100,1000,10000] [--idle 0]
                               (--kind relay: the keepers relay their workers' exchanges)
 
 The master runs in this process (so psutil measures it: CPU seconds, RSS,
@@ -33,7 +33,9 @@ prints one table: master CPU per short task (and its ratio to the first
 row), tasks per second, connect time, worst heartbeat silence, master RSS
 and threads, slaves wrongly declared dead.
 
-Phases: every slave connects and registers; then one task per slave is
+Phases: every slave connects and registers (and with ``--idle S`` all stay
+idle, polling for work, for S seconds: the master's CPU and the relayed
+exchanges per second then are printed); then one task per slave is
 requested, a task that *holds* its slave until every slave holds one (so
 each of the 1,000 slaves provably gets work, all at once); the holds last
 ``--hold`` seconds, several watchdog limits, while heartbeats must keep up
@@ -302,11 +304,12 @@ def _wait(predicate, timeout: float, what: str, pause: float = 0.05):
 def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str = "real",
              watchdog: float = 1.0, hold: float = 6.0, short_tasks: int = 0,
              stack_kib: int = 256, start_window: int = 16, deadline: float = 100.0,
-             strict: bool = True, log=print, per_agent: int = 64) -> dict:
+             strict: bool = True, log=print, per_agent: int = 64, idle: float = 0.0) -> dict:
     """Drive one load run against ``master`` (a MasterProcess in this process).
 
     ``spawn(args, env)`` starts a subprocess with stdin=PIPE and returns the
-    Popen. Returns the figures; with ``strict``, raises AssertionError when
+    Popen. ``idle``: seconds every slave stays idle (polling for work) before the held
+    tasks are requested. Returns the figures; with ``strict``, raises AssertionError when
     a guarantee fails (otherwise the figures say so).
     """
     import psutil
@@ -353,7 +356,17 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     figures["connect_seconds"] = time.monotonic() - started
     log(f"{slaves} slaves registered in {figures['connect_seconds']:.1f} s")
 
+    if idle:   # every slave idle, polling for work: what that alone costs the master
+        relayed, cpu_idle, idle_started = manager.counters["relayed_exchanges"], _cpu_seconds(me), time.monotonic()
+        time.sleep(idle)
+        idle_seconds = time.monotonic() - idle_started
+        figures["idle_cpu_percent"] = 100 * (_cpu_seconds(me) - cpu_idle) / idle_seconds
+        figures["idle_relayed_per_second"] = (manager.counters["relayed_exchanges"] - relayed) / idle_seconds
+        log(f"idle for {idle_seconds:.1f} s: master CPU {figures['idle_cpu_percent']:.1f} % of one core, "
+            f"{figures['idle_relayed_per_second']:.0f} relayed exchanges per second")
+
     # Phase 1: one task per slave, held until every slave holds one.
+    relayed = manager.counters["relayed_exchanges"]
     phase = time.monotonic()
     cpu_phase = _cpu_seconds(me)
     hold_limit = hold + deadline
@@ -361,6 +374,8 @@ def run_load(master, spawn, *, slaves: int = 1000, processes: int = 4, kind: str
     _wait(lambda: sum(manager.counts()["running"].values()) == slaves, remaining(),
           "every slave to hold a task")
     figures["all_holding_seconds"] = time.monotonic() - phase
+    figures["all_holding_cpu_seconds"] = _cpu_seconds(me) - cpu_phase
+    figures["all_holding_relayed"] = manager.counters["relayed_exchanges"] - relayed
     log(f"all {slaves} slaves hold a task after {figures['all_holding_seconds']:.1f} s")
     # Keep them busy for several watchdog limits: only heartbeats flow now.
     phase_name[0] = "hold"
@@ -440,7 +455,8 @@ def report(figures: dict) -> str:
         f"{f['slaves']} {f['kind']} slaves in {f['processes']} processes, watchdog period "
         f"{f['watchdog_period']:g} s, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
         f"  connected and registered     {f['connect_seconds']:7.1f} s",
-        f"  every slave holding a task   {f['all_holding_seconds']:7.1f} s later",
+        f"  every slave holding a task   {f['all_holding_seconds']:7.1f} s later "
+        f"({f['all_holding_cpu_seconds']:.1f} s master CPU, {f['all_holding_relayed']} relayed exchanges)",
         f"  master during the hold       {f['hold_cpu_percent']:7.1f} % of one core "
         f"(heartbeats only, {f['hold_seconds']:.1f} s)",
         "  worst heartbeat silence      "
@@ -487,6 +503,8 @@ def main() -> int:
                         help="one run per number of slaves, then one table (e.g. 10,100,1000,10000)")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--hold", type=float, default=6.0)
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="seconds every slave stays idle before the held tasks (its cost is printed)")
     parser.add_argument("--short-tasks", type=int, default=20000)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--switch-interval", type=float, default=None,
@@ -521,7 +539,8 @@ def main() -> int:
                                kind=args.kind, watchdog=args.watchdog, hold=args.hold,
                                short_tasks=args.short_tasks, stack_kib=args.stack_kib,
                                start_window=args.start_window, deadline=args.deadline, strict=False,
-                               log=lambda text: print(text, flush=True), per_agent=args.per_agent)
+                               log=lambda text: print(text, flush=True), per_agent=args.per_agent,
+                               idle=args.idle)
         finally:
             master.shutdown()
             for child in children:

@@ -17,8 +17,16 @@ Two threads send, each on a connection of its own:
   never held behind a wait;
 * **wait**: the requests of idle workers (with their answers delivered,
   if they had any, and no work found), in one call that waits at the
-  master until one of them gets a task (each request keeps its own
-  deadline). A worker that goes idle while that call waits joins the next.
+  master until one of them gets a task, or until the first of their
+  deadlines. A worker that goes idle while that call waits joins the next.
+  A call that ends on that deadline with work for none of them answers
+  every request it carried, each no later than its own deadline: else
+  each idle worker's deadline would end a call that carries all the
+  others again, and the master would serve each idle worker's poll about
+  as many times as the host has idle workers (64 times for a keeper of 64:
+  at 10,000 workers, more than the master's whole CPU). Answered early, a
+  worker asks again at once, so its host's idle workers poll in step, in
+  one call per poll period.
 
 A third reads the workers' requests. Every request carries a number, which
 its reply repeats (a worker may have a few outstanding: an exchange that
@@ -261,13 +269,15 @@ class ExchangeRelay:
                 self._reply(request.link, request.number, ("ok", (OK, [], [])))
             if batch:
                 wait = min(r.deadline for r in batch) - time.monotonic()
-                connection = self._carry(connection, batch, max(0.0, wait))
+                connection = self._carry(connection, batch, max(0.0, wait), polls=True)
         self._close(connection)
 
     def _carry(self, connection: Optional[MasterConnection], batch: List[Request],
-               wait: float) -> Optional[MasterConnection]:
+               wait: float, polls: bool = False) -> Optional[MasterConnection]:
         """Send ``batch`` in one call; reply to each request, or keep it waiting. Returns the
-        connection to use next time (None after a failure: a new one is opened then)."""
+        connection to use next time (None after a failure: a new one is opened then).
+        ``polls``: the batch is idle workers' requests waiting ``wait`` s for work; if none
+        gets any, each is answered (none waits on)."""
         try:
             connection = connection or self._open()
             replies = connection.exchange_batch(
@@ -277,11 +287,14 @@ class ExchangeRelay:
                 self._reply(request.link, request.number, ("failed", str(error)))
             self._close(connection)
             return None
+        # Idle workers' call that found work for none of them ended on the first deadline: every
+        # request it carried is answered now, not sent again (see the module docstring).
+        timed_out = polls and not any(tasks or revoked for _status, tasks, revoked in replies)
         waiting = []
         for request, reply in zip(batch, replies):
             status, tasks, revoked = reply
             if status == OK and not tasks and not revoked and request.max_tasks > 0 \
-                    and request.deadline > time.monotonic():
+                    and not timed_out and request.deadline > time.monotonic():
                 # No work for it now: it waits at the master, its answers delivered.
                 waiting.append(request._replace(answers=[], output=None))
             else:
