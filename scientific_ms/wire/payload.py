@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import io
 import pickle
-import sys
 import traceback as traceback_module
 from typing import Any, Callable, List, Optional, Tuple, Union, final
 
@@ -392,32 +391,3 @@ def unreadable_answer(ok: bool, traceback: str, error: Exception) -> Tuple[BaseE
         message = traceback.rstrip().splitlines()[-1]
         return (RemoteError(f"{message} (the master cannot rebuild this exception: {error})"), traceback)
     return error, "(no remote traceback: the slave computed the result, the master cannot unpickle it)\n"
-
-
-# ---------------------------------------------------------------- by value (the Executor's functions)
-
-def plain_pickle(value: Any) -> Optional[bytes]:
-    """``value`` pickled by the standard pickler, if the slaves can unpickle that; else None.
-
-    Not when it refers to ``__main__`` (a slave's is not the master's), nor
-    when the user asked cloudpickle to send some modules by value.
-    """
-    by_value = sys.modules.get("cloudpickle.cloudpickle")
-    if by_value is not None and getattr(by_value, "_PICKLE_BY_VALUE_MODULES", True):
-        return None
-    try:
-        data = pickle.dumps(value, protocol=PROTOCOL)
-    except Exception:
-        return None
-    return None if b"__main__" in data else data
-
-
-def dumps_by_value(value: Any) -> bytes:
-    """Pickle ``value`` for a slave that lacks its code: by reference where the standard
-    pickler can, else by value with cloudpickle (imported only then: it takes a while).
-    Raises what cloudpickle raises for a value that cannot be pickled at all."""
-    data = plain_pickle(value)
-    if data is not None:
-        return data
-    import cloudpickle
-    return cloudpickle.dumps(value, protocol=PROTOCOL)
