@@ -38,7 +38,7 @@ pickles and ``ok`` says whether the answer is a result or an exception).
 
 Matching on resume: the key of a request is a hash of its tag and its
 pickled parameters, where a :class:`GlobalStateValue` counts as the hash of
-the value it stands for. The n-th request of a key matches the n-th
+the value it stands for (``journal_keys.py``). The n-th request of a key matches the n-th
 journaled row of that key; a journaled answer is delivered without running
 the task again.
 
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import os
 import queue
@@ -61,11 +60,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Tuple, Union
+from typing import Deque, Dict, Hashable, Iterator, List, Optional, Tuple, Union
 
 from ..core.resources import Need
 from ..core.steering import Retry
-from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
+from ..wire.payload import Payload, dumps_value, loads_value
 from .journal_attempts import Failures, JournaledAttempts, Retried
 from .journal_file import (
     FORMAT,
@@ -107,28 +106,6 @@ def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
             start, size = index + 1, 0
     if start < len(rows):
         yield dumps_value(rows[start:]), len(rows) - start
-
-
-# ------------------------------------------------------------------ request keys
-
-def request_key(tag: str, payload: Payload, parameters: Optional[tuple] = None,
-                digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
-    """The matching key of a request: a hash of its tag and its parameters.
-
-    ``payload`` is the pickled parameters (bytes or a payload.Pickled). When they hold GlobalStateValue
-    placeholders, pass ``parameters`` and ``digest_of`` (state label ->
-    hash of the stored value): they are pickled again with each placeholder
-    replaced by that hash, so a placeholder matches by the value it stands
-    for, whatever its state id.
-    """
-    if parameters is not None and digest_of is not None:
-        payload = dumps_by_state_digest(parameters, digest_of)
-    return hashlib.blake2b(tag.encode() + b"\x00" + payload_bytes(payload), digest_size=16).digest()
-
-
-def value_digest(data: bytes) -> bytes:
-    """Hash of a pickled global state value, as request keys use it."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 # ------------------------------------------------------------------ the journal

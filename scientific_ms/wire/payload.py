@@ -292,27 +292,6 @@ def loads_journaled_parameters(payload: Payload) -> Tuple:
     return loads_parameters(payload, state_placeholder)
 
 
-class _DigestPickler(pickle.Pickler):
-    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
-
-    def __init__(self, file, digest_of: Callable[[str], bytes]):
-        super().__init__(file, PROTOCOL)
-        self._digest_of = digest_of
-
-    def persistent_id(self, obj: Any):
-        if type(obj) is GlobalStateValue:
-            return self._digest_of(obj.label)
-        return None
-
-
-def dumps_by_state_digest(parameters: Tuple, digest_of: Callable[[str], bytes]) -> bytes:
-    """Parameters pickled with each GlobalStateValue as ``digest_of(its label)``: the journal's
-    request keys, so that a placeholder matches by the value it stands for, whatever its state id."""
-    buffer = io.BytesIO()
-    _DigestPickler(buffer, digest_of).dump(parameters)
-    return buffer.getvalue()
-
-
 #: Results of these types hold no buffer: pickled without the out-of-band pickler's Python hooks.
 _PLAIN = frozenset({int, float, complex, bool, str, type(None)})
 
@@ -329,13 +308,6 @@ def dumps_result(value: Any) -> Payload:
     pickler = _OutOfBandPickler(buffer)
     pickler.dump(value)
     return _finish(buffer.getvalue(), pickler)
-
-
-def payload_bytes(payload: Payload) -> bytes:
-    """The payload as one bytes object (a copy when it has buffers): what the journal hashes."""
-    if type(payload) is Pickled:
-        return pickle.dumps(payload, protocol=PROTOCOL)
-    return payload
 
 
 def dumps_value(value: Any) -> bytes:
