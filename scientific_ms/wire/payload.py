@@ -44,7 +44,7 @@ import pickle
 import traceback as traceback_module
 from typing import Any, Callable, List, Optional, Tuple, Union, final
 
-from ..errors import ConfigurationError, RemoteError, SerializationError
+from ..errors import ConfigurationError, RemoteError, SerializationError, TaskRaisedException
 from .limits import check_parameters
 
 PROTOCOL = 5
@@ -363,3 +363,16 @@ def unreadable_answer(ok: bool, traceback: str, error: Exception) -> Tuple[BaseE
         message = traceback.rstrip().splitlines()[-1]
         return (RemoteError(f"{message} (the master cannot rebuild this exception: {error})"), traceback)
     return error, "(no remote traceback: the slave computed the result, the master cannot unpickle it)\n"
+
+
+def answer_value(payload: Payload, ok: bool, traceback: str, task_id: str, tag: str) -> Any:
+    """The result an answer carries, read in the master; for a failed task (``ok`` False) or
+    an answer the master cannot unpickle, raises TaskRaisedException (see :func:`unreadable_answer`)."""
+    try:
+        value = loads_answer(payload, task_id)
+    except Exception as error:
+        exception, remote_traceback = unreadable_answer(ok, traceback, error)
+        raise TaskRaisedException(task_id, tag, exception, remote_traceback) from error
+    if not ok:
+        raise TaskRaisedException(task_id, tag, value, traceback)
+    return value
