@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 from .errors import ConfigurationError, SerializationError
 from .master.launch import main_script
 from .wire import discovery, leaving
-from .wire.payload import dumps_by_value, loads_value
+from .wire.payload import loads_value
+from .wire.pickle_by_value import dumps_by_value
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ def executor():
 
 
 def slave_pids(ex, count):
-    wait_for(lambda: len(ex.master._supervisor.pids) >= count, 20, f"{count} slave processes")
+    wait_for(lambda: len(ex.master.spawned_slaves) >= count, 20, f"{count} slave processes")
     ex.master.wait_for_slaves(count, timeout=30)
-    return ex.master._supervisor.pids
+    return ex.master.spawned_slaves
 
 
 def test_submit_map_wait_and_as_completed(executor):

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import wait_for
 from scientific_ms import GlobalStateValue, JournalError, TaskManager, read_journal
-from scientific_ms.master.journal import Journal, request_key, value_digest
+from scientific_ms.master.journal import Journal
+from scientific_ms.master.journal_keys import request_key, value_digest
 from scientific_ms.master.journal_report import journal_progress
 from scientific_ms.wire.payload import dumps_exception, dumps_parameters, dumps_value
 

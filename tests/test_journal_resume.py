@@ -190,7 +190,7 @@ def test_without_a_journal_slaves_exit_at_once_as_before(processes, tmp_path):
         master.requestTask("work", 30, "long")
         wait_for(lambda: master.task_manager.status()["processes"][-1]["running"], 30, "the task to start")
     finally:
-        master._server.close()        # the master vanishes without saying goodbye
+        master._endpoint.close()      # the master vanishes without saying goodbye
     code, out = processes.finish(slave, 30)
     assert code == 1 and "lost its master" in out and "waits up to" not in out, out
     master.shutdown()

@@ -10,11 +10,11 @@ import pytest
 from scientific_ms import ConfigurationError, GlobalStateValue, MasterProcess, TaskManager
 from scientific_ms.errors import NoTasksPendingError
 from scientific_ms.master.global_state import GlobalStates
+from scientific_ms.master.journal_keys import dumps_by_state_digest
 from scientific_ms.master.journaled import JOURNALED_MASTER, JournaledTasks, PlainTasks
 from scientific_ms.wire.payload import (
     OUT_OF_BAND_BYTES,
     Pickled,
-    dumps_by_state_digest,
     dumps_parameters,
     dumps_value,
     loads_journaled_parameters,

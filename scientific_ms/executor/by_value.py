@@ -22,7 +22,7 @@ import sys
 import types
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..wire.payload import plain_pickle
+from ..wire.pickle_by_value import plain_pickle
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, SerializationError
 from ..slave.slave import SlaveProcess, ending_with_a_message
 from ..wire import discovery
-from ..wire.payload import dumps_by_value, loads_value
+from ..wire.payload import loads_value
+from ..wire.pickle_by_value import dumps_by_value
 from . import by_value
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@
     collector thread <--take_answers----------- answers <-----------------------+
         settles the Future or MapSlot (result or exception)
 
-One collector thread completes every future (a map's tasks have lighter
-slots: see ``futures``); submit takes no lock. A task id and its slot meet
-in ``_slots`` through ``dict.setdefault``, which is atomic: whichever of
-submit (the slot) and the collector (the answer) comes second settles the
-slot, so an answer that arrives before submit has stored its slot is
-never lost.
+One collector thread (``collector.py``) completes every future (a map's
+tasks have lighter slots: see ``futures``); submit takes no lock. A task id
+and its slot meet in ``_slots`` through ``dict.setdefault``, which is
+atomic: whichever of submit (the slot) and the collector (the answer) comes
+second settles the slot, so an answer that arrives before submit has stored
+its slot is never lost.
 
 The Executor reaches the task manager only through its MasterProcess.
 Cancelling a future withdraws its task from the manager's queue; that
@@ -32,7 +32,6 @@ import itertools
 import logging
 import os
 import secrets
-import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Tuple
@@ -41,18 +40,13 @@ from .. import mpi, settings
 from ..core.affinity import check_affinity
 from ..core.resources import parse_need
 from ..core.steering import check_steering
-from ..errors import (
-    ConfigurationError,
-    NoTasksPendingError,
-    RemoteTraceback,
-    TaskManagerTermination,
-    TaskRaisedException,
-)
+from ..errors import ConfigurationError, TaskManagerTermination
 from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
 from ..provision.provider import SlaveJobs
 from . import by_value, calls
 from .call_options import CallOptions, CallSteering
+from .collector import Collector
 from .futures import Future, MapResults
 
 log = logging.getLogger(__name__)
@@ -63,9 +57,6 @@ MANY_FUNCTIONS = 1000
 #: A map queues its tasks in batches of 1, 2, 4, ... up to this many: the first
 #: reach the slaves at once, the rest cost one lock of the task manager per batch.
 MAP_BATCH = 64
-
-#: The collector takes up to this many answers from the task manager at once.
-ANSWERS_AT_ONCE = 256
 
 #: Set once rank 0 has handed the MPI ranks to an Executor (they serve one master only).
 _mpi_ranks_taken = False
@@ -126,10 +117,7 @@ class Executor(concurrent.futures.Executor):
             raise ConfigurationError(f"Executor: {error} (the options are those of MasterProcess)") from None
         self._functions: Dict[Any, Tuple[Any, str, str]] = {}   # key -> (function, data label, tag)
         self._slots: Dict[str, Any] = {}   # task id -> Future, or an answer that came first
-        self._wakeup = threading.Event()
-        self._collector_idle = False
         self._shutting_down = False
-        self._closed = False
         try:
             source = calls.runner_source(*calls.import_paths(), watchdog_period)
             self.master.store_slave_code(source, None, ["executor-slave"])
@@ -145,9 +133,7 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self.master.shutdown()
             raise
-        self._collector = threading.Thread(target=self._collect, name=f"scientific_ms-collector-{self.label}",
-                                           daemon=True)
-        self._collector.start()
+        self._collector = Collector(self.master, self.label, self._slots)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
         exit_on_sigterm()
         log.info("Executor %r started (slaves: %r)", self.label, slaves)
@@ -209,11 +195,12 @@ class Executor(concurrent.futures.Executor):
         ``wait``: return only when everything has ended.
         """
         self._shutting_down = True
+        self._collector.stop_when_done()
         if cancel_futures:
             for slot in reversed(list(self._slots.values())):   # newest first: each withdrawal is O(1)
                 if type(slot) is not tuple:   # not an answer waiting for its slot
                     slot.cancel()
-        self._wakeup.set()
+        self._collector.wake()
         if wait:
             self._collector.join()
 
@@ -307,10 +294,7 @@ class Executor(concurrent.futures.Executor):
             if early is not slot:   # its answer came first
                 del table[task_id]
                 slot.settle(*early)
-        if self._collector_idle:
-            self._wakeup.set()
-        if self._closed:   # the collector ended meanwhile: nobody else will settle them
-            self._fail_leftovers()
+        self._collector.queued()   # wakes it; or, if it ended meanwhile, fails them: nobody else will settle them
 
     def _withdraw(self, slot) -> bool:
         """Take a waiting task back from the manager (called by a slot's ``cancel``)."""
@@ -322,69 +306,6 @@ class Executor(concurrent.futures.Executor):
     def _started(self, task_id: str) -> bool:
         """True if a slave has taken the task (called by a Future's ``running``)."""
         return self.master.task_state(task_id) == "running"
-
-    # ------------------------------------------------------------------ the collector thread
-
-    def _collect(self) -> None:
-        failure: BaseException = RuntimeError("the executor was shut down before this call was done")
-        try:
-            self._collect_answers()
-        except BaseException as error:   # a bug here must not leave futures waiting for ever
-            log.exception("the collector of Executor %r failed", self.label)
-            failure = error
-        finally:
-            try:
-                self.master.shutdown()
-            finally:
-                self._closed = True
-                self._fail_leftovers(failure)
-
-    def _collect_answers(self) -> None:
-        master, slots = self.master, self._slots
-        while True:
-            try:
-                outcomes = master.take_answers(ANSWERS_AT_ONCE)
-            except TaskManagerTermination:
-                log.warning("the task manager of Executor %r ended; failing the calls not done", self.label)
-                return
-            except NoTasksPendingError:
-                if self._shutting_down:
-                    return
-                if not self._collector_idle:
-                    self._collector_idle = True   # say so, then look once more before waiting
-                    continue
-                log.debug("Executor %r: no calls outstanding; waiting for one", self.label)
-                self._wakeup.wait()
-                self._wakeup.clear()
-                self._collector_idle = False
-                continue
-            master.count_delivered()
-            for outcome in outcomes:
-                try:
-                    ok, value = True, master.read_answer(outcome)
-                except TaskRaisedException as error:
-                    ok, value = False, _remote(error)
-                slot = slots.setdefault(outcome.task_id, (ok, value))
-                if type(slot) is not tuple:   # the slot is there: settle it (else submit will)
-                    del slots[outcome.task_id]
-                    slot.settle(ok, value)
-
-    def _fail_leftovers(self, error: Optional[BaseException] = None) -> None:
-        error = error or RuntimeError("the executor was shut down before this call was done")
-        while True:
-            try:
-                _, slot = self._slots.popitem()
-            except KeyError:
-                return
-            if type(slot) is not tuple:
-                slot.settle(False, error)
-
-
-def _remote(error: TaskRaisedException) -> BaseException:
-    """The exception a call raised on its slave, with the slave's traceback as its cause."""
-    exception = error.exception
-    exception.__cause__ = RemoteTraceback(error.traceback)
-    return exception
 
 
 def _fresh_label(journal: Optional[str]) -> str:

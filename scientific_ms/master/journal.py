@@ -9,11 +9,11 @@
                          |                                           |
                          +-------------> queue <---------------------+
                                            |
-                                     writer thread: after its first item, lets
-                                     a group gather for GROUP_SECONDS (10 ms),
-                                     joins each answer with its request,
-                                     writes the group in one transaction,
-                                     commits (group commit), and again
+                                     writer thread (journal_writer.py): after its
+                                     first item, lets a group gather for
+                                     GROUP_SECONDS (10 ms), joins each answer
+                                     with its request, writes the group in one
+                                     transaction, commits (group commit), and again
 
 Nobody waits for the disk: an answered task is put in the queue and the
 caller goes on. A crash loses at most the group gathering or being
@@ -38,7 +38,7 @@ pickles and ``ok`` says whether the answer is a result or an exception).
 
 Matching on resume: the key of a request is a hash of its tag and its
 pickled parameters, where a :class:`GlobalStateValue` counts as the hash of
-the value it stands for. The n-th request of a key matches the n-th
+the value it stands for (``journal_keys.py``). The n-th request of a key matches the n-th
 journaled row of that key; a journaled answer is delivered without running
 the task again.
 
@@ -51,21 +51,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import os
-import queue
 import socket
 import sqlite3
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Deque, Dict, Hashable, Iterator, List, Optional, Tuple, Union
+from typing import Deque, Dict, Hashable, List, Optional, Tuple, Union
 
 from ..core.resources import Need
 from ..core.steering import Retry
-from ..wire.payload import Payload, dumps_by_state_digest, dumps_value, loads_value, payload_bytes
+from ..wire.payload import Payload, loads_value
 from .journal_attempts import Failures, JournaledAttempts, Retried
 from .journal_file import (
     FORMAT,
@@ -79,56 +77,15 @@ from .journal_file import (
     lock,
     read_meta,
     sql_error,
+    transaction,
     unlock,
 )
+from .journal_writer import JournalWriter
 
 log = logging.getLogger(__name__)
 
-#: A group gathers for this long after its first item, then is committed: few, large
-#: commits, and a request answered within the window is written once, answer and all.
-GROUP_SECONDS = 0.01
-#: Most items written in one transaction.
-_GROUP_LIMIT = 20_000
-#: A group's tasks are cut into blobs of about this many bytes of parameters and answers,
-#: and of at most this many tasks: pickling holds the GIL, so each pickle must be short
-#: (20,000 tasks in one took ~6 ms, during which no slave's call was served).
-_BLOB_BYTES = 16 * 1024 * 1024
-_BLOB_TASKS = 200
 #: Groups kept unpickled while a resumed run reads its answers (requests come in order).
 _GROUP_CACHE = 4
-
-def _blobs(rows: List[tuple]) -> Iterator[Tuple[bytes, int]]:
-    """Pickle a group's tasks in pieces (``_BLOB_BYTES``, ``_BLOB_TASKS``): (blob, number of tasks)."""
-    start = size = 0
-    for index, row in enumerate(rows):
-        size += len(row[4]) + len(row[6])
-        if size >= _BLOB_BYTES or index + 1 - start >= _BLOB_TASKS:
-            yield dumps_value(rows[start:index + 1]), index + 1 - start
-            start, size = index + 1, 0
-    if start < len(rows):
-        yield dumps_value(rows[start:]), len(rows) - start
-
-
-# ------------------------------------------------------------------ request keys
-
-def request_key(tag: str, payload: Payload, parameters: Optional[tuple] = None,
-                digest_of: Optional[Callable[[str], bytes]] = None) -> bytes:
-    """The matching key of a request: a hash of its tag and its parameters.
-
-    ``payload`` is the pickled parameters (bytes or a payload.Pickled). When they hold GlobalStateValue
-    placeholders, pass ``parameters`` and ``digest_of`` (state label ->
-    hash of the stored value): they are pickled again with each placeholder
-    replaced by that hash, so a placeholder matches by the value it stands
-    for, whatever its state id.
-    """
-    if parameters is not None and digest_of is not None:
-        payload = dumps_by_state_digest(parameters, digest_of)
-    return hashlib.blake2b(tag.encode() + b"\x00" + payload_bytes(payload), digest_size=16).digest()
-
-
-def value_digest(data: bytes) -> bytes:
-    """Hash of a pickled global state value, as request keys use it."""
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 # ------------------------------------------------------------------ the journal
@@ -154,21 +111,13 @@ class Journal:
             os.close(self._lock_fd)
             raise
         self._mutex = threading.RLock()      # requests from several master threads
-        # The writer's own: requests waiting for their answers, answers that overtook
-        # their request in the queue, and the requests of this run per tag.
-        self._pending: Dict[str, tuple] = {}   # task id -> (number, task_id, tag, key, parameters)
-        self._early: Dict[str, tuple] = {}     # task id -> (ok, answer, traceback)
-        self._requested: Dict[str, int] = collections.Counter()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._failed: Optional[str] = None
         self._closed = False
-        self._closing = threading.Event()
         self.replayed = 0                    # requests answered from the journal
         self.label = label
         self._new_requests = 0               # requests of this run not answered from the journal
         self._resume_said = threading.Lock()   # taken for good once the resume is announced
-        self._writer = threading.Thread(target=self._write_loop, name="scientific_ms-journal", daemon=True)
-        self._writer.start()
+        self._writer = JournalWriter(self._db, self.path, self.run, self._attempts)
+        self._queue = self._writer.queue     # requests, answers, attempts: in the order they happen
 
     def _open(self, label: str, secret: Optional[bytes], existed: bool) -> None:
         path = self.path
@@ -185,7 +134,7 @@ class Journal:
                 raise JournalError(f"the journal {path} belongs to the job labelled {meta.get('label')!r}, "
                                    f"not {label!r}: use the label {meta.get('label')!r} to resume that "
                                    f"job, or give this job another journal file")
-            with self._transaction():
+            with transaction(self._db):
                 if meta is None:
                     for statement in filter(str.strip, SCHEMA.split(";")):
                         self._db.execute(statement)   # not executescript: it would commit
@@ -202,17 +151,6 @@ class Journal:
             self._load_index()
         except sqlite3.Error as error:
             raise sql_error(path, error, "opening") from None
-
-    @contextlib.contextmanager
-    def _transaction(self):
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if self._db.in_transaction:   # SQLite has rolled back by itself after some errors (disk full)
-                self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _load_index(self) -> None:
         # key -> (group, position) in request order; the n-th request of a key takes the n-th
@@ -314,75 +252,6 @@ class Journal:
                          f"  journal: {self.path}\n")
         sys.stderr.flush()
 
-    # -------------------------------------------------------------- writer thread
-    #
-    # The queue holds, in the order they happened: a request (a 5-tuple), a list
-    # of answers, a tag (a request answered from the journal), None (the end),
-    # and for retried tasks journal_attempts' Retried and Failures.
-    # An answer may come before its request (the master thread queues a request
-    # just after the manager has it): it waits in _early.
-
-    def _write_loop(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            self._closing.wait(GROUP_SECONDS)   # let the group gather; close() cuts it short
-            with contextlib.suppress(queue.Empty):
-                while len(items) < _GROUP_LIMIT:
-                    items.append(self._queue.get_nowait())
-            if self._failed is None:
-                self._write(*self._join(items))
-            if None in items:
-                return
-
-    def _join(self, items: list) -> Tuple[List[tuple], bool]:
-        """The answered tasks among ``items``: (number, task_id, tag, key, parameters, ok, answer, traceback)."""
-        pending, early, requested = self._pending, self._early, self._requested
-        rows = []
-        counted = False
-        for item in items:
-            if type(item) is tuple:
-                answer = early.pop(item[1], None)
-                if answer is None:
-                    pending[item[1]] = item
-                else:
-                    rows.append(item + answer)
-                requested[item[2]] += 1
-                counted = True
-            elif type(item) is list:
-                tracked = self._attempts.tracked
-                for task_id, ok, payload, traceback in item:
-                    if tracked:
-                        self._attempts.answered(task_id)
-                    request = pending.pop(task_id, None)
-                    if request is None:
-                        early[task_id] = (ok, payload, traceback)
-                    else:
-                        rows.append(request + (ok, payload, traceback))
-            elif type(item) is str:
-                requested[item] += 1
-                counted = True
-            elif item is not None:
-                self._attempts.take(item)
-        return rows, counted
-
-    def _write(self, rows: List[tuple], counted: bool) -> None:
-        counts = [(self.run, tag, n) for tag, n in self._requested.items()] if counted else []
-        try:
-            with self._transaction():
-                for blob, count in _blobs(rows):
-                    self._db.execute("INSERT INTO groups (run, count, rows) VALUES (?, ?, ?)",
-                                     (self.run, count, blob))
-                if counts:
-                    self._db.executemany("INSERT OR REPLACE INTO requested VALUES (?, ?, ?)", counts)
-                attempts = self._attempts.rows()
-                if attempts:
-                    self._db.executemany("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)", attempts)
-        except sqlite3.Error as error:
-            self._failed = str(sql_error(self.path, error, "writing"))
-            log.error("%s; from now on this job is not journaled (its results still reach the "
-                      "master, but a restarted master would run the unjournaled tasks again)",
-                      self._failed)
-
     # -------------------------------------------------------------- end
 
     def close(self, remove: bool = False) -> None:
@@ -391,15 +260,13 @@ class Journal:
             return
         self._closed = True
         self._say_resumed()
-        self._closing.set()
-        self._queue.put(None)
-        self._writer.join()
+        self._writer.close()
         left = self.unrequested()
         if left:
             log.warning("journal %s: %d journaled tasks were not requested by this run (the script "
                         "changed?); they stay in the journal", self.path, left)
         try:
-            with self._transaction():
+            with transaction(self._db):
                 self._db.execute("UPDATE runs SET ended = ? WHERE run = ?", (time.time(), self.run))
             self._reader.close()
             self._db.close()

@@ -1,6 +1,6 @@
 """A journal file: its format, the checks before opening it, its lock, its connections.
 
-Shared by the writer (``journal.py``) and the readers (``journal_report.py``).
+Shared by the writer (``journal.py``, ``journal_writer.py``) and the readers (``journal_report.py``).
 A journal belongs to one master at a time: ``fcntl.flock`` on the side
 file ``<journal>-lock`` (the lock dies with the process; SQLite's own
 exclusive mode would also lock out ``read_journal`` and ``task_manager
@@ -9,6 +9,7 @@ show``, and would say only "database is locked").
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -155,6 +156,19 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout = 5000")
     return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (``BEGIN IMMEDIATE``), committed at the end, rolled back on an error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:   # SQLite has rolled back by itself after some errors (disk full)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def read_meta(db: sqlite3.Connection, path: Path) -> Optional[Dict[str, str]]:

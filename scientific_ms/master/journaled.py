@@ -24,7 +24,8 @@ from ..core.manager import TaskManager
 from ..core.resources import Need
 from ..core.steering import Retry
 from ..wire.payload import Payload, dumps_value
-from .journal import Journal, request_key, value_digest
+from .journal import Journal
+from .journal_keys import request_key, value_digest
 
 log = logging.getLogger(__name__)
 

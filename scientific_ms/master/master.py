@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -17,23 +15,19 @@ from ..core.results import Outcome
 from ..core.steering import Retry, check_steering
 from ..core.tasks import check_request
 from ..dashboard import start_in_master as start_dashboard
-from ..errors import ConfigurationError, TaskManagerTermination, TaskRaisedException
+from ..errors import ConfigurationError, TaskManagerTermination
 from ..logs import apply_debug_flag
 from ..machine import output_streams, process_info, tune_allocator
 from ..progress import master_progress
-from ..provision.attach import provision
-from ..provision.provider import SlaveJobs
-from ..provision.provisioner import Provisioner
 from ..wire import auth, discovery, tls
-from ..wire.payload import Payload, loads_answer, unreadable_answer
-from ..wire.protocol import slave_environment
-from ..wire.server import MasterServer
+from ..wire.payload import Payload, answer_value
 from . import launch
-from .forkserver import SlaveStarter, shared_for
+from .ending import terminate_on_sigterm
+from .endpoint import MasterEndpoint
 from .global_state import GlobalStates
 from .journaled import JournaledTasks, PlainTasks
 from .output import forward_slave_output
-from .supervisor import SlaveSupervisor
+from .started_slaves import StartedSlaves
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +98,13 @@ class MasterProcess:
         self.label = discovery.check_label(label)
         # Bad options fail before anything starts.
         slave_output = settings.slave_output(slave_output)
-        given = settings.preload(preload)
-        wanted = given is not None or shared_for(()) is not None   # preload=, or warm_start() was called
-        self._starter = SlaveStarter(settings.start_method(start_method, "forkserver" if wanted else "spawn"), given)
+        self._slaves = StartedSlaves(self, start_method, preload)   # what launchSlaveJobs starts
         self._progress = master_progress(label, progress)  # None unless wanted and stderr is a terminal
         apply_debug_flag()
         tune_allocator()
         self.task_manager = TaskManager(missed_heartbeats=missed_heartbeats,
                                         max_slave_losses=max_slave_losses,
                                         memory_budget=settings.memory_budget(memory_budget))
-        self._large_tags: set = set()
         self.process_id = self.task_manager.register_process("master", process_info())
         # Before any slave can register: each asks once whether to send its output.
         self._output_printer = forward_slave_output(self.task_manager, slave_output, output_streams())
@@ -132,26 +123,15 @@ class MasterProcess:
         self.tls_cert, tls_key = tls.server_files(tls_cert, tls_key)
         tls_context = tls.server_context(self.tls_cert, tls_key)
         try:
-            self._server = MasterServer(self.task_manager, label, self.secret, self.host, settings.port(port),
-                                        tls_context=tls_context)
+            self._endpoint = MasterEndpoint(self.task_manager, label, self.secret, self.host, port, tls_context,
+                                            use_name_server)
         except BaseException:
-            self._requests.close(failed=True)
-            raise
-        try:
-            self._publication = launch.publish(label, self._server.port, self.secret, self.host,
-                                                  settings.use_name_server(use_name_server),
-                                                  tls=tls_context is not None)
-        except BaseException:
-            self.task_manager.terminate()   # ends the server's threads that wait for the end of the job
-            self._server.close()
             self._requests.close(failed=True)
             raise
         self._states = GlobalStates(self.task_manager)
         self.global_states: Dict[int, List[str]] = self._states.names   # state id -> names
         self.slave_restarts = settings.slave_restarts(slave_restarts)
         self.task_time_limit = task_time_limit
-        self._supervisor: Optional[SlaveSupervisor] = None
-        self._provisioners: List[Provisioner] = []   # slave jobs held for this master (provision/)
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         log.info("master of %r listening on %s:%d", label, self.host, self.port)
@@ -166,7 +146,7 @@ class MasterProcess:
     @property
     def port(self) -> int:
         """The TCP port the task manager listens on."""
-        return self._server.port
+        return self._endpoint.port
 
     # ------------------------------------------------------------------ tasks
 
@@ -210,8 +190,7 @@ class MasterProcess:
             check_steering(priority, retries, retry_on)   # (the defaults, at once)
         need = None if resources is None else parse_need(resources)
         limit = self.task_time_limit if time_limit is None else time_limit
-        payload, uses_state = self._states.dumps_parameters(tag, parameters)
-        self._warn_if_large(tag, payload)
+        payload, uses_state = self._states.dumps_parameters(tag, parameters, self.LARGE_PARAMETERS)
         # the parameters themselves only when a journal must match placeholders by their values
         task_id = self._requests.add_task(tag, payload, limit, parameters if uses_state else None, priority, retry,
                                           need, None if affinity is None else check_affinity(affinity))
@@ -286,26 +265,12 @@ class MasterProcess:
 
     def read_answer(self, outcome: Outcome) -> Any:
         """The result of a task the task manager delivered; raises TaskRaisedException if it failed."""
-        try:
-            value = loads_answer(outcome.payload, outcome.task_id)
-        except Exception as error:
-            exception, remote_traceback = unreadable_answer(outcome.ok, outcome.traceback, error)
-            raise TaskRaisedException(outcome.task_id, outcome.tag, exception, remote_traceback) from error
-        if not outcome.ok:
-            raise TaskRaisedException(outcome.task_id, outcome.tag, value, outcome.traceback)
-        return value
+        return answer_value(outcome.payload, outcome.ok, outcome.traceback, outcome.task_id, outcome.tag)
 
     def count_delivered(self) -> None:
         """Show results retrieved (by retrieveResult or an Executor) on the progress bar."""
         if self._progress is not None:
             self._progress.update_counters(self.task_manager.counters)
-
-    def _warn_if_large(self, tag: str, payload: Payload) -> None:
-        if len(payload) > self.LARGE_PARAMETERS and tag not in self._large_tags:
-            self._large_tags.add(tag)
-            log.warning("requestTask(%r, ...): the parameters take %.0f MB; each task's copy is held "
-                        "by the master until a slave takes it. Values shared by many tasks belong in "
-                        "setGlobalState (stored once, fetched once per slave)", tag, len(payload) / 1e6)
 
     # ------------------------------------------------------------------ shared state
 
@@ -338,44 +303,22 @@ class MasterProcess:
         all cancelled at shutdown (``provision/``); ProvisionError, with the
         batch system's message, if it refuses them.
         """
-        if isinstance(n, SlaveJobs):
-            cwd = launch.stored_cwd(self.task_manager)
-            if cwd is None:
-                raise ConfigurationError("launchSlaveJobs() needs the slaves' code: use runJob(), or "
-                                         "initializeMasterProcess(label, slave_script=... or slave_module=...)")
-            self._provisioners.append(provision(self, n, cwd, tls_ca=self.tls_cert))
-            return
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigurationError(f"launchSlaveJobs(n): n must be a whole number >= 0, got {n!r}")
-        cwd = launch.stored_cwd(self.task_manager)
-        if cwd is None:
-            raise ConfigurationError(
-                "launchSlaveJobs() needs the slaves' code: use runJob(), or "
-                "initializeMasterProcess(label, slave_script=... or slave_module=...)")
-        if self._supervisor is None:
-            host = "127.0.0.1" if self.host in ("0.0.0.0", "", "localhost") else self.host
-            # the master's certificate is the right CA for a self-signed one
-            env = slave_environment(host, self.port, self.secret, tls_ca=self.tls_cert)
-            self._supervisor = SlaveSupervisor(launch.slave_command(self.label), env, cwd,
-                                               self.slave_restarts,
-                                               job_over=lambda: self.task_manager.terminated,
-                                               starter=self._starter)
-        self._supervisor.launch(n)
+        self._slaves.launch(n)
 
     @property
     def slave_jobs(self) -> List[Dict]:
         """The jobs held for ``launchSlaveJobs(SlurmSlaves(...))``: id, provider, state, ages."""
-        return [job for provisioner in self._provisioners for job in provisioner.jobs()]
+        return self._slaves.jobs()
 
     @property
     def spawned_slaves(self) -> List[int]:
         """PIDs of the slave processes started by :meth:`launchSlaveJobs` that run now."""
-        return self._supervisor.pids if self._supervisor is not None else []
+        return self._slaves.pids
 
     @property
     def slave_replacements(self) -> int:
         """How many spawned slaves that died were replaced so far."""
-        return self._supervisor.restarts if self._supervisor is not None else 0
+        return self._slaves.restarts
 
     def wait_for_slaves(self, count: int = 1, timeout: Optional[float] = None) -> None:
         """Block until at least ``count`` slaves are connected.
@@ -419,33 +362,13 @@ class MasterProcess:
         if not self.task_manager.wait_until_no_slaves(SHUTDOWN_GRACE_SECONDS):
             log.warning("some slaves did not leave within %.0f s; closing their connections",
                         SHUTDOWN_GRACE_SECONDS)
-        if self._supervisor is not None:
-            self._supervisor.stop(max(0.1, deadline - time.monotonic()))
-        self._starter.close()   # the fork server, once its slaves are gone
-        for provisioner in self._provisioners:
-            provisioner.stop()   # cancels the slave jobs still pending or running
+        self._slaves.stop(max(0.1, deadline - time.monotonic()))   # and the fork server, the slave jobs
         if self._dashboard is not None:
             self._dashboard.close()
-        self._server.close()
+        self._endpoint.close()
         if self._output_printer is not None:
             self._output_printer.close()   # after the server: the slaves' last lines are in
         self._requests.close(failed=self._run_failed, keep=self.keep_journal)
-        self._publication.withdraw()
+        self._endpoint.withdraw()
         log.info("master of %r shut down", self.label)
 
-
-@contextlib.contextmanager
-def terminate_on_sigterm():
-    """Turn SIGTERM into SystemExit so that a terminated master still cleans up."""
-    installed = False
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        def handler(signum, frame):
-            raise SystemExit(128 + signum)
-        signal.signal(signal.SIGTERM, handler)
-        installed = True
-    try:
-        yield
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)

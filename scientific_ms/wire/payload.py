@@ -41,11 +41,10 @@ from __future__ import annotations
 import functools
 import io
 import pickle
-import sys
 import traceback as traceback_module
 from typing import Any, Callable, List, Optional, Tuple, Union, final
 
-from ..errors import ConfigurationError, RemoteError, SerializationError
+from ..errors import ConfigurationError, RemoteError, SerializationError, TaskRaisedException
 from .limits import check_parameters
 
 PROTOCOL = 5
@@ -293,27 +292,6 @@ def loads_journaled_parameters(payload: Payload) -> Tuple:
     return loads_parameters(payload, state_placeholder)
 
 
-class _DigestPickler(pickle.Pickler):
-    """Pickles parameters with each GlobalStateValue replaced by the hash of its value."""
-
-    def __init__(self, file, digest_of: Callable[[str], bytes]):
-        super().__init__(file, PROTOCOL)
-        self._digest_of = digest_of
-
-    def persistent_id(self, obj: Any):
-        if type(obj) is GlobalStateValue:
-            return self._digest_of(obj.label)
-        return None
-
-
-def dumps_by_state_digest(parameters: Tuple, digest_of: Callable[[str], bytes]) -> bytes:
-    """Parameters pickled with each GlobalStateValue as ``digest_of(its label)``: the journal's
-    request keys, so that a placeholder matches by the value it stands for, whatever its state id."""
-    buffer = io.BytesIO()
-    _DigestPickler(buffer, digest_of).dump(parameters)
-    return buffer.getvalue()
-
-
 #: Results of these types hold no buffer: pickled without the out-of-band pickler's Python hooks.
 _PLAIN = frozenset({int, float, complex, bool, str, type(None)})
 
@@ -330,13 +308,6 @@ def dumps_result(value: Any) -> Payload:
     pickler = _OutOfBandPickler(buffer)
     pickler.dump(value)
     return _finish(buffer.getvalue(), pickler)
-
-
-def payload_bytes(payload: Payload) -> bytes:
-    """The payload as one bytes object (a copy when it has buffers): what the journal hashes."""
-    if type(payload) is Pickled:
-        return pickle.dumps(payload, protocol=PROTOCOL)
-    return payload
 
 
 def dumps_value(value: Any) -> bytes:
@@ -394,30 +365,14 @@ def unreadable_answer(ok: bool, traceback: str, error: Exception) -> Tuple[BaseE
     return error, "(no remote traceback: the slave computed the result, the master cannot unpickle it)\n"
 
 
-# ---------------------------------------------------------------- by value (the Executor's functions)
-
-def plain_pickle(value: Any) -> Optional[bytes]:
-    """``value`` pickled by the standard pickler, if the slaves can unpickle that; else None.
-
-    Not when it refers to ``__main__`` (a slave's is not the master's), nor
-    when the user asked cloudpickle to send some modules by value.
-    """
-    by_value = sys.modules.get("cloudpickle.cloudpickle")
-    if by_value is not None and getattr(by_value, "_PICKLE_BY_VALUE_MODULES", True):
-        return None
+def answer_value(payload: Payload, ok: bool, traceback: str, task_id: str, tag: str) -> Any:
+    """The result an answer carries, read in the master; for a failed task (``ok`` False) or
+    an answer the master cannot unpickle, raises TaskRaisedException (see :func:`unreadable_answer`)."""
     try:
-        data = pickle.dumps(value, protocol=PROTOCOL)
-    except Exception:
-        return None
-    return None if b"__main__" in data else data
-
-
-def dumps_by_value(value: Any) -> bytes:
-    """Pickle ``value`` for a slave that lacks its code: by reference where the standard
-    pickler can, else by value with cloudpickle (imported only then: it takes a while).
-    Raises what cloudpickle raises for a value that cannot be pickled at all."""
-    data = plain_pickle(value)
-    if data is not None:
-        return data
-    import cloudpickle
-    return cloudpickle.dumps(value, protocol=PROTOCOL)
+        value = loads_answer(payload, task_id)
+    except Exception as error:
+        exception, remote_traceback = unreadable_answer(ok, traceback, error)
+        raise TaskRaisedException(task_id, tag, exception, remote_traceback) from error
+    if not ok:
+        raise TaskRaisedException(task_id, tag, value, traceback)
+    return value
