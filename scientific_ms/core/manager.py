@@ -5,10 +5,10 @@ makes the shared parts and holds the parts that act on them; each
 decision is taken by the module that owns it:
 
 - ``signals.py``: the lock, the conditions threads wait on, the end;
-- ``traffic.py`` (:class:`TaskTraffic`): requests, assignment, answers and
-  their delivery, over the table of tasks (``tasks.py``), the results
-  (``results.py``), the memory budget (``budget.py``) and the slave
-  threads waiting for work;
+- ``traffic.py`` (:class:`TaskTraffic`): requests, assignment (its part
+  ``assignment.py``), answers and their delivery, over the table of tasks
+  (``tasks.py``), the results (``results.py``), the memory budget
+  (``budget.py``) and the slave threads waiting for work;
 - ``processes.py`` (:class:`Processes`): registration, heartbeats,
   liveness, time limits, losses. It settles no task: it reports what a
   departure or an overrun costs, and this class hands that to the traffic;
@@ -36,6 +36,7 @@ from typing import Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigurationError
 from ..wire.payload import Payload
+from .assignment import Want
 from .output import SlaveOutput
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
@@ -47,7 +48,7 @@ from .signals import Signals
 from .status import snapshot
 from .steering import Retry
 from .tasks import Task, check_request
-from .traffic import Settled, TaskTraffic, Want
+from .traffic import Settled, TaskTraffic
 
 __all__ = ["TaskManager", "Outcome", "TIME_LIMIT_GRACE"]
 

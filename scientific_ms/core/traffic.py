@@ -3,8 +3,9 @@
 :class:`TaskTraffic` is a part that :class:`~scientific_ms.core.manager.TaskManager`
 holds and calls with its lock held (``signals.py``). It owns the table of
 tasks, the answers not yet delivered, the memory budget and the slave
-threads waiting for work, and it applies what the scheduler decides
-(``scheduling.py``): state moves, assignment numbers, wake-ups. The process
+threads waiting for work; its part ``assignment.py`` hands tasks to the
+slaves that ask, and it applies what the scheduler decides
+(``scheduling.py``): state moves, requeues, wake-ups. The process
 side (``processes.py``) settles no task itself: what a departure or an
 overrun costs reaches this class through :meth:`TaskTraffic.take_back` and
 :meth:`TaskTraffic.fail_all`.
@@ -12,15 +13,14 @@ overrun costs reaches this class through :meth:`TaskTraffic.take_back` and
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
-from typing import Callable, Counter, Dict, Hashable, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Counter, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from ..errors import NoTasksPendingError
 from ..wire.payload import Payload, dumps_value, loads_answer
 from ..wire.protocol import Answer
 from .affinity import Affinity
+from .assignment import Assignment, Want
 from .budget import MemoryBudget
 from .failures import RecentFailures
 from .processes import Departure
@@ -31,18 +31,10 @@ from .scheduling import Scheduler
 from .signals import Signals
 from .steering import Retry, attempts_note, retries_again, retry_elsewhere
 from .tasks import Task, TaskState, TaskTable
-from .waiting import Waiter, WaitingSlaves
+from .waiting import WaitingSlaves
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
 Settled = Tuple[str, bool, Payload, str]
-
-
-class Want(NamedTuple):
-    """How many tasks a process asks for, and how much work it wants queued
-    (None: the fixed target; ``flow.queue_limit``)."""
-    process_id: int
-    max_tasks: int
-    queue_seconds: Optional[float] = None
 
 
 class TaskTraffic:
@@ -61,8 +53,9 @@ class TaskTraffic:
         self._results = ResultStore(self._tasks, counters)
         self._waiters = WaitingSlaves()
         self._budget = MemoryBudget(memory_budget)
-        self._assignment_numbers = itertools.count(1)
         self._failures = RecentFailures()   # the last failures, for the dashboard
+        self._assignment = Assignment(signals, registry, scheduler, self._tasks, self._budget,
+                                      self._waiters, counters, clock)
         scheduler.pools.on_free = self._waiters.wake_all   # resources given back: a waiting task may fit
 
     # ---------------------------------------------------------------- the master's side
@@ -135,7 +128,7 @@ class TaskTraffic:
             if outcomes:
                 self._signals.make_room()
                 if held_back and not self._budget.results_full():
-                    self._pass_wake_up_on(None)   # slaves held back may take tasks again
+                    self._assignment.pass_wake_up_on(None)   # slaves held back may take tasks again
                 return outcomes
             self._signals.check_running()
             if not self._tasks.outstanding(tag):
@@ -152,76 +145,9 @@ class TaskTraffic:
     # ---------------------------------------------------------------- the slaves' side
 
     def take(self, wants: List[Want], timeout: float) -> Tuple[Dict[int, List[Task]], List[int]]:
-        """Assign tasks to processes (what each wants), waiting up to
-        ``timeout`` seconds until one gets some; ({process_id: tasks}, unknown ids)."""
-        deadline = None
-        woken = False
-        alone = wants[0].process_id if len(wants) == 1 else None   # whose thread passes a wake-up on
-        try:
-            while True:
-                self._signals.check_running()
-                assigned: Dict[int, List[Task]] = {}
-                unknown: List[int] = []
-                live: List[ProcessRecord] = []
-                now = self._clock()
-                self._scheduler.affinity.soonest = math.inf   # a task with a key passed over shortens the wait
-                may_steal = True   # once per call: a steal scans the slaves that hold work
-                for process_id, count, queue_seconds in wants:
-                    proc = self._registry.get(process_id)
-                    if proc is None:
-                        unknown.append(process_id)
-                        continue
-                    proc.last_seen = now
-                    if proc.tags is None:
-                        continue   # not a slave (the master): it runs no task, so it waits for none
-                    live.append(proc)
-                    if not (self._scheduler.waiting_count or may_steal):
-                        continue   # nothing left to give: the rest only wait
-                    tasks = self._assign(proc, count, may_steal, queue_seconds)
-                    if tasks:
-                        assigned[process_id] = tasks
-                    else:
-                        may_steal = False
-                if assigned:
-                    woken = False
-                if assigned or timeout <= 0 or not live:
-                    return assigned, unknown
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout
-                if now >= deadline:
-                    return assigned, unknown
-                wait = deadline - now
-                soonest = self._scheduler.affinity.soonest
-                if soonest < math.inf:   # ask again once the patience of a task passed over ends
-                    wait = min(wait, max(0.001, soonest - self._clock()))
-                woken = self._wait_for_work(live, wait)
-        finally:
-            if woken:
-                # Woken for a task but leaving without one (its process left,
-                # it runs a suspect, time ran out): pass the wake-up on.
-                self._pass_wake_up_on(alone)
-
-    def _wait_for_work(self, live: List[ProcessRecord], timeout: float) -> bool:
-        """Wait until a task that one of ``live`` can run arrives (one waiter for
-        them all); returns whether it was woken for one."""
-        if len(live) == 1 and live[0].tags is not None:
-            tags = live[0].tags
-        else:   # take() lets only slaves (tags not None) wait
-            tags = frozenset().union(*(p.tags for p in live if p.tags is not None))
-        waiter = Waiter(tuple(proc.process_id for proc in live), tags, self._signals.lock)
-        self._waiters.add(waiter)
-        for proc in live:
-            proc.waiting += 1
-        try:
-            waiter.condition.wait(timeout)
-        finally:
-            now = self._clock()
-            self._waiters.discard(waiter)
-            for proc in live:
-                proc.waiting -= 1
-                proc.last_seen = now
-        return waiter.woken
+        """Assign tasks to processes (what each wants), waiting up to ``timeout`` seconds
+        until one gets some; ({process_id: tasks}, unknown ids). See ``assignment.py``."""
+        return self._assignment.take(wants, timeout)
 
     def store(self, batches: Iterable[Tuple[Optional[int], Iterable]],
               settled: Optional[List[Settled]], retried: Optional[List[Tuple[str, int]]] = None) -> int:
@@ -369,40 +295,6 @@ class TaskTraffic:
         if self._limits.get(tag) is not None and self._scheduler.has_waiting(tag):
             self._waiters.wake_one(tag)
 
-    def _pass_wake_up_on(self, process_id: Optional[int]) -> None:
-        """Wake another thread for every tag still waiting (not one of ``process_id``'s)."""
-        for tag in list(self._scheduler.waiting_tags()):
-            self._waiters.wake_one(tag, skip=process_id)
-
-    def _assign(self, proc: ProcessRecord, max_tasks: int, may_steal: bool = True,
-                queue_seconds: Optional[float] = None) -> List[Task]:
-        if self._budget.hold_back_slaves():
-            return []
-        now = self._clock()
-        tasks = self._scheduler.select(proc, max_tasks, self._registry.slave_count,
-                                       lambda tag: self._waiters.idle_for(tag, proc.process_id),
-                                       queue_seconds, self._tasks.running(), self._registry,
-                                       now, self._registry.get)
-        for task in tasks:
-            self._tasks.move(task, TaskState.RUNNING)
-            self._budget.add_waiting(-len(task.payload or b""))
-        if tasks:
-            self._signals.make_room()
-            self._signals.tasks_started()
-        if not tasks and may_steal:
-            stolen = self._scheduler.steal(proc, self._registry.holders(), now)
-            if stolen is not None:
-                victim, task = stolen
-                if victim.news is not None:
-                    victim.news.notify_all()   # its watch tells it to drop the task
-                self._counters["stolen"] += 1
-                tasks = [task]
-        for task in tasks:
-            task.assignment = next(self._assignment_numbers)
-            task.process_id = proc.process_id
-            task.started = now
-            self._registry.hand_over(proc, task)
-        return tasks
 
     def _settle(self, task: Task, ok: bool, payload: Payload, traceback: str) -> None:
         """Store a task's answer (any state before FINISHED/FAILED)."""
