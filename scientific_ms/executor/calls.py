@@ -1,4 +1,5 @@
-"""Function calls on the farm: how an Executor's tasks are pickled, and the slave that runs them.
+"""Function calls on the farm: how an Executor's tasks are pickled (the slave that runs them
+is ``function_slave.py``, imported only in slaves).
 
 A call travels as a task whose tag names its function (so that
 ``task_manager show`` lists the functions waiting and running) and whose
@@ -27,13 +28,9 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..core.tasks import ANY_TAG
-from ..errors import ConfigurationError, SerializationError
-from ..slave.slave import SlaveProcess, ending_with_a_message
-from ..wire import discovery
-from ..wire.payload import loads_value
+from ..errors import SerializationError
 from ..wire.pickle_by_value import dumps_by_value
 from . import by_value
 
@@ -104,41 +101,9 @@ def chunks(iterables: Sequence[Iterable], size: int) -> Iterator[Tuple[int, List
     return ((kind, chunk) for chunk in iter(lambda: list(itertools.islice(items, size)), []))
 
 
-# ---------------------------------------------------------------- the slave side
-
-class FunctionSlave(SlaveProcess):
-    """A slave that runs whatever functions an Executor sends; it needs no code of the user's."""
-
-    def start(self, namespace: Optional[Dict[str, object]] = None) -> None:
-        """Serve until the master finishes (``namespace`` is ignored: every tag is served)."""
-        super().start({f"do_{ANY_TAG}": self._call})
-
-    def _call(self, function_label: str, kind: int, arguments: Sequence, keywords: Optional[dict] = None) -> Any:
-        function = self._fetch_state(function_label)   # cached: fetched once per slave
-        if not callable(function):
-            raise TypeError(f"the Executor's function {function_label!r} is a {type(function).__name__}, "
-                            f"not a callable: it was stored under a label of its own by other code")
-        if kind == CALL:
-            return function(*arguments, **(keywords or {}))
-        if kind == MAP:
-            return list(map(function, arguments))
-        return list(itertools.starmap(function, arguments))
-
-    def _load_parameters(self, payload) -> tuple:
-        # An Executor pickles its calls with the standard pickler or cloudpickle (dumps_call):
-        # no persistent ids, no out-of-band buffers, so the C unpickler needs no Python hooks.
-        if type(payload) is bytes:
-            return loads_value(payload)
-        return super()._load_parameters(payload)
-
-    def _dump_result(self, result: object) -> bytes:
-        # by value if need be: e.g. an instance of a class that came by value with its function
-        return dumps_by_value(result)
-
-
 def runner_source(first: Sequence[str], last: Sequence[str], watchdog_period: Optional[float]) -> str:
     """The slave code an Executor stores: ``task_manager slave LABEL`` and spawned slaves run it."""
-    return ("from scientific_ms.executor.calls import serve_functions\n"
+    return ("from scientific_ms.executor.function_slave import serve_functions\n"
             f"serve_functions({list(first)!r}, {list(last)!r}, {watchdog_period!r})\n")
 
 
@@ -165,21 +130,3 @@ def add_import_paths(first: Iterable[str], last: Iterable[str]) -> None:
         if os.path.isdir(path) and path not in sys.path:
             sys.path.insert(0, path)
     sys.path.extend(path for path in last if os.path.isdir(path) and path not in sys.path)
-
-
-def serve_functions(first: Sequence[str] = (), last: Sequence[str] = (),
-                    watchdog_period: Optional[float] = 120.0) -> None:
-    """Run a FunctionSlave for the master of the current slave context.
-
-    ``first`` and ``last``: folders put before and after this process's
-    sys.path (see :func:`import_paths`). The context is set by
-    ``task_manager slave LABEL``, by a spawning Executor and on MPI ranks.
-    Errors end the process with a message.
-    """
-    context = discovery.current_slave_context()
-    if context is None:
-        raise ConfigurationError("serve_functions() runs under 'task_manager slave LABEL', in a slave "
-                                 "spawned by an Executor, or on an MPI rank; nothing says which master to serve")
-    add_import_paths(first, last)
-    with ending_with_a_message(context.label):
-        FunctionSlave(context.label, watchdog_period=watchdog_period).start()

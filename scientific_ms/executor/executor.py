@@ -103,7 +103,8 @@ class Executor(concurrent.futures.Executor):
                                      f"got {watchdog_period!r}")
         under_mpi = mpi.runs_under_mpi()
         if under_mpi and mpi.rank() != 0:
-            mpi.serve_as_function_rank(calls.serve_functions)   # a script run directly by mpiexec
+            from .function_slave import serve_functions
+            mpi.serve_as_function_rank(serve_functions)   # a script run directly by mpiexec
         if under_mpi and _mpi_ranks_taken and not slaves:
             raise ConfigurationError(
                 "under mpiexec the other ranks serve the script's first Executor only; keep one "

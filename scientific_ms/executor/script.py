@@ -36,7 +36,7 @@ def run(argv: List[str]) -> int:
                          f"show, status, watch, list, slave)\n")
         return 2
     if mpi.runs_under_mpi() and mpi.rank() != 0:
-        from .calls import serve_functions
+        from .function_slave import serve_functions
         mpi.serve_as_function_rank(serve_functions)   # does not return
     sys.argv = list(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

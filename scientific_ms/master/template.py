@@ -52,7 +52,7 @@ END_GRACE_SECONDS = 2.0
 #: The length prefix of a request.
 HEADER = struct.Struct("!I")
 #: The modules a slave imports anyway: imported once, here.
-SLAVE_MODULES = ("scientific_ms", "scientific_ms.cli.commands", "scientific_ms.executor.calls",
+SLAVE_MODULES = ("scientific_ms", "scientific_ms.cli.commands", "scientific_ms.executor.function_slave",
                  "scientific_ms.slave.slave", "cloudpickle")
 
 
