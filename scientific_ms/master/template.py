@@ -51,9 +51,10 @@ MAX_FDS = 32
 END_GRACE_SECONDS = 2.0
 #: The length prefix of a request.
 HEADER = struct.Struct("!I")
-#: The modules a slave imports anyway: imported once, here.
+#: The modules a slave imports anyway: imported once, here (``encodings.idna``: the first
+#: connection by host name or address string imports it).
 SLAVE_MODULES = ("scientific_ms", "scientific_ms.cli.commands", "scientific_ms.executor.function_slave",
-                 "scientific_ms.slave.slave", "cloudpickle")
+                 "scientific_ms.slave.slave", "cloudpickle", "encodings.idna")
 
 
 def preload(modules: List[str]) -> None:

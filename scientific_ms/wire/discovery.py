@@ -25,7 +25,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from .. import settings
 from ..errors import ConfigurationError
@@ -240,42 +240,52 @@ def _name_server_candidate(label: str) -> Optional[Candidate]:
 # ---------------------------------------------------------------- resolution
 
 def candidates(label: str, master_host: Optional[str] = None,
-               key_file: Optional[str] = None) -> tuple:
-    """Where to look for the master of ``label``: (candidates, notes on misses)."""
+               key_file: Optional[str] = None) -> Tuple[Iterator[Candidate], List[str]]:
+    """Where to look for the master of ``label``, in order: (the candidates, notes on misses).
+
+    The candidates come one by one, each looked up only when the ones before
+    it did not answer: a slave that knows its master (its slave context, or
+    SCIENTIFIC_MS_MASTER) never asks the name server. The notes fill in as
+    the candidates are drawn: read them once every candidate was tried.
+    """
     check_label(label)
-    found: List[Candidate] = []
     notes: List[str] = []
     user_secret = settings.secret_from_environment(key_file)
     record = read_label_file(label)
     file_secret = record["secret"].encode() if record and record.get("secret") else None
 
-    if master_host:
-        host, port = settings.parse_host_port(master_host)
-        found.append(Candidate([host], port, None, f"master_host {master_host}"))
-    else:
+    def looked_up() -> Iterator[Candidate]:
+        if master_host:
+            host, port = settings.parse_host_port(master_host)
+            yield Candidate([host], port, None, f"master_host {master_host}")
+            return
         context = current_slave_context()
         if context is not None and context.label == label and context.host is not None and context.port is not None:
-            found.append(Candidate([context.host], context.port, context.secret, "the slave context"))
+            yield Candidate([context.host], context.port, context.secret, "the slave context")
         env_master = settings.raw("MASTER")
         if env_master:
             host, port = settings.parse_host_port(env_master)
-            found.append(Candidate([host], port, None, f"{settings.PREFIX}MASTER={env_master}"))
+            yield Candidate([host], port, None, f"{settings.PREFIX}MASTER={env_master}")
         else:
             notes.append(f"{settings.PREFIX}MASTER is not set")
         ns_candidate = _name_server_candidate(label)
         if ns_candidate is not None:
-            found.append(ns_candidate)
+            yield ns_candidate
         elif not settings.use_name_server(True):
             notes.append(f"the name server is not asked ({settings.PREFIX}NAME_SERVER=0)")
         else:
             from Pyro5 import config as pyro_config
             notes.append(f"no name server entry (looked at {pyro_config.NS_HOST}:{pyro_config.NS_PORT})")
         if record is not None:
-            found.append(Candidate(hosts_of(record), record["port"], file_secret,
-                                   f"the label file {label_file(label)}", bool(record.get("tls"))))
+            yield Candidate(hosts_of(record), record["port"], file_secret,
+                            f"the label file {label_file(label)}", bool(record.get("tls")))
         else:
             notes.append(missing_label_file(label))
-    for candidate in found:
-        if candidate.secret is None:
-            candidate.secret = user_secret or file_secret
-    return found, notes
+
+    def with_secrets() -> Iterator[Candidate]:
+        for candidate in looked_up():
+            if candidate.secret is None:
+                candidate.secret = user_secret or file_secret
+            yield candidate
+
+    return with_secrets(), notes
