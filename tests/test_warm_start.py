@@ -225,3 +225,19 @@ def test_a_fork_server_that_dies_while_importing_gives_way_to_spawning(tmp_path,
             [pid] = wait_for(lambda: executor.master.spawned_slaves, 30, "the slave")
             assert ppid_of(pid) == os.getpid(), "the slave was not spawned"
     assert any("spawning this slave" in record.getMessage() for record in caplog.records)
+
+
+def test_an_executor_forks_its_slaves_from_a_template_when_that_pays(monkeypatch):
+    from scientific_ms.executor.executor import default_start_method
+    monkeypatch.delenv("SCIENTIFIC_MS_PRELOAD", raising=False)
+    monkeypatch.setattr(forkserver, "main_modules", lambda: [])
+    cores = os.cpu_count() or 1
+    assert default_start_method(0, None) == "spawn"                 # no local slave
+    assert default_start_method(1, None) == "spawn"                 # nothing to share: imports side by side
+    assert default_start_method(cores + 1, None) == "forkserver"    # more slaves than cores
+    assert default_start_method(1, ["json"]) == "forkserver"        # preload=
+    monkeypatch.setenv("SCIENTIFIC_MS_PRELOAD", "json")
+    assert default_start_method(1, None) == "forkserver"
+    monkeypatch.delenv("SCIENTIFIC_MS_PRELOAD")
+    monkeypatch.setattr(forkserver, "main_modules", lambda: ["numpy"])   # the program's __main__ uses it
+    assert default_start_method(1, None) == "forkserver"

@@ -41,6 +41,7 @@ from ..core.affinity import check_affinity
 from ..core.resources import parse_need
 from ..core.steering import check_steering
 from ..errors import ConfigurationError, TaskManagerTermination
+from ..master import forkserver
 from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
 from ..provision.provider import SlaveJobs
@@ -76,9 +77,10 @@ class Executor(concurrent.futures.Executor):
     ``max_slave_losses``, ``progress``, ``slave_restarts``,
     ``task_time_limit``, ``tls_cert``, ``tls_key``, ``journal``,
     ``keep_journal``, ``dashboard``, ``start_method``, ``preload``). The
-    ``slaves`` are forked from a warm template unless
-    ``start_method="spawn"`` (or SCIENTIFIC_MS_START_METHOD=spawn) says to
-    start each as a fresh interpreter (docs/guide/warm-start.md). With a journal, an Executor killed and started again
+    ``slaves`` are forked from a warm template when that pays (modules to
+    preload, or more slaves than cores: :func:`default_start_method`), else
+    spawned; ``start_method`` (or SCIENTIFIC_MS_START_METHOD) decides
+    instead when given (docs/guide/warm-start.md). With a journal, an Executor killed and started again
     delivers the calls answered before from it, without running them (a
     call matches by its function's pickle and its arguments); without a
     ``label``, it takes one named after the journal file.
@@ -110,8 +112,8 @@ class Executor(concurrent.futures.Executor):
                 "under mpiexec the other ranks serve the script's first Executor only; keep one "
                 "Executor for the whole script, or give this one slaves=N")
         self.label = label if label is not None else _fresh_label(settings.journal(options.get("journal")))
-        # Local slaves fork from a warm template by default here (MasterProcess spawns by default)
-        options["start_method"] = settings.start_method(options.get("start_method"), "forkserver")
+        options["start_method"] = settings.start_method(options.get("start_method"),
+                                                        default_start_method(slaves, options.get("preload")))
         try:
             self.master = MasterProcess(self.label, **options)
         except TypeError as error:
@@ -307,6 +309,25 @@ class Executor(concurrent.futures.Executor):
     def _started(self, task_id: str) -> bool:
         """True if a slave has taken the task (called by a Future's ``running``)."""
         return self.master.task_state(task_id) == "running"
+
+
+def default_start_method(slaves, preload) -> str:
+    """How an Executor starts its local slaves unless told: forked from a template when that
+    pays, else spawned.
+
+    A template imports scientific_ms (and ``preload``) once, then forks; spawned slaves
+    each import it themselves, side by side. With modules to preload (``preload=``, a
+    :func:`warm_start`, or installed packages that ``__main__`` uses: numpy, emcee, ...)
+    or more slaves than cores, the template wins by seconds or by the imports it saves;
+    with neither, the slaves' imports run in parallel anyway and spawning gives the first
+    result sooner (the template's start comes first on that path).
+    """
+    if not isinstance(slaves, int) or isinstance(slaves, bool) or slaves <= 0:
+        return "spawn"   # no local slave to start
+    if settings.preload(preload) or forkserver.shared_for(()) is not None or forkserver.main_modules() \
+            or slaves > (os.cpu_count() or 1):
+        return "forkserver"
+    return "spawn"
 
 
 def _fresh_label(journal: Optional[str]) -> str:

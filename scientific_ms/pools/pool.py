@@ -47,10 +47,10 @@ class Pool:
 
     ``initializer(*initargs)`` runs once in each slave process, before its
     first call of this Pool. ``maxtasksperchild`` is not supported (slaves
-    are long-lived); ``context`` is accepted and ignored: local slaves fork
-    from a fork server that is a fresh interpreter, never from this process
-    (``start_method="spawn"`` among the ``options`` starts each afresh; see
-    docs/guide/warm-start.md).
+    are long-lived); ``context`` is accepted and ignored: local slaves are
+    spawned, or forked from a fork server that is a fresh interpreter, never
+    from this process, as an Executor's are (``start_method`` among the
+    ``options`` decides; see docs/guide/warm-start.md).
 
     As multiprocessing's, leaving a ``with`` block calls :meth:`terminate`;
     ``close()`` then ``join()`` waits for the work submitted.
