@@ -492,6 +492,12 @@ def slaves_of(master):
     return [p for p in master.task_manager.status()["processes"] if p["role"] == "slave"]
 
 
+def run_pid_tasks(master, count):
+    """Run ``count`` tasks that return their slave's PID; each result comes back once."""
+    ids = {master.requestTask("pid") for _ in range(count)}
+    assert {master.retrieveResult(timeout=30)[0] for _ in range(count)} == ids
+
+
 def test_slave_n_starts_n_slaves_and_waits_for_all(processes):
     master = master_with_slave_code("many")
     try:
@@ -499,8 +505,7 @@ def test_slave_n_starts_n_slaves_and_waits_for_all(processes):
         wait_for(lambda: len(slaves_of(master)) == 3, 30, "three slaves")
         children = {p.pid for p in psutil.Process(command.pid).children()}
         assert {p["pid"] for p in slaves_of(master)} == children
-        ids = {master.requestTask("pid") for _ in range(30)}
-        assert {master.retrieveResult(timeout=30)[0] for _ in range(30)} == ids
+        run_pid_tasks(master, 30)
     finally:
         master.shutdown()
     code, out = processes.finish(command, 20)
@@ -520,8 +525,7 @@ def test_a_waiting_slave_that_finds_its_master_before_its_code_waits_for_the_cod
         with open(SLAVE_SCRIPT) as source:
             master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, f"early{count}", "1.0"])
         wait_for(lambda: len(slaves_of(master)) == int(count), 30, "the slaves to register")
-        ids = {master.requestTask("pid") for _ in range(4)}
-        assert {master.retrieveResult(timeout=30)[0] for _ in range(4)} == ids
+        run_pid_tasks(master, 4)
     finally:
         master.shutdown()
     code, out = processes.finish(command, 20)
@@ -537,8 +541,7 @@ def test_a_lone_slave_and_its_keeper_hold_two_connections_to_the_master(processe
         wait_for(lambda: len(slaves_of(master)) == 1, 30, "the slave to register")
         [record] = slaves_of(master)
         assert record["pid"] == command.pid and record["keeper"] != command.pid
-        ids = {master.requestTask("pid") for _ in range(3)}   # the keeper has beaten for it by then
-        assert {master.retrieveResult(timeout=30)[0] for _ in range(3)} == ids
+        run_pid_tasks(master, 3)   # the keeper has beaten for it by then
 
         def to_master(pid):
             return [c for c in psutil.Process(pid).net_connections(kind="tcp")
