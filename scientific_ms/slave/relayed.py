@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import itertools
 import threading
-from multiprocessing.connection import Connection
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import ConnectionLostError
 from ..wire.client import MasterConnection
 from ..wire.protocol import Answer, TaskMessage
 from .relay import CALLS
+from .relay_link import Link
 
 
 class RelayLink:
@@ -34,7 +34,7 @@ class RelayLink:
     caller, the feed, and it reads its own reply).
     """
 
-    def __init__(self, link: Connection, address: Tuple[str, int, bytes]):
+    def __init__(self, link: Link, address: Tuple[str, int, bytes]):
         self._link = link
         self.address = address            # the master the keeper speaks to: (host, port, secret)
         self._send_lock = threading.Lock()
