@@ -225,3 +225,41 @@ def test_a_slave_killed_while_large_values_flow_loses_nothing(processes):
         assert master.task_manager.counters["delivered"] == 30
     finally:
         master.shutdown()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("through", ["keeper", "own connections"])
+def test_large_values_through_a_relaying_keeper_arrive_once_and_intact(processes, monkeypatch, through):
+    """1 MB values streaming both ways through a keeper that relays (``slave/relay.py``): every
+    task answered once, intact. With ``SCIENTIFIC_MS_RELAY_DIRECT_BYTES=0`` every byte crosses
+    the keeper (its link to each worker carries buffers beside the pickle: ``relay_link.py``),
+    and the master counts them as ``relayed_bytes``. By default the exchanges that carry them
+    go on each worker's own connection (``slave/relayed.py``): the keeper carries at most the
+    first tasks each worker gets before it has answered one, a small part of the bytes."""
+    label = f"large-relay-{through.replace(' ', '-')}"
+    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
+    if through == "keeper":
+        monkeypatch.setenv("SCIENTIFIC_MS_RELAY_DIRECT_BYTES", "0")
+    master = MasterProcess(label, use_name_server=False, port=0)
+    try:
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
+        processes.task_manager("slave", label, "-n", "2", name="keeper")
+        master.wait_for_slaves(2, timeout=60)
+        sent = {}
+        for index in range(40):
+            data = os.urandom(MB) if index % 2 else bytearray(os.urandom(MB))
+            sent[master.requestTask("echo", data)] = data
+        answers = [master.retrieveResult(timeout=60) for _ in sent]
+        assert sorted(task_id for task_id, _, _ in answers) == sorted(sent)
+        assert all(result == (sent[task_id],) for task_id, _, result in answers)
+        counters = master.task_manager.counters
+        assert counters["delivered"] == len(sent) and counters["relayed_exchanges"] > 0
+        payload_bytes = 2 * len(sent) * MB   # out and back
+        if through == "keeper":
+            assert counters["relayed_bytes"] >= payload_bytes
+        else:
+            assert counters["relayed_bytes"] < payload_bytes / 4, \
+                f"the keeper carried {counters['relayed_bytes']} of {payload_bytes} bytes of payloads"
+    finally:
+        master.shutdown()
