@@ -8,7 +8,9 @@ worker sends its exchange over a socket pair to its keeper
 in one ``exchange`` call of the batch form (``wire/protocol.py``): one
 connection, one call and one lock round at the master for a whole host.
 The keeper unpickles no payload: answers and tasks cross it as the bytes
-the worker and the master made of them.
+the worker and the master made of them. Large payloads do not cross it at
+all: a worker whose exchanges move them makes those on a connection of its
+own (``relayed.py``).
 
 Two threads send, each on a connection of its own:
 
@@ -53,7 +55,7 @@ import socket
 import threading
 import time
 from multiprocessing.connection import wait as wait_for_any
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from ..errors import ScientificMSError
 from ..wire.client import MasterConnection
@@ -172,11 +174,13 @@ class ExchangeRelay:
                 closing, self._closing = self._closing, []
             for link in closing:
                 link.close()
-            for ready in wait_for_any([self._wake_reader, *links], 1.0):
+            waitables: List[Any] = [self._wake_reader, *links]   # wait_for_any takes anything with a fileno()
+            for ready in wait_for_any(waitables, 1.0):
                 if ready is self._wake_reader:   # the wake-up socket
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
                     continue
+                assert isinstance(ready, Link)
                 if ready.closed:
                     continue
                 try:

@@ -32,7 +32,7 @@ import select
 import socket
 import struct
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from Pyro5 import errors as pyro_errors
 
@@ -126,7 +126,7 @@ class Link:
 
     # ------------------------------------------------------------------ receiving
 
-    def recv(self) -> object:
+    def recv(self) -> Any:
         """The next message; EOFError when the other end closed, OSError when the link broke."""
         sock = self._sock
         if sock is None:
@@ -142,7 +142,7 @@ class Link:
         return message
 
     @staticmethod
-    def _frame(sock: socket.socket, first: bool = False) -> bytes:
+    def _frame(sock: socket.socket, first: bool = False) -> Union[bytes, bytearray]:
         head = receive_buffer(sock, _LENGTH.size, False) if not first else _read_head(sock)
         (size,) = _LENGTH.unpack(head)
         if size == -1:

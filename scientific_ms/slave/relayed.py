@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .. import settings
 from ..errors import ConnectionLostError, ScientificMSError
 from ..wire.client import MasterConnection
-from ..wire.protocol import Answer, TaskMessage
+from ..wire.protocol import Answer, TaskMessage, payload_size
 from .relay import CALLS
 from .relay_link import Link
 
@@ -166,9 +166,10 @@ class RelayedConnection(MasterConnection):
         if bulk is not None:
             reply = bulk.exchange(process_id, answers, max_tasks, wait, queue_seconds, output)
         else:
-            reply = self.relay.request("exchange", process_id, list(answers), max_tasks, wait, queue_seconds,
-                                       output)
-            assert isinstance(reply, tuple)
+            relayed = self.relay.request("exchange", process_id, list(answers), max_tasks, wait, queue_seconds,
+                                         output)
+            assert isinstance(relayed, tuple)
+            reply = relayed
         if self._direct_bytes:
             tasks = reply[1]
             if handed_in + payload_bytes(tasks) >= self._direct_bytes:
@@ -229,4 +230,4 @@ class RelayedConnection(MasterConnection):
 
 def payload_bytes(records: Sequence) -> int:
     """The bytes of the payloads of ``records`` (answers or tasks)."""
-    return sum(len(record.payload) for record in records)
+    return sum(payload_size(record.payload) for record in records)

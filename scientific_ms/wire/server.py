@@ -42,6 +42,7 @@ from .protocol import (
     answers_from_wire,
     object_name,
     pack,
+    payload_size,
     tasks_to_wire,
     unpack,
 )
@@ -189,13 +190,13 @@ class TaskManagerService:
         replies: List[tuple] = []
         buffers: list = []
         unknown_ids = set(unknown)
-        carried = sum(len(answer.payload) for _process_id, answers in stored for answer in answers)
+        carried = sum(payload_size(answer.payload) for _process_id, answers in stored for answer in answers)
         for process_id, _answers, _max_tasks, _queue_seconds, _output in parts:
             if process_id in unknown_ids:
                 replies.append((UNKNOWN, [], []))
                 continue
             tasks = assigned.get(process_id, ())
-            carried += sum(len(task.payload) for task in tasks)
+            carried += sum(payload_size(task.payload) for task in tasks)
             records, more = tasks_to_wire(tasks)
             buffers.extend(more)
             replies.append((OK, records, self._manager.take_revoked(process_id)))
