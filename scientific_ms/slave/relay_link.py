@@ -3,11 +3,11 @@ pickled messages, the large buffers of their payloads beside them.
 
 A relayed worker's answers, and the tasks the keeper brings it, hold their
 payloads' large buffers (``wire/payload.py``'s ``Pickled``). Pickled into one
-string with ``multiprocessing.connection``, a 1 MB buffer was copied about
-six times on its way across the link (into the pickle, in the slices of a
-partial write, in each chunk read, into the reading buffer, out of the
-pickle), which made a relaying keeper five times slower than one that does
-not relay with 1 MB tasks (``docs/performance.md``). Here each buffer stays
+string with ``multiprocessing.connection``, a 1 MB buffer was copied several
+times on its way across the link (into the pickle, in the rest of each
+partial write, into the reading buffer, out of the pickle): about half of
+what a relaying keeper lost with 1 MB tasks (``docs/reliability.md``; the
+other half, the keeper's own crossings, ``relayed.py`` avoids). Here each buffer stays
 out of the pickle (protocol 5's out-of-band buffers) and crosses the socket
 as it lies: one gather write on one side, one read into the object the
 unpickler returns on the other, as on the master's connections

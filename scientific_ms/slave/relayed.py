@@ -13,19 +13,19 @@ and talks to it on a connection of its own again; its exchanges still go
 through the keeper.
 
 Large payloads do not go through the keeper. Every byte that crosses it is
-moved twice more (worker to keeper, keeper to master, and back): with tasks
-of 1 MB in and out, a keeper relaying two workers spent more CPU per task
-than the master and the workers together, and served less than half the
-tasks per second of a keeper whose workers spoke to the master directly
-(``docs/performance.md``). So a worker's exchanges go on a connection of
-its own, opened at the first of them and kept until the worker ends, while
-its work is large: from an exchange that moved payloads of at least
-``settings.relay_direct_bytes()`` (256 kB; its answers and the tasks it
-got together) until one that got small tasks, or none in a whole wait for
-work (an idle worker then waits through the keeper again, with the others;
-the first tasks of a job still come through it). The master binds the
-worker to that connection too (``wire/server.py``), so that its death costs
-only its tasks either way.
+moved twice more (worker to keeper, keeper to master, and back): with
+tasks of 1 MB in and out, a keeper relaying two workers spent more CPU per
+task than the master, or than both workers, and served less than half the
+tasks per second of a keeper whose workers spoke to the master directly,
+its links' copies already gone (``docs/reliability.md``). So a worker's
+exchanges go on a connection of its own, opened at the first of them and
+kept until the worker ends, while its work is large: from an exchange that
+moved payloads of at least ``settings.relay_direct_bytes()`` (256 kB; its
+answers and the tasks it got together) until one that got small tasks, or
+none in a whole wait for work (an idle worker then waits through the
+keeper again, with the others; the first tasks of a job still come through
+it). The master binds the worker to that connection too
+(``wire/server.py``), so that its death costs only its tasks either way.
 """
 
 from __future__ import annotations
