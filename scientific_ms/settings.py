@@ -164,6 +164,13 @@ def relay_workers() -> int:
     return int(number("RELAY_WORKERS", 16))
 
 
+def relay_direct_bytes() -> int:
+    """A relayed worker's exchange that carries payloads of at least this many bytes (its
+    answers, or the tasks of its last reply) goes on a connection of the worker's own, not
+    through its keeper (``slave/relayed.py``; ``SCIENTIFIC_MS_RELAY_DIRECT_BYTES``, 0: never)."""
+    return int(number("RELAY_DIRECT_BYTES", 256 * 1024))
+
+
 def max_connections() -> int:
     """Connections a master serves at once (``SCIENTIFIC_MS_MAX_CONNECTIONS``)."""
     return int(number("MAX_CONNECTIONS", 10000, minimum=8))

@@ -8,6 +8,7 @@ process, the slave's in its own: ``large_data_slave.py``).
 
 import os
 import pickle
+import signal
 import tracemalloc
 
 import pytest
@@ -223,5 +224,77 @@ def test_a_slave_killed_while_large_values_flow_loses_nothing(processes):
         assert sorted(task_id for task_id, _, _ in answers) == sorted(sent)
         assert all(result == (sent[task_id],) for task_id, _, result in answers)
         assert master.task_manager.counters["delivered"] == 30
+    finally:
+        master.shutdown()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("through", ["keeper", "own connections"])
+def test_large_values_through_a_relaying_keeper_arrive_once_and_intact(processes, monkeypatch, through):
+    """1 MB values streaming both ways through a keeper that relays (``slave/relay.py``): every
+    task answered once, intact. With ``SCIENTIFIC_MS_RELAY_DIRECT_BYTES=0`` every byte crosses
+    the keeper (its link to each worker carries buffers beside the pickle: ``relay_link.py``),
+    and the master counts them as ``relayed_bytes``. By default the exchanges that carry them
+    go on each worker's own connection (``slave/relayed.py``): the keeper carries at most the
+    first tasks each worker gets before it has answered one, a small part of the bytes."""
+    label = f"large-relay-{through.replace(' ', '-')}"
+    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
+    if through == "keeper":
+        monkeypatch.setenv("SCIENTIFIC_MS_RELAY_DIRECT_BYTES", "0")
+    master = MasterProcess(label, use_name_server=False, port=0)
+    try:
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
+        processes.task_manager("slave", label, "-n", "2", name="keeper")
+        master.wait_for_slaves(2, timeout=60)
+        sent = {}
+        for index in range(40):
+            data = os.urandom(MB) if index % 2 else bytearray(os.urandom(MB))
+            sent[master.requestTask("echo", data)] = data
+        answers = [master.retrieveResult(timeout=60) for _ in sent]
+        assert sorted(task_id for task_id, _, _ in answers) == sorted(sent)
+        assert all(result == (sent[task_id],) for task_id, _, result in answers)
+        counters = master.task_manager.counters
+        assert counters["delivered"] == len(sent) and counters["relayed_exchanges"] > 0
+        payload_bytes = 2 * len(sent) * MB   # out and back
+        if through == "keeper":
+            assert counters["relayed_bytes"] >= payload_bytes
+        else:
+            assert counters["relayed_bytes"] < payload_bytes / 4, \
+                f"the keeper carried {counters['relayed_bytes']} of {payload_bytes} bytes of payloads"
+    finally:
+        master.shutdown()
+
+
+@pytest.mark.timeout(180)
+def test_a_relayed_worker_killed_while_large_values_flow_on_its_own_connection_loses_nothing(
+        processes, monkeypatch):
+    """SIGKILL a worker of a relaying keeper while 1 MB values stream both ways on the workers'
+    own connections (``slave/relayed.py``), tasks still coming: every task answered once, intact."""
+    label = "large-relay-kill"
+    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
+    master = MasterProcess(label, use_name_server=False, port=0)
+    try:
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
+        processes.task_manager("slave", label, "-n", "2", name="keeper")
+        master.wait_for_slaves(2, timeout=60)
+        victim = next(p["pid"] for p in master.task_manager.status()["processes"] if p["role"] == "slave")
+        sent = {}
+
+        def request(count):
+            for _ in range(count):
+                data = os.urandom(MB)
+                sent[master.requestTask("echo", data)] = data
+
+        request(20)
+        answers = [master.retrieveResult(timeout=60)]
+        os.kill(victim, signal.SIGKILL)
+        request(20)
+        answers += [master.retrieveResult(timeout=60) for _ in range(39)]
+        assert sorted(task_id for task_id, _, _ in answers) == sorted(sent)
+        assert all(result == (sent[task_id],) for task_id, _, result in answers)
+        counters = master.task_manager.counters
+        assert counters["delivered"] == 40 and counters["processes_lost"] >= 1
     finally:
         master.shutdown()

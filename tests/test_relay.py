@@ -117,3 +117,50 @@ def test_idle_workers_each_reach_the_master_once_per_poll():
         for link in links:
             link.close()
         master.shutdown()
+
+
+def test_a_payloads_buffers_cross_the_link_beside_the_pickle_and_arrive_intact():
+    """The link between a keeper and a worker (``slave/relay_link.py``): a 1 MB buffer is not
+    pickled with its message but follows it as it lies, so that neither side copies it through
+    Python objects; it arrives intact, read-only or writable as it was sent. Read here with a
+    plain ``multiprocessing.connection.Connection``, whose framing the link keeps."""
+    import os
+    import pickle
+
+    from scientific_ms.slave.relay import ExchangeRelay
+    from scientific_ms.slave.relay_link import BUFFERS
+    from scientific_ms.wire.payload import Pickled
+
+    keeper_end, worker_end = ExchangeRelay.pair()
+    data, writable = os.urandom(1 << 20), bytearray(os.urandom(1 << 19))
+    message = (7, "ok", ("ok", [("task", 1, "echo", Pickled(b"head", [data, writable, memoryview(data)[:10]]),
+                                 None, None, None)], []))
+    sender = threading.Thread(target=keeper_end.send, args=(message,))
+    sender.start()
+    raw = Connection(os.dup(worker_end.fileno()))
+    try:
+        announced = pickle.loads(raw.recv_bytes())
+        assert announced == (BUFFERS, [(len(data), False), (len(writable), True), (10, False)])
+        assert len(raw.recv_bytes()) < 1024   # the pickle: everything but the buffers
+        received = b""
+        while len(received) < len(data) + len(writable) + 10:
+            received += os.read(raw.fileno(), 1 << 20)
+        assert received == data + writable + data[:10]
+        sender.join(10)
+        assert not sender.is_alive()
+        # The same message, received as a worker receives it.
+        sender = threading.Thread(target=keeper_end.send, args=(message,))
+        sender.start()
+        number, status, (_ok, tasks, _revoked) = worker_end.recv()
+        sender.join(10)
+        payload = tasks[0][3]
+        assert (number, status, payload.head) == (7, "ok", b"head")
+        assert payload.buffers == [data, writable, data[:10]]
+        assert [type(buffer) for buffer in payload.buffers] == [bytes, bytearray, bytes]
+        # A message without buffers is exactly what a Connection sends.
+        keeper_end.send(("call", 3, "get_data", ("x",)))
+        assert raw.recv() == ("call", 3, "get_data", ("x",))
+    finally:
+        raw.close()
+        keeper_end.close()
+        worker_end.close()

@@ -273,11 +273,13 @@ class TaskManager(ProcessCalls):
         """Forget the value stored under ``label`` (if any)."""
         self._data.delete(label)
 
-    def count_relayed(self, exchanges: int) -> None:
+    def count_relayed(self, exchanges: int, payload_bytes: int = 0) -> None:
         """A keeper's relay carried ``exchanges`` of its workers' exchanges in one call
-        (``slave/relay.py``): counted in the status as ``relayed_exchanges``."""
+        (``slave/relay.py``), with ``payload_bytes`` of answers and tasks: counted in the
+        status as ``relayed_exchanges`` and ``relayed_bytes``."""
         with self._lock:
             self.counters["relayed_exchanges"] += exchanges
+            self.counters["relayed_bytes"] += payload_bytes
 
     def slave_output(self, process_id: int, lines: object, dropped: object = 0) -> None:
         """Lines a slave's handlers printed or logged, and how many it dropped (``output.py``)."""

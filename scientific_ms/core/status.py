@@ -14,7 +14,7 @@ from .tasks import ANY_TAG
 #: Counters that the status always reports (0 until they first move).
 STATUS_COUNTERS = ("requested", "finished", "failed", "delivered", "rescheduled",
                    "duplicates_dropped", "processes_lost", "stolen", "left_idle", "left_sigterm",
-                   "relayed_exchanges")
+                   "relayed_exchanges", "relayed_bytes")
 
 
 def snapshot(now: float, elapsed: float, terminated: bool, registry: Registry,

@@ -172,7 +172,8 @@ class Keeper:
         relay = None
         if became.relay is not None and self.connection is not None:
             connection = self.connection
-            relay = RelayLink(became.relay, (connection.host, connection.port, connection.secret))
+            relay = RelayLink(became.relay, (connection.host, connection.port, connection.secret),
+                              connection.duplicate)   # the worker's own, for large payloads (relayed.py)
         elif became.relay is not None:
             became.relay.close()
         return WorkerLink(became.conn, became.keeper_pid, keeper_id=None if self.lone else self.keeper_id,

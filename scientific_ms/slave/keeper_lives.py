@@ -27,6 +27,7 @@ from ..wire.payload import dumps_exception
 from ..wire.protocol import Answer
 from .keeper_workers import Worker
 from .relay import ExchangeRelay
+from .relay_link import Link
 from .worker_link import Hello, die_with
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class BecameWorker(Exception):
     """Raised in a process just forked from the keeper: it unwinds to ``Keeper.run``, which
     makes it a worker with the link ``conn`` to its keeper ``keeper_pid``."""
 
-    def __init__(self, conn: Connection, keeper_pid: int, relay: Optional[Connection] = None):
+    def __init__(self, conn: Connection, keeper_pid: int, relay: Optional[Link] = None):
         super().__init__("a worker")
         self.conn = conn
         self.keeper_pid = keeper_pid
@@ -153,7 +154,7 @@ class WorkerLives:
         self.workers.append(Worker(pid, Connection(ours.detach()), True, restarts_left))
         log.info("keeper of %r forked worker process %d", self.label, pid)
 
-    def _become_worker(self, conn: Connection, keeper_pid: int, relay: Optional[Connection] = None) -> None:
+    def _become_worker(self, conn: Connection, keeper_pid: int, relay: Optional[Link] = None) -> None:
         # Its own process group: Ctrl-C in a terminal reaches the keeper alone, and ending
         # the worker ends everything its handler started.
         with contextlib.suppress(OSError):

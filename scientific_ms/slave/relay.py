@@ -8,7 +8,9 @@ worker sends its exchange over a socket pair to its keeper
 in one ``exchange`` call of the batch form (``wire/protocol.py``): one
 connection, one call and one lock round at the master for a whole host.
 The keeper unpickles no payload: answers and tasks cross it as the bytes
-the worker and the master made of them.
+the worker and the master made of them. Large payloads do not cross it at
+all: a worker whose exchanges move them makes those on a connection of its
+own (``relayed.py``).
 
 Two threads send, each on a connection of its own:
 
@@ -36,7 +38,8 @@ goodbye) are carried one by one by the **now** thread, so that a worker holds
 no connection of its own to the master: a master of 10,000 workers on 160
 hosts serves a few hundred connections.
 
-On the link, pickled tuples in ``multiprocessing.connection`` framing::
+On the link (``relay_link.py``: pickled tuples, their payloads' large buffers
+beside them, never copied through the keeper's Python objects)::
 
     worker -> keeper  ("exchange", number, process_id, answers, max_tasks, wait, queue_seconds, output)
                       ("call", number, method, args)
@@ -51,19 +54,20 @@ import logging
 import socket
 import threading
 import time
-from multiprocessing.connection import Connection, wait as wait_for_any
-from typing import Callable, Dict, List, NamedTuple, Optional
+from multiprocessing.connection import wait as wait_for_any
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from ..errors import ScientificMSError
 from ..wire.client import MasterConnection
 from ..wire.protocol import OK
+from .relay_link import Link
 
 log = logging.getLogger(__name__)
 
 
 class Request(NamedTuple):
     """A worker's exchange, as it crossed its socket pair."""
-    link: Connection
+    link: Link
     number: int            # repeated in the reply
     process_id: int
     answers: list          # protocol.Answer records
@@ -76,7 +80,7 @@ class Request(NamedTuple):
 
 class Call(NamedTuple):
     """Any other call of a worker (``register``, ``get_data``, ``unregister``)."""
-    link: Connection
+    link: Link
     number: int
     method: str
     args: tuple
@@ -96,10 +100,10 @@ class ExchangeRelay:
     def __init__(self, connect: Callable[[], MasterConnection]):
         self._connect = connect
         self._cond = threading.Condition()
-        self._links: Dict[Connection, int] = {}      # worker link -> worker PID
+        self._links: Dict[Link, int] = {}      # worker link -> worker PID
         self._now: List[Request] = []
         self._calls: List[Call] = []
-        self._closing: List[Connection] = []   # links of ended workers, closed by the reading thread
+        self._closing: List[Link] = []   # links of ended workers, closed by the reading thread
         self._waiting: List[Request] = []
         self._connections: set = set()   # the two senders' connections to the master
         self._stopped = False
@@ -116,10 +120,9 @@ class ExchangeRelay:
     @staticmethod
     def pair() -> tuple:
         """A new worker's link: (the keeper's end, the worker's end)."""
-        ours, theirs = socket.socketpair()
-        return Connection(ours.detach()), Connection(theirs.detach())
+        return Link.pair()
 
-    def add(self, link: Connection, pid: int) -> None:
+    def add(self, link: Link, pid: int) -> None:
         """Carry the requests of worker ``pid`` that come on ``link`` (the keeper's end)."""
         with self._cond:
             self._links[link] = pid
@@ -171,11 +174,13 @@ class ExchangeRelay:
                 closing, self._closing = self._closing, []
             for link in closing:
                 link.close()
-            for ready in wait_for_any([self._wake_reader, *links], 1.0):
-                if not isinstance(ready, Connection):   # the wake-up socket
+            waitables: List[Any] = [self._wake_reader, *links]   # wait_for_any takes anything with a fileno()
+            for ready in wait_for_any(waitables, 1.0):
+                if ready is self._wake_reader:   # the wake-up socket
                     with contextlib.suppress(OSError):
                         self._wake_reader.recv(4096)
                     continue
+                assert isinstance(ready, Link)
                 if ready.closed:
                     continue
                 try:
@@ -185,12 +190,12 @@ class ExchangeRelay:
                     continue
                 self._take(ready, message)
 
-    def _unlink(self, link: Connection) -> None:
+    def _unlink(self, link: Link) -> None:
         with self._cond:
             self._links.pop(link, None)
         link.close()
 
-    def _take(self, link: Connection, message) -> None:
+    def _take(self, link: Link, message) -> None:
         kind = message[0] if isinstance(message, tuple) and message else None
         if kind == "exchange" and len(message) == 8:
             _, number, process_id, answers, max_tasks, wait, queue_seconds, output = message
@@ -306,7 +311,7 @@ class ExchangeRelay:
         return connection
 
     @staticmethod
-    def _reply(link: Connection, number: int, reply: tuple) -> None:
+    def _reply(link: Link, number: int, reply: tuple) -> None:
         try:
             link.send((number, *reply))
         except OSError:

@@ -72,7 +72,7 @@ def payload_from_wire(value, sock: socket.socket) -> Payload:
     if type(value) is not tuple:
         return value
     head, sizes = value
-    return Pickled(head, [_receive(sock, size, writable) for size, writable in sizes])
+    return Pickled(head, [receive_buffer(sock, size, writable) for size, writable in sizes])
 
 
 # ---------------------------------------------------------------- the socket
@@ -100,8 +100,9 @@ def send_buffers(sock: socket.socket, buffers: List[Union[bytes, bytearray, memo
         raise pyro_errors.ConnectionClosedError(f"sending: connection lost: {error}") from None
 
 
-def _receive(sock: socket.socket, size: int, writable: bool) -> Union[bytes, bytearray]:
-    """Read one buffer of ``size`` bytes: a bytearray if ``writable``, else bytes."""
+def receive_buffer(sock: socket.socket, size: int, writable: bool) -> Union[bytes, bytearray]:
+    """Read one buffer of ``size`` bytes, copied once by the kernel: a bytearray if ``writable``,
+    else bytes; raises Pyro5's errors."""
     if not (isinstance(size, int) and 0 <= size <= value_limit()):
         raise pyro_errors.ProtocolError(f"invalid buffer size {size!r}")
     try:

@@ -95,6 +95,11 @@ def unpack(packed: bytes) -> tuple:
     return marshal.loads(packed)
 
 
+def payload_size(payload: Optional[Payload]) -> int:
+    """The bytes of a payload, its buffers included (0 for none)."""
+    return len(payload) if payload is not None else 0
+
+
 class TaskMessage(NamedTuple):
     """A task as the master sends it to a slave."""
     task_id: str

@@ -40,6 +40,7 @@ from .protocol import (
     answers_from_wire,
     object_name,
     pack,
+    payload_size,
     tasks_to_wire,
     unpack,
 )
@@ -165,7 +166,6 @@ class TaskManagerService:
         revoked) per part, in order; the tasks' buffers follow, in the same order."""
         connection = current_context.client
         sock = connection.sock if connection is not None else None
-        self._manager.count_relayed(len(parts))
         stored = []
         wants = []
         for process_id, answers, max_tasks, queue_seconds, output in parts:
@@ -183,17 +183,22 @@ class TaskManagerService:
         try:
             assigned, unknown = self._manager.take_tasks_for(wants, wait) if wants else ({}, [])
         except TaskManagerTermination:
+            self._manager.count_relayed(len(parts))
             return [(TERMINATED, [], []) for _ in parts]
         replies: List[tuple] = []
         buffers: list = []
         unknown_ids = set(unknown)
+        carried = sum(payload_size(answer.payload) for _process_id, answers in stored for answer in answers)
         for process_id, _answers, _max_tasks, _queue_seconds, _output in parts:
             if process_id in unknown_ids:
                 replies.append((UNKNOWN, [], []))
                 continue
-            records, more = tasks_to_wire(assigned.get(process_id, ()))
+            tasks = assigned.get(process_id, ())
+            carried += sum(payload_size(task.payload) for task in tasks)
+            records, more = tasks_to_wire(tasks)
             buffers.extend(more)
             replies.append((OK, records, self._manager.take_revoked(process_id)))
+        self._manager.count_relayed(len(parts), carried)
         if buffers:
             connection.trailer = buffers
         return replies
