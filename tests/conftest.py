@@ -70,9 +70,14 @@ def clock():
 
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path, monkeypatch):
-    """Each test gets its own label registry and no name server unless it asks."""
+    """Each test gets its own label registry and no name server unless it asks.
+
+    The variables named in SCIENTIFIC_MS_TEST_KEEP (commas between) are kept, to run
+    tests under a setting: ``SCIENTIFIC_MS_TEST_KEEP=SCIENTIFIC_MS_RELAY_WORKERS
+    SCIENTIFIC_MS_RELAY_WORKERS=1 pytest tests/test_output.py`` relays every keeper's workers."""
+    keep = {name.strip() for name in os.environ.get("SCIENTIFIC_MS_TEST_KEEP", "").split(",")}
     for name in list(os.environ):
-        if name.startswith("SCIENTIFIC_MS_"):
+        if name.startswith("SCIENTIFIC_MS_") and name not in keep:
             monkeypatch.delenv(name)
     monkeypatch.setenv("SCIENTIFIC_MS_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.setenv("SCIENTIFIC_MS_NAME_SERVER", "0")

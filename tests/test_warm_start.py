@@ -210,7 +210,7 @@ def test_a_forked_slave_that_leaves_on_purpose_is_not_replaced(tmp_path):
 def test_the_default_preload_is_the_installed_packages_main_uses(processes, tmp_path):
     (tmp_path / "mine.py").write_text("VALUE = 1\n")
     script = tmp_path / "uses.py"
-    script.write_text("import json\nimport mine\nfrom numpy import array\n"
+    script.write_text("import json\nimport mine\nimport psutil\nfrom numpy import array\n"
                       "from scientific_ms.master.forkserver import main_modules\nprint('MODULES', main_modules())\n")
     code, output = processes.finish(processes.python(script, cwd=tmp_path), 60)
     assert code == 0 and "MODULES ['numpy']" in output, output

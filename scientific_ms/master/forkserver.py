@@ -315,9 +315,10 @@ def main_modules() -> List[str]:
     return sorted(name for name in names if _installed(name))
 
 
-#: Packages that run the program rather than serve its work (a notebook's kernel, a test runner).
+#: Packages that run the program rather than serve its work (a notebook's kernel, a test runner),
+#: and scientific_ms's own dependencies, which every slave imports anyway.
 NOT_PRELOADED = frozenset({"__main__", "builtins", "scientific_ms", "IPython", "ipykernel", "pytest", "_pytest",
-                           "pip", "setuptools"})
+                           "pip", "setuptools", "Pyro5", "serpent", "psutil", "cloudpickle"})
 
 
 def _installed(name: str) -> bool:
