@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -324,13 +325,20 @@ NOT_PRELOADED = frozenset({"__main__", "builtins", "scientific_ms", "IPython", "
 def _installed(name: str) -> bool:
     if name in NOT_PRELOADED or name not in sys.modules:
         return False
-    import sysconfig
     path = getattr(sys.modules[name], "__file__", None)
     if not path:
         return False
     path = os.path.realpath(path)
-    roots = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
-    return any(path.startswith(root + os.sep) for root in roots)
+    return any(path.startswith(root + os.sep) for root in _site_packages())
+
+
+@functools.lru_cache(maxsize=1)
+def _site_packages() -> Tuple[str, ...]:
+    """Where installed packages live (asked once: sysconfig takes milliseconds, on the way
+    to an Executor's first slave)."""
+    import sysconfig
+    paths = sysconfig.get_paths()
+    return tuple({os.path.realpath(paths[key]) for key in ("purelib", "platlib")})
 
 
 def close_quietly(starter: Optional[SlaveStarter]) -> None:
