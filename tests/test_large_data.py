@@ -228,6 +228,21 @@ def test_a_slave_killed_while_large_values_flow_loses_nothing(processes):
         master.shutdown()
 
 
+def relaying_keeper_master(processes, monkeypatch, label):
+    """A master of ``label`` served by one keeper of 2 workers that relays them (its threshold 1)."""
+    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
+    master = MasterProcess(label, use_name_server=False, port=0)
+    try:
+        with open(SLAVE_SCRIPT) as source:
+            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
+        processes.task_manager("slave", label, "-n", "2", name="keeper")
+        master.wait_for_slaves(2, timeout=60)
+    except BaseException:
+        master.shutdown()
+        raise
+    return master
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("through", ["keeper", "own connections"])
 def test_large_values_through_a_relaying_keeper_arrive_once_and_intact(processes, monkeypatch, through):
@@ -237,16 +252,10 @@ def test_large_values_through_a_relaying_keeper_arrive_once_and_intact(processes
     and the master counts them as ``relayed_bytes``. By default the exchanges that carry them
     go on each worker's own connection (``slave/relayed.py``): the keeper carries at most the
     first tasks each worker gets before it has answered one, a small part of the bytes."""
-    label = f"large-relay-{through.replace(' ', '-')}"
-    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
     if through == "keeper":
         monkeypatch.setenv("SCIENTIFIC_MS_RELAY_DIRECT_BYTES", "0")
-    master = MasterProcess(label, use_name_server=False, port=0)
+    master = relaying_keeper_master(processes, monkeypatch, f"large-relay-{through.replace(' ', '-')}")
     try:
-        with open(SLAVE_SCRIPT) as source:
-            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
-        processes.task_manager("slave", label, "-n", "2", name="keeper")
-        master.wait_for_slaves(2, timeout=60)
         sent = {}
         for index in range(40):
             data = os.urandom(MB) if index % 2 else bytearray(os.urandom(MB))
@@ -271,14 +280,8 @@ def test_a_relayed_worker_killed_while_large_values_flow_on_its_own_connection_l
         processes, monkeypatch):
     """SIGKILL a worker of a relaying keeper while 1 MB values stream both ways on the workers'
     own connections (``slave/relayed.py``), tasks still coming: every task answered once, intact."""
-    label = "large-relay-kill"
-    monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
-    master = MasterProcess(label, use_name_server=False, port=0)
+    master = relaying_keeper_master(processes, monkeypatch, "large-relay-kill")
     try:
-        with open(SLAVE_SCRIPT) as source:
-            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
-        processes.task_manager("slave", label, "-n", "2", name="keeper")
-        master.wait_for_slaves(2, timeout=60)
         victim = next(p["pid"] for p in master.task_manager.status()["processes"] if p["role"] == "slave")
         sent = {}
 
