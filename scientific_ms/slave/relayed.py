@@ -60,7 +60,6 @@ class RelayLink:
         #: Opens a connection of the worker's own to that master, for exchanges that carry
         #: large payloads (None: every exchange goes through the keeper).
         self.connect = connect
-        self._send_lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._cond = threading.Condition()
         self._replies: Dict[int, tuple] = {}
@@ -76,8 +75,7 @@ class RelayLink:
             number = next(self._numbers)
             self._waiting.add(number)
         try:
-            with self._send_lock:
-                self._link.send((kind, number, *fields))
+            self._link.send((kind, number, *fields))   # the link locks its sends
         except OSError as error:
             self._fail(f"lost the link to this worker's keeper: {error}")
         reply = self._wait_for(number)

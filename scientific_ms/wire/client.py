@@ -202,9 +202,9 @@ class MasterConnection:
     def close_copy(self) -> None:
         """In a process forked from the one that opened this connection: close our copy of
         the socket only (the other process goes on using it)."""
+        self.disown()
         connection = getattr(self._proxy, "_pyroConnection", None)
         if connection is not None:
-            connection.keep_open = True
             with contextlib.suppress(OSError):
                 connection.sock.close()
 
