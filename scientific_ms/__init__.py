@@ -40,7 +40,8 @@ if TYPE_CHECKING:   # what the names below are, for type checkers; imported on f
     from .pools.pool import Pool
     from .provision.local import LocalSlaves
     from .provision.slurm import SlurmSlaves
-    from .slave.slave import SlaveProcess, startSlaveProcess
+    from .slave.entry import startSlaveProcess
+    from .slave.slave import SlaveProcess
     from .wire.payload import GlobalStateValue
 
 #: Public names imported on first use, with the module of each: a slave, a fork server, or a
@@ -55,7 +56,7 @@ _LAZY = {
     "MasterProcess": ".master.master",
     "run_mpi_program": ".mpi_program",
     "LocalSlaves": ".provision.local", "SlurmSlaves": ".provision.slurm",
-    "SlaveProcess": ".slave.slave", "startSlaveProcess": ".slave.slave",
+    "SlaveProcess": ".slave.slave", "startSlaveProcess": ".slave.entry",
     "GlobalStateValue": ".wire.payload",
     "Executor": ".executor.executor",
     "Pool": ".pools.pool", "register_joblib": ".pools",

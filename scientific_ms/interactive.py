@@ -133,7 +133,8 @@ def serve_by_value(first: Iterable[str], last: Iterable[str], pickled: str) -> N
     """Run the slave code stored by value (see :func:`slave_class_code`, :func:`handlers_code`)
     for the master of the current slave context. Errors end the process with a message."""
     from .executor.calls import add_import_paths
-    from .slave.slave import SlaveProcess, ending_with_a_message
+    from .slave.entry import ending_with_a_message
+    from .slave.slave import SlaveProcess
     context = discovery.current_slave_context()
     if context is None:
         raise ConfigurationError("serve_by_value() runs under 'task_manager slave LABEL' or in a slave "

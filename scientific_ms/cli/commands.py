@@ -33,7 +33,7 @@ from ..core import resources
 from ..errors import AuthenticationError, ConfigurationError, ScientificMSError
 from ..master.launch import fetch_stored_code, run_stored_code, wait_for_stored_code
 from ..slave import departure, worker_link
-from ..slave.keeper import run_keeper
+from ..slave.keeper_start import run_keeper
 from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect, hand_over
 

@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError
-from ..slave.slave import SlaveProcess, ending_with_a_message
+from ..slave.entry import ending_with_a_message
+from ..slave.slave import SlaveProcess
 from ..wire import discovery
 from ..wire.payload import loads_value
 from ..wire.pickle_by_value import dumps_by_value

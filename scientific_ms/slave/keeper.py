@@ -26,7 +26,7 @@ stopping) is a :class:`~scientific_ms.slave.keeper_lives.WorkerLives` that
 the keeper holds; each worker is a ``keeper_workers.Worker``, and what a
 worker says arrives as the records of ``worker_link.py``.
 
-Two shapes. ``task_manager slave LABEL -n N`` (:func:`run_keeper`): the
+Two shapes (``keeper_start.py``). ``task_manager slave LABEL -n N`` (``run_keeper``): the
 started process is the keeper of N workers forked from it::
 
     master  <== register, agent_watch, lost, ==  keeper (task_manager slave -n N)
@@ -36,7 +36,7 @@ started process is the keeper of N workers forked from it::
        +==== register, exchange, get_data, unregister ==== each worker, directly
 
 A lone slave (``SlaveProcess.start()`` in the main thread of a POSIX
-process; :func:`become_lone_keeper`): the started process stays the worker,
+process; ``become_lone_keeper``): the started process stays the worker,
 so that its PID is the slave's, its signals (Ctrl-C in a terminal, SIGTERM
 from a launcher) reach its handlers as before, and whoever started it waits
 for it; the keeper is a child forked from it at ``start()``, before any
@@ -58,23 +58,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
 import time
-from multiprocessing.connection import Connection, wait as wait_for_any
+from multiprocessing.connection import wait as wait_for_any
 from typing import List, Optional, Tuple, Union
 
 from .. import settings
 from ..core.resources import declared
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
-from ..wire import leaving, tls
-from ..wire.client import MasterConnection, forget_handed_over
+from ..wire import tls
+from ..wire.client import MasterConnection
 from ..wire.protocol import OK
-from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives, flush_output
+from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives
 from .keeper_watch import KeeperWatch
-from .keeper_workers import Worker
 from .relay import ExchangeRelay
 from .relayed import RelayLink
 from .worker_link import Hello, WorkerLink
@@ -207,13 +205,12 @@ class Keeper:
             # master at every slave's start. (If the master died since the worker registered,
             # the watch cannot connect and says "lost": a busy worker learns of it only from us.)
             self._address = address
-            self._watch = KeeperWatch(functools.partial(MasterConnection, host, port, secret, self.label,
-                                                        tls_context=tls.client_context()),
-                                      None, self.lives.targets, self._post)
+            self._watch = KeeperWatch(functools.partial(self._connect, address), None, self.lives.targets,
+                                      self._post)
             self._watch.start()
             return
         try:
-            self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
+            self.connection = self._connect(address)
         except ScientificMSError as error:
             # A worker reached that master a moment ago, so it died since (or cannot be reached from
             # here). A lost master, as if the watch had lost it: a worker inside a long handler
@@ -274,13 +271,17 @@ class Keeper:
         """The main thread's connection to the master (None if there is none now); a lone
         keeper opens it the first time it needs it (most never do)."""
         if self.connection is None and self._address is not None:
-            host, port, secret = self._address
             try:
-                self.connection = MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
+                self.connection = self._connect(self._address)
             except ScientificMSError as error:
+                host, port, _ = self._address
                 self._address = None
                 self._post(("lost", f"cannot reach the master at {host}:{port}\n  {error}"))
         return self.connection
+
+    def _connect(self, address: Tuple[str, int, bytes]) -> MasterConnection:
+        host, port, secret = address
+        return MasterConnection(host, port, secret, self.label, tls_context=tls.client_context())
 
     def _call(self, method: str, *args) -> object:
         """A call on the main connection; a lost master stops the keeper."""
@@ -360,46 +361,3 @@ class Keeper:
         if self.connection is not None:
             self.connection.close()
         self._close_wake()
-
-
-def become_lone_keeper(label: str) -> WorkerLink:
-    """Fork this process's keeper (see the module docstring); returns this worker's link.
-
-    The keeper never returns from here, but the replacements it forks do:
-    each continues as the worker, with its own link.
-    """
-    ours, theirs = socket.socketpair()
-    flush_output()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid != 0:
-        theirs.close()
-        return WorkerLink(Connection(ours.detach()), pid, keeper_is_child=True)
-    ours.close()
-    code = 1
-    try:
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)   # a killpg of the worker's group (its launcher's) spares its keeper
-        leaving.forget()       # the supervisor's pipe is the worker's to write
-        forget_handed_over()   # the worker's connection to be (task_manager slave), not ours
-        restarts = settings.slave_restarts(None)   # for the replacements it forks itself
-        keeper = Keeper(label, lone=True, replace_killed=not leaving.spawned_by_master(),
-                        max_restarts=restarts)
-        keeper.install_signals()
-        keeper.lives.add(Worker(parent, Connection(theirs.detach()), False, restarts))
-        result = keeper.run()
-        if isinstance(result, WorkerLink):
-            return result   # a replacement worker: it serves
-        code = result
-    except BaseException:   # never unwind into the slave's code: this process is the keeper
-        log.exception("the keeper of %r failed", label)
-    flush_output()
-    os._exit(code)
-
-
-def run_keeper(label: str, connection: MasterConnection, count: int, max_restarts: int) -> Union[int, WorkerLink]:
-    """``task_manager slave LABEL -n N``: keep ``count`` workers; the exit code in the
-    keeper, a :class:`WorkerLink` in each worker (which then runs the slave code)."""
-    keeper = Keeper(label, lone=False, connection=connection, count=count, max_restarts=max_restarts)
-    keeper.install_signals()
-    return keeper.run()

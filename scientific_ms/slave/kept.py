@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from .. import settings
 from ..wire.client import MasterConnection
-from . import keeper, worker_link
+from . import keeper_start, worker_link
 from .heartbeat import abandon
 from .relayed import RelayedConnection
 from .session import Session
@@ -43,7 +43,7 @@ class KeeperSide:
         self.link = worker_link.current()   # a worker of ``task_manager slave -n``
         if self.link is None and settings.keeper(wanted) and hasattr(os, "fork") \
                 and threading.current_thread() is threading.main_thread():
-            self.link = keeper.become_lone_keeper(self._slave.label)
+            self.link = keeper_start.become_lone_keeper(self._slave.label)
         if self.link is not None:
             self.link.listen(self._news)
 
