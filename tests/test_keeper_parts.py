@@ -84,3 +84,31 @@ def test_worker_lives_hands_each_hello_to_the_keeper(pair):
     assert (lives.stopping, lives.exit_code) == ("sigterm", 0)
     assert lives.stop_deadline in lives.due(0.5)
     assert posted == []
+
+
+def test_a_worker_declared_dead_after_it_died_is_a_death_not_a_stop():
+    """Its master saw the connection drop before its keeper saw the death: the worker is a
+    zombie, which is not runnable, yet it must not read as stopped (killed, and replaced even
+    when it was the lone slave its user started)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import wait_for
+
+    died = subprocess.Popen([sys.executable, "-c", "import os; os._exit(3)"])
+    try:
+        wait_for(lambda: psutil.Process(died.pid).status() == psutil.STATUS_ZOMBIE, 30, "the process to end")
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        worker = Worker(died.pid, Connection(ours.detach()), child=False, restarts_left=0)
+        worker.process_id = 5
+        lives = WorkerLives("parts", lone=True, replace_killed=True, max_restarts=0, connection=lambda: None,
+                            call=lambda *args: None, post=lambda event: None, on_hello=lambda hello: None)
+        lives.add(worker)
+        lives.end_declared_dead([5])
+        assert worker.killed is None and worker.ended
+        worker.close()
+    finally:
+        assert died.wait(timeout=30) == 3

@@ -217,6 +217,12 @@ class WorkerLives:
                 self.read(worker)   # a "bye" said before it unregistered
             if worker.leaving:
                 continue
+            if worker.has_ended():
+                # It died (a zombie reads as not runnable), and its master saw the connection drop
+                # before we saw the death: a death, not a stop. replace_ended() reports it and
+                # replaces it, or not, as for any death (never a lone slave its user started).
+                worker.process_id = None   # declared dead already: nothing to report as lost
+                continue
             if worker.runnable():
                 worker.process_id = None
                 continue
