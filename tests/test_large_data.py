@@ -301,3 +301,15 @@ def test_a_relayed_worker_killed_while_large_values_flow_on_its_own_connection_l
         assert counters["delivered"] == 40 and counters["processes_lost"] >= 1
     finally:
         master.shutdown()
+
+
+def test_parameters_of_plain_values_pickle_as_pickle_does_and_are_still_held_to_the_limit(monkeypatch):
+    """Numbers, strings and None take the C pickler alone (no hooks): the same bytes, and the
+    same refusal of a value over what one message can carry."""
+    from Pyro5 import config as pyro_config
+    plain = (1, 2.5, "x", None, True, 1j)
+    assert dumps_parameters("t", plain) == pickle.dumps(plain, protocol=5)
+    assert loads_parameters(dumps_parameters("t", plain), None) == plain
+    monkeypatch.setattr(pyro_config, "MAX_MESSAGE_SIZE", 6 * MB)
+    with pytest.raises(SerializationError, match="over the limit"):
+        dumps_parameters("t", ("x" * (2 * MB),))

@@ -22,7 +22,7 @@ from .budget import MemoryBudget
 from .registry import ProcessRecord, Registry
 from .scheduling import Scheduler
 from .signals import Signals
-from .tasks import Task, TaskState, TaskTable
+from .tasks import RUNNING, Task, TaskTable
 from .waiting import Waiter, WaitingSlaves
 
 
@@ -140,7 +140,7 @@ class Assignment:
                                        queue_seconds, self._tasks.running(), self._registry,
                                        now, self._registry.get)
         for task in tasks:
-            self._tasks.move(task, TaskState.RUNNING)
+            self._tasks.move(task, RUNNING)
             self._budget.add_waiting(-len(task.payload or b""))
         if tasks:
             self._signals.make_room()

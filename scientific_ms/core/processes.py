@@ -19,7 +19,7 @@ from ..errors import ConfigurationError, SlaveLostError, TaskTimeLimitError, Unk
 from .registry import ProcessRecord, Registry
 from .scheduling import Scheduler
 from .signals import Signals
-from .tasks import Task, TaskState
+from .tasks import RUNNING, Task
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Processes:
             return None
         self._scheduler.pools.leave(proc)
         held = [task for assignment, task in proc.running.items()
-                if task.state is TaskState.RUNNING and task.assignment == assignment]
+                if task.state is RUNNING and task.assignment == assignment]
         proc.running.clear()
         if proc.news is not None:
             proc.news.notify_all()

@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
-from .tasks import Task, TaskState
+from .tasks import RUNNING, Task
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Registry:
         if not self._time_limits_used:   # most jobs: no scan of every slave's tasks
             return []
         return [(proc, task) for proc in self._processes.values() for task in proc.running.values()
-                if task.time_limit is not None and task.state is TaskState.RUNNING
+                if task.time_limit is not None and task.state is RUNNING
                 and now - task.started > task.time_limit + grace]
 
     def silent(self, now: float, missed_heartbeats: float,

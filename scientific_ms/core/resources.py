@@ -34,7 +34,7 @@ import re
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigurationError
-from .tasks import TaskState
+from .tasks import WAITING
 
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
@@ -268,7 +268,7 @@ class HostPool:
         nothing beyond itself?"""
         waited = self.waiting_for_cores
         if waited is not None:
-            if waited.state is TaskState.WAITING and self.cores_kept_by in self.workers:
+            if waited.state is WAITING and self.cores_kept_by in self.workers:
                 return False   # the host keeps its slots for the task its worker waits for
             self.keep_cores_for(None)
         return busy or self.busy_cores(proc) + 1 <= self.core_slots()

@@ -16,7 +16,7 @@ import logging
 from typing import Counter, Deque, Dict, NamedTuple, Optional
 
 from ..wire.payload import Payload
-from .tasks import UNANSWERED, Task, TaskState, TaskTable
+from .tasks import DELIVERED, FAILED, FINISHED, UNANSWERED, Task, TaskTable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ResultStore:
 
     def settle(self, task: Task, ok: bool, payload: Payload, traceback: str, now: float) -> None:
         """Keep a task's answer for the master (the task already left its queue or slave)."""
-        self._tasks.move(task, TaskState.FINISHED if ok else TaskState.FAILED)
+        self._tasks.move(task, FINISHED if ok else FAILED)
         task.payload = None
         task.assignment = None
         task.answer = payload
@@ -81,9 +81,9 @@ class ResultStore:
         task = self.pop(tag)
         if task is None:
             return None
-        outcome = tuple.__new__(Outcome, (task.task_id, task.tag, task.state is TaskState.FINISHED,
+        outcome = tuple.__new__(Outcome, (task.task_id, task.tag, task.state is FINISHED,
                                           task.answer, task.traceback))   # C speed: once per task
-        self._tasks.move(task, TaskState.DELIVERED)
+        self._tasks.move(task, DELIVERED)
         task.answer = None
         self._counters["delivered"] += 1
         return outcome
@@ -101,7 +101,7 @@ class ResultStore:
         queue = self._all if tag is None else self._by_tag.get(tag)
         while queue:
             task = queue.popleft()
-            if task.state is TaskState.DELIVERED:
+            if task.state is DELIVERED:
                 self._stale -= 1          # delivered through the other queue
                 continue
             self._live -= 1
@@ -118,9 +118,9 @@ class ResultStore:
     def _compact(self) -> None:
         # Called only once the stale records outnumber the live ones, so the cost per
         # task stays O(1) and memory is bounded by about twice what is answered.
-        self._all = collections.deque(t for t in self._all if t.state is not TaskState.DELIVERED)
+        self._all = collections.deque(t for t in self._all if t.state is not DELIVERED)
         for tag, queue in list(self._by_tag.items()):
-            kept = collections.deque(t for t in queue if t.state is not TaskState.DELIVERED)
+            kept = collections.deque(t for t in queue if t.state is not DELIVERED)
             if kept:
                 self._by_tag[tag] = kept
             else:

@@ -51,20 +51,25 @@ class TaskState(str, enum.Enum):
     FAILED = "failed"         # exception stored, not yet retrieved
     DELIVERED = "delivered"   # handed to the master; the record is gone
 
+#: The states as plain module names: a member looked up on its enum class costs about 0.1 µs,
+#: and a task passes a dozen such lookups on its way through the master.
+WAITING, RUNNING, FINISHED, FAILED, DELIVERED = (TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED,
+                                                 TaskState.FAILED, TaskState.DELIVERED)
+
 
 #: The legal moves of a task; :func:`check_move` enforces them.
 TRANSITIONS: Dict[TaskState, FrozenSet[TaskState]] = {
-    TaskState.WAITING: frozenset({TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED}),
-    TaskState.RUNNING: frozenset({TaskState.WAITING, TaskState.FINISHED, TaskState.FAILED}),
-    TaskState.FINISHED: frozenset({TaskState.DELIVERED}),
-    TaskState.FAILED: frozenset({TaskState.DELIVERED}),
-    TaskState.DELIVERED: frozenset(),
+    WAITING: frozenset({RUNNING, FINISHED, FAILED}),
+    RUNNING: frozenset({WAITING, FINISHED, FAILED}),
+    FINISHED: frozenset({DELIVERED}),
+    FAILED: frozenset({DELIVERED}),
+    DELIVERED: frozenset(),
 }
 
 #: States of a task that has not been answered yet.
-UNANSWERED = (TaskState.WAITING, TaskState.RUNNING)
+UNANSWERED = (WAITING, RUNNING)
 #: States of a task the master still has to hear about.
-OUTSTANDING = (TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED, TaskState.FAILED)
+OUTSTANDING = (WAITING, RUNNING, FINISHED, FAILED)
 
 
 def check_move(task: Task, new: TaskState) -> None:
@@ -98,7 +103,7 @@ class Task:
         self.task_id = task_id
         self.tag = tag
         self.payload: Optional[Payload] = payload  # pickled parameters
-        self.state = TaskState.WAITING
+        self.state = WAITING
         self.seq = seq
         self.rescheduled = False
         self.assignment: Optional[int] = None
@@ -150,7 +155,7 @@ class TaskTable:
         number = next(self._numbers)
         task = Task(f"{tag}_{number}", tag, payload, number, time_limit, priority, retry, attempts)
         self._tasks[task.task_id] = task
-        self._counts[TaskState.WAITING][tag] += 1
+        self._counts[WAITING][tag] += 1
         return task
 
     def get(self, task_id: str) -> Optional[Task]:
@@ -158,25 +163,25 @@ class TaskTable:
 
     def move(self, task: Task, new: TaskState) -> None:
         check_move(task, new)
-        if task.held is not None and task.state is TaskState.RUNNING:
+        if task.held is not None and task.state is RUNNING:
             task.held.release()   # its resources are free again (``resources.py``)
             task.held = None
         self._counts[task.state][task.tag] -= 1
         self._counts[new][task.tag] += 1
         task.state = new
-        if new is TaskState.DELIVERED:
+        if new is DELIVERED:
             del self._tasks[task.task_id]
 
     def forget(self, task: Task) -> None:
         """Drop a WAITING task that was withdrawn (cancelled): it leaves every state."""
-        if task.state is not TaskState.WAITING:
+        if task.state is not WAITING:
             raise AssertionError(f"only a waiting task can be withdrawn, not {task.task_id} ({task.state.value})")
-        self._counts[TaskState.WAITING][task.tag] -= 1
+        self._counts[WAITING][task.tag] -= 1
         del self._tasks[task.task_id]
 
     def running(self) -> Counter[str]:
         """Running tasks per tag (the live count: it changes as tasks move)."""
-        return self._counts[TaskState.RUNNING]
+        return self._counts[RUNNING]
 
     def outstanding(self, tag: Optional[str] = None) -> int:
         """Tasks (with ``tag``) the master has not received yet."""
@@ -187,4 +192,4 @@ class TaskTable:
     def counts(self) -> Dict[str, Dict[str, int]]:
         """{"waiting": {tag: n}, "running": ..., "finished": ..., "failed": ...}."""
         return {state.value: {tag: n for tag, n in self._counts[state].items() if n}
-                for state in TaskState if state is not TaskState.DELIVERED}
+                for state in TaskState if state is not DELIVERED}

@@ -30,7 +30,7 @@ from .results import Outcome, ResultStore
 from .scheduling import Scheduler
 from .signals import Signals
 from .steering import Retry, attempts_note, retries_again, retry_elsewhere
-from .tasks import Task, TaskState, TaskTable
+from .tasks import RUNNING, WAITING, Task, TaskTable
 from .waiting import WaitingSlaves
 
 #: What ``store`` hands to ``TaskManager.on_answers``: (task_id, ok, payload, traceback).
@@ -101,7 +101,7 @@ class TaskTraffic:
     def cancel(self, task_id: str) -> bool:
         """Withdraw and forget a task no slave has started; False if there is none such."""
         task = self._tasks.get(task_id)
-        if task is None or task.state is not TaskState.WAITING:
+        if task is None or task.state is not WAITING:
             return False
         self._scheduler.remove(task)
         self._budget.add_waiting(-len(task.payload or b""))
@@ -282,7 +282,7 @@ class TaskTraffic:
             task.failed_on = []
         task.failed_on.append((answer_process(proc), proc.describe() if proc is not None else "a slave that left"))
         self._counters["retried"] += 1
-        if task.state is TaskState.RUNNING and task.assignment == answer.assignment:
+        if task.state is RUNNING and task.assignment == answer.assignment:
             self._registry.release(task)
             # wake a slave for it: another one, if another can run it (see scheduling.retry_elsewhere)
             elsewhere = proc is not None and retry_elsewhere(task, proc, self._registry)
@@ -298,11 +298,11 @@ class TaskTraffic:
 
     def _settle(self, task: Task, ok: bool, payload: Payload, traceback: str) -> None:
         """Store a task's answer (any state before FINISHED/FAILED)."""
-        if task.state is TaskState.WAITING:
+        if task.state is WAITING:
             self._scheduler.remove(task)
             self._budget.add_waiting(-len(task.payload or b""))
             self._signals.make_room()
-        elif task.state is TaskState.RUNNING:
+        elif task.state is RUNNING:
             self._registry.release(task)
             if self._limits:
                 self._freed(task.tag)
@@ -312,7 +312,7 @@ class TaskTraffic:
             self._signals.make_room()   # a request waiting for room must not wait for this
 
     def _requeue(self, task: Task, counter: str = "rescheduled", skip: Optional[int] = None) -> None:
-        self._tasks.move(task, TaskState.WAITING)
+        self._tasks.move(task, WAITING)
         task.assignment = None
         task.process_id = None
         task.rescheduled = True

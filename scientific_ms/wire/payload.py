@@ -245,6 +245,11 @@ class _ParameterUnpickler(pickle.Unpickler):
         return self._fetch_state(pid)
 
 
+#: Values of these types hold no buffer and no placeholder: parameters and results of only
+#: these are pickled without the out-of-band pickler's Python hooks.
+_PLAIN = frozenset({int, float, complex, bool, str, type(None)})
+
+
 class _ResultUnpickler(pickle.Unpickler):
     def persistent_load(self, pid) -> Any:
         return _load_buffer(pid)
@@ -257,6 +262,12 @@ def dumps_parameters(tag: str, parameters: Tuple,
     ``known_state`` tells whether a GlobalStateValue names a stored value.
     Returns bytes, or a :class:`Pickled` when large buffers travel beside it.
     """
+    if all(type(value) in _PLAIN for value in parameters):
+        # No placeholder, no buffer: the C pickler alone, without the Python hooks (the same
+        # bytes, in a third of the time of the usual task of a number or two).
+        plain = pickle.dumps(parameters, protocol=PROTOCOL)
+        check_parameters(tag, len(plain))
+        return plain
     buffer = io.BytesIO()
     try:
         pickler = _ParameterPickler(buffer, known_state)
@@ -290,10 +301,6 @@ def loads_parameters(payload: Payload, fetch_state: Callable[[str], Any]) -> Tup
 def loads_journaled_parameters(payload: Payload) -> Tuple:
     """A task's parameters as requested, GlobalStateValue placeholders left unresolved (``read_journal``)."""
     return loads_parameters(payload, state_placeholder)
-
-
-#: Results of these types hold no buffer: pickled without the out-of-band pickler's Python hooks.
-_PLAIN = frozenset({int, float, complex, bool, str, type(None)})
 
 
 def dumps_result(value: Any) -> Payload:
