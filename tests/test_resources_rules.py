@@ -7,7 +7,7 @@ import pytest
 
 from scientific_ms.core import unserved
 from scientific_ms.core.manager import TaskManager
-from scientific_ms.core.resources import Need, offer_text, parse_need, parse_offer
+from scientific_ms.core.needs import Need, offer_text, parse_need, parse_offer
 from scientific_ms.errors import ConfigurationError
 from scientific_ms.wire.protocol import tasks_from_wire, tasks_to_wire
 

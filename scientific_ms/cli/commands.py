@@ -29,7 +29,7 @@ import traceback
 from typing import Callable, Dict, List, NamedTuple, NoReturn, Optional, Set, Tuple, Union
 
 from .. import logs, settings
-from ..core import resources
+from ..core import needs
 from ..errors import AuthenticationError, ConfigurationError, ScientificMSError
 from ..master.launch import fetch_stored_code, run_stored_code, wait_for_stored_code
 from ..slave import departure, worker_link
@@ -65,8 +65,8 @@ def slave(args) -> int:
         os.environ[settings.PREFIX + "IDLE_TIMEOUT"] = repr(args.idle_timeout)
     idle_timeout = settings.idle_timeout()   # a bad SCIENTIFIC_MS_IDLE_TIMEOUT fails here
     if args.resources is not None:   # what this host offers: read by the keeper (-n) or the lone slave
-        os.environ[resources.VARIABLE] = resources.offer_text(args.resources, f"--resources {args.resources}")
-    resources.declared()   # a bad SCIENTIFIC_MS_RESOURCES fails here, before any slave starts
+        os.environ[needs.VARIABLE] = needs.offer_text(args.resources, f"--resources {args.resources}")
+    needs.declared()   # a bad SCIENTIFIC_MS_RESOURCES fails here, before any slave starts
     connection = departure.connect_or_leave(
         functools.partial(connect, args.label, args.master, key_file=args.key_file),
         args.wait, None, idle_timeout, args.label)

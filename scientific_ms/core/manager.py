@@ -40,10 +40,11 @@ from ..errors import ConfigurationError
 from ..wire.payload import Payload
 from .assignment import Want
 from .manager_processes import ProcessCalls
+from .needs import Need
 from .output import SlaveOutput
 from .processes import TIME_LIMIT_GRACE, Processes
 from .registry import Registry
-from .resources import Need, unmet
+from .resources import unmet
 from .results import Outcome
 from .scheduling import Scheduler
 from .shared_data import SharedData
@@ -123,7 +124,7 @@ class TaskManager(ProcessCalls):
         ``time_limit``: seconds its handler may run (None: no limit). ``priority``: higher goes first.
         ``retry``: how it runs again after its handler raised (``scheduling.check_steering``);
         ``attempts``: failed attempts it made already. ``need``: the resources it holds while it
-        runs (``resources.parse_need``; None: its tag's default, :meth:`set_resources`).
+        runs (``needs.parse_need``; None: its tag's default, :meth:`set_resources`).
         ``affinity``: a key; the task goes preferably to the slave that last got one with that key
         (``affinity.py``)."""
         check_request(tag, time_limit)

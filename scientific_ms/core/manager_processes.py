@@ -40,7 +40,7 @@ class ProcessCalls:
         ``abandoned``: assignments it had started and gives up as it leaves (a handler ended the
         slave). Each counts as a loss of its task, as a death would; the tasks it holds but never
         started are returned without blame. ``reason``: why a slave leaves on its own
-        (``processes.LEAVE_REASONS``: idle, sigterm); counted as ``left_idle`` / ``left_sigterm``, others ignored.
+        (``protocol.LEAVE_REASONS``: idle, sigterm); counted as ``left_idle`` / ``left_sigterm``, others ignored.
         """
         with self._lock:
             self._traffic.take_back(self._processes.leave(process_id, frozenset(abandoned), reason))

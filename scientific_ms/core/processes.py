@@ -16,18 +16,13 @@ import time
 from typing import Callable, Counter, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigurationError, SlaveLostError, TaskTimeLimitError, UnknownProcessError
+from ..wire.protocol import LEAVE_REASONS
 from .registry import ProcessRecord, Registry
 from .scheduling import Scheduler
 from .signals import Signals
 from .tasks import RUNNING, Task
 
 log = logging.getLogger(__name__)
-
-#: Why a slave says goodbye on its own (``unregister``'s third argument; ``slave/departure.py``):
-#: each is counted as ``left_<reason>`` in the status.
-LEFT_IDLE = "idle"
-LEFT_SIGTERM = "sigterm"
-LEAVE_REASONS = (LEFT_IDLE, LEFT_SIGTERM)
 
 #: The slave interrupts a handler at its time limit; the master reports the
 #: task itself only this much later, if the slave has not answered by then.

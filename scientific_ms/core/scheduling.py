@@ -82,9 +82,10 @@ from typing import (
 from . import flow
 from .affinity import Affinities, Find
 from .durations import Durations
+from .needs import Need
 from .queues import PriorityQueue
 from .registry import ProcessRecord
-from .resources import SKIP, TAKE, HostPools, Need, place
+from .resources import SKIP, TAKE, HostPools, place
 from .steering import ConcurrencyLimits, retry_elsewhere
 from .tasks import ANY_TAG, Task, handles
 

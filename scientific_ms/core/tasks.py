@@ -31,7 +31,8 @@ from ..wire.payload import Payload
 
 if TYPE_CHECKING:
     from .affinity import Affinity
-    from .resources import Grant, Need
+    from .needs import Need
+    from .resources import Grant
     from .steering import Retry
 
 #: A slave registered with this tag runs tasks of every tag (the Executor's

@@ -23,9 +23,9 @@ from .affinity import Affinity
 from .assignment import Assignment, Want
 from .budget import MemoryBudget
 from .failures import RecentFailures
+from .needs import Need
 from .processes import Departure
 from .registry import ProcessRecord, Registry
-from .resources import Need
 from .results import Outcome, ResultStore
 from .scheduling import Scheduler
 from .signals import Signals

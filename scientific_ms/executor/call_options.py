@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional
 
-from ..core.resources import Need
+from ..core.needs import Need
 from ..core.steering import Retry
 from .futures import Future
 

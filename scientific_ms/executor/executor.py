@@ -38,13 +38,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optio
 
 from .. import mpi, settings
 from ..core.affinity import check_affinity
-from ..core.resources import parse_need
+from ..core.needs import parse_need
 from ..core.steering import check_steering
 from ..errors import ConfigurationError, TaskManagerTermination
 from ..master import forkserver
 from ..master.ending import ended_by_sigterm, exit_on_sigterm
 from ..master.master import MasterProcess
-from ..provision.provider import SlaveJobs
+from ..provision import is_slave_jobs
 from . import by_value, calls
 from .call_options import CallOptions, CallSteering
 from .collector import Collector
@@ -96,8 +96,8 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, label: Optional[str] = None, slaves: int = 0, *,
                  watchdog_period: Optional[float] = 120.0, **options: Any):
         global _mpi_ranks_taken
-        if not isinstance(slaves, SlaveJobs) and (isinstance(slaves, bool) or not isinstance(slaves, int)
-                                                  or slaves < 0):
+        whole = isinstance(slaves, int) and not isinstance(slaves, bool)
+        if not (whole and slaves >= 0) and not is_slave_jobs(slaves):
             raise ConfigurationError(f"Executor(slaves=...): a whole number >= 0, SlurmSlaves(...) or "
                                      f"LocalSlaves(...), got {slaves!r}")
         if watchdog_period is not None and not (isinstance(watchdog_period, (int, float)) and watchdog_period > 0):

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 from typing import Deque, Dict, Hashable, List, Optional, Tuple, Union
 
-from ..core.resources import Need
+from ..core.needs import Need
 from ..core.steering import Retry
 from ..wire.payload import Payload, loads_value
 from .journal_attempts import Failures, JournaledAttempts, Retried

@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Dict, Hashable, Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, Hashable, Iterable, List, Optional, Union
 
 from ..core.manager import TaskManager
-from ..core.resources import Need
+from ..core.needs import Need
 from ..core.steering import Retry
 from ..wire.payload import Payload, dumps_value
-from .journal import Journal
 from .journal_keys import request_key, value_digest
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ class JournaledTasks:
     def __init__(self, manager: TaskManager, path: Union[str, os.PathLike], label: str,
                  secret: Optional[bytes]):
         self._manager = manager
-        self._journal = Journal(path, label, secret)
+        from .journal import Journal  # (sqlite3 and the writer: only a journaled master imports them)
+        self._journal: Journal = Journal(path, label, secret)
         self._digests: Dict[str, bytes] = {}   # global state label -> hash of its value
         manager.on_answers = self._journal.answers
         manager.on_retries = self._journal.attempts

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import settings
 from ..core.affinity import check_affinity
 from ..core.manager import TaskManager
-from ..core.resources import Need, parse_need
+from ..core.needs import Need, parse_need
 from ..core.results import Outcome
 from ..core.steering import Retry, check_steering
 from ..core.tasks import check_request
@@ -207,7 +207,7 @@ class MasterProcess:
         ``requestTask`` matches its requests: one answered before is delivered
         from the journal and not run again. ``priority``, ``retry``: see
         :meth:`request_task` (``scheduling.check_steering`` makes a Retry); ``need``: the
-        resources each holds while it runs (``resources.parse_need``); ``affinity``: their key
+        resources each holds while it runs (``needs.parse_need``); ``affinity``: their key
         (``affinity.check_affinity``).
         """
         return self._requests.add_tasks(tag, payloads, time_limit, priority=priority, retry=retry, need=need,

@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .. import settings
 from ..errors import ConfigurationError
-from ..provision.attach import provision
-from ..provision.provider import SlaveJobs
-from ..provision.provisioner import Provisioner
+from ..provision import is_slave_jobs
 from ..wire.protocol import slave_environment
 from . import launch
 from .forkserver import SlaveStarter, shared_for
 from .supervisor import SlaveSupervisor
 
 if TYPE_CHECKING:
+    from ..provision.provisioner import Provisioner
     from .master import MasterProcess
 
 
@@ -44,7 +43,8 @@ class StartedSlaves:
     def launch(self, n: Any) -> None:
         """``launchSlaveJobs(n)``: ``n`` slave processes here, or ``n``'s slave jobs if a SlaveJobs."""
         master = self._master
-        if isinstance(n, SlaveJobs):
+        if is_slave_jobs(n):
+            from ..provision.attach import provision
             cwd = launch.stored_cwd(master.task_manager)
             if cwd is None:
                 raise ConfigurationError("launchSlaveJobs() needs the slaves' code: use runJob(), or "

@@ -19,7 +19,7 @@ import shlex
 import sys
 from typing import Dict, Iterable, List, Optional
 
-from ..core.resources import offer_text
+from ..core.needs import offer_text
 from ..errors import ConfigurationError
 
 #: The states a job goes through, as providers report them.

@@ -15,7 +15,7 @@ process keeping several slaves (a keeper, ``keeper.py``) could use them too:
 * :class:`IdleClock` says when a process has had no work for
   ``idle_timeout`` seconds, and how long it may still wait for some.
 * the reasons sent with ``unregister`` (``protocol.CALLS``) are those of
-  ``core/processes.py`` (``LEAVE_REASONS``); the master counts them
+  ``wire/protocol.py`` (``LEAVE_REASONS``); the master counts them
   (``task_manager show``).
 
 ::

@@ -65,7 +65,7 @@ from multiprocessing.connection import wait as wait_for_any
 from typing import List, Optional, Tuple, Union
 
 from .. import settings
-from ..core.resources import declared
+from ..core.needs import declared
 from ..errors import ConnectionLostError, ScientificMSError
 from ..machine import process_info
 from ..wire import tls
@@ -73,8 +73,6 @@ from ..wire.client import MasterConnection
 from ..wire.protocol import OK
 from .keeper_lives import SILENT_STOPS, BecameWorker, WorkerLives
 from .keeper_watch import KeeperWatch
-from .relay import ExchangeRelay
-from .relayed import RelayLink
 from .worker_link import Hello, WorkerLink
 
 log = logging.getLogger(__name__)
@@ -128,6 +126,7 @@ class Keeper:
                     return 0
                 threshold = settings.relay_workers()
                 if threshold and self.count >= threshold:
+                    from .relay import ExchangeRelay  # (only a keeper that relays needs it)
                     self.lives.relay = ExchangeRelay(self._relay_connection)
                     self.lives.relay.start()
                 for _ in range(self.count):
@@ -170,6 +169,7 @@ class Keeper:
         relay = None
         if became.relay is not None and self.connection is not None:
             connection = self.connection
+            from .relayed import RelayLink
             relay = RelayLink(became.relay, (connection.host, connection.port, connection.secret),
                               connection.duplicate)   # the worker's own, for large payloads (relayed.py)
         elif became.relay is not None:

@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
 
 from .. import settings
 from ..errors import ScientificMSError, TaskTimeLimitError
@@ -26,9 +26,11 @@ from ..wire.client import MasterConnection
 from ..wire.payload import dumps_exception
 from ..wire.protocol import Answer
 from .keeper_workers import Worker
-from .relay import ExchangeRelay
 from .relay_link import Link
 from .worker_link import Hello, die_with
+
+if TYPE_CHECKING:
+    from .relay import ExchangeRelay  # imported only by a keeper that relays
 
 log = logging.getLogger(__name__)
 

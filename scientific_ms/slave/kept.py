@@ -22,7 +22,6 @@ from .. import settings
 from ..wire.client import MasterConnection
 from . import keeper_start, worker_link
 from .heartbeat import abandon
-from .relayed import RelayedConnection
 from .session import Session
 
 
@@ -68,13 +67,19 @@ class KeeperSide:
         """The connection to the master through the keeper's relay, if the keeper relays
         (``relay.py``): the worker then opens none of its own."""
         relay = self.link.relay if self.link is not None else None
-        return RelayedConnection(relay) if relay is not None else None
+        if relay is None:
+            return None
+        from .relayed import RelayedConnection  # (imported only by a worker whose keeper relays)
+        return RelayedConnection(relay)
 
     def relayed(self, connection: MasterConnection) -> MasterConnection:
         """The connection for the slave's exchanges: through the keeper's relay when it has one,
         else ``connection`` itself."""
         relay = self.link.relay if self.link is not None else None
-        if relay is None or isinstance(connection, RelayedConnection):
+        if relay is None:
+            return connection
+        from .relayed import RelayedConnection
+        if isinstance(connection, RelayedConnection):
             return connection
         return RelayedConnection(relay, direct=connection)
 

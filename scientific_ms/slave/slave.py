@@ -39,8 +39,7 @@ import threading
 from typing import Callable, Dict, List, Mapping, Optional
 
 from .. import settings
-from ..core.processes import LEFT_IDLE, LEFT_SIGTERM
-from ..core.resources import declared
+from ..core.needs import declared
 from ..core.tasks import ANY_TAG
 from ..errors import ConfigurationError, ConnectionLostError, ScientificMSError
 from ..logs import apply_debug_flag
@@ -48,7 +47,7 @@ from ..machine import process_info, tune_allocator
 from ..wire import discovery, leaving
 from ..wire.client import MasterConnection, connect
 from ..wire.payload import Payload, dumps_result, loads_parameters
-from ..wire.protocol import OK, Answer, TaskMessage
+from ..wire.protocol import LEFT_IDLE, LEFT_SIGTERM, OK, Answer, TaskMessage
 from . import departure, rejoin
 from .feed import END, LEAVE, TaskFeed
 from .heartbeat import Heartbeat

@@ -33,10 +33,12 @@ import socket
 import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 from . import output
-from .relayed import RelayLink
+
+if TYPE_CHECKING:
+    from .relayed import RelayLink  # imported only by a worker whose keeper relays
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,12 @@ TERMINATED = "terminated"   # the master has finished: the slave exits
 UNKNOWN = "unknown"         # the master declared this process dead: register again
 REVOKED = "revoked"         # (agent_watch) tasks handed to this slave went to an idle one: exchange now
 
+#: Why a slave says goodbye on its own (``unregister``'s third argument; ``slave/departure.py``):
+#: each is counted as ``left_<reason>`` in the status.
+LEFT_IDLE = "idle"
+LEFT_SIGTERM = "sigterm"
+LEAVE_REASONS = (LEFT_IDLE, LEFT_SIGTERM)
+
 #: The calls a master serves (``server.TaskManagerService``):
 #:
 #: ``register(role, info, tags, watchdog_period) -> (status, process_id)``

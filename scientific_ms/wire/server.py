@@ -110,7 +110,7 @@ class TaskManagerService:
     def unregister(self, process_id: int, abandoned: Optional[List[int]] = None,
                    reason: Optional[str] = None) -> None:
         """Goodbye; ``abandoned``: assignments the slave had started and gives up (a loss each);
-        ``reason``: why a slave leaves on its own (``core/processes.py``: ``LEAVE_REASONS``), counted in the status."""
+        ``reason``: why a slave leaves on its own (``protocol.LEAVE_REASONS``), counted in the status."""
         with self._lock:
             for process_ids in self._processes_by_connection.values():
                 process_ids.discard(process_id)
