@@ -334,11 +334,16 @@ def _installed(name: str) -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _site_packages() -> Tuple[str, ...]:
-    """Where installed packages live (asked once: sysconfig takes milliseconds, on the way
-    to an Executor's first slave)."""
-    import sysconfig
-    paths = sysconfig.get_paths()
-    return tuple({os.path.realpath(paths[key]) for key in ("purelib", "platlib")})
+    """Where installed packages live, as ``site`` set them up (a system's dist-packages too).
+    Asked once, of ``site`` rather than ``sysconfig``, which takes milliseconds on the way to
+    an Executor's first slave; ``sysconfig`` only where ``site`` cannot say."""
+    import site
+    try:
+        paths = [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:   # an old virtualenv's own site module
+        import sysconfig
+        paths = [sysconfig.get_paths()[key] for key in ("purelib", "platlib")]
+    return tuple({os.path.realpath(path) for path in paths})
 
 
 def close_quietly(starter: Optional[SlaveStarter]) -> None:
