@@ -14,11 +14,11 @@ and the bar needs only this.)
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import threading
 import time
-from typing import IO, List, Optional
+from typing import IO, List, Optional, Tuple
 
 from . import settings
 from .progress_notebook import NotebookBar, in_ipython_kernel, notebook_bar
@@ -38,7 +38,14 @@ def is_terminal(stream: IO) -> bool:
 
 
 def terminal_width(default: int = 80) -> int:
-    return max(20, shutil.get_terminal_size((default, 24)).columns)
+    return max(20, terminal_size((default, 24)).columns)
+
+
+def terminal_size(fallback: Tuple[int, int] = (80, 24)) -> os.terminal_size:
+    """``shutil.get_terminal_size``, imported only when asked: shutil (with bz2 and lzma) is
+    a few milliseconds of every master's start otherwise."""
+    import shutil
+    return shutil.get_terminal_size(fallback)
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -219,7 +226,7 @@ class LiveView:
 
     def show(self, lines: List[str]) -> None:
         if self.terminal:
-            size = shutil.get_terminal_size((80, 24))
+            size = terminal_size((80, 24))
             lines = [line[:size.columns - 1] for line in lines][:max(1, size.lines - 1)]
             prefix = (f"\x1b[{self._height}A\r" if self._height else HIDE_CURSOR + "\r") + ERASE_BELOW
             self.stream.write(prefix + "".join(line + ERASE_LINE + "\n" for line in lines))
