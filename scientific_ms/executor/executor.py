@@ -124,6 +124,9 @@ class Executor(concurrent.futures.Executor):
         try:
             source = calls.runner_source(*calls.import_paths(), watchdog_period)
             self.master.store_slave_code(source, None, ["executor-slave"])
+            # The collector before the slaves: its thread's start waits for a core, which the
+            # slaves starting up keep busy.
+            self._collector = Collector(self.master, self.label, self._slots)
             if slaves:
                 self.master.launchSlaveJobs(slaves)
             served_by_ranks = under_mpi and not _mpi_ranks_taken and mpi.size() > 1
@@ -136,7 +139,6 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             self.master.shutdown()
             raise
-        self._collector = Collector(self.master, self.label, self._slots)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
         exit_on_sigterm()
         log.info("Executor %r started (slaves: %r)", self.label, slaves)

@@ -53,18 +53,24 @@ class SlaveSupervisor:
         self.refused = 0   # children whose script refused to serve (never replaced)
 
     def launch(self, count: int) -> None:
-        for _ in range(count):
-            self._start(restarts_left=self.max_restarts)
+        # Every child first, then the threads that watch them: a thread's start waits for a
+        # core, which the children starting up keep busy.
+        threads = [self._start(restarts_left=self.max_restarts, watch=False) for _ in range(count)]
+        for thread in threads:
+            if thread is not None:
+                thread.start()
 
     @property
     def pids(self) -> List[int]:
         with self._lock:
             return [child.pid for child in self._children if child.returncode is None]
 
-    def _start(self, restarts_left: int) -> None:
+    def _start(self, restarts_left: int, watch: bool = True) -> Optional[threading.Thread]:
+        """Start a child and the thread that watches it (``watch``; else the thread is returned
+        unstarted, for the caller to start)."""
         with self._lock:
             if self._stopping:
-                return
+                return None
             channel = LeavingChannel()
             try:
                 child = self._starter(self._command, channel.child_environment(self._env), self._cwd,
@@ -78,7 +84,9 @@ class SlaveSupervisor:
                                       name=f"scientific_ms-supervise-{child.pid}", daemon=True)
             self._threads.append(thread)
         log.info("started slave process %d", child.pid)
-        thread.start()
+        if watch:
+            thread.start()
+        return thread
 
     def _supervise(self, child, restarts_left: int, channel: LeavingChannel) -> None:
         code = child.wait()
@@ -117,7 +125,8 @@ class SlaveSupervisor:
             children = list(self._children)
         stop_processes(children, timeout, interrupt=False)
         for thread in self._threads:
-            thread.join(timeout=1.0)
+            if thread.ident is not None:   # (one that launch() has not started yet never runs a restart)
+                thread.join(timeout=1.0)
 
 
 def stop_processes(children: List[Any], grace: float, interrupt: bool) -> None:
