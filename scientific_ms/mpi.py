@@ -49,7 +49,6 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 from . import settings
 from .errors import ConfigurationError, MasterNotFoundError, ScientificMSError
 from .master.launch import address_record, run_stored_slave_code, start_script_master
-from .slave import output as slave_output
 from .wire import discovery
 
 log = logging.getLogger(__name__)
@@ -248,6 +247,8 @@ def _serve_rank(label: Optional[str], serve: Callable[[], None]) -> NoReturn:
     discovery.set_slave_context(discovery.SlaveContext(label, host, record["port"],
                                                        record["secret"].encode()))
     # mpiexec shows every rank's output where it shows the master's: forwarded lines need no copy
+    # (the slave's output module: imported here, on a slave rank, not by every master)
+    from .slave import output as slave_output
     slave_output.launcher_shows_output()
     log.info("%s: master at %s:%d", where, host, record["port"])
     if not settings.flag("MPI_SUPERVISE", True):

@@ -30,8 +30,6 @@ import sys
 import threading
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .template import HEADER
-
 log = logging.getLogger(__name__)
 
 #: Seconds to wait for the template to fork (it may still be importing its ``preload`` modules).
@@ -139,6 +137,7 @@ class ForkServer:
               pass_fds: Sequence[int]) -> ForkedChild:
         """Fork a slave running ``command`` (``python -m MODULE ...``) with ``env`` in ``cwd``,
         holding ``pass_fds`` at the same numbers; OSError if the template cannot."""
+        from .template import HEADER  # (the template's own module: only a master that forks imports it)
         mine, theirs = socket.socketpair()
         try:
             body = json.dumps({"argv": list(command), "env": env, "cwd": cwd,
