@@ -167,3 +167,17 @@ def test_handler_result_that_cannot_be_pickled_is_reported(master, processes, tm
         master.retrieveResult(timeout=60)
     assert isinstance(caught.value.exception, SerializationError)
     assert "the result of do_gen (generator) cannot be pickled" in str(caught.value.exception)
+
+
+def test_a_lost_connection_says_so_with_the_masters_address_however_often_it_is_called(master):
+    """A connection lost (here: closed) stays lost, and each call says where the master was:
+    never an attempt to reach the placeholder address of a proxy made from a socket."""
+    from scientific_ms.errors import ConnectionLostError
+    from scientific_ms.wire.client import MasterConnection
+    connection = MasterConnection("127.0.0.1", master.port, master.secret, "errors")
+    assert connection.call("status")["processes"]
+    connection.close()
+    for _ in range(2):
+        with pytest.raises(ConnectionLostError) as caught:
+            connection.call("status")
+        assert f"127.0.0.1:{master.port}" in str(caught.value) and "connected-socket" not in str(caught.value)

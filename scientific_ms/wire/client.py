@@ -109,6 +109,10 @@ class MasterConnection:
 
     def call(self, method: str, *args, timeout: Optional[float] = None):
         """Call a TaskManagerService method; a broken connection raises ConnectionLostError."""
+        if getattr(self._proxy, "_pyroConnection", None) is None:
+            # Released by an earlier failure (or closed): lost for good. Pyro5 would try to
+            # connect again, to the address of a proxy made from a connected socket: none.
+            raise ConnectionLostError(f"the connection to the master at {self.address} was closed")
         self._proxy._pyroTimeout = timeout
         packed = method in PACKED_CALLS
         if packed:
