@@ -40,15 +40,25 @@ def farm(processes, request):
 def agent_farm(processes, request):
     """A master whose slaves (large_data_slave.py, stored) run behind a node agent."""
     label = f"large-agent-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+    master = keeper_master(processes, label)
+    try:
+        yield master
+    finally:
+        master.shutdown()
+
+
+def keeper_master(processes, label):
+    """A master of ``label`` whose slaves (large_data_slave.py, stored) are one keeper's 2 workers."""
     master = MasterProcess(label, use_name_server=False, port=0)
     try:
         with open(SLAVE_SCRIPT) as source:
             master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
-        processes.task_manager("slave", label, "-n", "2", name="agent")
+        processes.task_manager("slave", label, "-n", "2", name="keeper")
         master.wait_for_slaves(2, timeout=60)
-        yield master
-    finally:
+    except BaseException:
         master.shutdown()
+        raise
+    return master
 
 
 def round_trip(master, tag, *values):
@@ -231,16 +241,7 @@ def test_a_slave_killed_while_large_values_flow_loses_nothing(processes):
 def relaying_keeper_master(processes, monkeypatch, label):
     """A master of ``label`` served by one keeper of 2 workers that relays them (its threshold 1)."""
     monkeypatch.setenv("SCIENTIFIC_MS_RELAY_WORKERS", "1")
-    master = MasterProcess(label, use_name_server=False, port=0)
-    try:
-        with open(SLAVE_SCRIPT) as source:
-            master.store_slave_code(source.read(), SLAVE_SCRIPT, [SLAVE_SCRIPT, label])
-        processes.task_manager("slave", label, "-n", "2", name="keeper")
-        master.wait_for_slaves(2, timeout=60)
-    except BaseException:
-        master.shutdown()
-        raise
-    return master
+    return keeper_master(processes, label)
 
 
 @pytest.mark.timeout(180)
