@@ -227,7 +227,7 @@ JOURNALED = """\
 
     journal, count = sys.argv[1], int(sys.argv[2])
     with Executor("journaled", slaves=1, journal=journal, use_name_server=False) as executor:
-        print("RESULTS", list(executor.map(fx.add, range(count))), flush=True)
+        print(f"RESULTS {list(executor.map(fx.add, range(count)))}", flush=True)   # one write: the log shares the pipe
 """
 
 
